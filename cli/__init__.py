@@ -1,0 +1,1 @@
+"""The `vmt` command line: thin Typer commands over the `vmt` package."""

@@ -1,0 +1,48 @@
+"""`vmt`: the command-line entry point. Subcommands live one per module and import heavy libraries lazily."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import refine
+
+app = typer.Typer(
+    name="vmt",
+    help="Inference-time video motion methods for flow-matching video generators (Wan2.1 / Wan2.2).\n\n"
+    "Every output gets a JSON sidecar (out.mp4 -> out.json) with the parameters, model revision, versions, "
+    "timings and compute counts. Run `vmt COMMAND --help` for each command's options.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        import vmt
+
+        typer.echo(f"vmt {vmt.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """vmt: video motion toolkit."""
+
+
+app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

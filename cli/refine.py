@@ -1,0 +1,134 @@
+"""`vmt refine`: text/image-to-video with the project's flow-matching sampling loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
+    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, resolve_params,
+    run_guarded, status, step_progress,
+)
+
+HELP = """Generate a video from a text prompt (or an image) with a Wan model through vmt's sampling loop.
+
+[bold]Examples[/]
+
+  vmt refine --prompt "a red fox running through snow" -o fox.mp4
+
+  vmt refine --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --image first.png --prompt "..." -o clip.mp4
+
+  vmt refine --recipe recipes/refine/wan2.1-t2v-1.3b.toml --prompt "..." -o out.mp4 --steps 30
+
+Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE and patch size).
+"""
+
+
+def refine(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.", show_default=False)],
+    output: OutputOpt,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
+    image: Annotated[Path | None, typer.Option("--image", help="First frame for image-to-video models "
+                                               "(resized and centre-cropped to the output size).")] = None,
+    num_frames: Annotated[int, typer.Option("--num-frames", "-f", help="Frames to generate (4k+1).")] = 81,
+    height: Annotated[int, typer.Option("--height", help="Height in pixels (multiple of 16).")] = 480,
+    width: Annotated[int, typer.Option("--width", help="Width in pixels (multiple of 16).")] = 832,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps (Euler on the shifted sigma grid).")] = 50,
+    guidance_scale: Annotated[float, typer.Option("--guidance-scale", "-g", help="Classifier-free guidance "
+                                                  "scale (1 = off).")] = 5.0,
+    guidance_scale_2: Annotated[float | None, typer.Option("--guidance-scale-2", help="CFG scale of the "
+                                                           "low-noise expert (Wan2.2 A14B); default: "
+                                                           "--guidance-scale.")] = None,
+    shift: Annotated[float | None, typer.Option("--shift", help="Flow shift of the sigma grid; default: the "
+                                                "model's flow_shift (3 for Wan 480p, 5 for 720p).")] = None,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 16.0,
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    offload: OffloadOpt = "none",
+    vae_tiling: VaeTilingOpt = False,
+    seed: SeedOpt = 0,
+    recipe: RecipeOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    params = dict(locals())
+    params.pop("ctx")
+    run_guarded(lambda: _run(ctx, params), debug)
+
+
+def _run(ctx: typer.Context, params: dict) -> None:
+    from vmt.errors import VmtUsageError
+    from vmt.io.atomic import check_output_path
+
+    p = resolve_params(ctx, "refine", params, params["recipe"])
+    output = check_output_path(p["output"], p["overwrite"])
+    if p["steps"] < 1:
+        raise VmtUsageError(f"--steps must be >= 1, got {p['steps']}")
+    if p["guidance_scale"] < 0:
+        raise VmtUsageError(f"--guidance-scale must be >= 0, got {p['guidance_scale']}")
+    if p["fps"] <= 0:
+        raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
+    if p["image"] is not None and not Path(p["image"]).is_file():
+        raise VmtUsageError(f"--image {p['image']} not found")
+    check_wan_size(p["num_frames"], p["height"], p["width"])
+    quiet_libraries(p["debug"])
+
+    from vmt.backends.wan import WanBackend, WanLoadOptions
+    from vmt.generate import GenerationRequest, generate
+    from vmt.io.video import read_video, write_video
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import Timer, peak_memory
+
+    timer = Timer()
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
+            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+            revision=p["revision"],
+        ))
+    timer.sync_cuda = backend.device.type == "cuda"
+    image = None
+    if p["image"] is not None:
+        with timer.stage("read_image"):
+            image = read_video(p["image"], size=(p["height"], p["width"]), max_frames=1)[0][0]
+    req = GenerationRequest(
+        prompt=p["prompt"], negative_prompt=p["negative_prompt"], image=image, num_frames=p["num_frames"],
+        height=p["height"], width=p["width"], steps=p["steps"], guidance_scale=p["guidance_scale"],
+        guidance_scale_2=p["guidance_scale_2"], shift=p["shift"], seed=p["seed"],
+    )
+    with step_progress(req.steps, "denoising", p["quiet"]) as advance:
+        result = generate(backend, req, on_step=lambda s: advance(sigma=f"{float(s.sigma):.3f}"), timer=timer)
+    with timer.stage("write"):
+        write_video(output, result.frames, p["fps"])
+        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+        resolved["shift"] = req.shift if req.shift is not None else backend.default_shift
+        doc = build_sidecar(
+            command_line(), "refine", resolved, output=output, model=backend.describe(),
+            timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
+            extra={"sigmas": result.sigmas, "video": {"frames": int(len(result.frames)), "fps": p["fps"],
+                                                      "height": p["height"], "width": p["width"]}},
+        )
+        write_sidecar(output, doc)
+    if not p["quiet"]:
+        c = backend.counts
+        console.print(f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}) "
+                      f"NFE {c.nfe}, DiT passes {c.dit_forward}, denoise {timer.stages.get('denoise', 0):.1f}s")
+
+
+def check_wan_size(num_frames: int, height: int, width: int, temporal: int = 4, spatial: int = 16) -> None:
+    """Early size check with Wan's factors (before a model is loaded); the backend re-checks exactly."""
+    from vmt.errors import VmtUsageError
+
+    if num_frames < 1 or (num_frames - 1) % temporal:
+        lo = max(1, (num_frames - 1) // temporal * temporal + 1)
+        raise VmtUsageError(f"--num-frames {num_frames} is not of the form {temporal}k+1; use {lo} or {lo + temporal}")
+    for name, v in (("--height", height), ("--width", width)):
+        if v < spatial or v % spatial:
+            lo = max(spatial, v // spatial * spatial)
+            raise VmtUsageError(f"{name} {v} must be a multiple of {spatial}; use {lo} or {lo + spatial}")

@@ -1,0 +1,308 @@
+"""Wan2.1 / Wan2.2 (T2V, I2V, two-expert A14B, TI2V-5B) as a FlowBackend, over diffusers' own components.
+
+The pipeline object is loaded with diffusers' `from_pretrained`; vmt uses its modules (text encoder,
+transformer(s), VAE) and its prompt/image encoding, but runs its own sampling loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vmt.backends.base import ComputeCounts, Conditioning
+from vmt.backends.loading import ResolvedModel, resolve_model
+from vmt.errors import VmtError, VmtUsageError
+from vmt.runtime import resolve_device, resolve_dtype
+
+SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+@dataclass(frozen=True)
+class WanLoadOptions:
+    """How to load and place a Wan model.
+
+    offload: "none" keeps everything on the device; "model" moves whole components to the GPU only while
+    they run (text encoder, transformer, VAE: peak ~ the largest component); "sequential" streams every
+    layer (smallest footprint, much slower). vae_tiling decodes in spatial tiles (bounded VAE memory).
+    batch_cfg evaluates the conditional and unconditional branches as one batch of two (faster on GPU,
+    twice the activation memory of one branch).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"
+    vae_tiling: bool = False
+    revision: str | None = None
+    batch_cfg: bool = True
+    max_sequence_length: int = 512
+
+
+def _dtype_kwarg() -> str:
+    """diffusers renamed `torch_dtype` to `dtype` in 0.40; use the name the installed version expects."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__) >= Version("0.40") else "torch_dtype"
+
+
+def _to_video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
+    return x.permute(3, 0, 1, 2).unsqueeze(0)
+
+
+def _to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
+    x = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+class WanBackend:
+    """A diffusers Wan pipeline seen through the FlowBackend protocol."""
+
+    def __init__(self, pipe, resolved: ResolvedModel | None, device: torch.device, dtype: torch.dtype,
+                 options: WanLoadOptions = WanLoadOptions()):
+        self.pipe = pipe
+        self.resolved = resolved
+        self.model_id = resolved.model_id if resolved else type(pipe).__name__
+        self.device = device
+        self.dtype = dtype
+        self.options = options
+        self.counts = ComputeCounts()
+        vae = pipe.vae
+        self.scale_temporal = int(vae.config.scale_factor_temporal or 4)
+        self.scale_spatial = int(vae.config.scale_factor_spatial or 8)
+        self.latent_channels = int(vae.config.z_dim)
+        main = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        self.patch_size = tuple(main.config.patch_size)
+        self.is_i2v = type(pipe).__name__ == "WanImageToVideoPipeline"
+        self.expand_timesteps = bool(pipe.config.get("expand_timesteps", False))
+        self.boundary_ratio = pipe.config.get("boundary_ratio", None)
+        self.num_train_timesteps = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+        cfg = pipe.scheduler.config
+        self.default_shift = float(cfg.get("flow_shift", None) or cfg.get("shift", None) or 1.0)
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._latents_mean, self._latents_std = mean, std
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model: str, options: WanLoadOptions = WanLoadOptions()) -> WanBackend:
+        """Load a Wan model from a hub id (through the hub cache; HF_HUB_OFFLINE honoured) or a local folder."""
+        from diffusers import DiffusionPipeline
+
+        if options.offload not in OFFLOAD_MODES:
+            raise VmtUsageError(f"unknown --offload {options.offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device)
+        if options.offload != "none" and device.type != "cuda":
+            raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
+        resolved = resolve_model(model, options.revision)
+        if resolved.pipeline_class not in SUPPORTED_PIPELINES:
+            raise VmtError(
+                f"model {model!r} is a {resolved.pipeline_class}; the Wan backend loads "
+                f"{' or '.join(SUPPORTED_PIPELINES)} folders"
+            )
+        try:
+            # The Wan VAE is kept in float32: its decode is visibly worse in half precision.
+            pipe = DiffusionPipeline.from_pretrained(
+                str(resolved.folder), **{_dtype_kwarg(): {"default": dtype, "vae": torch.float32}}
+            )
+        except Exception as e:
+            raise VmtError(f"cannot load model {model!r} from {resolved.folder}: {type(e).__name__}: {e}") from e
+        pipe.set_progress_bar_config(disable=True)
+        if options.vae_tiling:
+            pipe.vae.enable_tiling()
+        if options.offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif options.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        return cls(pipe, resolved, device, dtype, options)
+
+    def describe(self) -> dict:
+        """Provenance of the loaded model, for the JSON sidecar."""
+        r = self.resolved
+        out = {
+            "id": self.model_id,
+            "pipeline": type(self.pipe).__name__,
+            "two_experts": self.pipe.transformer_2 is not None,
+            "boundary_ratio": self.boundary_ratio,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "offload": self.options.offload,
+            "vae_tiling": self.options.vae_tiling,
+        }
+        if r is not None:
+            out.update(source=r.source, folder=str(r.folder), revision=r.revision, fingerprint=r.fingerprint)
+        return out
+
+    # ------------------------------------------------------------------ geometry
+    def latent_shape(self, num_frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+        f = (num_frames - 1) // self.scale_temporal + 1
+        return (batch, self.latent_channels, f, height // self.scale_spatial, width // self.scale_spatial)
+
+    def check_size(self, num_frames: int, height: int, width: int) -> None:
+        st = self.scale_temporal
+        if num_frames < 1 or (num_frames - 1) % st:
+            lo = max(1, (num_frames - 1) // st * st + 1)
+            raise VmtUsageError(
+                f"--num-frames {num_frames} is not of the form {st}k+1; use {lo} or {lo + st}"
+            )
+        mh, mw = self.scale_spatial * self.patch_size[1], self.scale_spatial * self.patch_size[2]
+        for name, v, m in (("--height", height, mh), ("--width", width, mw)):
+            if v < m or v % m:
+                lo = max(m, v // m * m)
+                raise VmtUsageError(f"{name} {v} must be a multiple of {m}; use {lo} or {lo + m}")
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(F, h, w) of the transformer's token grid for a video of this size."""
+        _, _, f, h, w = self.latent_shape(num_frames, height, width)
+        pt, ph, pw = self.patch_size
+        return f // pt, h // ph, w // pw
+
+    # ------------------------------------------------------------------ conditioning
+    @property
+    def execution_device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 5.0,
+                      guidance_scale_2: float | None = None) -> Conditioning:
+        if guidance_scale_2 is not None and self.boundary_ratio is None:
+            raise VmtUsageError("--guidance-scale-2 applies only to two-expert models (Wan2.2 A14B)")
+        cfg = guidance_scale > 1.0 or (guidance_scale_2 or 0.0) > 1.0
+        with torch.no_grad():
+            pos, neg = self.pipe.encode_prompt(
+                prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+                max_sequence_length=self.options.max_sequence_length, device=self.execution_device,
+            )
+        pos = pos.to(self.dtype)
+        neg = neg.to(self.dtype) if neg is not None else None
+        g2 = guidance_scale_2 if guidance_scale_2 is not None else (
+            guidance_scale if self.boundary_ratio is not None else None)
+        return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2)
+
+    def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
+                           width: int) -> Conditioning:
+        if not self.is_i2v:
+            raise VmtUsageError(
+                f"--image needs an image-to-video model (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); "
+                f"{self.model_id} is text-to-video"
+            )
+        if image.shape[:2] != (height, width):
+            raise VmtUsageError(f"image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
+        dev = self.execution_device
+        x = _to_video_tensor(image[None])[:, :, 0].to(dev)  # (1, 3, H, W)
+        dummy = torch.zeros(self.latent_shape(num_frames, height, width), device=dev)
+        with torch.no_grad():
+            out = self.pipe.prepare_latents(
+                x, 1, self.latent_channels, height, width, num_frames, torch.float32, dev, None, dummy, None
+            )
+            image_embeds = None
+            main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+            if main.config.image_dim is not None:
+                from PIL import Image
+
+                image_embeds = self.pipe.encode_image(Image.fromarray(image), dev).to(self.dtype)
+        if self.expand_timesteps:
+            _, condition, mask = out
+            return cond.with_(latent_condition=condition, first_frame_mask=mask, image_embeds=image_embeds)
+        _, condition = out
+        return cond.with_(latent_condition=condition, image_embeds=image_embeds)
+
+    # ------------------------------------------------------------------ the model
+    def transformer_at(self, sigma: float):
+        t = float(sigma) * self.num_train_timesteps
+        if self.pipe.transformer is None:
+            return self.pipe.transformer_2
+        if self.boundary_ratio is None or self.pipe.transformer_2 is None:
+            return self.pipe.transformer
+        return self.pipe.transformer if t >= self.boundary_ratio * self.num_train_timesteps else self.pipe.transformer_2
+
+    def _guidance_at(self, sigma: float, cond: Conditioning) -> float:
+        model = self.transformer_at(sigma)
+        if model is self.pipe.transformer_2 and self.pipe.transformer is not None:
+            return cond.guidance_scale_2 if cond.guidance_scale_2 is not None else cond.guidance_scale
+        return cond.guidance_scale
+
+    def model_input(self, z: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden_states, timestep) the transformer takes for latent z at timestep t (0-dim, 1000 * sigma)."""
+        b = z.shape[0]
+        if self.expand_timesteps:
+            mask = cond.first_frame_mask
+            if mask is None:
+                mask = torch.ones((1, 1, *z.shape[2:]), dtype=torch.float32, device=z.device)
+            x = z if cond.latent_condition is None else (1 - mask) * cond.latent_condition + mask * z
+            _, ph, pw = self.patch_size
+            ts = (mask[0][0][:, ::ph, ::pw] * t).flatten()
+            return x.to(self.dtype), ts.unsqueeze(0).expand(b, -1)
+        if cond.latent_condition is not None:
+            x = torch.cat([z, cond.latent_condition], dim=1)
+        else:
+            x = z
+        return x.to(self.dtype), t.expand(b)
+
+    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Guided velocity v = v_u + g (v_c - v_u) at sigma, float32, shape of z."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float32)
+        t = (sigma * self.num_train_timesteps).to(z.device)
+        model = self.transformer_at(float(sigma))
+        g = self._guidance_at(float(sigma), cond)
+        x, ts = self.model_input(z, t, cond)
+        use_cfg = cond.negative_embeds is not None and g != 1.0
+        kw = {}
+        if cond.image_embeds is not None:
+            kw["encoder_hidden_states_image"] = cond.image_embeds
+        self.counts.nfe += 1
+        if not use_cfg:
+            self.counts.dit_forward += 1
+            return model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.prompt_embeds,
+                         return_dict=False, **kw)[0].float()
+        self.counts.dit_forward += 2
+        if self.options.batch_cfg:
+            kw2 = {k: torch.cat([v, v]) for k, v in kw.items()}
+            out = model(hidden_states=torch.cat([x, x]), timestep=torch.cat([ts, ts]),
+                        encoder_hidden_states=torch.cat([cond.prompt_embeds, cond.negative_embeds]),
+                        return_dict=False, **kw2)[0]
+            v_c, v_u = out.chunk(2)
+        else:
+            v_c = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.prompt_embeds,
+                        return_dict=False, **kw)[0]
+            v_u = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.negative_embeds,
+                        return_dict=False, **kw)[0]
+        return (v_u + g * (v_c - v_u)).float()
+
+    def sigmas(self, steps: int, shift: float | None = None) -> torch.Tensor:
+        from vmt.sampling.sigmas import flow_sigmas
+
+        return flow_sigmas(steps, self.default_shift if shift is None else shift, self.num_train_timesteps)
+
+    def finalize(self, z: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The latent to decode: TI2V pastes the given first-frame latent back."""
+        if self.expand_timesteps and cond.latent_condition is not None and cond.first_frame_mask is not None:
+            m = cond.first_frame_mask
+            return (1 - m) * cond.latent_condition + m * z
+        return z
+
+    # ------------------------------------------------------------------ VAE
+    def normalize(self, z_raw: torch.Tensor) -> torch.Tensor:
+        return (z_raw.float() - self._latents_mean.to(z_raw.device)) / self._latents_std.to(z_raw.device)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z.float() * self._latents_std.to(z.device) + self._latents_mean.to(z.device)
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray) -> torch.Tensor:
+        vae = self.pipe.vae
+        x = _to_video_tensor(frames).to(self.execution_device, vae.dtype)
+        return self.normalize(vae.encode(x).latent_dist.mode())
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        video = vae.decode(self.denormalize(z).to(self.execution_device, vae.dtype), return_dict=False)[0]
+        return _to_uint8_frames(video)
