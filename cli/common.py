@@ -87,15 +87,15 @@ def load_recipe(path: Path, command: str, allowed: set[str]) -> dict[str, Any]:
 
 def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], recipe: Path | None) -> dict[str, Any]:
     """Merge a recipe into the parameters: recipe values replace defaults, command-line flags win."""
-    from click.core import ParameterSource
-
     if recipe is None:
         return dict(params)
     allowed = {k for k in params if k not in _NOT_FROM_RECIPE}
     from_recipe = load_recipe(recipe, command, allowed)
     merged = dict(params)
     for key, val in from_recipe.items():
-        if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
+        source = ctx.get_parameter_source(key)
+        # Compared by name: typer may ship its own copy of click's ParameterSource enum.
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
             merged[key] = val
     return merged
 
@@ -131,7 +131,7 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
     except VmtError as e:
         if debug:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: no output was written")
@@ -141,7 +141,8 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
     except Exception as e:
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        console.print(f"[bold red]error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                      soft_wrap=True)
         raise typer.Exit(1) from None
 
 

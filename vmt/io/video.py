@@ -75,6 +75,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     err = proc.stderr
     m = _STREAM_RE.search(err)
+    if m is None and re.search(r"Stream #\d+:\d+", err):
+        raise VmtError(f"{p} has no video stream (0 video frames); pass a video file")
     if proc.returncode != 0 or m is None:
         raise VmtError(f"cannot read video {p}: {_last_error_line(err)}")
     width, height = int(m["w"]), int(m["h"])

@@ -8,8 +8,9 @@ import torch
 def flow_sigmas(steps: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> torch.Tensor:
     """The shifted grid of diffusers' FlowMatchEulerDiscreteScheduler: (steps + 1,) float32, last entry 0.
 
-    `sigma' = shift * s / (1 + (shift - 1) * s)` on s = linspace(1, 1/N, steps). Taken from the scheduler
-    itself so the grid is exactly the one `WanPipeline` + FlowMatchEuler steps through.
+    `sigma' = shift * s / (1 + (shift - 1) * s)` on s = linspace(1, shift(1/N), steps) (N = training
+    timesteps). Taken from the scheduler itself so the grid is exactly the one `WanPipeline` +
+    FlowMatchEuler steps through.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
