@@ -76,7 +76,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     err = proc.stderr
     m = _STREAM_RE.search(err)
     if m is None and re.search(r"Stream #\d+:\d+", err):
-        raise VmtError(f"{p} has no video stream (0 video frames); pass a video file")
+        raise VmtError(f"cannot read video {p}: no video stream found (a truncated file, or audio/data only)")
     if proc.returncode != 0 or m is None:
         raise VmtError(f"cannot read video {p}: {_last_error_line(err)}")
     width, height = int(m["w"]), int(m["h"])
