@@ -8,9 +8,26 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
-    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, resolve_params,
-    run_guarded, status, step_progress,
+    DEFAULT_MODEL,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OffloadOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecipeOpt,
+    RevisionOpt,
+    SeedOpt,
+    VaeTilingOpt,
+    command_line,
+    console,
+    quiet_libraries,
+    resolve_params,
+    run_guarded,
+    status,
+    step_progress,
 )
 
 HELP = """Generate a video from a text prompt (or an image) with a Wan model through vmt's sampling loop.
@@ -111,7 +128,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
         doc = build_sidecar(
             command_line(), "refine", resolved, output=output, model=backend.describe(),
             timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
-            extra={"sigmas": result.sigmas, "video": {"frames": int(len(result.frames)), "fps": p["fps"],
+            extra={"sigmas": result.sigmas, "video": {"frames": len(result.frames), "fps": p["fps"],
                                                       "height": p["height"], "width": p["width"]}},
         )
         write_sidecar(output, doc)

@@ -152,10 +152,9 @@ def test_empty_file(tmp_path):
 
 def test_writer_error_leaves_nothing(tmp_path, pattern_clip):
     target = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError):
-        with VideoWriter(target, fps=10) as w:
-            w.write(pattern_clip[:3])
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), VideoWriter(target, fps=10) as w:
+        w.write(pattern_clip[:3])
+        raise RuntimeError("boom")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -163,10 +162,9 @@ def test_writer_error_leaves_nothing(tmp_path, pattern_clip):
 def test_writer_keeps_existing_target_on_failure(tmp_path, pattern_clip):
     target = tmp_path / "out.mp4"
     target.write_bytes(b"previous")
-    with pytest.raises(VmtUsageError):
-        with VideoWriter(target, fps=10) as w:
-            w.write(pattern_clip[:2])
-            w.write(pattern_clip[:1, :10])  # size change mid-stream
+    with pytest.raises(VmtUsageError), VideoWriter(target, fps=10) as w:
+        w.write(pattern_clip[:2])
+        w.write(pattern_clip[:1, :10])  # size change mid-stream
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 

@@ -29,7 +29,7 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device) -> "torch.dtype":  # noqa: F821
+def resolve_dtype(dtype: str, device) -> torch.dtype:  # noqa: F821
     """'auto' is bfloat16 on CUDA and float32 on CPU (CPU half precision is slow and lossy)."""
     import torch
 
@@ -40,7 +40,7 @@ def resolve_dtype(dtype: str, device) -> "torch.dtype":  # noqa: F821
     return getattr(torch, dtype)
 
 
-def make_generator(seed: int) -> "torch.Generator":  # noqa: F821
+def make_generator(seed: int) -> torch.Generator:  # noqa: F821
     """A CPU generator: noise is drawn on the CPU and moved, so a seed gives the same start on any device."""
     import torch
 

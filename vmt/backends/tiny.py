@@ -32,8 +32,13 @@ def _tokenizer():
 def build_tiny_wan(kind: str = "t2v", seed: int = 0, z_dim: int = 4):
     """Build an in-memory tiny Wan pipeline of the given kind with seeded random weights."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
-    from diffusers import WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     if kind not in KINDS:
