@@ -69,8 +69,8 @@ def run(dim: int, samples: int, steps: int, modes: int, seed: int) -> list[dict]
     samplers = {
         f"euler {steps}": (sig, None),
         f"euler {2 * steps} (NFE x2)": (sig2, None),
-        "P&P default, tau 0.25": (sig, dict(tau=0.25)),
-        "P&P default, no gate": (sig, dict(tau=0.0)),
+        "P&P default, tau 0.25": (sig, {"tau": 0.25}),
+        "P&P default, no gate": (sig, {"tau": 0.0}),
     }
     reference = {"sampler": "true data", **metrics(gmm.sample(samples, g)[0], gmm)}
     rows = []
@@ -79,7 +79,7 @@ def run(dim: int, samples: int, steps: int, modes: int, seed: int) -> list[dict]
         for sname, (grid, pnp_kw) in samplers.items():
             calls = [0]
 
-            def velocity(z, s, vel=vel):
+            def velocity(z, s, vel=vel, calls=calls):
                 calls[0] += 1
                 return vel(z, float(s))
 

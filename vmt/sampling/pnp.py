@@ -20,6 +20,7 @@ Plans map 0-based outer step indices to K: "2-5:3,6-14:1" (inclusive ranges), "n
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -108,7 +109,7 @@ def parse_plan(text: str) -> Plan:
             raise VmtUsageError(f"--plan range {item.strip()!r} has K = 0; leave those steps out of the plan")
         ranges.append((a, b, k))
     ranges.sort()
-    for (a1, b1, _), (a2, b2, _) in zip(ranges, ranges[1:]):
+    for (a1, b1, _), (a2, b2, _) in itertools.pairwise(ranges):
         if a2 <= b1:
             raise VmtUsageError(f"--plan ranges {a1}-{b1} and {a2}-{b2} overlap; each outer step may appear once")
     return Plan(tuple(ranges))
