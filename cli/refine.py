@@ -1,4 +1,4 @@
-"""`vmt refine`: text/image-to-video with the project's flow-matching sampling loop."""
+"""`vmt refine`: text/image-to-video with the project's flow-matching sampling loop and Predict-and-Perturb."""
 
 from __future__ import annotations
 
@@ -8,37 +8,31 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL,
-    DebugOpt,
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    OffloadOpt,
-    OutputOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RecipeOpt,
-    RevisionOpt,
-    SeedOpt,
-    VaeTilingOpt,
-    command_line,
-    console,
-    quiet_libraries,
-    resolve_params,
-    run_guarded,
-    status,
-    step_progress,
+    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
+    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, resolve_params,
+    run_guarded, status, step_progress,
 )
 
-HELP = """Generate a video from a text prompt (or an image) with a Wan model through vmt's sampling loop.
+HELP = """Generate a video from a text prompt (or an image) with a Wan model, refining the early (motion)
+steps with Predict-and-Perturb: at a fixed noise level the model re-noises and re-denoises its own clean
+estimate K times (forward passes only), and an uncertainty gate keeps voxels that have settled.
 
 [bold]Examples[/]
 
-  vmt refine --prompt "a red fox running through snow" -o fox.mp4
+  vmt refine --prompt "a red fox running through snow" -o fox.mp4          # published plan 2-5:3,6-14:1
 
-  vmt refine --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --image first.png --prompt "..." -o clip.mp4
+  vmt refine --prompt "..." --plan none -o plain.mp4                          # plain Euler sampling
 
-  vmt refine --recipe recipes/refine/wan2.1-t2v-1.3b.toml --prompt "..." -o out.mp4 --steps 30
+  vmt refine --prompt "..." --plan "2-5:3,6-14:1" --tau 0.25 -o fox.mp4
+
+  vmt refine --recipe recipes/refine/wan2.2-a14b-t2v.toml --prompt "..." -o out.mp4
+
+  vmt refine --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --image first.png --prompt "..." \\
+      --recipe recipes/refine/wan2.2-a14b-i2v.toml -o clip.mp4
+
+Plans: FIRST-LAST:K items, 0-based inclusive outer steps, K extra model evaluations each (NFE = steps +
+sum of K; the default adds 21 to 50 steps, 1.42x). `--plan default` (the default) is the published
+50-step plan; on schedules shorter than 15 steps it keeps only the steps that exist.
 
 Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE and patch size).
 """
@@ -63,6 +57,17 @@ def refine(
     shift: Annotated[float | None, typer.Option("--shift", help="Flow shift of the sigma grid; default: the "
                                                 "model's flow_shift (3 for Wan 480p, 5 for 720p).")] = None,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 16.0,
+    plan: Annotated[str, typer.Option("--plan", help="P&P inner iterations per outer step: "
+                                      "\"FIRST-LAST:K,...\" (0-based, inclusive), \"default\" (2-5:3,6-14:1) "
+                                      "or \"none\" (plain Euler).", rich_help_panel="Refinement")] = "default",
+    tau: Annotated[float, typer.Option("--tau", help="Uncertainty gate: voxels whose clean estimate changes "
+                                       "less than tau (mean |dx0| over channels) keep their update; 0 refines "
+                                       "every voxel, inf none.", rich_help_panel="Refinement")] = 0.25,
+    certain_fraction: Annotated[float, typer.Option("--certain-fraction", help="Stop a step's inner loop once "
+                                                    "more than this fraction of voxels is certain (1 = never "
+                                                    "stop early).", rich_help_panel="Refinement")] = 0.999,
+    p_norm: Annotated[float, typer.Option("--p-norm", help="Norm of the gate's change over channels "
+                                          "(||dx0||_p / channels).", rich_help_panel="Refinement")] = 1.0,
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
@@ -95,6 +100,10 @@ def _run(ctx: typer.Context, params: dict) -> None:
     if p["image"] is not None and not Path(p["image"]).is_file():
         raise VmtUsageError(f"--image {p['image']} not found")
     check_wan_size(p["num_frames"], p["height"], p["width"])
+    pnp_plan = resolve_plan(p["plan"], p["steps"])
+    from vmt.sampling.pnp import check_gate
+
+    check_gate(p["tau"], p["certain_fraction"], p["p_norm"])
     quiet_libraries(p["debug"])
 
     from vmt.backends.wan import WanBackend, WanLoadOptions
@@ -102,6 +111,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory
+    from vmt.sampling.pnp import PredictPerturb
 
     timer = Timer()
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
@@ -119,23 +129,63 @@ def _run(ctx: typer.Context, params: dict) -> None:
         height=p["height"], width=p["width"], steps=p["steps"], guidance_scale=p["guidance_scale"],
         guidance_scale_2=p["guidance_scale_2"], shift=p["shift"], seed=p["seed"],
     )
+    pnp = None
+    if not pnp_plan.empty:
+        pnp = PredictPerturb(pnp_plan, p["tau"], p["certain_fraction"], p["p_norm"], seed=p["seed"],
+                             sync_cuda=timer.sync_cuda)
+
+    def on_step(state) -> None:
+        rec = state.record.get("pnp")
+        info = {"sigma": f"{float(state.sigma):.3f}"}
+        if rec is not None:
+            info["pnp"] = f"K={rec['iterations']}/{rec['k']} certain={rec['certain_fraction'][-1]:.3f}"
+        advance(**info)
+
     with step_progress(req.steps, "denoising", p["quiet"]) as advance:
-        result = generate(backend, req, on_step=lambda s: advance(sigma=f"{float(s.sigma):.3f}"), timer=timer)
+        result = generate(backend, req, interventions=[pnp] if pnp else [], on_step=on_step, timer=timer)
     with timer.stage("write"):
         write_video(output, result.frames, p["fps"])
         resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
         resolved["shift"] = req.shift if req.shift is not None else backend.default_shift
+        resolved["plan"] = str(pnp_plan)
+        pnp_doc = refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("denoise", 0.0))
         doc = build_sidecar(
             command_line(), "refine", resolved, output=output, model=backend.describe(),
             timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
-            extra={"sigmas": result.sigmas, "video": {"frames": len(result.frames), "fps": p["fps"],
-                                                      "height": p["height"], "width": p["width"]}},
+            extra={"sigmas": result.sigmas, "video": {"frames": int(len(result.frames)), "fps": p["fps"],
+                                                      "height": p["height"], "width": p["width"]},
+                   "pnp": pnp_doc, "steps": result.steps},
         )
         write_sidecar(output, doc)
     if not p["quiet"]:
         c = backend.counts
         console.print(f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}) "
-                      f"NFE {c.nfe}, DiT passes {c.dit_forward}, denoise {timer.stages.get('denoise', 0):.1f}s")
+                      f"NFE {c.nfe} ({c.nfe / req.steps:.2f}x), DiT passes {c.dit_forward}, "
+                      f"denoise {timer.stages.get('denoise', 0):.1f}s")
+
+
+def resolve_plan(text: str, steps: int):
+    """The P&P plan for a `steps`-step schedule. The keyword "default" is clipped to the schedule; an
+    explicit plan that goes beyond it is an error."""
+    from vmt.sampling.pnp import parse_plan
+
+    plan = parse_plan(text)
+    if text.strip().lower() == "default":
+        return plan.clipped(steps)
+    return plan.validate(steps)
+
+
+def refine_summary(pnp, steps: int, nfe: int, denoise_s: float) -> dict:
+    """The `pnp` block of out.json: plan, NFE (planned, used, ratio to plain sampling), certain fraction per
+    refined step, and the denoising time split into refined and plain steps."""
+    if pnp is None:
+        return {"plan": "none", "nfe": nfe, "nfe_ratio": round(nfe / steps, 4), "time_denoise_s": denoise_s}
+    doc = pnp.summary(steps, nfe)
+    doc["nfe"] = nfe
+    doc["nfe_ratio"] = round(nfe / steps, 4)
+    doc["time_denoise_s"] = denoise_s
+    doc["time_plain_steps_s"] = round(max(0.0, denoise_s - doc["time_refined_steps_s"]), 4)
+    return doc
 
 
 def check_wan_size(num_frames: int, height: int, width: int, temporal: int = 4, spatial: int = 16) -> None:
