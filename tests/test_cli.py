@@ -72,7 +72,8 @@ def test_refine_help_teaches():
 
 def test_refine_end_to_end_writes_video_and_sidecar(tiny_t2v, tmp_path):
     out = tmp_path / "fox.mp4"
-    res = invoke("refine", "--prompt", "a fox", "--model", tiny_t2v, "-o", out, "--seed", "3", *SMALL)
+    res = invoke("refine", "--prompt", "a fox", "--model", tiny_t2v, "-o", out, "--seed", "3", "--plan", "none",
+                 *SMALL)
     assert res.exit_code == 0, res.output + (res.stderr or "")
     info = probe_video(out)
     assert (info.num_frames, info.width, info.height, info.fps) == (9, 32, 32, 16.0)
