@@ -121,7 +121,10 @@ def resize_center_crop(frames: np.ndarray, size: int):
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    arr = np.ascontiguousarray(frames)
+    if not arr.flags.writeable:  # decoded frames are read-only views of ffmpeg's buffer
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
         s = size / min(h, w)
