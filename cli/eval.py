@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import DebugOpt, DeviceOpt, OverwriteOpt, QuietOpt, command_line, console, run_guarded, step_progress
+from cli.common import (
+    DebugOpt,
+    DeviceOpt,
+    OverwriteOpt,
+    QuietOpt,
+    command_line,
+    console,
+    run_guarded,
+    step_progress,
+)
 
 HELP = """Score videos with the metrics of the papers vmt implements; print a table, write JSON, gate CI.
 
@@ -291,11 +300,16 @@ def _distribution(kind: str, p: dict) -> None:
         if p["stride"] < 1:
             raise VmtUsageError(f"--stride must be >= 1, got {p['stride']}")
         det = D.load_detector(D.INCEPTION, p["inception"], dev)
+        probs: list[np.ndarray] = []
 
         def feats(path: Path) -> np.ndarray:
             frames, _ = read_video(path, max_frames=p["max_frames"])
-            return D.batched_features(det, [D.inception_frames(frames, stride=p["stride"])], p["batch_size"])
+            x = D.inception_frames(frames, stride=p["stride"])
+            if p["inception_score"] and path in gen_set:
+                probs.extend(det.probabilities(c) for c in x.split(p["batch_size"]))
+            return D.batched_features(det, [x], p["batch_size"])
 
+    gen_set = set(gen) - set(real)
     sets, errors = {}, []
     for name, paths in (("real", real), ("gen", gen)):
         res, err = for_each(paths, feats, f"{kind} {name}", p["quiet"])
@@ -311,14 +325,8 @@ def _distribution(kind: str, p: dict) -> None:
     metrics = {kind: value, f"n_real_{'clips' if kind == 'fvd' else 'frames'}": len(sets["real"]),
                f"n_gen_{'clips' if kind == 'fvd' else 'frames'}": len(sets["gen"])}
     if kind == "fid" and p["inception_score"]:
-        probs = []
-        for path in gen:
-            try:
-                frames, _ = read_video(path, max_frames=p["max_frames"])
-            except Exception:
-                continue  # already reported above
-            x = D.inception_frames(frames, stride=p["stride"])
-            probs += [det.probabilities(c) for c in x.split(p["batch_size"])]
+        if not probs:
+            raise VmtUsageError("--is scores the generated frames; give GEN videos that are not also in REAL")
         metrics["is"] = D.inception_score(np.concatenate(probs))[0]
     det_path = str(det.path)
     gate.finish(kind, metrics, params=p | {"detector": det_path},

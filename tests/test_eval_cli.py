@@ -210,3 +210,36 @@ def test_seams_cli_uses_module_and_reports_missing(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "s.json").read_text())["metrics"]
     assert m["frames"]["value"] == 8 and m["clip_length"]["value"] == 4
+
+
+def test_fid_cli_identical_sets_and_inception_score(tmp_path, monkeypatch):
+    import torch
+
+    class ConstInception(torch.nn.Module):
+        """Features: per-channel mean and std of each frame; probabilities: uniform over 2 classes."""
+
+        def forward(self, x: torch.Tensor, return_features: bool = False,
+                    no_output_bias: bool = False) -> torch.Tensor:
+            if return_features:
+                return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)
+            return torch.full((x.shape[0], 2), 0.5)
+
+    det = tmp_path / "inception.pt"
+    torch.jit.script(ConstInception()).save(str(det))
+    real, gen = tmp_path / "real", tmp_path / "gen"
+    real.mkdir()
+    gen.mkdir()
+    for s in range(2):
+        v = translating(1, 0, t=4, h=32, w=32, seed=s)
+        write_video(real / f"v{s}.mp4", v, 8)
+        write_video(gen / f"v{s}.mp4", v, 8)
+    r = vmt("eval", "fid", real, gen, "--inception", det, "--is", "--device", "cpu", "--json", tmp_path / "f.json")
+    assert r.exit_code == 0, r.output
+    m = {k: v["value"] for k, v in json.loads((tmp_path / "f.json").read_text())["metrics"].items()}
+    assert m["n_real_frames"] == 8 and m["n_gen_frames"] == 8
+    assert m["fid"] == pytest.approx(0.0, abs=1e-9)  # same encoded files on both sides
+    assert m["is"] == pytest.approx(1.0, abs=1e-12)  # identical predictions: IS = 1
+    monkeypatch.setenv("HOME", str(tmp_path))  # no detector cache to find
+    monkeypatch.delenv("VMT_DETECTORS", raising=False)
+    r = vmt("eval", "fid", real, gen)
+    assert r.exit_code == 2 and "inception-2015-12-05.pt" in " ".join(r.output.split())

@@ -8,12 +8,18 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from vmt.metrics.motion import (  # noqa: E402
-    Tracks, chamfer_score, correlation_matrix, direction_check, global_shifts, motion_fidelity, track_grid,
+from vmt.metrics.motion import (
+    Tracks,
+    chamfer_score,
+    correlation_matrix,
+    direction_check,
+    global_shifts,
+    motion_fidelity,
+    track_grid,
     unit_steps,
 )
-from vmt.metrics.physics import constant_acceleration_residual, physics_residual  # noqa: E402
-from vmt.metrics.temporal import PSNR_CAP, psnr, ssim, temporal_consistency  # noqa: E402
+from vmt.metrics.physics import constant_acceleration_residual, physics_residual
+from vmt.metrics.temporal import PSNR_CAP, psnr, ssim, temporal_consistency
 
 H, W, T = 64, 96, 10
 GRID = 20

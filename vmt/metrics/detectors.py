@@ -83,7 +83,7 @@ class Detector:
                            f"{str(e).strip().splitlines()[0]}") from e
         try:
             names = {a.name for a in self.module.forward.schema.arguments}
-        except Exception:
+        except (AttributeError, RuntimeError):  # a module without a scripted forward schema
             names = set()
         self.accepts = names
 

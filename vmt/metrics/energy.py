@@ -16,15 +16,22 @@ from vmt.errors import VmtError
 STATISTICS = ("V", "U")
 
 
+def _scipy_distance():
+    try:
+        from scipy.spatial import distance
+    except ImportError as e:  # pragma: no cover - scipy is in the metrics extra
+        raise VmtError("energy distance needs scipy: pip install 'vmt[metrics]'") from e
+    return distance
+
+
 def _mean_dist(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.spatial.distance import cdist
+    cdist = _scipy_distance().cdist
 
     return float(cdist(a, b).mean())
 
 
 def _within(a: np.ndarray, statistic: str) -> float:
-    from scipy.spatial.distance import pdist
-
+    pdist = _scipy_distance().pdist
     n = len(a)
     if n < 2:
         return 0.0

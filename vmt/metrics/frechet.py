@@ -54,8 +54,10 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
 
 
 def _trace_sqrt_scipy(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> float:
-    from scipy import linalg
-
+    try:
+        from scipy import linalg
+    except ImportError as e:  # pragma: no cover - scipy is in the metrics extra
+        raise VmtError("method='scipy' needs scipy: pip install 'vmt[metrics]'") from e
     covmean = linalg.sqrtm(s1 @ s2)
     if not np.all(np.isfinite(covmean)):
         # singular product: regularise both sides slightly, as the common FID code does

@@ -76,8 +76,8 @@ def track_grid(frames: np.ndarray, *, grid: int = 40, win: int = 15, levels: int
     xy = np.zeros((n, t, 2), np.float32)
     alive = np.zeros((n, t), bool)
     xy[:, 0], alive[:, 0] = p0, True
-    lk = dict(winSize=(win, win), maxLevel=levels,
-              criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+    lk = {"winSize": (win, win), "maxLevel": levels,
+          "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)}
     for k in range(1, t):
         idx = np.flatnonzero(alive[:, k - 1])
         if len(idx) == 0:
@@ -142,7 +142,7 @@ def motion_fidelity(ref: np.ndarray, gen: np.ndarray, *, grid: int = 40, win: in
     t = min(len(ref), len(gen))
     if t < 2:
         raise VmtError(f"motion fidelity needs at least 2 frames in both videos, got {len(ref)} and {len(gen)}")
-    kw = dict(grid=grid, win=win, levels=levels, fb_threshold=fb_threshold)
+    kw = {"grid": grid, "win": win, "levels": levels, "fb_threshold": fb_threshold}
     tr = _kept(track_grid(ref[:t], **kw), min_track_fraction)
     tg = _kept(track_grid(gen[:t], **kw), min_track_fraction)
     ua, va = unit_steps(tr, min_displacement)

@@ -17,26 +17,31 @@ import numpy as np
 from vmt.errors import VmtError
 
 
-def track_object(frames: np.ndarray, *, threshold: float = 25.0, min_pixels: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def track_object(frames: np.ndarray, *, threshold: float = 25.0, min_pixels: int = 4,
+                 max_background_frames: int = 31) -> tuple[np.ndarray, np.ndarray]:
     """Centroid (T, 2) (x, y) in pixels of the moving object in each frame, and found (T,) bool.
 
     frames: (T, H, W, 3) uint8 with a static background; the object must not cover any pixel in more than
-    half the frames (the median is the background)."""
-    f = np.asarray(frames, dtype=np.float32)
+    half the frames used for the background median."""
+    f = np.asarray(frames)
     if f.ndim != 4 or len(f) < 3:
         raise VmtError(f"physics residual needs a video (T>=3, H, W, 3), got shape {f.shape}")
-    background = np.median(f, axis=0)
-    diff = np.abs(f - background).max(-1)  # (T, H, W)
+    # background: per-pixel median of up to `max_background_frames` evenly spaced frames (uint8 median
+    # is exact; a subsample keeps this fast on long videos)
+    pick = np.unique(np.linspace(0, len(f) - 1, min(len(f), max_background_frames)).round().astype(int))
+    background = np.median(f[pick], axis=0).astype(np.float32)
+    diff = np.stack([np.abs(x.astype(np.float32) - background).max(-1) for x in f])  # (T, H, W)
     h, w = diff.shape[1:]
     ys, xs = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
     pos = np.zeros((len(f), 2))
     found = np.zeros(len(f), bool)
     for t, d in enumerate(diff):
-        wgt = np.where(d > threshold, d, 0.0).astype(np.float64)
-        if (wgt > 0).sum() < min_pixels:
+        wgt = np.where(d > threshold, d, np.float32(0))
+        if np.count_nonzero(wgt) < min_pixels:
             continue
-        total = wgt.sum()
-        pos[t] = (wgt.sum(0) @ xs / total, wgt.sum(1) @ ys / total)
+        col, row = wgt.sum(0, dtype=np.float64), wgt.sum(1, dtype=np.float64)
+        total = col.sum()
+        pos[t] = (col @ xs / total, row @ ys / total)
         found[t] = True
     return pos, found
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtUsageError
 
 SCHEMA = "vmt.eval/1"
 
@@ -170,8 +170,3 @@ def attach_baseline(report: dict, path: str | Path, checks: list[Check]) -> dict
                                 "regressions": [c.name for c in checks if c.regressed]})
     return report
 
-
-def require_finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise VmtError(f"{name} is not finite ({value}); the inputs are degenerate")
-    return value

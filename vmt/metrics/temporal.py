@@ -14,6 +14,7 @@ all pixels and channels, capped at `PSNR_CAP` dB for identical frames (JSON has 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,16 +67,10 @@ def ssim(a: np.ndarray, b: np.ndarray, *, peak: float = 255.0) -> float:
     return float(s.reshape(s.shape[0], s.shape[1], -1).mean(axis=(0, 1), dtype=np.float64).mean())
 
 
-class _Grid:
-    """Pixel coordinate grids cached per frame size (remap needs absolute coordinates)."""
-
-    _cache: dict = {}
-
-    @classmethod
-    def get(cls, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        if (h, w) not in cls._cache:
-            cls._cache = {(h, w): np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))}
-        return cls._cache[(h, w)]
+@functools.lru_cache(maxsize=2)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x, y), each (h, w) float32: remap needs absolute positions."""
+    return tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
 
 
 def warp_error_pair(f0: np.ndarray, f1: np.ndarray, g0: np.ndarray, g1: np.ndarray, dis) -> tuple[float, float]:
@@ -84,7 +79,7 @@ def warp_error_pair(f0: np.ndarray, f1: np.ndarray, g0: np.ndarray, g1: np.ndarr
     h, w = g0.shape
     fw = dis.calc(g0, g1, None)
     bw = dis.calc(g1, g0, None)
-    gx, gy = _Grid.get(h, w)
+    gx, gy = _pixel_grid(h, w)
     mx, my = gx + fw[..., 0], gy + fw[..., 1]
     bw_at = cv2.remap(bw, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     warped = cv2.remap(f1, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
