@@ -10,7 +10,9 @@ Motion fidelity (the score motion-transfer papers report, there with CoTracker t
 3. corr(a, b) = mean over the steps where both tracks are alive of cos(v_k, v~_k).
 4. Score = symmetric Chamfer: (mean over generated tracks of the best reference match + mean over reference
    tracks of the best generated match) / 2. 1: the same motion; -1: everything moves the opposite way;
-   ~0: no shared motion. It ignores where a track is, so a rotation reversed scores like itself.
+   ~0: no shared motion. It ignores where a track is, so a rotation reversed scores like itself. Static
+   steps count as cos 0 on both sides, so even a video against itself scores below 1 when parts of it do
+   not move (the runner reference against itself: 0.91); compare scores, not against 1.
 
 Direction check: per consecutive frame pair, the global shift by phase correlation; the cosine between the
 reference and generated shift, averaged over steps where both move, says whether global motion agrees
