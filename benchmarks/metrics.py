@@ -66,7 +66,7 @@ def ball_video(t: int) -> np.ndarray:
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     frames = np.full((t, H, W, 3), 30, np.uint8)
     for k in range(t):
-        x, y = 100 + 6 * k, 20 + 2 * k + 0.05 * k * k
+        x, y = 100 + 6 * k, 20 + 1 * k + 0.04 * k * k  # stays inside the 480x832 frame
         frames[k][((xx - x) ** 2 + (yy - y) ** 2) <= 144] = 230
     return frames
 
