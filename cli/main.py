@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cli import eval as eval_cli
 from cli import refine
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ def root(
 
 
 app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+app.add_typer(eval_cli.app, name="eval")
 
 
 def main() -> None:
