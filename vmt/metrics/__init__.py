@@ -1,0 +1,1 @@
+"""Metrics: distribution distances, diversity and fidelity scores for generated motion."""
