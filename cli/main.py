@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import refine
+from cli import keypoints as predict_keypoints
 
 app = typer.Typer(
     name="vmt",
@@ -38,6 +39,7 @@ def root(
 
 
 app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+app.add_typer(predict_keypoints.app, name="predict-keypoints")
 
 
 def main() -> None:
