@@ -27,11 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmt.keypoints import DEFAULT_MODEL_DIR  # noqa: E402
-from vmt.keypoints.data import Sequences, load_sequences, make_windows, split_by_identity  # noqa: E402
-from vmt.keypoints.model import SampleOptions, load_model  # noqa: E402
-from vmt.keypoints.predict import forecast, normalise_windows  # noqa: E402
-from vmt.metrics.forecast import ade_fde, apd, best_k, crps, energy_distance  # noqa: E402
+from vmt.keypoints import DEFAULT_MODEL_DIR
+from vmt.keypoints.data import Sequences, load_sequences, make_windows, split_by_identity
+from vmt.keypoints.model import SampleOptions, load_model
+from vmt.keypoints.predict import forecast, normalise_windows
+from vmt.metrics.forecast import ade_fde, apd, best_k, crps, energy_distance
 
 DATA = ROOT.parent / "shared" / "data" / "voxceleb" / "fomm_kp_dev.npz"
 

@@ -8,8 +8,18 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DebugOpt, DeviceOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console, resolve_params,
-    run_guarded, status, step_progress,
+    DebugOpt,
+    DeviceOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecipeOpt,
+    SeedOpt,
+    command_line,
+    console,
+    resolve_params,
+    run_guarded,
+    status,
+    step_progress,
 )
 
 app = typer.Typer(

@@ -10,7 +10,13 @@ import torch
 
 from vmt.errors import VmtUsageError
 from vmt.keypoints.data import (
-    Layout, Sequences, load_sequences, make_windows, minmax_stats, save_sequences, split_by_identity,
+    Layout,
+    Sequences,
+    load_sequences,
+    make_windows,
+    minmax_stats,
+    save_sequences,
+    split_by_identity,
 )
 from vmt.keypoints.flow import ConditionalRealNVP
 from vmt.keypoints.mcmc import energy_elements, mh_steps
@@ -49,7 +55,8 @@ def test_logdet_matches_bruteforce_jacobian():
     x, c = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     _, logdet = flow(x, c)
     for i in range(5):
-        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None], c[i : i + 1])[0][0], x[i])
+        ci = c[i : i + 1]
+        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: flow(v[None], ci)[0][0], x[i])
         ref = torch.linalg.slogdet(jac)[1]
         assert abs(logdet[i].item() - ref.item()) < 1e-9
 
@@ -116,8 +123,8 @@ def test_energy_matches_the_spec_formula():
 
 
 def _tiny_cfg(**kw) -> ModelConfig:
-    base = dict(num_kp=2, jacobian=False, context=4, horizon=3, hidden=12, layers=2, dropout=0.0, cond_dim=3,
-                flow_hidden=16, blocks=3, min_range=0.05)
+    base = {"num_kp": 2, "jacobian": False, "context": 4, "horizon": 3, "hidden": 12, "layers": 2, "dropout": 0.0,
+            "cond_dim": 3, "flow_hidden": 16, "blocks": 3, "min_range": 0.05}
     base.update(kw)
     return ModelConfig(**base)
 
@@ -240,7 +247,7 @@ def test_normalisation_uses_the_context_only():
     assert np.array_equal(lo1, lo2) and np.array_equal(r1, r2)
     assert np.array_equal(n1[:, :5], n2[:, :5])
     assert np.allclose(n1[:, :5].min(1), 0) and np.allclose(n1[:, :5].max(1), 1, atol=1e-6)
-    lo, r = minmax_stats(np.zeros((1, 5, 2)), 0.05)             # constant context: floored range
+    _, r = minmax_stats(np.zeros((1, 5, 2)), 0.05)             # constant context: floored range
     assert np.all(r == 0.05)
 
 

@@ -120,3 +120,17 @@ def test_tracker_follows_a_known_translation():
     step = np.diff(pos, axis=0) * np.array([95 / 2, 95 / 2])
     assert np.allclose(np.median(step, axis=(0, 1)), [-2, -1], atol=0.15)
     assert np.allclose(np.median(jac[-1], axis=0), np.eye(2), atol=0.1)  # pure translation: identity
+
+
+def test_shipped_model_is_small_and_never_saw_its_validation_identities():
+    from vmt.keypoints import DEFAULT_MODEL_DIR
+    from vmt.keypoints.data import identity_of
+    from vmt.keypoints.model import load_model
+
+    model, doc = load_model(DEFAULT_MODEL_DIR)
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir())
+    assert size <= 10 * 2**20
+    assert model.cfg.num_kp == 10 and model.cfg.jacobian
+    val = set(doc["data"]["val_identities"])
+    assert val and not val & {identity_of(n) for n in doc["data"]["train_sequences"]}
+    assert {identity_of(n) for n in doc["data"]["val_sequences"]} == val

@@ -17,7 +17,7 @@ def _rng(seed=0):
 def test_energy_distance_matches_brute_force():
     x, y = _rng(0).normal(size=(7, 3, 2)), _rng(1).normal(size=(5, 3, 2)) + 0.5
     xf, yf = x.reshape(7, -1), y.reshape(5, -1)
-    d = lambda a, b: float(np.sqrt(((a - b) ** 2).sum()))  # noqa: E731
+    d = lambda a, b: float(np.sqrt(((a - b) ** 2).sum()))
     exy = np.mean([d(a, b) for a in xf for b in yf])
     exx = np.mean([d(a, b) for a in xf for b in xf])
     eyy = np.mean([d(a, b) for a in yf for b in yf])

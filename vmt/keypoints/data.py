@@ -127,7 +127,7 @@ def split_by_identity(seqs: Sequences, val_identities: list[str]) -> tuple[Seque
     va = [i for i, n in enumerate(seqs.names) if identity_of(n) in val_identities]
     if not tr:
         raise VmtUsageError("every sequence is a validation identity; leave at least one identity for training")
-    pick = lambda idx: Sequences([seqs.names[i] for i in idx], [seqs.flat[i] for i in idx], seqs.layout)  # noqa: E731
+    pick = lambda idx: Sequences([seqs.names[i] for i in idx], [seqs.flat[i] for i in idx], seqs.layout)
     return pick(tr), pick(va)
 
 

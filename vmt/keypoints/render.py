@@ -34,15 +34,15 @@ def draw_forecast(frame: np.ndarray | None, last_context: np.ndarray, samples: n
     for step in range(samples.shape[0]):
         img = frame.copy()
         for kp in range(k):
-            cx, cy = (int(round(v)) for v in ctx_px[kp])
+            cx, cy = (round(float(v)) for v in ctx_px[kp])
             cv2.drawMarker(img, (cx, cy), (255, 255, 255), cv2.MARKER_CROSS, 8, 1)
         pts = to_pixels(samples[step, :max_samples], h, w)
         for kp in range(k):
             col = _colour(kp, k)
             for s in pts[:, kp]:
-                cv2.circle(img, (int(round(s[0])), int(round(s[1]))), 2, col, -1, lineType=cv2.LINE_AA)
+                cv2.circle(img, (round(float(s[0])), round(float(s[1]))), 2, col, -1, lineType=cv2.LINE_AA)
             mx, my = to_pixels(samples[step, :, kp].mean(0), h, w)
-            cv2.circle(img, (int(round(mx)), int(round(my))), 5, col, 1, lineType=cv2.LINE_AA)
+            cv2.circle(img, (round(float(mx)), round(float(my))), 5, col, 1, lineType=cv2.LINE_AA)
         cv2.putText(img, f"+{step + 1}", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         out.append(img)
     return np.stack(out)

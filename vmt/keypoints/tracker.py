@@ -39,7 +39,8 @@ def track_keypoints(frames: np.ndarray, num_kp: int = 10, jacobian: bool = True,
         sat = base
     track = np.empty((t, len(sat), 2), np.float32)
     track[0] = sat
-    lk = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    lk = {"winSize": (21, 21), "maxLevel": 3,
+          "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}
     for i in range(1, t):
         nxt, st, _ = cv2.calcOpticalFlowPyrLK(grays[i - 1], grays[i], track[i - 1].reshape(-1, 1, 2), None, **lk)
         ok = st.reshape(-1).astype(bool)
