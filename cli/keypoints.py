@@ -69,6 +69,11 @@ from the prior to the GRU head's prediction. --no-refine is plain GRU-NF.
   vmt predict-keypoints run clip.npz -m kp_model --no-refine --samples 20 -o pred.npz
 
   vmt predict-keypoints run talk.mp4 -o pred.npz --render pred.mp4  # track, forecast, draw
+
+  vmt predict-keypoints run clip.npz -o pred.npz --render pred.mp4 --source clip.mp4
+
+--render writes one frame per predicted step: the samples' keypoints (dots; rings: their mean; crosses: the
+last context frame) and, with --preview, the frame warped by the mean forecast (thin-plate spline, no weights).
 """
 
 
@@ -215,6 +220,10 @@ def run(
                                              "shipped model's data is 10 fps).")] = 10.0,
     render: Annotated[Path | None, typer.Option("--render", help="Also draw the first sequence's forecast "
                                                 "over its last context frame into this .mp4.")] = None,
+    preview: Annotated[bool, typer.Option("--preview/--no-preview", help="With --render and a frame: add a "
+                                          "panel warping the frame by the mean forecast (thin-plate spline).")] = True,
+    source: Annotated[Path | None, typer.Option("--source", help="Image or video whose last frame --render draws "
+                                                "on for keypoint-file input (default: grey canvas).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward batch.")] = 16,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
@@ -250,6 +259,8 @@ def _run(ctx: typer.Context, params: dict) -> None:
         raise VmtUsageError(f"--acceptance must be element or vector, got {p['acceptance']!r}")
     if not Path(p["input"]).is_file():
         raise VmtUsageError(f"input {p['input']} not found")
+    if p["source"] is not None and not Path(p["source"]).is_file():
+        raise VmtUsageError(f"--source {p['source']} not found")
 
     import numpy as np
     import torch
@@ -311,11 +322,18 @@ def _run(ctx: typer.Context, params: dict) -> None:
         rendered = None
         if p["render"] is not None:
             from vmt.io.video import write_video
-            from vmt.keypoints.render import draw_forecast
+            from vmt.keypoints.render import draw_forecast, warp_preview
 
+            if frame is None and p["source"] is not None:
+                from vmt.io.video import read_video
+
+                frame = read_video(p["source"])[0][-1]
             last_pos, _ = seqs.layout.unflatten(contexts[0, -1])
             pos_pred, _ = seqs.layout.unflatten(pred[0])          # (N, H, K, 2)
             video = draw_forecast(frame, last_pos, pos_pred.transpose(1, 0, 2, 3))
+            if frame is not None and p["preview"]:
+                warped = warp_preview(frame, last_pos, pos_pred.mean(0))
+                video = np.concatenate([video, warped], axis=2)
             write_video(p["render"], video, fps=p["video_fps"])
             rendered = str(p["render"])
         resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}

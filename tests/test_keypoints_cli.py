@@ -107,7 +107,7 @@ def test_run_on_video_tracks_and_renders(tmp_path):
     from vmt.io.video import read_video
 
     frames, _ = read_video(vid)
-    assert frames.shape[0] == 3
+    assert frames.shape == (3, 64, 128, 3)   # keypoint panel | warped preview panel
 
 
 def test_tracker_follows_a_known_translation():
@@ -134,3 +134,20 @@ def test_shipped_model_is_small_and_never_saw_its_validation_identities():
     val = set(doc["data"]["val_identities"])
     assert val and not val & {identity_of(n) for n in doc["data"]["train_sequences"]}
     assert {identity_of(n) for n in doc["data"]["val_sequences"]} == val
+
+
+def test_tps_reproduces_affine_maps_and_the_warp_shifts_a_frame():
+    pytest.importorskip("cv2")
+    from vmt.keypoints.render import tps_map, warp_preview
+
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 50, (7, 2))
+    aff = np.array([[1.1, 0.2], [-0.1, 0.9]])
+    q = rng.uniform(0, 50, (20, 2))
+    assert np.allclose(tps_map(src, src @ aff.T + [3, -2], q, reg=0.0), q @ aff.T + [3, -2], atol=1e-8)
+    # Keypoints translated by (+3, +2) px: the preview is the frame shifted by (3, 2) (interior).
+    frame = moving_pattern(1, 40, 48)[0]
+    ctx = rng.uniform(-0.6, 0.6, (6, 2))
+    fut = ctx + np.array([3 * 2 / 47, 2 * 2 / 39])
+    out = warp_preview(frame, ctx, fut[None], anchors=False)[0]
+    assert np.abs(out[5:-5, 5:-5].astype(int) - frame[3:-7, 2:-8].astype(int)).max() <= 1
