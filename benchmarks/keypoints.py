@@ -10,6 +10,7 @@ Metrics (normalised space = min-max of each window's context, all 60 values a fr
 - MAE of the best 20 of 100 samples, APD among those 20 (same units), APD/MAE, CRPS;
 - ADE/FDE best-of-100 on positions, in pixels of a 256x256 frame.
 Latency: one window, 100 samples, median of repeats, ms per predicted frame (GRU-NF vs GRU-SNF).
+Extra rows: SNF-vec (GRU-SNF with whole-vector MH acceptance), NF-per (GRU-NF with per-sample feedback).
 Writes benchmarks/results/keypoints.json.
 """
 
@@ -36,10 +37,18 @@ from vmt.metrics.forecast import ade_fde, apd, best_k, crps, energy_distance
 DATA = ROOT.parent / "shared" / "data" / "voxceleb" / "fomm_kp_dev.npz"
 
 
-def evaluate(model, windows: np.ndarray, context: int, horizon: int, refine: bool, seed: int, samples: int,
+METHODS = {  # name -> sampling options besides the sample count
+    "GRU-NF": {"refine": False},
+    "GRU-SNF": {"refine": True},
+    "SNF-vec": {"refine": True, "elementwise": False},     # whole-vector MH acceptance
+    "NF-per": {"refine": False, "feedback": "sample"},     # per-sample feedback
+}
+
+
+def evaluate(model, windows: np.ndarray, context: int, horizon: int, method: dict, seed: int, samples: int,
              ed_samples: int, best: int = 20) -> dict:
     layout = model.cfg.layout
-    pred = forecast(model, windows[:, :context], horizon, SampleOptions(samples=samples, refine=refine), seed=seed)
+    pred = forecast(model, windows[:, :context], horizon, SampleOptions(samples=samples, **method), seed=seed)
     norm, lo, rng = normalise_windows(windows, context, model.cfg.min_range)
     pred_n = (pred - lo[:, None]) / rng[:, None]                       # (W, N, H, D)
     gt_n = norm[:, context:]
@@ -62,8 +71,8 @@ def evaluate(model, windows: np.ndarray, context: int, horizon: int, refine: boo
             "crps": float(np.mean(crpss)), "ade_px": float(np.mean(ades)), "fde_px": float(np.mean(fdes))}
 
 
-def latency(model, window: np.ndarray, context: int, horizon: int, refine: bool, samples: int, repeats: int) -> float:
-    opts = SampleOptions(samples=samples, refine=refine)
+def latency(model, window: np.ndarray, context: int, horizon: int, method: dict, samples: int, repeats: int) -> float:
+    opts = SampleOptions(samples=samples, **method)
     forecast(model, window[None, :context], 2, opts, seed=0)            # warm-up
     times = []
     for r in range(repeats):
@@ -80,7 +89,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--ed-samples", type=int, default=25)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keypoints.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -99,14 +108,14 @@ def main() -> None:
         windows, _ = make_windows(Sequences(test.names, test.flat, test.layout), context + horizon,
                                   context + horizon, model.cfg.frame_step)
         entry = {"windows": len(windows)}
-        for name, refine in (("GRU-NF", False), ("GRU-SNF", True)):
-            per_seed = [evaluate(model, windows, context, horizon, refine, s, args.samples, args.ed_samples)
+        for name, method in METHODS.items():
+            per_seed = [evaluate(model, windows, context, horizon, method, s, args.samples, args.ed_samples)
                         for s in args.seeds]
             keys = per_seed[0].keys()
             entry[name] = {k: {"mean": float(np.mean([r[k] for r in per_seed])),
                                "std": float(np.std([r[k] for r in per_seed])),
                                "per_seed": [r[k] for r in per_seed]} for k in keys}
-            entry[name]["ms_per_frame"] = latency(model, windows[0], context, horizon, refine, args.samples,
+            entry[name]["ms_per_frame"] = latency(model, windows[0], context, horizon, method, args.samples,
                                                   args.repeats)
             rows.append((f"{context}->{horizon}", name, entry[name]))
         nf, snf = entry["GRU-NF"], entry["GRU-SNF"]

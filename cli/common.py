@@ -95,7 +95,9 @@ def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], rec
     from_recipe = load_recipe(recipe, command, allowed)
     merged = dict(params)
     for key, val in from_recipe.items():
-        if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
+        # Compare by name: typer >= 0.29 vendors its own click, whose ParameterSource is a different enum.
+        source = ctx.get_parameter_source(key)
+        if source is None or getattr(source, "name", None) == ParameterSource.DEFAULT.name:
             merged[key] = val
     return merged
 

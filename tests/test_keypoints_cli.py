@@ -151,3 +151,23 @@ def test_tps_reproduces_affine_maps_and_the_warp_shifts_a_frame():
     fut = ctx + np.array([3 * 2 / 47, 2 * 2 / 39])
     out = warp_preview(frame, ctx, fut[None], anchors=False)[0]
     assert np.abs(out[5:-5, 5:-5].astype(int) - frame[3:-7, 2:-8].astype(int)).max() <= 1
+
+
+def test_paper_recipes_set_the_horizons(trained):
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "predict-keypoints"
+    for name, (c, h) in {"vox-8-16.toml": (8, 16), "vox-10-14.toml": (10, 14)}.items():
+        out = trained / f"r{c}.npz"
+        res = runner.invoke(app, ["predict-keypoints", "run", str(trained / "kp.npz"), "-m", str(trained / "model"),
+                                  "--samples", "2", "--recipe", str(recipes / name), "-o", str(out), "--quiet"])
+        assert res.exit_code == 0, res.output
+        pred = np.load(out)
+        assert (int(pred["context"]), int(pred["horizon"])) == (c, h) and pred["value"].shape[2] == h
+    # A flag given on the command line wins over the recipe.
+    out = trained / "r_flag.npz"
+    res = runner.invoke(app, ["predict-keypoints", "run", str(trained / "kp.npz"), "-m", str(trained / "model"),
+                              "--samples", "2", "--recipe", str(recipes / "vox-10-14.toml"), "--context", "6",
+                              "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (int(np.load(out)["context"]), int(np.load(out)["horizon"])) == (6, 14)
