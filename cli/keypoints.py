@@ -54,7 +54,7 @@ Paper-size model: --hidden 512 --layers 3 --flow-hidden 512 --cond-dim 1 (slow o
 RUN_HELP = """Predict the --horizon keypoint frames that follow each input sequence, N samples each.
 
 INPUT is a keypoint .npz (same format as `train`) or a video: keypoints then come from a weight-free tracker
-(Shi-Tomasi corners + pyramidal Lucas-Kanade; needs `pip install 'vmt[keypoints]'`). These are not FOMM
+(Shi-Tomasi corners + pyramidal Lucas-Kanade; needs the keypoints extra: pip install 'vmt\\[keypoints]'). These are not FOMM
 keypoints: a model trained on FOMM keypoints will forecast them only roughly.
 Output pred.npz: `names`, `value` (S, N, H, K, 2), `jacobian` (S, N, H, K, 2, 2) when the model has them,
 `context`, `horizon`; same coordinates as the input. A JSON sidecar records everything.

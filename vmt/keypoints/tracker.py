@@ -17,7 +17,7 @@ def _cv2():
     try:
         import cv2
     except ImportError as e:
-        raise VmtError("video input needs opencv: pip install 'vmt[keypoints]'") from e
+        raise VmtError("video input needs opencv-python-headless: install the keypoints extra of vmt") from e
     return cv2
 
 
