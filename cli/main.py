@@ -8,6 +8,7 @@ import typer
 
 from cli import eval as eval_cli
 from cli import refine
+from cli import keypoints as predict_keypoints
 
 app = typer.Typer(
     name="vmt",
@@ -40,6 +41,7 @@ def root(
 
 app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
 app.add_typer(eval_cli.app, name="eval")
+app.add_typer(predict_keypoints.app, name="predict-keypoints")
 
 
 def main() -> None:

@@ -1,0 +1,127 @@
+"""Training of GRU-NF (flow NLL + prediction-head MSE) with validation, checkpoints and resume.
+
+Checkpoint directory: `model.safetensors` (best validation weights, or the latest without validation),
+`last.safetensors` + `train_state.pt` (optimizer, schedule, step, RNG: what `resume` needs) and `config.json`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmt.errors import VmtUsageError
+from vmt.keypoints.model import GRUNF, ModelConfig, load_model, read_config, save_model
+
+STATE_FILE, LAST_FILE = "train_state.pt", "last.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 1e-3            # one-cycle peak (the release's effective peak was ~1e-5, which barely trains)
+    weight_decay: float = 1e-6
+    grad_clip: float = 5.0
+    eval_every: int = 100
+    seed: int = 0
+
+
+@torch.no_grad()
+def evaluate(model: GRUNF, windows: torch.Tensor, batch: int = 256) -> dict[str, float]:
+    """Mean NLL (nats per frame) and head MSE over `windows` (B, L, dim), eval mode."""
+    was = model.training
+    model.eval()
+    nll = mse = 0.0
+    for i in range(0, len(windows), batch):
+        w = windows[i : i + batch]
+        a, b = model.losses(w)
+        nll += a.item() * len(w)
+        mse += b.item() * len(w)
+    model.train(was)
+    return {"nll": nll / len(windows), "mse": mse / len(windows)}
+
+
+def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_windows: np.ndarray, val_windows: np.ndarray | None,
+        out_dir: str | Path, *, resume: bool = False, info: dict | None = None,
+        on_step: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
+    """Train on normalised windows (W, L, dim); returns a summary (losses, best validation, timings).
+
+    `stop_after` ends this call after that many steps (a later `resume=True` call continues exactly).
+    """
+    out_dir = Path(out_dir)
+    torch.manual_seed(train_cfg.seed)
+    model = GRUNF(model_cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train_cfg.lr, total_steps=train_cfg.steps)
+    gen = torch.Generator("cpu").manual_seed(train_cfg.seed)
+    start, best, history, elapsed = 0, float("inf"), [], 0.0
+    if resume:
+        doc = read_config(out_dir)
+        if doc["config"] != asdict(model_cfg):
+            raise VmtUsageError(f"{out_dir} was trained with a different architecture or layout; resume with "
+                                "the same options or train into a new -o directory")
+        if doc.get("train", {}).get("steps") != train_cfg.steps:
+            raise VmtUsageError(f"{out_dir} was started with --steps {doc.get('train', {}).get('steps')}; "
+                                "resume with the same --steps (the one-cycle schedule depends on it)")
+        if not (out_dir / STATE_FILE).is_file():
+            raise VmtUsageError(f"{out_dir} has no {STATE_FILE}; nothing to resume (train without --resume)")
+        last, _ = load_model(out_dir, LAST_FILE)
+        model.load_state_dict(last.state_dict())
+        state = torch.load(out_dir / STATE_FILE, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best, history = int(state["step"]), float(state["best"]), doc.get("history", [])
+        elapsed = float(doc.get("train_seconds", 0.0))
+    tr = torch.from_numpy(train_windows)
+    va = torch.from_numpy(val_windows) if val_windows is not None and len(val_windows) else None
+    model.train()
+    t0 = time.perf_counter()
+
+    best_step = None if not resume else read_config(out_dir).get("best_step")
+
+    def checkpoint(step: int, metrics: dict) -> None:
+        nonlocal best, best_step
+        improved = va is not None and metrics.get("val_nll", float("inf")) < best
+        if improved:
+            best, best_step = metrics["val_nll"], step
+        seconds = round(elapsed + time.perf_counter() - t0, 2)
+        doc = {"train": asdict(train_cfg), "history": history, "train_seconds": seconds, "step": step,
+               "best_val_nll": None if best == float("inf") else best, "best_step": best_step, **(info or {})}
+        if improved or va is None:
+            save_model(model, out_dir, info=doc)
+        save_model(model, out_dir, weights_name=LAST_FILE, info=doc)
+        tmp = out_dir / f".{STATE_FILE}.part"
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "best": best}, tmp)
+        tmp.replace(out_dir / STATE_FILE)
+
+    if start == 0 and va is not None:
+        history.append({"step": 0, **{f"val_{k}": round(v, 4) for k, v in evaluate(model, va).items()}})
+    end = train_cfg.steps if stop_after is None else min(train_cfg.steps, start + stop_after)
+    for step in range(start + 1, end + 1):
+        idx = torch.randint(len(tr), (min(train_cfg.batch, len(tr)),), generator=gen)
+        nll, mse = model.losses(tr[idx])
+        loss = nll + model_cfg.head_weight * mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        opt.step()
+        sched.step()
+        metrics = {"nll": round(nll.item(), 4), "mse": round(mse.item(), 5)}
+        if step % train_cfg.eval_every == 0 or step == end:
+            if va is not None:
+                v = evaluate(model, va)
+                metrics.update(val_nll=round(v["nll"], 4), val_mse=round(v["mse"], 5))
+            history.append({"step": step, **metrics})
+            checkpoint(step, metrics)
+        if on_step is not None:
+            on_step(step, metrics)
+    seconds = round(elapsed + time.perf_counter() - t0, 2)
+    return {"history": history, "best_val_nll": None if best == float("inf") else best, "train_seconds": seconds}
