@@ -39,7 +39,8 @@ def root(
     """vmt: video motion toolkit."""
 
 
-app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+app.command("refine", help=refine.HELP, no_args_is_help=True,
+            short_help="Text/image-to-video on Wan with Predict-and-Perturb self-refining sampling.")(refine.refine)
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
 
