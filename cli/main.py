@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import refine
+from cli import longgen, refine
 
 app = typer.Typer(
     name="vmt",
@@ -38,6 +38,7 @@ def root(
 
 
 app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+app.add_typer(longgen.app, name="longgen", help=longgen.HELP)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Videos are held as uint8 arrays (T, H, W, 3); clips come out as float tensors (B
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,27 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
 SYNTHETIC_DIGITS = "synthetic:digits"
 
 
+@functools.lru_cache(maxsize=1)
 def _load_digit_images() -> np.ndarray:
-    """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16, shipped with the package: no download)."""
-    try:
+    """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16, shipped with the package: no download).
+
+    The CSV that `sklearn.datasets.load_digits` reads is parsed directly when present: importing scikit-learn
+    itself costs seconds, the file a few milliseconds. Returns (N, 8, 8) float32 in [0, 1].
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise VmtError("moving digits need scikit-learn's bundled digits; install it with `pip install vmt[longgen]`")
+    csv = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if csv.is_file():
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+        images = table[:, :64].reshape(-1, 8, 8)
+    else:  # another layout of the package: take the public API
         from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise VmtError("moving digits need scikit-learn; install it with `pip install vmt[longgen]`") from e
-    return load_digits().images.astype(np.float32) / 16.0
+
+        images = load_digits().images.astype(np.float32)
+    return images / 16.0
 
 
 def moving_digits(
