@@ -103,7 +103,7 @@ def _restore_optim(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
         if key.startswith(prefix + "."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = val
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    opt.load_state_dict({"state": dict(sorted(state.items())), "param_groups": groups})
 
 
 def save_run(run_dir: Path, trainer, *, seed: int, data: str, extra: dict[str, Any] | None = None) -> None:
