@@ -273,8 +273,6 @@ def _sample(ctx: typer.Context, params: dict) -> None:
     if p["fps"] <= 0:
         raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
 
-    import torch
-
     from vmt.io.video import VideoWriter
     from vmt.longgen.checkpoint import load_model, resolve_run_dir
     from vmt.longgen.recall import resolve_ref_index
@@ -287,12 +285,10 @@ def _sample(ctx: typer.Context, params: dict) -> None:
     with timer.stage("load"):
         net, meta = load_model(p["model"], dev)
     r = resolve_ref_index(p["ref_index"], net.cfg.frames)
-    torch.set_grad_enabled(False)
-    with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"):
-        with VideoWriter(output, p["fps"]) as writer:
-            n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
-                                 carry_motion=p["carry_motion"],
-                                 on_clip=lambda k: [advance() for _ in range(k)])
+    with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"), \
+            VideoWriter(output, p["fps"]) as writer:
+        n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
+                             carry_motion=p["carry_motion"], on_clip=lambda k: [advance() for _ in range(k)])
     clips = 1 + -(-max(0, p["frames"] - net.cfg.frames) // r)
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
     doc = build_sidecar(command_line(), "longgen sample", resolved, output=output,
@@ -349,7 +345,6 @@ def _reconstruct(ctx: typer.Context, params: dict) -> None:
     output = check_output_path(p["output"], p["overwrite"])
 
     import numpy as np
-    import torch
 
     from vmt.io.video import VideoWriter, read_video
     from vmt.longgen.checkpoint import load_model, resolve_run_dir
@@ -365,17 +360,16 @@ def _reconstruct(ctx: typer.Context, params: dict) -> None:
         frames, src_fps = read_video(p["video"], fps=p["fps"], max_frames=p["max_frames"],
                                      size=(net.cfg.size, net.cfg.size))
     out_fps = src_fps if src_fps > 0 else 10.0
-    torch.set_grad_enabled(False)
     err_sum, done = 0.0, 0
-    with step_progress(len(frames), "reconstructing", p["quiet"]) as advance, timer.stage("reconstruct"):
-        with VideoWriter(output, out_fps) as writer:
-            for chunk in reconstruct_frames(net, frames, recall=p["recall"]):
-                real = frames[done : done + len(chunk)].astype(np.float64)
-                err_sum += float(np.abs(chunk.astype(np.float64) - real).sum()) / 127.5
-                done += len(chunk)
-                writer.write(chunk)
-                for _ in range(len(chunk)):
-                    advance()
+    with step_progress(len(frames), "reconstructing", p["quiet"]) as advance, timer.stage("reconstruct"), \
+            VideoWriter(output, out_fps) as writer:
+        for chunk in reconstruct_frames(net, frames, recall=p["recall"]):
+            real = frames[done : done + len(chunk)].astype(np.float64)
+            err_sum += float(np.abs(chunk.astype(np.float64) - real).sum()) / 127.5
+            done += len(chunk)
+            writer.write(chunk)
+            for _ in range(len(chunk)):
+                advance()
     l1 = err_sum / frames[:done].size
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
     doc = build_sidecar(command_line(), "longgen reconstruct", resolved, output=output,

@@ -31,7 +31,7 @@ def _load_digit_images() -> np.ndarray:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise VmtError("moving digits need scikit-learn's bundled digits; install it with `pip install vmt[longgen]`")
-    csv = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    csv = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     if csv.is_file():
         table = np.loadtxt(csv, delimiter=",", dtype=np.float32)
         images = table[:, :64].reshape(-1, 8, 8)
@@ -77,7 +77,7 @@ def moving_digits(
             vel = rng.uniform(*speed) * np.array([np.cos(ang), np.sin(ang)])
             sprite = glyphs[n, k][..., None] * colour
             for t in range(num_frames):
-                y, x = int(round(pos[0])), int(round(pos[1]))
+                y, x = round(float(pos[0])), round(float(pos[1]))
                 region = out[n, t, y : y + d, x : x + d]
                 np.maximum(region, sprite, out=region)
                 pos = pos + vel

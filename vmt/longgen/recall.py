@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from vmt.errors import VmtUsageError
@@ -67,7 +68,7 @@ def recall_chain(
         yield new[:, :, :take]
 
 
-def to_uint8_frames(video: torch.Tensor) -> "np.ndarray":  # noqa: F821
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()

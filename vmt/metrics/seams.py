@@ -35,7 +35,7 @@ def chain_boundaries(num_frames: int, clip_frames: int, new_per_clip: int) -> li
 def seam_score(frames, boundaries: Sequence[int], eps: float = 1e-12) -> float:
     """Mean change across boundaries divided by the mean change inside clips (see the module docstring)."""
     steps = frame_steps(frames)
-    b = np.asarray(sorted(set(int(i) for i in boundaries)), dtype=int)
+    b = np.asarray(sorted({int(i) for i in boundaries}), dtype=int)
     if b.size == 0:
         raise ValueError("no clip boundaries given")
     if b.min() < 1 or b.max() > len(steps):
