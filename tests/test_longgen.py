@@ -392,3 +392,12 @@ def test_missing_run_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VmtUsageError, match="not a longgen run folder"):
         load_model(tmp_path / "empty")
+
+
+def test_real_voxceleb_clips_load_at_model_size(shared_data):
+    from vmt.longgen.data import load_video_folder
+
+    src = load_video_folder(shared_data / "voxceleb", 32, max_frames=20, strides=(2,))
+    assert len(src.videos) == 4 and all(v.shape == (20, 32, 32, 3) for v in src.videos)
+    clips = src.sample(3, 8, np.random.default_rng(0))
+    assert clips.shape == (3, 3, 8, 32, 32) and -1 <= clips.min() < clips.max() <= 1
