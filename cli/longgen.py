@@ -14,14 +14,13 @@ from cli.common import (
 
 HELP = """Long videos from a small video VAE-GAN (EncGAN3) run as a Markov chain of clips (REncGAN3).
 
-The model is trained here, on your videos or on synthetic moving digits; a small moving-digits model ships
-with vmt, so `vmt longgen sample` works offline with no other step.
+The model is trained here, on your videos or on synthetic moving digits (no weights are downloaded).
 
 [bold]Examples[/]
 
-  vmt longgen sample --frames 1000 -o digits.mp4 --seed 3
-
   vmt longgen train synthetic:digits -o runs/digits --preset cpu --steps 2000
+
+  vmt longgen sample -m runs/digits --frames 1000 -o digits.mp4 --seed 3
 
   vmt longgen train ~/videos -o runs/faces --preset paper --stride 2,3 --device cuda
 
@@ -33,8 +32,8 @@ with vmt, so `vmt longgen sample` works offline with no other step.
 app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-ModelDirOpt = Annotated[str, typer.Option("--model", "-m", help="Run folder written by `vmt longgen train`, or "
-                                          "'default' (the shipped moving-digits model).", rich_help_panel="Model")]
+ModelDirOpt = Annotated[str, typer.Option("--model", "-m", help="Run folder written by `vmt longgen train`.",
+                                          rich_help_panel="Model", show_default=False)]
 RefIndexOpt = Annotated[int, typer.Option("--ref-index", help="Frame of each clip that conditions the next one "
                                           "(-1: the last frame, one frame of overlap; -k: k frames of overlap).")]
 
@@ -232,7 +231,7 @@ Frames are streamed to ffmpeg as clips are made, so memory does not grow with --
 
 [bold]Examples[/]
 
-  vmt longgen sample --frames 1000 -o digits.mp4                 # the shipped moving-digits model
+  vmt longgen sample -m runs/digits --frames 1000 -o digits.mp4
 
   vmt longgen sample -m runs/faces --frames 300 --seed 7 -o faces.mp4
 
@@ -240,11 +239,11 @@ Frames are streamed to ffmpeg as clips are made, so memory does not grow with --
 """
 
 
-@app.command("sample", help=SAMPLE_HELP)
+@app.command("sample", help=SAMPLE_HELP, no_args_is_help=True)
 def sample(
     ctx: typer.Context,
     output: OutputOpt,
-    model: ModelDirOpt = "default",
+    model: ModelDirOpt,
     frames: Annotated[int, typer.Option("--frames", "-f", help="Frames to generate (any count >= 1).")] = 160,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 10.0,
     ref_index: RefIndexOpt = -1,
@@ -320,7 +319,7 @@ def reconstruct(
     video: Annotated[Path, typer.Argument(help="Input video (resized to the model's size, centre crop).",
                                           show_default=False)],
     output: OutputOpt,
-    model: ModelDirOpt = "default",
+    model: ModelDirOpt,
     recall: Annotated[bool, typer.Option("--recall", help="Start each clip from the previous generated frame "
                                          "instead of the real one.")] = False,
     fps: Annotated[float | None, typer.Option("--fps", help="Resample the input to this frame rate first.",

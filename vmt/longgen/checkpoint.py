@@ -20,21 +20,14 @@ from vmt.longgen.config import LongGenConfig
 from vmt.longgen.model import EncGAN3
 
 FORMAT = "vmt.longgen/1"
-DEFAULT_MODEL = "default"
-DEFAULT_DIR = Path(__file__).parent / "default"
 
 
 def resolve_run_dir(model: str | Path) -> Path:
-    """'default' is the small moving-digits model shipped in the package; anything else is a run folder."""
-    if str(model) == DEFAULT_MODEL:
-        if not (DEFAULT_DIR / "model.safetensors").is_file():
-            raise VmtError("the shipped default model is missing from this installation; train one with "
-                           "`vmt longgen train synthetic:digits -o RUN_DIR` and pass -m RUN_DIR")
-        return DEFAULT_DIR
+    """Check that `model` is a run folder written by `vmt longgen train`."""
     p = Path(model)
     if not p.is_dir():
-        raise VmtUsageError(f"model folder {p} not found; pass a run folder made by `vmt longgen train` or "
-                            "-m default")
+        raise VmtUsageError(f"model folder {p} not found; pass a run folder made by `vmt longgen train` "
+                            "(e.g. vmt longgen train synthetic:digits -o RUN_DIR)")
     if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
         raise VmtUsageError(f"{p} is not a longgen run folder (needs config.json and model.safetensors); "
                             "train one with `vmt longgen train DATA -o RUN_DIR`")
@@ -127,7 +120,7 @@ def save_run(run_dir: Path, trainer, *, seed: int, data: str, extra: dict[str, A
 
 
 def load_model(model: str | Path, device=None) -> tuple[EncGAN3, dict[str, Any]]:
-    """Load a run folder (or 'default') for sampling: the model in eval mode and its config.json."""
+    """Load a run folder for sampling: the model in eval mode and its config.json."""
     run_dir = resolve_run_dir(model)
     meta = read_meta(run_dir)
     cfg = LongGenConfig.from_dict(meta["model"])
