@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from cli import longgen, refine
+from cli import refine
+from cli import longgen
 
 app = typer.Typer(
     name="vmt",
