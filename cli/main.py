@@ -9,6 +9,7 @@ import typer
 from cli import eval as eval_cli
 from cli import refine
 from cli import keypoints as predict_keypoints
+from cli import longgen
 
 app = typer.Typer(
     name="vmt",
@@ -43,6 +44,8 @@ app.command("refine", help=refine.HELP, no_args_is_help=True,
             short_help="Text/image-to-video on Wan with Predict-and-Perturb self-refining sampling.")(refine.refine)
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
+app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+app.add_typer(longgen.app, name="longgen", help=longgen.HELP)
 
 
 def main() -> None:

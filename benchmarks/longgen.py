@@ -1,0 +1,194 @@
+"""Benchmark of `vmt longgen`: EncGAN3 with and without recall training on moving digits (CPU preset).
+
+Trains both variants for the same small budget in one process, then reports per variant
+- reconstruction L1 on held-out clips (frames in [-1, 1]),
+- the seam score of long samples (change at clip boundaries / change inside clips; 1.0 = seamless),
+and for the recall model
+- drift over 1,000 frames (mean and std of pixel values, and motion energy, last 100 vs first 100 frames),
+- generation throughput (frames/s, median of repeats) at 100 and 1,000 frames,
+- peak host memory (fresh subprocess each, ru_maxrss) streaming 100 vs 1,000 frames to an mp4, next to a
+  naive baseline that keeps every frame before writing.
+
+    OMP_NUM_THREADS=1 python benchmarks/longgen.py --steps 150
+Writes benchmarks/results/longgen.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _memprobe(run_dir: str, frames: int, mode: str) -> None:
+    """Child process: stream (or collect, then write) `frames` frames; print peak RSS in MiB as JSON.
+
+    Also the peak of host allocations traced by tracemalloc while sampling (numpy frame buffers; torch's own
+    allocator is not traced), which isolates what the sampler holds from the fixed cost of torch and the model.
+    """
+    import resource
+    import tracemalloc
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from vmt.io.video import VideoWriter, write_video
+    from vmt.longgen.checkpoint import load_model
+    from vmt.longgen.sampling import stream_frames
+
+    model, _ = load_model(run_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "probe.mp4"
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tracemalloc.start()
+        if mode == "stream":
+            with VideoWriter(out, 10, preset="ultrafast") as w:
+                for chunk in stream_frames(model, frames, seed=0):
+                    w.write(chunk)
+        else:  # the baseline: hold every frame (as float, as a naive sampler would), then write
+            chunks = [c.astype(np.float32) for c in stream_frames(model, frames, seed=0)]
+            allf = np.concatenate(chunks).round().astype(np.uint8)
+            write_video(out, allf, 10)
+        traced = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": round(peak, 1), "before_sampling_rss_mib": round(base, 1),
+                      "sampler_traced_peak_kib": round(traced / 1024, 1)}))
+
+
+def _probe(run_dir: Path, frames: int, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--memprobe", str(run_dir), str(frames), mode]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=150, help="training steps per variant")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--chains", type=int, default=8, help="long samples per seam estimate")
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
+    ap.add_argument("--reuse", type=Path, default=None, help="folder with runs recall/ and no_recall/ to reuse")
+    ap.add_argument("--memprobe", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memprobe:
+        _memprobe(args.memprobe[0], int(args.memprobe[1]), args.memprobe[2])
+        return
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from vmt.longgen.checkpoint import load_model, save_run
+    from vmt.longgen.config import preset
+    from vmt.longgen.data import ClipSource, moving_digits, synthetic_source
+    from vmt.longgen.sampling import stream_frames
+    from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
+    from vmt.metrics.seams import chain_boundaries, seam_score
+
+    cfg = preset("cpu")
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="longgen-bench-"))
+    source = synthetic_source(cfg.size, num_videos=256, num_frames=64, seed=0)
+    held = ClipSource(list(moving_digits(32, cfg.frames, cfg.size, seed=12345)), [f"h{i}" for i in range(32)])
+    eval_clips = held.sample(32, cfg.frames, np.random.default_rng(0))
+
+    results: dict = {"preset": cfg.to_dict(), "steps": args.steps, "batch_size": args.batch_size,
+                     "variants": {}}
+    for name, recall in (("recall", True), ("no_recall", False)):
+        run = work / name
+        if args.reuse and (run / "config.json").is_file():
+            meta = json.loads((run / "config.json").read_text())
+            train_s = meta.get("train_seconds")
+        else:
+            torch.manual_seed(0)
+            trainer = Trainer(cfg, TrainSettings(batch_size=args.batch_size, recall=recall))
+            t0 = time.perf_counter()
+            train_steps(trainer, source, args.steps, seed=0,
+                        on_step=lambda s, lg: print(f"  {name} step {s} rec {lg['rec']:.3f}", flush=True)
+                        if s % 25 == 0 else None)
+            train_s = time.perf_counter() - t0
+            save_run(run, trainer, seed=0, data="synthetic:digits", extra={"train_seconds": train_s})
+        model, _ = load_model(run)
+        rec = reconstruction_l1(model, eval_clips)
+        n = 100
+        seams = []
+        for seed in range(args.chains):
+            frames = np.concatenate(list(stream_frames(model, n, seed=seed))).astype(np.float64) / 127.5 - 1
+            seams.append(seam_score(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
+        results["variants"][name] = {"train_seconds": train_s, "reconstruction_l1": rec,
+                                     "seam_score_mean": float(np.mean(seams)),
+                                     "seam_score_median": float(np.median(seams))}
+    # Seam score of real data cut at the same positions: what a perfect model would get.
+    real_bounds = chain_boundaries(64, cfg.frames, cfg.frames - 1)
+    real_seams = float(np.mean([seam_score(v.astype(np.float64) / 127.5 - 1, real_bounds)
+                                for v in source.videos[:32]]))
+    results["real_data_seam_score"] = real_seams
+
+    model, _ = load_model(work / "recall")
+    long = np.concatenate(list(stream_frames(model, 1000, seed=0))).astype(np.float64) / 127.5 - 1
+    first, last = long[:100], long[-100:]
+    energy = lambda x: float(np.abs(np.diff(x, axis=0)).mean())  # noqa: E731
+    results["drift_1000"] = {
+        "mean_first100": float(first.mean()), "mean_last100": float(last.mean()),
+        "std_first100": float(first.std()), "std_last100": float(last.std()),
+        "motion_first100": energy(first), "motion_last100": energy(last),
+        "saturated_fraction_last100": float((np.abs(last) > 0.98).mean()),
+        "saturated_fraction_first100": float((np.abs(first) > 0.98).mean()),
+    }
+    speed = {}
+    for n in (100, 1000):
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for _chunk in stream_frames(model, n, seed=0):
+                pass
+            times.append(time.perf_counter() - t0)
+        speed[n] = n / statistics.median(times)
+    mem = {f"stream_{n}": _probe(work / "recall", n, "stream") for n in (100, 1000)}
+    mem["collect_1000"] = _probe(work / "recall", 1000, "collect")
+    results["throughput_fps"] = {str(k): v for k, v in speed.items()}
+    results["peak_memory"] = mem
+    results["peak_memory_ratio_1000_vs_100"] = mem["stream_1000"]["peak_rss_mib"] / mem["stream_100"]["peak_rss_mib"]
+    results["sampler_traced_ratio_1000_vs_100"] = (mem["stream_1000"]["sampler_traced_peak_kib"]
+                                                   / mem["stream_100"]["sampler_traced_peak_kib"])
+    results["torch_threads"] = torch.get_num_threads()
+
+    out = ROOT / "benchmarks" / "results" / "longgen.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    v = results["variants"]
+    print("\nlonggen benchmark (CPU preset 32x32x8, moving digits, "
+          f"{args.steps} steps x batch {args.batch_size} per variant)")
+    print(f"{'variant':<12}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}")
+    for name, r in v.items():
+        print(f"{name:<12}{r['train_seconds']:>9.1f}{r['reconstruction_l1']:>10.4f}{r['seam_score_mean']:>11.3f}"
+              f"{r['seam_score_median']:>13.3f}")
+    print(f"{'real data':<12}{'':>9}{'':>10}{real_seams:>11.3f}")
+    d = results["drift_1000"]
+    print(f"drift over 1000 frames: mean {d['mean_first100']:.3f} -> {d['mean_last100']:.3f}, std "
+          f"{d['std_first100']:.3f} -> {d['std_last100']:.3f}, motion {d['motion_first100']:.4f} -> "
+          f"{d['motion_last100']:.4f}, saturated {d['saturated_fraction_first100']:.3f} -> "
+          f"{d['saturated_fraction_last100']:.3f}")
+    print(f"throughput: {speed[100]:.0f} frames/s at 100 frames, {speed[1000]:.0f} frames/s at 1000 "
+          f"(ratio {speed[1000] / speed[100]:.2f})")
+    print(f"peak RSS streaming: {mem['stream_100']['peak_rss_mib']:.0f} MiB at 100 frames, "
+          f"{mem['stream_1000']['peak_rss_mib']:.0f} MiB at 1000 (ratio {results['peak_memory_ratio_1000_vs_100']:.3f}); "
+          f"collect-then-write baseline at 1000: {mem['collect_1000']['peak_rss_mib']:.0f} MiB")
+    print(f"sampler-held host memory (tracemalloc): {mem['stream_100']['sampler_traced_peak_kib']:.0f} KiB at 100, "
+          f"{mem['stream_1000']['sampler_traced_peak_kib']:.0f} KiB at 1000 (ratio "
+          f"{results['sampler_traced_ratio_1000_vs_100']:.3f}); collect baseline at 1000: "
+          f"{mem['collect_1000']['sampler_traced_peak_kib']:.0f} KiB")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""`vmt longgen`: train, sample and reconstruct with EncGAN3 / REncGAN3 (long videos as a chain of clips)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    DebugOpt, DeviceOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console,
+    resolve_params, run_guarded, status, step_progress,
+)
+
+HELP = """Long videos from a small video VAE-GAN (EncGAN3) run as a Markov chain of clips (REncGAN3).
+
+The model is trained here, on your videos or on synthetic moving digits (no weights are downloaded).
+
+[bold]Examples[/]
+
+  vmt longgen train synthetic:digits -o runs/digits --preset cpu --steps 2000
+
+  vmt longgen sample -m runs/digits --frames 1000 -o digits.mp4 --seed 3
+
+  vmt longgen train ~/videos -o runs/faces --preset paper --stride 2,3 --device cuda
+
+  vmt longgen sample -m runs/faces --frames 1000 -o long.mp4
+
+  vmt longgen reconstruct clip.mp4 -m runs/faces -o rec.mp4
+"""
+
+app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode="rich",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+ModelDirOpt = Annotated[str, typer.Option("--model", "-m", help="Run folder written by `vmt longgen train`.",
+                                          rich_help_panel="Model", show_default=False)]
+RefIndexOpt = Annotated[int, typer.Option("--ref-index", help="Frame of each clip that conditions the next one "
+                                          "(-1: the last frame, one frame of overlap; -k: k frames of overlap).")]
+
+TRAIN_HELP = """Train EncGAN3 with recall training on a folder of videos or on synthetic moving digits.
+
+DATA is a folder of videos (searched recursively; each is resized to the preset's size by scale + centre
+crop) or `synthetic:digits`. RUN_DIR receives model.safetensors (what sampling needs), train.safetensors
+(discriminators and optimiser state, for --resume), config.json, samples/step_*.png (rows: samples, columns:
+frames) and train.json (the sidecar).
+
+[bold]Examples[/]
+
+  vmt longgen train synthetic:digits -o runs/digits --preset cpu --steps 1000
+
+  vmt longgen train ~/videos -o runs/faces --preset paper --stride 2,3 --fps 25 --device cuda
+
+  vmt longgen train synthetic:digits -o runs/digits --steps 2000 --resume   # continue to step 2000
+
+Presets: paper (64x64, 16 frames, base 64, F-SA; the G3AN/EncGAN3 size), cpu (32x32, 8 frames, trains in
+minutes on a CPU), tiny (16x16, for tests).
+"""
+
+
+@app.command("train", help=TRAIN_HELP, no_args_is_help=True)
+def train(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Argument(help="Folder of videos, or synthetic:digits.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write (created if missing).",
+                                         show_default=False)],
+    preset: Annotated[str, typer.Option("--preset", help="paper | cpu | tiny (model sizes).")] = "cpu",
+    steps: Annotated[int, typer.Option("--steps", help="Total training steps (with --resume: the step to "
+                                       "stop at).")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows per step.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (betas 0.5, 0.999).")] = 2e-4,
+    kl_weight: Annotated[float, typer.Option("--kl-weight", help="Weight of the KL terms.")] = 1e-3,
+    adv_weight: Annotated[float, typer.Option("--adv-weight", help="Weight of the adversarial terms "
+                                              "(L1 reconstruction has weight 1).")] = 0.05,
+    recall: Annotated[bool, typer.Option("--recall/--no-recall", help="Recall training: overlapping clip pairs, "
+                                         "the video discriminator judges merged clips.")] = True,
+    attention: Annotated[bool | None, typer.Option("--attention/--no-attention", help="Factorised "
+                                                   "self-attention in the generator (default: the preset's).",
+                                                   show_default=False)] = None,
+    signed_motion: Annotated[bool, typer.Option("--signed-motion", help="Movement encoder reads signed frame "
+                                                "differences instead of |x_i - x_(i-1)|.")] = False,
+    stride: Annotated[str, typer.Option("--stride", help="Temporal stride(s) of training clips, comma-separated; "
+                                        "one is picked at random per clip (G3AN: 2,3).")] = "1",
+    fps: Annotated[float | None, typer.Option("--fps", help="Resample videos to this frame rate first.",
+                                              show_default=False)] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Read at most this many frames per video.",
+                                                   show_default=False)] = None,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Write a sample grid every N steps "
+                                              "(0: only at the end).")] = 250,
+    save_every: Annotated[int, typer.Option("--save-every", help="Save a checkpoint every N steps "
+                                            "(0: only at the end).")] = 250,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR (same preset).")] = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    recipe: RecipeOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    params = dict(locals())
+    params.pop("ctx")
+    run_guarded(lambda: _train(ctx, params), debug)
+
+
+def _parse_strides(text: str) -> tuple[int, ...]:
+    from vmt.errors import VmtUsageError
+
+    try:
+        vals = tuple(int(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        vals = ()
+    if not vals or min(vals) < 1:
+        raise VmtUsageError(f"--stride {text!r} must be positive integers separated by commas, e.g. 1 or 2,3")
+    return vals
+
+
+def _train(ctx: typer.Context, params: dict) -> None:
+    from vmt.errors import VmtUsageError
+
+    p = resolve_params(ctx, "longgen-train", params, params["recipe"])
+    run_dir = Path(p["output"])
+    for key in ("steps", "batch_size"):
+        if p[key] < 1:
+            raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
+    if p["lr"] <= 0 or p["kl_weight"] < 0 or p["adv_weight"] < 0:
+        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight >= 0")
+    strides = _parse_strides(p["stride"])
+    has_run = (run_dir / "config.json").exists()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VmtUsageError(f"{run_dir} is a file; -o takes a run folder")
+    if has_run and not (p["resume"] or p["overwrite"]):
+        raise VmtUsageError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                            "start over")
+    if p["resume"] and not has_run:
+        raise VmtUsageError(f"--resume: {run_dir} holds no run (no config.json); drop --resume to start one")
+    if not run_dir.parent.is_dir():
+        raise VmtUsageError(f"folder {run_dir.parent} does not exist; create it first (mkdir -p {run_dir.parent})")
+
+    import torch
+
+    from vmt.longgen.checkpoint import resume_trainer, save_run
+    from vmt.longgen.config import preset as get_preset
+    from vmt.longgen.data import open_source
+    from vmt.longgen.train import Trainer, TrainSettings, train_steps
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import Timer, peak_memory, resolve_device
+
+    cfg = get_preset(p["preset"])
+    if p["attention"] is not None:
+        cfg = cfg.with_(attention=p["attention"])
+    if p["signed_motion"]:
+        cfg = cfg.with_(signed_motion=True)
+    dev = resolve_device(p["device"])
+    torch.manual_seed(p["seed"])
+    settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],
+                             adv_weight=p["adv_weight"], recall=p["recall"])
+    timer = Timer(sync_cuda=dev.type == "cuda")
+    trainer = Trainer(cfg, settings, dev)
+    if p["resume"]:  # before reading data: a mismatching run should fail fast
+        resume_trainer(run_dir, trainer)
+        if trainer.step_count >= p["steps"]:
+            raise VmtUsageError(f"{run_dir} is already at step {trainer.step_count}; pass --steps above that")
+    with status("Reading training data...", p["quiet"]), timer.stage("data"):
+        source = open_source(p["data"], cfg.size, strides=strides, fps=p["fps"], max_frames=p["max_frames"],
+                             seed=p["seed"])
+        source.check(trainer.window)
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    todo = p["steps"] - trainer.step_count
+    last: dict[str, float] = {}
+
+    def checkpoint() -> None:
+        save_run(run_dir, trainer, seed=p["seed"], data=p["data"])
+
+    with step_progress(todo, "training", p["quiet"]) as advance, timer.stage("train"):
+        while trainer.step_count < p["steps"]:
+            chunk = _next_stop(trainer.step_count, p["steps"], p["sample_every"], p["save_every"])
+            for logs in train_steps(trainer, source, chunk, seed=p["seed"]):
+                last = logs
+                advance(**{k: f"{v:.3f}" for k, v in logs.items()})
+            s = trainer.step_count
+            if p["sample_every"] and s % p["sample_every"] == 0 or s == p["steps"]:
+                write_sample_grid(trainer.model, run_dir / "samples" / f"step_{s:06d}.png", seed=p["seed"])
+            if p["save_every"] and s % p["save_every"] == 0 or s == p["steps"]:
+                checkpoint()
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+    doc = build_sidecar(command_line(), "longgen train", resolved, output=run_dir,
+                        model={"config": cfg.to_dict(), "parameters": sum(q.numel() for q in trainer.model.parameters())},
+                        timings=timer.stages, compute={"steps": trainer.step_count, "batch_size": p["batch_size"]},
+                        memory=peak_memory(dev), extra={"final_losses": last, "videos": len(source.videos)})
+    write_sidecar(run_dir / "train.mp4", doc)  # -> RUN_DIR/train.json
+    if not p["quiet"]:
+        console.print(f"[green]trained[/] {run_dir} to step {trainer.step_count} "
+                      + "  ".join(f"{k}={v:.3f}" for k, v in last.items()))
+
+
+def _next_stop(step: int, total: int, every_a: int, every_b: int) -> int:
+    """Steps until the next sample/save point or the end."""
+    stops = [total]
+    for every in (every_a, every_b):
+        if every:
+            stops.append((step // every + 1) * every)
+    return min(stops) - step
+
+
+def write_sample_grid(model, path: Path, *, seed: int, rows: int = 6) -> Path:
+    """PNG of `rows` prior samples (one per row, frames left to right), written atomically."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vmt.io.atomic import atomic_path
+    from vmt.runtime import make_generator
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        z_x, z_v = model.prior(rows, make_generator(seed))
+        video = model.decode(z_x, z_v, None)  # (B, 3, T, H, W)
+    model.train(was_training)
+    x = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    b, c, t, h, w = x.shape
+    grid = x.permute(0, 3, 2, 4, 1).reshape(b * h, t * w, c).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(grid)).save(tmp, format="PNG")
+    return path
+
+
+SAMPLE_HELP = """Sample a long video: clip after clip, each conditioned on a frame of the previous one.
+
+Frames are streamed to ffmpeg as clips are made, so memory does not grow with --frames.
+
+[bold]Examples[/]
+
+  vmt longgen sample -m runs/digits --frames 1000 -o digits.mp4
+
+  vmt longgen sample -m runs/faces --frames 300 --seed 7 -o faces.mp4
+
+  vmt longgen sample -m runs/faces --frames 300 --ref-index -4 -o overlap4.mp4
+"""
+
+
+@app.command("sample", help=SAMPLE_HELP, no_args_is_help=True)
+def sample(
+    ctx: typer.Context,
+    output: OutputOpt,
+    model: ModelDirOpt,
+    frames: Annotated[int, typer.Option("--frames", "-f", help="Frames to generate (any count >= 1).")] = 160,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 10.0,
+    ref_index: RefIndexOpt = -1,
+    carry_motion: Annotated[bool, typer.Option("--carry-motion", help="Reuse the motion latent of the previous "
+                                               "clip instead of drawing a fresh one.")] = False,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    recipe: RecipeOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    params = dict(locals())
+    params.pop("ctx")
+    run_guarded(lambda: _sample(ctx, params), debug)
+
+
+def _sample(ctx: typer.Context, params: dict) -> None:
+    from vmt.errors import VmtUsageError
+    from vmt.io.atomic import check_output_path
+
+    p = resolve_params(ctx, "longgen-sample", params, params["recipe"])
+    output = check_output_path(p["output"], p["overwrite"])
+    if p["frames"] < 1:
+        raise VmtUsageError(f"--frames must be >= 1, got {p['frames']}")
+    if p["fps"] <= 0:
+        raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
+
+    from vmt.io.video import VideoWriter
+    from vmt.longgen.checkpoint import load_model, resolve_run_dir
+    from vmt.longgen.recall import resolve_ref_index
+    from vmt.longgen.sampling import write_long_video
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import Timer, peak_memory, resolve_device
+
+    dev = resolve_device(p["device"])
+    timer = Timer(sync_cuda=dev.type == "cuda")
+    with timer.stage("load"):
+        net, meta = load_model(p["model"], dev)
+    r = resolve_ref_index(p["ref_index"], net.cfg.frames)
+    with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"), \
+            VideoWriter(output, p["fps"]) as writer:
+        n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
+                             carry_motion=p["carry_motion"], on_clip=lambda k: [advance() for _ in range(k)])
+    clips = 1 + -(-max(0, p["frames"] - net.cfg.frames) // r)
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+    doc = build_sidecar(command_line(), "longgen sample", resolved, output=output,
+                        model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
+                               "trained_steps": meta.get("step"), "data": meta.get("data")},
+                        timings=timer.stages, compute={"clips": clips, "frames": n}, memory=peak_memory(dev),
+                        extra={"video": {"frames": n, "fps": p["fps"], "height": net.cfg.size,
+                                         "width": net.cfg.size}})
+    write_sidecar(output, doc)
+    if not p["quiet"]:
+        console.print(f"[green]wrote[/] {output} ({n} frames from {clips} clips, {net.cfg.size}x{net.cfg.size}) "
+                      f"in {timer.stages['generate']:.1f}s")
+
+
+RECON_HELP = """Reconstruct a video through the model: encode each clip (content of its first frame, movement of
+its frame differences) and decode it. Shows what the model keeps of real footage.
+
+[bold]Examples[/]
+
+  vmt longgen reconstruct clip.mp4 -m runs/faces -o rec.mp4
+
+  vmt longgen reconstruct clip.mp4 -m runs/faces --recall -o rec_chain.mp4   # chain from generated frames
+"""
+
+
+@app.command("reconstruct", help=RECON_HELP, no_args_is_help=True)
+def reconstruct(
+    ctx: typer.Context,
+    video: Annotated[Path, typer.Argument(help="Input video (resized to the model's size, centre crop).",
+                                          show_default=False)],
+    output: OutputOpt,
+    model: ModelDirOpt,
+    recall: Annotated[bool, typer.Option("--recall", help="Start each clip from the previous generated frame "
+                                         "instead of the real one.")] = False,
+    fps: Annotated[float | None, typer.Option("--fps", help="Resample the input to this frame rate first.",
+                                              show_default=False)] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Use at most this many input frames.",
+                                                   show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    recipe: RecipeOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    params = dict(locals())
+    params.pop("ctx")
+    run_guarded(lambda: _reconstruct(ctx, params), debug)
+
+
+def _reconstruct(ctx: typer.Context, params: dict) -> None:
+    from vmt.io.atomic import check_output_path
+
+    p = resolve_params(ctx, "longgen-reconstruct", params, params["recipe"])
+    output = check_output_path(p["output"], p["overwrite"])
+
+    import numpy as np
+
+    from vmt.io.video import VideoWriter, read_video
+    from vmt.longgen.checkpoint import load_model, resolve_run_dir
+    from vmt.longgen.sampling import reconstruct_frames
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import Timer, peak_memory, resolve_device
+
+    dev = resolve_device(p["device"])
+    timer = Timer(sync_cuda=dev.type == "cuda")
+    with timer.stage("load"):
+        net, meta = load_model(p["model"], dev)
+    with timer.stage("read"):
+        frames, src_fps = read_video(p["video"], fps=p["fps"], max_frames=p["max_frames"],
+                                     size=(net.cfg.size, net.cfg.size))
+    out_fps = src_fps if src_fps > 0 else 10.0
+    err_sum, done = 0.0, 0
+    with step_progress(len(frames), "reconstructing", p["quiet"]) as advance, timer.stage("reconstruct"), \
+            VideoWriter(output, out_fps) as writer:
+        for chunk in reconstruct_frames(net, frames, recall=p["recall"]):
+            real = frames[done : done + len(chunk)].astype(np.float64)
+            err_sum += float(np.abs(chunk.astype(np.float64) - real).sum()) / 127.5
+            done += len(chunk)
+            writer.write(chunk)
+            for _ in range(len(chunk)):
+                advance()
+    l1 = err_sum / frames[:done].size
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+    doc = build_sidecar(command_line(), "longgen reconstruct", resolved, output=output,
+                        model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
+                               "trained_steps": meta.get("step")},
+                        timings=timer.stages, compute={"frames": done}, memory=peak_memory(dev),
+                        extra={"reconstruction_l1": l1, "video": {"frames": done, "fps": out_fps,
+                                                                  "height": net.cfg.size, "width": net.cfg.size}})
+    write_sidecar(output, doc)
+    if not p["quiet"]:
+        console.print(f"[green]wrote[/] {output} ({done} frames) reconstruction L1 {l1:.4f} (frames in [-1, 1])")

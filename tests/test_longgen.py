@@ -1,0 +1,403 @@
+"""vmt.longgen: shapes, losses against closed forms, the recall chain, training, data and checkpoints."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vmt.errors import VmtError, VmtUsageError
+from vmt.longgen.config import PRESETS, LongGenConfig, preset
+from vmt.longgen.discriminators import Discriminators
+from vmt.longgen.losses import kl_standard_normal
+from vmt.longgen.model import EncGAN3
+
+torch.set_num_threads(1)
+
+
+def _seeded_model(name: str, seed: int = 0) -> EncGAN3:
+    torch.manual_seed(seed)
+    return EncGAN3(preset(name)).eval()
+
+
+# ---------------------------------------------------------------- shapes and sizes
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
+def test_generator_shapes_and_range(name):
+    model = _seeded_model(name)
+    cfg = model.cfg
+    with torch.no_grad():
+        z_x, z_v = model.prior(2, torch.Generator().manual_seed(1))
+        video = model.decode(z_x[:1] * 3, z_v[:1] * 3)  # large latents: the output must still be in range
+    assert video.shape == (1, 3, cfg.frames, cfg.size, cfg.size)
+    assert video.min() >= -1 and video.max() <= 1
+    assert torch.isfinite(video).all()
+
+
+def test_paper_preset_is_the_g3an_size():
+    cfg = PRESETS["paper"]
+    assert (cfg.size, cfg.frames, cfg.base_channels) == (64, 16, 64)
+    assert cfg.channels == [512, 512, 256, 128, 64]  # G3AN: 512@4, 512@8, 256@16, 128@32, 64@64
+    assert cfg.temporal_upsampling == [True, True, False, False]  # 4 -> 8 -> 16 -> 16 -> 16 frames
+    # T0 = n motion steps gives 4 (n + 3) frames at 64x64.
+    for n in (1, 2, 5):
+        assert LongGenConfig(motion_steps=n, frames=4 * (n + 3)).frames == 4 * (n + 3)
+
+
+def test_invalid_sizes_name_the_fix():
+    with pytest.raises(VmtUsageError, match="power of two"):
+        LongGenConfig(size=48)
+    with pytest.raises(VmtUsageError, match=r"one of \[4, 8, 16"):
+        LongGenConfig(frames=12)
+    with pytest.raises(VmtUsageError, match="unknown preset"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu"])
+def test_encoder_shapes(name):
+    model = _seeded_model(name)
+    cfg = model.cfg
+    x = torch.rand(3, 3, cfg.frames, cfg.size, cfg.size) * 2 - 1
+    mu_x, lv_x = model.encode_content(x[:, :, 0])
+    mu_v, lv_v = model.encode_motion(x)
+    assert mu_x.shape == lv_x.shape == (3, cfg.dim_content)
+    assert mu_v.shape == lv_v.shape == (3, cfg.motion_steps, cfg.dim_motion)
+
+
+def test_discriminator_shapes_accept_merged_recall_clips():
+    cfg = preset("tiny")
+    d = Discriminators(cfg)
+    for t in (cfg.frames, 2 * cfg.frames - 1):
+        out = d.video(torch.zeros(2, 3, t, cfg.size, cfg.size))
+        assert out.shape == (2, t - (d.video.min_frames - 1))
+    assert d.image(torch.zeros(5, 3, cfg.size, cfg.size)).shape == (5,)
+    # spectral norm is on: every conv weight of the discriminators is parametrised
+    convs = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert convs and all(hasattr(m, "parametrizations") for m in convs)
+
+
+def test_movement_encoder_sees_absolute_or_signed_differences():
+    from vmt.longgen.encoders import frame_differences
+
+    x = torch.zeros(1, 1, 3, 1, 1)
+    x[0, 0, :, 0, 0] = torch.tensor([0.0, 0.5, -0.25])
+    assert frame_differences(x)[0, 0, :, 0, 0].tolist() == [0.5, 0.75]
+    assert frame_differences(x, signed=True)[0, 0, :, 0, 0].tolist() == [0.5, -0.75]
+
+
+# ---------------------------------------------------------------- losses
+
+def test_kl_of_standard_normal_posterior_is_zero():
+    mu, lv = torch.zeros(4, 7), torch.zeros(4, 7)
+    assert kl_standard_normal(mu, lv).item() == 0.0
+
+
+def test_kl_matches_closed_form_in_float64():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    lv = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    q = torch.distributions.Normal(mu, (0.5 * lv).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    ref = torch.distributions.kl_divergence(q, p).sum(1).mean()
+    assert kl_standard_normal(mu, lv).item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------- generator details
+
+def test_generator_starts_from_the_reference_frame():
+    model = _seeded_model("tiny")
+    cfg = model.cfg
+    ref = torch.rand(2, 3, cfg.size, cfg.size) * 1.6 - 0.8
+    with torch.no_grad():
+        video = model.decode(*model.prior(2, torch.Generator().manual_seed(0)), ref=ref)
+    torch.testing.assert_close(video[:, :, 0], ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(video[:, :, -1], ref, atol=1e-3)  # later frames move away from it
+
+
+def test_factorised_attention_matches_brute_force():
+    from vmt.longgen.attention import FactorisedSelfAttention
+
+    torch.manual_seed(0)
+    c, t, h, w = 16, 3, 2, 2
+    fsa = FactorisedSelfAttention(c).double()
+    x = torch.randn(1, c, t, h, w, dtype=torch.float64)
+    torch.testing.assert_close(fsa(x), x)  # gamma starts at 0: the identity
+    with torch.no_grad():
+        fsa.temporal.gamma.fill_(0.7)
+        fsa.spatial.gamma.fill_(-0.3)
+
+    def attend(layer, seq):  # seq: (C, L), explicit softmax over keys
+        q = layer.q.weight[:, :, 0] @ seq + layer.q.bias[:, None]
+        k = layer.k.weight[:, :, 0] @ seq + layer.k.bias[:, None]
+        v = layer.v.weight[:, :, 0] @ seq + layer.v.bias[:, None]
+        out = torch.zeros_like(seq)
+        for i in range(seq.shape[1]):
+            s = torch.tensor([float(q[:, i] @ k[:, j]) / math.sqrt(q.shape[0]) for j in range(seq.shape[1])],
+                             dtype=torch.float64)
+            a = torch.softmax(s, 0)
+            out[:, i] = (v * a).sum(1)
+        return layer.gamma * out + seq
+
+    torch.set_grad_enabled(False)
+    y = x[0].clone()
+    for i in range(h):
+        for j in range(w):
+            y[:, :, i, j] = attend(fsa.temporal, y[:, :, i, j])
+    z = y.clone()
+    for f in range(t):
+        z[:, f] = attend(fsa.spatial, y[:, f].reshape(c, h * w)).reshape(c, h, w)
+    torch.testing.assert_close(fsa(x)[0], z)
+    torch.set_grad_enabled(True)
+
+
+# ---------------------------------------------------------------- recall chain
+
+class _RampModel:
+    """Deterministic stand-in: clip = ref + 0.01 * k for frame k; the prior's first clip starts at 0.
+
+    encode_content records the frames it is given, so the test can check what conditioned each clip.
+    """
+
+    def __init__(self, frames: int = 8, size: int = 2):
+        self.cfg = LongGenConfig(size=8, frames=frames, motion_steps=frames // 2 - 3 if frames % 2 == 0 else 1)
+        self.size = size
+        self.seen_refs: list[torch.Tensor] = []
+        self.decoded_refs: list[torch.Tensor | None] = []
+
+    def prior(self, batch, generator=None, device=None):
+        return torch.zeros(batch, 1), torch.zeros(batch, 1, 1)
+
+    def encode_content(self, frame):
+        self.seen_refs.append(frame.clone())
+        return frame.mean(dim=(1, 2, 3))[:, None], torch.zeros(frame.shape[0], 1)
+
+    def decode(self, z_x, z_v, ref=None):
+        self.decoded_refs.append(None if ref is None else ref.clone())
+        start = torch.zeros(z_x.shape[0], 3, self.size, self.size) if ref is None else ref
+        steps = 0.01 * torch.arange(self.cfg.frames, dtype=start.dtype)
+        return start[:, :, None] + steps[None, None, :, None, None]
+
+
+@pytest.mark.parametrize("ref_index", [-1, -3, 5])
+def test_recall_chain_conditions_each_clip_on_the_previous_reference_frame(ref_index):
+    from vmt.longgen.recall import recall_chain
+
+    model = _RampModel(frames=8)
+    T = 8
+    r = ref_index % T
+    chunks = list(recall_chain(model, 40, ref_index=ref_index))
+    video = torch.cat(chunks, 2)
+    assert video.shape[2] == 40
+    # Each clip after the first was decoded from (and its content encoded from) frame r of the previous clip.
+    clip_start = 0.0
+    for seen, decoded in zip(model.seen_refs, model.decoded_refs[1:]):
+        expected = clip_start + 0.01 * r
+        assert torch.allclose(seen, torch.full_like(seen, expected))
+        assert torch.equal(seen, decoded)
+        clip_start = expected
+    # Ground truth of the ramp: clip j starts at 0.01 * r * j, frame k of the chain is 0.01 * k everywhere,
+    # because the next clip's frame 0 sits on frame r of the previous one.
+    ramp = 0.01 * torch.arange(40, dtype=video.dtype)
+    torch.testing.assert_close(video[0, 0, :, 0, 0], ramp)
+    assert [c.shape[2] for c in chunks[:3]] == [T, r, r]
+
+
+def test_recall_chain_with_the_real_model_continues_from_the_reference_frame():
+    from vmt.longgen.recall import recall_chain
+
+    model = _seeded_model("tiny")
+    clips = []
+    real_decode = model.decode
+
+    def spy(z_x, z_v, ref=None):
+        out = real_decode(z_x, z_v, ref)
+        clips.append(out)
+        return out
+
+    model.decode = spy
+    frames = torch.cat(list(recall_chain(model, 30, generator=torch.Generator().manual_seed(0))), 2)
+    assert frames.shape[2] == 30
+    for prev, nxt in itertools.pairwise(clips):
+        torch.testing.assert_close(nxt[:, :, 0], prev[:, :, -1], atol=1e-3, rtol=0)
+    # The chain's frames are the clips' frames with the shared frame kept once.
+    torch.testing.assert_close(frames[:, :, 8:15], clips[1][:, :, 1:8])
+
+
+def test_a_200_frame_sample_has_exactly_200_frames():
+    from vmt.longgen.sampling import stream_frames
+
+    model = _seeded_model("tiny")
+    chunks = list(stream_frames(model, 200, seed=3))
+    frames = np.concatenate(chunks)
+    assert frames.shape == (200, 16, 16, 3) and frames.dtype == np.uint8
+    again = np.concatenate(list(stream_frames(model, 200, seed=3)))
+    assert np.array_equal(frames, again)  # reproducible by seed
+    assert not np.array_equal(frames, np.concatenate(list(stream_frames(model, 200, seed=4))))
+
+
+def test_sampling_memory_does_not_grow_with_length():
+    """Host allocations while streaming 1,000 vs 100 frames (the frames are consumed, as a writer does).
+
+    numpy buffers are traced by tracemalloc; a sampler that kept the frames would hold 1000 x 16 x 16 x 3
+    bytes (768 kB) against ~6 kB per clip. GPU/torch-side memory is measured in benchmarks/longgen.py.
+    """
+    import tracemalloc
+
+    from vmt.longgen.sampling import write_long_video
+
+    model = _seeded_model("tiny")
+    peaks = {}
+    for n in (100, 1000):
+        tracemalloc.start()
+        written = write_long_video(model, n, lambda f: None, seed=0)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert written == n
+    assert peaks[1000] <= 1.1 * peaks[100] + 32 * 1024, peaks
+
+
+# ---------------------------------------------------------------- training
+
+def test_a_few_training_steps_lower_the_reconstruction_loss():
+    from vmt.longgen.data import ClipSource, moving_digits
+    from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
+
+    cfg = preset("tiny")
+    source = ClipSource(list(moving_digits(24, 24, cfg.size, seed=1)), [f"v{i}" for i in range(24)])
+    held_out = ClipSource(list(moving_digits(8, 8, cfg.size, seed=99)), [f"h{i}" for i in range(8)])
+    eval_clips = held_out.sample(8, cfg.frames, np.random.default_rng(0))
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, TrainSettings(batch_size=8, lr=1e-3))
+    before = reconstruction_l1(trainer.model, eval_clips)
+    history = train_steps(trainer, source, 40, seed=0)
+    after = reconstruction_l1(trainer.model, eval_clips)
+    assert trainer.step_count == 40
+    assert np.mean([h["rec"] for h in history[-5:]]) < np.mean([h["rec"] for h in history[:5]])
+    assert after < 0.9 * before, (before, after)
+
+
+# ---------------------------------------------------------------- data
+
+def test_moving_digits_bounce_inside_the_canvas():
+    from vmt.longgen.data import moving_digits
+
+    v = moving_digits(3, 40, 24, speed=(2.0, 3.0), seed=5)
+    assert v.shape == (3, 40, 24, 24, 3) and v.dtype == np.uint8
+    # One digit, never cut by the border: the same sprite each frame, so the total ink is constant.
+    ink = v.reshape(3, 40, -1).astype(np.int64).sum(-1)
+    assert (ink == ink[:, :1]).all() and (ink > 0).all()
+    # and it moves (40 frames at >= 2 px/frame)
+    assert (np.abs(np.diff(v.astype(int), axis=1)).sum(axis=(2, 3, 4)) > 0).mean() > 0.9
+    assert np.array_equal(v, moving_digits(3, 40, 24, speed=(2.0, 3.0), seed=5))
+
+
+def test_clip_source_applies_stride_and_range():
+    from vmt.longgen.data import ClipSource
+
+    frames = np.repeat(np.arange(0, 250, 10, dtype=np.uint8)[:, None, None, None], 4, 1)  # (25, 4, 1, 1)
+    video = np.broadcast_to(frames, (25, 4, 4, 3)).copy()
+    src = ClipSource([video], ["ramp"], strides=(3,))
+    clip = src.sample(4, 5, np.random.default_rng(0))
+    assert clip.shape == (4, 3, 5, 4, 4)
+    vals = (clip[:, 0, :, 0, 0] + 1) * 127.5
+    torch.testing.assert_close(vals[:, 1:] - vals[:, :-1], torch.full((4, 4), 30.0), atol=1e-4, rtol=0)
+    assert clip.min() >= -1 and clip.max() <= 1
+
+
+def test_empty_data_folder_is_a_clear_error(tmp_path):
+    from vmt.longgen.data import open_source
+
+    (tmp_path / "notes.txt").write_text("no videos here")
+    with pytest.raises(VmtUsageError, match="has no videos.*synthetic:digits"):
+        open_source(str(tmp_path), 16)
+    with pytest.raises(VmtUsageError, match="not found"):
+        open_source(str(tmp_path / "missing"), 16)
+    with pytest.raises(VmtUsageError, match="unknown synthetic"):
+        open_source("synthetic:clouds", 16)
+
+
+def test_videos_shorter_than_a_clip_are_a_clear_error(tmp_path):
+    from conftest import moving_pattern
+
+    from vmt.io.video import write_video
+    from vmt.longgen.data import open_source
+
+    write_video(tmp_path / "short.mp4", moving_pattern(5, 32, 32), 10)
+    src = open_source(str(tmp_path), 16)
+    assert src.videos[0].shape == (5, 16, 16, 3)
+    with pytest.raises(VmtUsageError, match=r"shorter than one training window of 8 frames.*short.mp4 \(5 frames\)"):
+        src.check(8)
+    src.check(5)  # exactly one window fits
+    assert src.sample(2, 5, np.random.default_rng(0)).shape == (2, 3, 5, 16, 16)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _trainer(name="tiny", **kw):
+    from vmt.longgen.train import Trainer, TrainSettings
+
+    torch.manual_seed(0)
+    return Trainer(preset(name), TrainSettings(batch_size=2, **kw))
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    from vmt.longgen.checkpoint import load_model, resume_trainer, save_run
+    from vmt.longgen.data import synthetic_source
+    from vmt.longgen.train import train_steps
+
+    src = synthetic_source(16, num_videos=8, num_frames=20)
+    a = _trainer()
+    train_steps(a, src, 2, seed=0)
+    save_run(tmp_path / "run", a, seed=0, data="synthetic:digits")
+    model, meta = load_model(tmp_path / "run")
+    assert meta["step"] == 2 and meta["model"] == preset("tiny").to_dict()
+    a.model.eval()
+    z = a.model.prior(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(*z), a.model.decode(*z), rtol=0, atol=0)
+
+    b = _trainer()
+    resume_trainer(tmp_path / "run", b)
+    assert b.step_count == 2
+    sa, sb = a.opt_g.state_dict()["state"], b.opt_g.state_dict()["state"]
+    assert sorted(sa) == sorted(sb) and len(sa) > 0
+    assert all(torch.equal(sa[i][n], sb[i][n]) for i in sa for n in sa[i])
+    # Resumed and uninterrupted training continue identically.
+    la = train_steps(a, src, 1, seed=0)
+    lb = train_steps(b, src, 1, seed=0)
+    assert la == lb
+
+
+def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
+    from vmt.longgen.checkpoint import load_state_checked, resume_trainer, save_run
+
+    save_run(tmp_path / "run", _trainer("tiny"), seed=0, data="synthetic:digits")
+    with pytest.raises(VmtUsageError, match="another configuration.*size: 16 in the run, 32 asked for"):
+        resume_trainer(tmp_path / "run", _trainer("cpu"))
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "run" / "model.safetensors"))
+    with pytest.raises(VmtError, match="different model configuration.*differ in shape"):
+        load_state_checked(EncGAN3(preset("cpu")), state, "model.safetensors")
+
+
+def test_missing_run_folder_is_a_clear_error(tmp_path):
+    from vmt.longgen.checkpoint import load_model
+
+    with pytest.raises(VmtUsageError, match="not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VmtUsageError, match="not a longgen run folder"):
+        load_model(tmp_path / "empty")
+
+
+def test_real_voxceleb_clips_load_at_model_size(shared_data):
+    from vmt.longgen.data import load_video_folder
+
+    src = load_video_folder(shared_data / "voxceleb", 32, max_frames=20, strides=(2,))
+    assert len(src.videos) == 4 and all(v.shape == (20, 32, 32, 3) for v in src.videos)
+    clips = src.sample(3, 8, np.random.default_rng(0))
+    assert clips.shape == (3, 3, 8, 32, 32) and -1 <= clips.min() < clips.max() <= 1

@@ -1,0 +1,125 @@
+"""G3AN-style three-stream generator conditioned on a content latent z_x and movement latents z_v.
+
+Streams per block: spatial (2D, the appearance: one image), temporal (1D over time: the motion), video
+(factorised 3D: temporal then spatial transposed convolutions). Fusion per block: video += temporal broadcast
+over H, W; then video = concat(spatial broadcast over T, video), as in G3AN.
+
+Output (design): the video stream predicts per-frame increments d_t in logit space, added recursively on top
+of a reference frame, x_t = tanh(atanh(x_ref) + d_1 + ... + d_t) with x_0 = x_ref. The reference is the real
+first frame when reconstructing, the previous clip's reference frame in the recall chain, and the spatial
+stream's own image when sampling from scratch. Frames are in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from vmt.longgen.attention import FactorisedSelfAttention
+from vmt.longgen.config import LongGenConfig
+
+# atanh(±0.999) = ±3.8: references at the range limits stay finite in logit space.
+REF_CLAMP = 0.999
+
+
+def _sn(m: nn.Module) -> nn.Module:
+    return spectral_norm(m)
+
+
+def _bn_relu(c: int, dims: int) -> list[nn.Module]:
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](c)
+    return [bn, nn.ReLU(inplace=True)]
+
+
+class _FirstBlock(nn.Module):
+    """z_x (B, Dx), z_v (B, Dv, T0) -> spatial (B, C, 4, 4), temporal (B, C, T0+3), video (B, C, T0+3, 4, 4)."""
+
+    def __init__(self, dim_x: int, dim_v: int, c: int):
+        super().__init__()
+        self.spatial = nn.Sequential(_sn(nn.ConvTranspose2d(dim_x, c, 4, bias=False)), *_bn_relu(c, 2))
+        self.temporal = nn.Sequential(_sn(nn.ConvTranspose1d(dim_v, c, 4, bias=False)), *_bn_relu(c, 1))
+        self.video = nn.Sequential(
+            _sn(nn.ConvTranspose3d(dim_x + dim_v, c, (4, 1, 1), bias=False)), *_bn_relu(c, 3),
+            _sn(nn.ConvTranspose3d(c, c, (1, 4, 4), bias=False)), *_bn_relu(c, 3),
+        )
+
+    def forward(self, z_x: torch.Tensor, z_v: torch.Tensor):
+        t0 = z_v.shape[-1]
+        s = self.spatial(z_x[:, :, None, None])
+        t = self.temporal(z_v)
+        v_in = torch.cat([z_x[:, :, None].expand(-1, -1, t0), z_v], 1)[..., None, None]
+        return s, t, self.video(v_in)
+
+
+class _Block(nn.Module):
+    """Doubles H, W (and T when `t_up`); the video input holds concat(spatial, video) of the last block."""
+
+    def __init__(self, c_in: int, c: int, t_up: bool):
+        super().__init__()
+        self.spatial = nn.Sequential(_sn(nn.ConvTranspose2d(c_in, c, 4, 2, 1, bias=False)), *_bn_relu(c, 2))
+        if t_up:
+            tconv1 = nn.ConvTranspose1d(c_in, c, 4, 2, 1, bias=False)
+            tconv3 = nn.ConvTranspose3d(2 * c_in, c, (4, 1, 1), (2, 1, 1), (1, 0, 0), bias=False)
+        else:
+            tconv1 = nn.Conv1d(c_in, c, 3, 1, 1, bias=False)
+            tconv3 = nn.Conv3d(2 * c_in, c, (3, 1, 1), 1, (1, 0, 0), bias=False)
+        self.temporal = nn.Sequential(_sn(tconv1), *_bn_relu(c, 1))
+        self.video = nn.Sequential(
+            _sn(tconv3), *_bn_relu(c, 3),
+            _sn(nn.ConvTranspose3d(c, c, (1, 4, 4), (1, 2, 2), (0, 1, 1), bias=False)), *_bn_relu(c, 3),
+        )
+
+    def forward(self, s, t, v):
+        return self.spatial(s), self.temporal(t), self.video(v)
+
+
+def _fuse(s: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    v = v + t[..., None, None]
+    return torch.cat([s[:, :, None].expand(-1, -1, v.shape[2], -1, -1), v], 1)
+
+
+class Generator(nn.Module):
+    """(z_x (B, Dx), z_v (B, T0, Dv), ref (B, 3, H, W) or None) -> video (B, 3, T, H, W) in [-1, 1]."""
+
+    def __init__(self, cfg: LongGenConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.channels
+        self.first = _FirstBlock(cfg.dim_content, cfg.dim_motion, ch[0])
+        self.blocks = nn.ModuleList(
+            _Block(ch[i], ch[i + 1], up) for i, up in enumerate(cfg.temporal_upsampling)
+        )
+        # F-SA after the second-to-last block (G3AN: after block 4 of 5), on the fused video features.
+        self.attn_after = len(self.blocks) - 2 if cfg.attention else None
+        self.attention = FactorisedSelfAttention(2 * ch[-2]) if cfg.attention else None
+        self.to_increment = nn.Conv3d(2 * ch[-1], 3, (1, 3, 3), 1, (0, 1, 1))
+        self.to_image = nn.Conv2d(ch[-1], 3, 3, 1, 1)
+
+    def features(self, z_x: torch.Tensor, z_v: torch.Tensor):
+        s, t, v = self.first(z_x, z_v.transpose(1, 2))
+        v = _fuse(s, t, v)
+        if self.attn_after == -1:
+            v = self.attention(v)
+        for i, block in enumerate(self.blocks):
+            s, t, v = block(s, t, v)
+            v = _fuse(s, t, v)
+            if i == self.attn_after:
+                v = self.attention(v)
+        return s, v
+
+    def forward(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None,
+                return_image: bool = False):
+        """Video (B, 3, T, H, W); with `return_image` also the spatial stream's image (B, 3, H, W)."""
+        s, v = self.features(z_x, z_v)
+        own = self.to_image(s)
+        base = own if ref is None else torch.atanh(ref.clamp(-REF_CLAMP, REF_CLAMP))
+        inc = self.to_increment(v)
+        inc = torch.cat([torch.zeros_like(inc[:, :, :1]), inc[:, :, 1:]], 2)  # x_0 is the reference itself
+        video = torch.tanh(base[:, :, None] + inc.cumsum(2))
+        return (video, torch.tanh(own)) if return_image else video
+
+    def image(self, z_x: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
+        """The spatial stream's own first frame (B, 3, H, W) in [-1, 1] (the reference when there is none)."""
+        s, _ = self.features(z_x, z_v)
+        return torch.tanh(self.to_image(s))

@@ -1,0 +1,146 @@
+"""One training step of EncGAN3, with REncGAN3's recall training on overlapping clips.
+
+Per step, for a batch of real windows w of 2T - 1 frames (recall) or T frames (no recall):
+- clip 1 = w[:T] is encoded (content of frame 0, movement of its differences) and decoded from its frame 0;
+- recall: clip 2 = w[T-1:] is decoded from the *generated* last frame of clip 1 (content encoded from it,
+  movement encoded from the real clip 2); the two generated clips are merged (2T - 1 frames) and shown to the
+  video discriminator against the real window, so the seam has to look like real motion;
+- unconditional clips from the prior train the generator's own first frame and the prior path;
+- losses: L1 reconstruction (video and the spatial stream's own frame) + KL of both latents + non-saturating
+  adversarial losses of the video and image discriminators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from vmt.longgen.config import LongGenConfig
+from vmt.longgen.discriminators import Discriminators
+from vmt.longgen.losses import d_loss, g_loss, kl_standard_normal, l1, reparameterise
+from vmt.longgen.model import EncGAN3
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser and loss weights (Adam 2e-4, betas (0.5, 0.999) as in G3AN)."""
+
+    batch_size: int = 16
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    l1_weight: float = 1.0
+    kl_weight: float = 1e-3
+    adv_weight: float = 0.05
+    recall: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Trainer:
+    """Holds the model, discriminators and their optimisers; `step(real)` runs one D and one G update."""
+
+    def __init__(self, cfg: LongGenConfig, settings: TrainSettings, device=None):
+        self.cfg = cfg
+        self.settings = settings
+        self.device = torch.device(device or "cpu")
+        self.model = EncGAN3(cfg).to(self.device)
+        self.discs = Discriminators(cfg).to(self.device)
+        betas = (settings.beta1, settings.beta2)
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=settings.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discs.parameters(), lr=settings.lr, betas=betas)
+        self.step_count = 0
+
+    @property
+    def window(self) -> int:
+        """Frames per real training window: 2T - 1 with recall (two clips sharing one frame), else T."""
+        return 2 * self.cfg.frames - 1 if self.settings.recall else self.cfg.frames
+
+    def _random_frame(self, video: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, video.shape[2], (video.shape[0],), generator=gen).to(video.device)
+        return video[torch.arange(video.shape[0], device=video.device), :, idx]
+
+    def step(self, real: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+        """real: (B, 3, window, H, W) in [-1, 1]. Returns the losses of this step."""
+        s, T, model = self.settings, self.cfg.frames, self.model
+        model.train()
+        self.discs.train()
+        real = real.to(self.device)
+        b = real.shape[0]
+        clip1 = real[:, :, :T]
+        ref = clip1[:, :, 0]
+
+        mu_x, lv_x = model.encode_content(ref)
+        mu_v, lv_v = model.encode_motion(clip1)
+        z_x, z_v = reparameterise(mu_x, lv_x, gen), reparameterise(mu_v, lv_v, gen)
+        rec1, own_image = model.generator(z_x, z_v, ref, return_image=True)
+        rec = l1(rec1, clip1) + l1(own_image, ref)
+        kl = kl_standard_normal(mu_x, lv_x) + kl_standard_normal(mu_v, lv_v)
+
+        if s.recall:
+            clip2 = real[:, :, T - 1 :]
+            ref2 = rec1[:, :, -1]
+            mu_x2, lv_x2 = model.encode_content(ref2)
+            mu_v2, lv_v2 = model.encode_motion(clip2)
+            rec2 = model.decode(reparameterise(mu_x2, lv_x2, gen), reparameterise(mu_v2, lv_v2, gen), ref2)
+            rec = rec + l1(rec2, clip2)
+            kl = kl + kl_standard_normal(mu_x2, lv_x2) + kl_standard_normal(mu_v2, lv_v2)
+            fake_video = torch.cat([rec1, rec2[:, :, 1:]], 2)  # merged: both clips share frame T-1
+        else:
+            fake_video = rec1
+
+        zp_x, zp_v = model.prior(b, gen, self.device)
+        prior_video = model.decode(zp_x, zp_v, None)
+        fake_frames = torch.cat([self._random_frame(rec1, gen), self._random_frame(prior_video, gen)])
+        real_frames = self._random_frame(real, gen)
+
+        # Discriminator update.
+        dv, di = self.discs.video, self.discs.image
+        loss_d = (
+            d_loss(dv(real), dv(fake_video.detach()))
+            + d_loss(dv(clip1), dv(prior_video.detach()))
+            + d_loss(di(real_frames), di(fake_frames.detach()))
+        )
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # Generator + encoders update (discriminators frozen for this pass).
+        for p in self.discs.parameters():
+            p.requires_grad_(False)
+        adv = g_loss(dv(fake_video)) + g_loss(dv(prior_video)) + g_loss(di(fake_frames))
+        for p in self.discs.parameters():
+            p.requires_grad_(True)
+        loss_g = s.l1_weight * rec + s.kl_weight * kl + s.adv_weight * adv
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.step_count += 1
+        return {"rec": float(rec.detach()), "kl": float(kl.detach()), "adv": float(adv.detach()),
+                "d": float(loss_d.detach())}
+
+
+def train_steps(trainer: Trainer, source, steps: int, *, seed: int = 0, on_step=None) -> list[dict[str, float]]:
+    """Run `steps` updates on windows drawn from `source` (a ClipSource). Deterministic for a seed on CPU."""
+    rng = np.random.default_rng([seed, trainer.step_count])
+    gen = torch.Generator("cpu").manual_seed(seed * 1_000_003 + trainer.step_count)
+    history = []
+    for _ in range(steps):
+        real = source.sample(trainer.settings.batch_size, trainer.window, rng)
+        logs = trainer.step(real, gen)
+        history.append(logs)
+        if on_step is not None:
+            on_step(trainer.step_count, logs)
+    return history
+
+
+@torch.no_grad()
+def reconstruction_l1(model: EncGAN3, clips: torch.Tensor) -> float:
+    """Mean |x - reconstruct(x)| over clips (B, 3, T, H, W) in [-1, 1], with latent means (eval mode)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = model.reconstruct(clips.to(dev))
+    return float((out - clips.to(dev)).abs().mean())
