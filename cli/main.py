@@ -44,7 +44,6 @@ app.command("refine", help=refine.HELP, no_args_is_help=True,
             short_help="Text/image-to-video on Wan with Predict-and-Perturb self-refining sampling.")(refine.refine)
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
-app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
 app.add_typer(longgen.app, name="longgen", help=longgen.HELP)
 
 
