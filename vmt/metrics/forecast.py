@@ -9,22 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pairwise_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, d), (m, d) -> (n, m) Euclidean distances (float64, clamped before the square root)."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
-    return np.sqrt(np.maximum(sq, 0.0))
-
-
 def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """2 E|X-Y| - E|X-X'| - E|Y-Y'| (exponent 1, Euclidean) between samples x (n, ...) and y (m, ...).
+    """2 E|X-Y| - E|X-X'| - E|Y-Y'| (exponent 1, Euclidean, V-statistic) between windows x (n, ...) and y (m, ...).
 
-    V-statistic form: the expectations average over all pairs, the i == j pairs included. Not square-rooted
-    (scipy.stats.energy_distance returns the square root of this).
+    Trailing dimensions are flattened; see `vmt.metrics.energy.energy_distance` (not square-rooted, unlike
+    scipy.stats.energy_distance).
     """
-    x = x.reshape(len(x), -1)
-    y = y.reshape(len(y), -1)
-    return float(2 * _pairwise_l2(x, y).mean() - _pairwise_l2(x, x).mean() - _pairwise_l2(y, y).mean())
+    from vmt.metrics.energy import energy_distance as _energy
+
+    return _energy(np.reshape(x, (len(x), -1)), np.reshape(y, (len(y), -1)), statistic="V")
 
 
 def sample_mae(gt: np.ndarray, samples: np.ndarray) -> np.ndarray:
