@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import refine
+from cli import transfer
 
 app = typer.Typer(
     name="vmt",
@@ -38,6 +39,7 @@ def root(
 
 
 app.command("refine", help=refine.HELP, no_args_is_help=True)(refine.refine)
+app.command("transfer", help=transfer.HELP, no_args_is_help=True)(transfer.transfer)
 
 
 def main() -> None:
