@@ -3,8 +3,6 @@ losses against hand-computed values."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -117,17 +115,23 @@ def test_motion_difference_larger_than_window_inside_a_tile_is_flagged():
 
 @pytest.mark.parametrize("h,w,l", [(30, 52, 21), (5, 7, 5), (4, 4, 4), (6, 9, 1)])
 def test_window_always_inside_grid_without_duplicates(h, w, l):
-    for cy, cx in itertools.product(torch.arange(-3.0, h + 3, 0.5), torch.arange(-3.0, w + 3, 0.5)):
-        start = window_start_from_centre(torch.tensor([cy, cx]), l, h, w)
-        y0, x0 = int(start[0]), int(start[1])
-        ys, xs = torch.arange(y0, y0 + l), torch.arange(x0, x0 + l)
-        assert ys.min() >= 0 and ys.max() < h and xs.min() >= 0 and xs.max() < w
-        keys = {(int(a), int(b)) for a in ys for b in xs}
-        assert len(keys) == l * l  # l^2 distinct keys
-        # the window is as close to centred on the (rounded) centre as the grid allows
-        ry = min(max(int(torch.round(cy)), 0), h - 1)
-        rx = min(max(int(torch.round(cx)), 0), w - 1)
-        assert y0 <= ry < y0 + l and x0 <= rx < x0 + l
+    """Every centre on a half-token lattice from 3 tokens outside the grid to 3 beyond it (edges, corners)."""
+    cy, cx = torch.meshgrid(torch.arange(-3.0, h + 3, 0.5), torch.arange(-3.0, w + 3, 0.5), indexing="ij")
+    centre = torch.stack([cy.flatten(), cx.flatten()], -1)
+    start = window_start_from_centre(centre, l, h, w)  # (N, 2)
+    ar = torch.arange(l)
+    ys = start[:, 0, None] + ar  # (N, l) rows of the window
+    xs = start[:, 1, None] + ar
+    assert ys.min() >= 0 and ys.max() < h and xs.min() >= 0 and xs.max() < w
+    keys = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(centre), -1).sort(-1).values  # flat key indices
+    assert keys.shape[1] == l * l and bool((keys[:, 1:] > keys[:, :-1]).all())  # l^2 distinct keys
+    # the window covers the (rounded, grid-clamped) centre: as centred as the grid allows
+    r = torch.round(centre).long()
+    ry, rx = r[:, 0].clamp(0, h - 1), r[:, 1].clamp(0, w - 1)
+    assert bool(((ys[:, 0] <= ry) & (ry <= ys[:, -1]) & (xs[:, 0] <= rx) & (rx <= xs[:, -1])).all())
+    # and exactly centred wherever the grid leaves room
+    room = (r[:, 0] >= l // 2) & (r[:, 0] <= h - 1 - (l - 1 - l // 2))
+    assert torch.equal(ys[room, l // 2], r[room, 0])
 
 
 def test_window_offsets_in_amf_are_inside_grid_at_corners():

@@ -81,7 +81,8 @@ def load_reference(path: str | Path, num_frames: int, height: int, width: int,
 def sdedit_sigmas(steps: int, shift: float, strength: float) -> torch.Tensor:
     """(steps + 1,) shifted grid from shift(strength) to 0: `shift(linspace(strength, 0, steps + 1))`.
 
-    With strength 1 this is diffusers' FlowMatchEuler grid; strength 0.75 with shift 7 starts at 0.9545.
+    Strength 0.75 with shift 7 starts at 0.9545 (the release's s0). At strength 1 it is diffusers'
+    FlowMatchEuler grid except at the low end, where diffusers stops at shift(shift(1/1000)) before 0.
     """
     if not 0 < strength <= 1:
         raise VmtUsageError(f"--strength must be in (0, 1], got {strength}")
