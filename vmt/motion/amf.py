@@ -154,6 +154,21 @@ def _untile(x: torch.Tensor, h: int, w: int, tile: tuple[int, int]) -> torch.Ten
     return x.reshape(*lead, h * w, x.shape[-1])
 
 
+def _fine_stage(q_t, kj, start, win_off, pos_tiles, scale: float, window: int, w: int):
+    """Fine stage for a chunk of pairs: q_t (c, T, n, D) tile queries, kj (c, S, D) keys of frame j, start
+    (c, T, 2) window corners. Returns displacements (c, T, n, 2), window key channel-means (c, T, l2) and the
+    in-window position of the most attended key (c, T, n, 2)."""
+    c, n_tiles, _, d = q_t.shape
+    l2 = window * window
+    kpos = start[:, :, None, :] + win_off  # (c, T, l2, 2)
+    kidx = kpos[..., 0] * w + kpos[..., 1]  # (c, T, l2)
+    kwin = torch.gather(kj, 1, kidx.reshape(c, -1, 1).expand(-1, -1, d)).reshape(c, n_tiles, l2, d)
+    logits = torch.matmul(q_t, kwin.transpose(-1, -2)).float() * scale  # (c, T, n, l2)
+    target = torch.matmul(logits.softmax(-1), kpos.float())  # absolute positions: the window offset is kept
+    best = win_off[logits.detach().argmax(-1)]
+    return target - pos_tiles, kwin.float().mean(-1), best
+
+
 def windowed_amf(
     q: torch.Tensor, k: torch.Tensor, *, span: int = 4, tile: tuple[int, int] = (3, 4), window: int = 21,
     scale: float | None = None, chunk: int = 8,
@@ -201,23 +216,23 @@ def windowed_amf(
         coarse = torch.matmul(qc, kj.transpose(1, 2)).float() * scale  # (c, T, S)
         centre = torch.matmul(coarse.softmax(-1), pos).detach()  # (c, T, 2); the window is chosen, not learnt
         start = window_start_from_centre(centre, window, h, w)  # (c, T, 2)
-        # Fine: every query of the tile over the l x l keys of its window.
-        kpos = start[:, :, None, :] + win_off  # (c, T, l2, 2)
-        kidx = kpos[..., 0] * w + kpos[..., 1]  # (c, T, l2)
-        kwin = torch.gather(kj, 1, kidx.reshape(len(idx), -1, 1).expand(-1, -1, d)).reshape(len(idx), n_tiles, l2, d)
-        logits = torch.matmul(q_tiles[pi], kwin.transpose(-1, -2)).float() * scale  # (c, T, n, l2)
-        probs = logits.softmax(-1)
-        target = torch.matmul(probs, kpos.float())  # (c, T, n, 2): window offset kept via absolute positions
-        disp = target - pos_tiles
+        # Fine: every query of the tile over the l x l keys of its window. Recomputed in backward
+        # (checkpoint) so the gathered window keys (T * l^2 * D per pair) are not kept for the gradient.
+        args = (q_tiles[pi], kj, start, win_off, pos_tiles, scale, window, w)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            from torch.utils.checkpoint import checkpoint
+
+            disp, wk, hit = checkpoint(_fine_stage, *args, use_reentrant=False)
+        else:
+            disp, wk, hit = _fine_stage(*args)
         flow_parts.append((idx, _untile(disp, h, w, tile)))
-        key_parts.append((idx, kwin.float().mean(-1)))
-        starts[idx] = start
+        key_parts.append((idx, wk))
         # Honest reporting: the most attended key on a border the window could still have moved past.
-        best = win_off[logits.argmax(-1)]  # (c, T, n, 2) in-window position
         lo_free = start[:, :, None, :] > 0
         hi_free = start[:, :, None, :] < torch.tensor([h - window, w - window], device=dev)
-        hit = ((best == 0) & lo_free) | ((best == window - 1) & hi_free)
+        hit = ((hit == 0) & lo_free) | ((hit == window - 1) & hi_free)
         border[idx] = _untile(hit.any(-1, keepdim=True).float(), h, w, tile)[..., 0] > 0
+        starts[idx] = start
 
     # Assemble without in-place writes into a tensor that needs grad.
     if flow_parts:
