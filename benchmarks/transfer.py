@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--guided-steps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the truncated/full fwd+bwd timing")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,13 +113,13 @@ def main() -> None:
                       "inner_steps": cfg.inner_steps, "reuse_interval": cfg.reuse_interval, "amf": cfg.amf}
         print(name, rows[name], flush=True)
 
-    # What truncation after the capture block saves: one guided forward+backward, median of 3.
+    # What truncation after the capture block saves: one guided forward+backward, median of repeats.
     x = z_ref.to(dtype)
     ts = torch.tensor([900.0], device=dev)
     trunc = {}
     for stop in (True, False):
         times = []
-        for _ in range(3):
+        for _ in range(args.repeats):
             zz = x.detach().clone().float().requires_grad_(True)
             sync(dev)
             t0 = time.perf_counter()

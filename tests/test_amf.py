@@ -191,3 +191,16 @@ def test_losses_hand_computed():
     wk[2] = torch.tensor([[1.0, 3.0]])  # pairs (0,0) (0,1) (0,2) (1,2): frame 0 has j = 1, 2
     wp = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 2]])
     assert abs(float(window_consistency_loss(wk, wp)) - (1 + 9) / 2) < 1e-6
+
+
+def test_windowed_amf_gradient_matches_finite_differences():
+    """The fine stage is recomputed in backward (checkpoint); its gradient must still be exact."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(qq, kk):
+        r = windowed_amf(qq, kk, span=2, tile=(2, 2), window=3, scale=1.3)
+        return r.flow, r.window_keys
+
+    assert torch.autograd.gradcheck(fn, (q, k), eps=1e-6, atol=1e-5)

@@ -66,18 +66,19 @@ def global_amf(
     s = h * w
     scale = default_scale(d) if scale is None else scale
     pairs = all_pairs(f, q.device) if pairs is None else pairs.to(q.device)
-    pos = grid_positions(h, w, q.device, torch.float32)
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32 logits for half inputs, float64 kept
+    pos = grid_positions(h, w, q.device, acc)
     qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
     out = []
     for c in range(0, len(pairs), chunk):
         pi, pj = pairs[c : c + chunk, 0], pairs[c : c + chunk, 1]
-        logits = torch.matmul(qf[pi], kf[pj].transpose(1, 2)).float() * scale  # (c, S, S)
+        logits = torch.matmul(qf[pi], kf[pj].transpose(1, 2)).to(acc) * scale  # (c, S, S)
         if hard:
             target = pos[logits.argmax(dim=-1)]
         else:
             target = torch.matmul(logits.softmax(dim=-1), pos)
         out.append(target - pos)
-    return torch.cat(out) if out else q.new_zeros((0, s, 2), dtype=torch.float32)
+    return torch.cat(out) if out else q.new_zeros((0, s, 2), dtype=acc)
 
 
 @dataclass
@@ -163,10 +164,11 @@ def _fine_stage(q_t, kj, start, win_off, pos_tiles, scale: float, window: int, w
     kpos = start[:, :, None, :] + win_off  # (c, T, l2, 2)
     kidx = kpos[..., 0] * w + kpos[..., 1]  # (c, T, l2)
     kwin = torch.gather(kj, 1, kidx.reshape(c, -1, 1).expand(-1, -1, d)).reshape(c, n_tiles, l2, d)
-    logits = torch.matmul(q_t, kwin.transpose(-1, -2)).float() * scale  # (c, T, n, l2)
-    target = torch.matmul(logits.softmax(-1), kpos.float())  # absolute positions: the window offset is kept
+    acc = torch.promote_types(q_t.dtype, torch.float32)
+    logits = torch.matmul(q_t, kwin.transpose(-1, -2)).to(acc) * scale  # (c, T, n, l2)
+    target = torch.matmul(logits.softmax(-1), kpos.to(acc))  # absolute positions: the window offset is kept
     best = win_off[logits.detach().argmax(-1)]
-    return target - pos_tiles, kwin.float().mean(-1), best
+    return target - pos_tiles.to(acc), kwin.to(acc).mean(-1), best
 
 
 def windowed_amf(
@@ -184,13 +186,14 @@ def windowed_amf(
     scale = default_scale(d) if scale is None else scale
     dev = q.device
     pairs = window_pairs(f, span, dev)
-    pos = grid_positions(h, w, dev)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    pos = grid_positions(h, w, dev, acc)
     ty, tx = tile_layout(h, w, tile)
     n_tiles = ty * tx
     l2 = window * window
-    flow = torch.zeros((len(pairs), s, 2), device=dev, dtype=torch.float32)
+    flow = torch.zeros((len(pairs), s, 2), device=dev, dtype=acc)
     starts = torch.zeros((len(pairs), n_tiles, 2), device=dev, dtype=torch.long)
-    wkeys = torch.zeros((len(pairs), n_tiles, l2), device=dev, dtype=torch.float32)
+    wkeys = torch.zeros((len(pairs), n_tiles, l2), device=dev, dtype=acc)
     border = torch.zeros((len(pairs), s), device=dev, dtype=torch.bool)
     flow_parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     key_parts: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -213,7 +216,7 @@ def windowed_amf(
         kj = kf[pj]  # (c, S, D)
         # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded).
         qc = qf[pi][:, centre_idx]  # (c, T, D)
-        coarse = torch.matmul(qc, kj.transpose(1, 2)).float() * scale  # (c, T, S)
+        coarse = torch.matmul(qc, kj.transpose(1, 2)).to(acc) * scale  # (c, T, S)
         centre = torch.matmul(coarse.softmax(-1), pos).detach()  # (c, T, 2); the window is chosen, not learnt
         start = window_start_from_centre(centre, window, h, w)  # (c, T, 2)
         # Fine: every query of the tile over the l x l keys of its window. Recomputed in backward
@@ -238,7 +241,7 @@ def windowed_amf(
     if flow_parts:
         all_idx = torch.cat([p[0] for p in flow_parts])
         all_flow = torch.cat([p[1] for p in flow_parts])
-        flow = flow.index_copy(0, all_idx, all_flow.float())
+        flow = flow.index_copy(0, all_idx, all_flow.to(acc))
     if key_parts:
         wkeys = wkeys.index_copy(0, torch.cat([p[0] for p in key_parts]), torch.cat([p[1] for p in key_parts]))
     return WindowedAMF(flow, pairs, starts, wkeys, border, (ty, tx))
