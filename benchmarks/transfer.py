@@ -21,10 +21,6 @@ from pathlib import Path
 import torch
 
 
-class _Scheduler:
-    config = {"num_train_timesteps": 1000}
-
-
 class ArchBackend:
     """The parts of WanBackend the guidance uses, over a bare transformer (no VAE or text encoder needed)."""
 

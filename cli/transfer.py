@@ -8,9 +8,26 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
-    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, resolve_params,
-    run_guarded, status, step_progress,
+    DEFAULT_MODEL,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OffloadOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecipeOpt,
+    RevisionOpt,
+    SeedOpt,
+    VaeTilingOpt,
+    command_line,
+    console,
+    quiet_libraries,
+    resolve_params,
+    run_guarded,
+    status,
+    step_progress,
 )
 
 HELP = """Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
@@ -167,7 +184,8 @@ def _run(ctx: typer.Context, params: dict) -> None:
     from vmt.motion.capture import check_block
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory
-    from vmt.transfer import load_reference, transfer as run_transfer
+    from vmt.transfer import load_reference
+    from vmt.transfer import transfer as run_transfer
 
     timer = Timer()
     with timer.stage("read_reference"):
@@ -206,9 +224,9 @@ def _run(ctx: typer.Context, params: dict) -> None:
             timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
             extra={
                 "sigmas": result.sigmas,
-                "video": {"frames": int(len(result.frames)), "fps": out_fps, "height": p["height"],
+                "video": {"frames": len(result.frames), "fps": out_fps, "height": p["height"],
                           "width": p["width"]},
-                "reference": {"path": str(ref_path), "frames_used": int(len(frames)), "fps": ref_fps},
+                "reference": {"path": str(ref_path), "frames_used": len(frames), "fps": ref_fps},
                 "token_grid": list(result.grid),
                 "guidance": {"config": cfg.as_dict(), "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
                              "steps": result.guidance},

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from vmt.motion.amf import (
-    all_pairs, global_amf, grid_positions, tile_centres, window_pairs, window_start_from_centre, windowed_amf,
+    all_pairs,
+    global_amf,
+    grid_positions,
+    tile_centres,
+    window_pairs,
+    window_start_from_centre,
+    windowed_amf,
 )
 from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
 from vmt.motion.synthetic import moving_fields_qk, region_labels, true_flow, valid_mask

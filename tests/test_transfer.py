@@ -88,15 +88,14 @@ def test_truncated_forward_runs_no_later_block_and_gives_same_qk(backend):
 def test_processors_restored_after_exception(backend):
     model = backend.pipe.transformer
     before = _processors(model)
-    with pytest.raises(ZeroDivisionError):
-        with qk_capture(model, 1) as proc:
-            assert isinstance(model.blocks[1].attn1.processor, QKCaptureProcessor) and proc.stop
-            1 / 0
+    with pytest.raises(ZeroDivisionError), qk_capture(model, 1) as proc:
+        assert isinstance(model.blocks[1].attn1.processor, QKCaptureProcessor) and proc.stop
+        1 / 0
     assert all(a is b for a, b in zip(_processors(model), before))
 
 
 def test_processors_restored_after_exception_inside_transfer(backend, monkeypatch):
-    import vmt.motion.guidance as guidance
+    from vmt.motion import guidance
     from vmt.transfer import TransferRequest, transfer
 
     model = backend.pipe.transformer
@@ -276,11 +275,11 @@ def test_cli_end_to_end_writes_video_and_counts(tiny_t2v, tmp_path):
 
 def test_cli_recipe_keys_match_options(tmp_path):
     """Both recipes load through the recipe checker (unknown keys are errors) with the published values."""
+    import inspect
     from pathlib import Path
 
     from cli.common import load_recipe
     from cli.transfer import transfer as command
-    import inspect
 
     allowed = set(inspect.signature(command).parameters) - {"ctx"}
     root = Path(__file__).resolve().parents[1] / "recipes" / "transfer"
