@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text-len", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the truncated/full fwd+bwd timing")
+    ap.add_argument("--order", default="fastvmt,ditflow-baseline", help="run order of the configurations")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,7 +95,8 @@ def main() -> None:
     }
     sig = [float(shift_sigma(0.75 * (1 - i / 50), 7.0)) for i in range(args.guided_steps + 1)]
     rows = {}
-    for name, cfg in configs.items():
+    for name in args.order.split(","):
+        cfg = configs[name]
         cfg.guided_steps = args.guided_steps
         be.counts = type(be.counts)()
         guid = MotionGuidance(be, cfg, z_ref, cond, cond, torch.randn(z_ref.shape, generator=g).to(dev), grid)
