@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from cli import eval as eval_cli
-from cli import refine
 from cli import keypoints as predict_keypoints
-from cli import longgen
+from cli import longgen, refine, transfer
 
 app = typer.Typer(
     name="vmt",
@@ -42,9 +41,11 @@ def root(
 
 app.command("refine", help=refine.HELP, no_args_is_help=True,
             short_help="Text/image-to-video on Wan with Predict-and-Perturb self-refining sampling.")(refine.refine)
-app.add_typer(eval_cli.app, name="eval")
-app.add_typer(predict_keypoints.app, name="predict-keypoints")
+app.command("transfer", help=transfer.HELP, no_args_is_help=True,
+            short_help="Motion transfer from a reference video (FastVMT windowed AMF guidance).")(transfer.transfer)
 app.add_typer(longgen.app, name="longgen", help=longgen.HELP)
+app.add_typer(predict_keypoints.app, name="predict-keypoints")
+app.add_typer(eval_cli.app, name="eval")
 
 
 def main() -> None:

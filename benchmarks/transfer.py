@@ -1,0 +1,152 @@
+"""Guidance stage of vmt transfer: FastVMT recipe vs DiTFlow-style baseline on the real Wan2.1-T2V-1.3B
+architecture with random weights (time does not depend on the weights; nothing is downloaded).
+
+Builds WanTransformer3DModel with the 1.3B config (30 layers, 12 heads x 128, ffn 8960, text_dim 4096,
+freq_dim 256, in/out 16) and runs MotionGuidance.before_step (reference AMF + the inner optimisation) for
+`--guided-steps` outer steps with each configuration, counting DiT passes and timing the stage. Also times
+one guided forward+backward with and without truncation after the capture block.
+
+    python benchmarks/transfer.py                    # CPU: 17 frames 128x128, fp32, 1 guided step
+    python benchmarks/transfer.py --frames 81 --height 480 --width 832 --dtype bfloat16 --guided-steps 2  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+class ArchBackend:
+    """The parts of WanBackend the guidance uses, over a bare transformer (no VAE or text encoder needed)."""
+
+    def __init__(self, transformer, dtype):
+        from vmt.backends.base import ComputeCounts
+
+        self.transformer, self.dtype = transformer, dtype
+        self.num_train_timesteps = 1000
+        self.counts = ComputeCounts()
+
+    def transformer_at(self, sigma):
+        return self.transformer
+
+    def model_input(self, z, t, cond):
+        return z.to(self.dtype), t.expand(z.shape[0])
+
+
+def build(dtype, device):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        m = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+            text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6,
+        )
+    return m.to(dtype).eval()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--guided-steps", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the truncated/full fwd+bwd timing")
+    ap.add_argument("--order", default="fastvmt,ditflow-baseline", help="run order of the configurations")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    from vmt.backends.base import Conditioning
+    from vmt.motion.capture import capture_forward
+    from vmt.motion.guidance import GuidanceConfig, MotionGuidance
+    from vmt.sampling.euler import StepState
+    from vmt.sampling.sigmas import shift_sigma
+
+    model = build(dtype, dev)
+    be = ArchBackend(model, dtype)
+    f, h, w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    grid = (f, h // 2, w // 2)
+    g = torch.Generator().manual_seed(0)
+    z_ref = torch.randn(1, 16, f, h, w, generator=g).to(dev)
+    text = torch.randn(1, args.text_len, 4096, generator=g).to(dev, dtype)
+    cond = Conditioning(text, None, guidance_scale=5.8)
+    window = min(21, grid[1], grid[2])
+    configs = {
+        "fastvmt": GuidanceConfig(window=window),
+        "ditflow-baseline": GuidanceConfig(amf="global", temperature=2.0, head_mode="logits", inner_steps=5,
+                                           reuse_interval=1, lr=2e-3, lr_end=1e-3, optimizer="adam", loss="ditflow",
+                                           ref_amf="clean", ref_argmax=True),
+    }
+    sig = [float(shift_sigma(0.75 * (1 - i / 50), 7.0)) for i in range(args.guided_steps + 1)]
+    rows = {}
+    for name in args.order.split(","):
+        cfg = configs[name]
+        cfg.guided_steps = args.guided_steps
+        be.counts = type(be.counts)()
+        guid = MotionGuidance(be, cfg, z_ref, cond, cond, torch.randn(z_ref.shape, generator=g).to(dev), grid)
+        z = torch.randn(z_ref.shape, generator=g).to(dev)
+        sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(args.guided_steps):
+                z = guid.before_step(StepState(i, 50, torch.tensor(sig[i]), torch.tensor(sig[i + 1]), z), None)
+        sync(dev)
+        rows[name] = {"seconds": round(time.perf_counter() - t0, 2), **be.counts.as_dict(),
+                      "inner_steps": cfg.inner_steps, "reuse_interval": cfg.reuse_interval, "amf": cfg.amf}
+        print(name, rows[name], flush=True)
+
+    # What truncation after the capture block saves: one guided forward+backward, median of repeats.
+    x = z_ref.to(dtype)
+    ts = torch.tensor([900.0], device=dev)
+    trunc = {}
+    for stop in (True, False):
+        times = []
+        for _ in range(args.repeats):
+            zz = x.detach().clone().float().requires_grad_(True)
+            sync(dev)
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                q, k, _ = capture_forward(model, 14, stop=stop, hidden_states=zz.to(dtype), timestep=ts,
+                                          encoder_hidden_states=text)
+                (q.float().mean() + k.float().mean()).backward()
+            sync(dev)
+            times.append(time.perf_counter() - t0)
+        trunc["truncated" if stop else "full"] = round(statistics.median(times), 3)
+    fv, db = rows["fastvmt"], rows["ditflow-baseline"]
+    ratios = {"guidance_time_baseline_over_fastvmt": round(db["seconds"] / fv["seconds"], 2),
+              "dit_passes_baseline_over_fastvmt": round((db["dit_forward"] + db["dit_backward"])
+                                                        / (fv["dit_forward"] + fv["dit_backward"]), 2),
+              "fwd_bwd_full_over_truncated_block14": round(trunc["full"] / trunc["truncated"], 2)}
+    print(f"Wan2.1-1.3B architecture (random weights), {args.frames} frames {args.height}x{args.width} "
+          f"(grid {grid}), {args.dtype}, {dev}, {args.threads} threads, {args.guided_steps} guided step(s)")
+    print(f"{'config':<18}{'seconds':>9}{'DiT fwd':>9}{'DiT bwd':>9}")
+    for n, r in rows.items():
+        print(f"{n:<18}{r['seconds']:>9.2f}{r['dit_forward']:>9}{r['dit_backward']:>9}")
+    print(f"guided fwd+bwd at block 14: truncated {trunc['truncated']}s, full 30 blocks {trunc['full']}s")
+    for k_, v in ratios.items():
+        print(f"  {k_}: {v}")
+    out = Path(__file__).resolve().parent / "results" / "transfer.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "grid": grid, "rows": rows, "truncation_s": trunc,
+                               "ratios": ratios}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

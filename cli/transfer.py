@@ -1,0 +1,243 @@
+"""`vmt transfer`: FastVMT motion transfer from a reference video (DiTFlow-style baseline by recipe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    DEFAULT_MODEL,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OffloadOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecipeOpt,
+    RevisionOpt,
+    SeedOpt,
+    VaeTilingOpt,
+    command_line,
+    console,
+    quiet_libraries,
+    resolve_params,
+    run_guarded,
+    status,
+    step_progress,
+)
+
+HELP = """Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
+
+The reference (any size, rate, length) is resampled, centre-cropped to --height x --width and cut to a 4k+1
+frame count; generation starts from the noised reference latent (SDEdit, --strength). In the first
+--guided-steps steps the latent is optimised so its Attention Motion Flow (AMF, from the self-attention q/k
+of --block) matches the reference's, then sampling goes on with ordinary CFG.
+
+[bold]Examples[/]
+
+  vmt transfer dance.mp4 --prompt "a robot dancing on a stage" -o robot.mp4
+
+  vmt transfer ref.mp4 --prompt "..." -o base.mp4 --recipe recipes/transfer/ditflow-baseline.toml
+
+  vmt transfer ref.mp4 --prompt "..." -o out.mp4 --amf global --reuse-interval 1   # slow, exact AMF
+
+Defaults are the FastVMT release's for Wan2.1-T2V-1.3B: 480x832, up to 81 frames, 50 steps, shift 7,
+CFG 5.8, seed 42, strength 0.75, block 14, span 4, tiles 3x4, window 21, 10 guided x 10 inner steps, gradient
+reuse every 3, AdamW lr 3e-3 -> 2.1e-3. The output keeps the reference's frame rate unless --fps is given.
+"""
+
+_G = "Guidance"
+
+
+def transfer(
+    ctx: typer.Context,
+    reference: Annotated[Path, typer.Argument(help="Reference video whose motion is transferred.",
+                                              show_default=False)],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the new video shows.", show_default=False)],
+    output: OutputOpt,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
+    num_frames: Annotated[int, typer.Option("--num-frames", "-f", help="Most frames to take from the reference "
+                                            "(cut to the largest 4k+1 available; >= 5).")] = 81,
+    height: Annotated[int, typer.Option("--height", help="Height in pixels (multiple of 16).")] = 480,
+    width: Annotated[int, typer.Option("--width", help="Width in pixels (multiple of 16).")] = 832,
+    fps: Annotated[float | None, typer.Option("--fps", help="Resample the reference to this rate (also the "
+                                              "output's); default: the reference's own rate.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps from the SDEdit start to 0.")] = 50,
+    shift: Annotated[float, typer.Option("--shift", help="Flow shift of the sigma grid.")] = 7.0,
+    guidance_scale: Annotated[float, typer.Option("--guidance-scale", "-g", help="CFG scale (1 = off).")] = 5.8,
+    strength: Annotated[float, typer.Option("--strength", help="SDEdit denoising strength in (0, 1]: the start "
+                                            "sigma is shift(strength) (0.9545 at 0.75, shift 7).")] = 0.75,
+    amf: Annotated[str, typer.Option("--amf", help="windowed (FastVMT) | global (DiTFlow: all pairs, all keys).",
+                                     rich_help_panel=_G)] = "windowed",
+    block: Annotated[int, typer.Option("--block", help="0-based transformer block whose self-attention q/k "
+                                       "give the AMF.", rich_help_panel=_G)] = 14,
+    span: Annotated[int, typer.Option("--span", help="Windowed AMF: frame pairs with 0 <= j - i < span.",
+                                      rich_help_panel=_G)] = 4,
+    tile: Annotated[str, typer.Option("--tile", help="Windowed AMF: query tile HxW in tokens (coarse stage).",
+                                      rich_help_panel=_G)] = "3x4",
+    window: Annotated[int, typer.Option("--window", help="Windowed AMF: side of the key window in tokens "
+                                        "(fine stage; must fit the H/16 x W/16 token grid).",
+                                        rich_help_panel=_G)] = 21,
+    temperature: Annotated[float, typer.Option("--temperature", help="AMF softmax temperature tau in "
+                                               "softmax(tau q.k / sqrt(D)).", rich_help_panel=_G)] = 1.0,
+    head_mode: Annotated[str, typer.Option("--head-mode", help="qk: average q and k over heads (FastVMT) | "
+                                           "logits: average the per-head logits (DiTFlow).",
+                                           rich_help_panel=_G)] = "qk",
+    guided_steps: Annotated[int, typer.Option("--guided-steps", help="Optimise the latent in the first N "
+                                              "steps.", rich_help_panel=_G)] = 10,
+    inner_steps: Annotated[int, typer.Option("--inner-steps", help="Optimiser steps per guided step.",
+                                             rich_help_panel=_G)] = 10,
+    reuse_interval: Annotated[int, typer.Option("--reuse-interval", help="Recompute the gradient every N inner "
+                                                "steps and reuse it in between (1 = always recompute).",
+                                                rich_help_panel=_G)] = 3,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate at the first inner step.",
+                                      rich_help_panel=_G)] = 3e-3,
+    lr_end: Annotated[float, typer.Option("--lr-end", help="Learning rate at the last inner step (linear).",
+                                          rich_help_panel=_G)] = 2.1e-3,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (weight decay 0.01) | adam.",
+                                           rich_help_panel=_G)] = "adamw",
+    loss: Annotated[str, typer.Option("--loss", help="fastvmt: distance-weighted AMF loss + window loss | "
+                                      "ditflow: MSE where the reference moves.", rich_help_panel=_G)] = "fastvmt",
+    amf_weight: Annotated[float, typer.Option("--amf-weight", help="Weight of the AMF loss (fastvmt loss).",
+                                              rich_help_panel=_G)] = 5.0,
+    window_weight: Annotated[float, typer.Option("--window-weight", help="Weight of the corresponding-window "
+                                                 "loss (fastvmt loss; 0 = off).", rich_help_panel=_G)] = 1.0,
+    ref_amf: Annotated[str, typer.Option("--ref-amf", help="per-step: reference re-noised to each guided "
+                                         "step's sigma (FastVMT) | clean: once from the clean latent (DiTFlow).",
+                                         rich_help_panel=_G)] = "per-step",
+    ref_argmax: Annotated[bool, typer.Option("--ref-argmax/--no-ref-argmax", help="Hard argmax for the "
+                                             "reference AMF (DiTFlow) instead of soft-argmax.",
+                                             rich_help_panel=_G)] = False,
+    truncate: Annotated[bool, typer.Option("--truncate/--no-truncate", help="Stop guided forwards after the "
+                                           "capture block (later blocks cannot change its q/k).",
+                                           rich_help_panel=_G)] = True,
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    offload: OffloadOpt = "none",
+    vae_tiling: VaeTilingOpt = False,
+    seed: SeedOpt = 42,
+    recipe: RecipeOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    params = dict(locals())
+    params.pop("ctx")
+    run_guarded(lambda: _run(ctx, params), debug)
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    from vmt.errors import VmtUsageError
+
+    parts = str(text).lower().split("x")
+    try:
+        th, tw = (int(v) for v in parts)
+    except ValueError:
+        raise VmtUsageError(f"--tile {text!r} must look like 3x4 (rows x columns of tokens)") from None
+    if th < 1 or tw < 1:
+        raise VmtUsageError(f"--tile {text!r} must be positive")
+    return th, tw
+
+
+def _run(ctx: typer.Context, params: dict) -> None:
+    from cli.refine import check_wan_size
+    from vmt.errors import VmtUsageError
+    from vmt.io.atomic import check_output_path
+
+    p = resolve_params(ctx, "transfer", params, params["recipe"])
+    output = check_output_path(p["output"], p["overwrite"])
+    ref_path = Path(p["reference"])
+    if not ref_path.is_file():
+        raise VmtUsageError(f"reference video {ref_path} not found; check the path")
+    if p["fps"] is not None and p["fps"] <= 0:
+        raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
+    if p["guidance_scale"] < 0:
+        raise VmtUsageError(f"--guidance-scale must be >= 0, got {p['guidance_scale']}")
+    check_wan_size(5, p["height"], p["width"])
+
+    from vmt.motion.guidance import GuidanceConfig
+    from vmt.transfer import MIN_FRAMES, TransferRequest, sdedit_sigmas
+
+    if p["num_frames"] < MIN_FRAMES:
+        raise VmtUsageError(f"--num-frames {p['num_frames']} is too few; motion transfer needs >= {MIN_FRAMES}")
+    cfg = GuidanceConfig(
+        amf=p["amf"], block=p["block"], span=p["span"], tile=parse_tile(p["tile"]), window=p["window"],
+        temperature=p["temperature"], head_mode=p["head_mode"], guided_steps=p["guided_steps"],
+        inner_steps=p["inner_steps"], reuse_interval=p["reuse_interval"], lr=p["lr"], lr_end=p["lr_end"],
+        optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
+        ref_amf=p["ref_amf"], ref_argmax=p["ref_argmax"], truncate=p["truncate"],
+    )
+    cfg.validate()
+    # Token grid from the resolution (Wan: VAE /8, patch 2); the backend re-checks with its own factors.
+    cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
+    sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
+    quiet_libraries(p["debug"])
+
+    from vmt.backends.wan import WanBackend, WanLoadOptions
+    from vmt.io.video import write_video
+    from vmt.motion.capture import check_block
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import Timer, peak_memory
+    from vmt.transfer import load_reference
+    from vmt.transfer import transfer as run_transfer
+
+    timer = Timer()
+    with timer.stage("read_reference"):
+        frames, ref_fps = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
+            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+            revision=p["revision"],
+        ))
+    if backend.is_i2v:
+        raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
+                            "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    check_block(backend.transformer_at(1.0), cfg.block)
+    timer.sync_cuda = backend.device.type == "cuda"
+    req = TransferRequest(
+        prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],
+        steps=p["steps"], shift=p["shift"], guidance_scale=p["guidance_scale"], strength=p["strength"],
+        seed=p["seed"],
+    )
+
+    def on_step(state) -> None:
+        g = state.record.get("guidance")
+        info = {"sigma": f"{float(state.sigma):.3f}"}
+        if g:
+            info["amf"] = f"{g['amf_loss'][0]:.4g}->{g['final_amf_loss']:.4g}"
+        advance(**info)
+
+    with step_progress(req.steps, "transfer", p["quiet"]) as advance:
+        result = run_transfer(backend, frames, req, cfg, on_step=on_step, timer=timer)
+    out_fps = p["fps"] if p["fps"] is not None else ref_fps
+    with timer.stage("write"):
+        write_video(output, result.frames, out_fps)
+        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+        doc = build_sidecar(
+            command_line(), "transfer", resolved, output=output, model=backend.describe(),
+            timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
+            extra={
+                "sigmas": result.sigmas,
+                "video": {"frames": len(result.frames), "fps": out_fps, "height": p["height"],
+                          "width": p["width"]},
+                "reference": {"path": str(ref_path), "frames_used": len(frames), "fps": ref_fps},
+                "token_grid": list(result.grid),
+                "guidance": {"config": cfg.as_dict(), "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
+                             "steps": result.guidance},
+            },
+        )
+        write_sidecar(output, doc)
+    if not p["quiet"]:
+        c = backend.counts
+        st = timer.stages
+        console.print(
+            f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}, {out_fps:g} fps) "
+            f"DiT forward {c.dit_forward}, backward {c.dit_backward}; guidance {st.get('guidance', 0):.1f}s, "
+            f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s"
+        )

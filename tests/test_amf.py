@@ -1,0 +1,212 @@
+"""AMF on synthetic q/k with a known motion per region (ground truth by construction), window geometry,
+losses against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vmt.motion.amf import (
+    all_pairs,
+    global_amf,
+    grid_positions,
+    tile_centres,
+    window_pairs,
+    window_start_from_centre,
+    windowed_amf,
+)
+from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
+from vmt.motion.synthetic import moving_fields_qk, region_labels, true_flow, valid_mask
+
+
+def test_pair_counts():
+    assert len(window_pairs(21, 4)) == 78  # the release's count at 81 frames
+    assert len(all_pairs(21)) == 441
+    p = window_pairs(5, 3)
+    assert p.tolist() == [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [1, 3], [2, 2], [2, 3], [2, 4], [3, 3], [3, 4],
+                          [4, 4]]
+
+
+@pytest.fixture(scope="module")
+def four_regions():
+    """Quadrants moving by integer and sub-token displacements per frame (dy, dx)."""
+    f, h, w, d = 4, 16, 24, 128
+    labels = region_labels(h, w, "quads")
+    vel = torch.tensor([[0.0, 1.0], [1.0, -1.0], [0.5, 0.25], [-0.75, 0.5]])
+    q, k = moving_fields_qk(f, h, w, d, vel, labels, sharpness=14.0, seed=3)
+    return q, k, vel, labels
+
+
+def test_global_and_windowed_recover_known_displacement(four_regions):
+    q, k, vel, labels = four_regions
+    res = windowed_amf(q, k, span=3, tile=(3, 4), window=7)
+    pairs = res.pairs
+    truth = true_flow(pairs, vel, labels)
+    ok = valid_mask(pairs, vel, labels, margin=2.0)
+    moving = (pairs[:, 0] != pairs[:, 1])[:, None] & ok
+    assert moving.sum() > 200  # enough unambiguous inter-frame queries to mean something
+    glob = global_amf(q, k, pairs)
+    err_w = (res.flow - truth).norm(dim=-1)[ok]
+    err_g = (glob - truth).norm(dim=-1)[ok]
+    assert err_w.max() < 0.5 and err_g.max() < 0.5
+    assert err_w.mean() < 0.1 and err_g.mean() < 0.1
+    # sub-token regions really are sub-token: they are recovered, not rounded to the grid
+    sub = (labels.flatten() >= 2)[None].expand_as(ok) & moving
+    assert (res.flow - truth).norm(dim=-1)[sub].max() < 0.25
+    assert (res.flow - truth.round()).norm(dim=-1)[sub].max() > 0.2
+    # and the two agree with each other
+    assert (res.flow - glob).norm(dim=-1)[ok].max() < 0.2
+    assert not res.at_border[moving].any()
+
+
+def test_self_pairs_are_zero_displacement(four_regions):
+    q, k, vel, labels = four_regions
+    res = windowed_amf(q, k, span=2, tile=(3, 4), window=5)
+    same = res.pairs[:, 0] == res.pairs[:, 1]
+    ok = valid_mask(res.pairs, vel, labels, margin=2.0)[same]  # 2 tokens clear of region borders
+    assert ok.sum() > 100
+    assert res.flow[same][ok].abs().max() < 0.05
+
+
+def test_hard_argmax_is_integer_and_matches_integer_motion(four_regions):
+    q, k, vel, labels = four_regions
+    pairs = window_pairs(4, 2)
+    hard = global_amf(q, k, pairs, hard=True)
+    assert torch.equal(hard, hard.round())
+    truth = true_flow(pairs, vel, labels)
+    ok = valid_mask(pairs, vel, labels) & (labels.flatten() < 2)[None]  # integer-motion regions
+    assert torch.equal(hard[ok], truth[ok])
+
+
+def test_large_uniform_motion_is_measured_beyond_the_window():
+    """9 tokens per frame with a 7-token window: the coarse stage places the window, the offset is kept, so the
+    displacement is measured (the release dropped the offset and would report at most 3)."""
+    f, h, w, d = 3, 12, 40, 128
+    labels = region_labels(h, w, "one")
+    vel = torch.tensor([[0.0, 9.0]])
+    q, k = moving_fields_qk(f, h, w, d, vel, labels, sharpness=14.0, seed=4)
+    res = windowed_amf(q, k, span=2, tile=(3, 4), window=7)
+    truth = true_flow(res.pairs, vel, labels)
+    ok = valid_mask(res.pairs, vel, labels, margin=1.0) & (res.pairs[:, 0] != res.pairs[:, 1])[:, None]
+    assert ok.sum() > 50
+    assert (res.flow - truth).norm(dim=-1)[ok].max() < 0.5
+    assert res.flow[ok][:, 1].min() > 8.5
+
+
+def test_motion_difference_larger_than_window_inside_a_tile_is_flagged():
+    """A tile straddling two regions whose motions differ by more than the window: the window follows the
+    tile centre's region, so the other region's queries cannot be measured. They come out wrong (global
+    gets them right), and at_border flags most of them while no correctly measured query is flagged."""
+    f, h, w, d = 3, 12, 40, 128
+    xs = torch.arange(w)[None].expand(h, w)
+    labels = (xs >= 10).long()  # the tile of columns 8..11 straddles the boundary, its centre (col 9) is left
+    vel = torch.tensor([[0.0, 0.0], [0.0, 9.0]])
+    q, k = moving_fields_qk(f, h, w, d, vel, labels, sharpness=14.0, seed=2)
+    res = windowed_amf(q, k, span=2, tile=(3, 4), window=7)
+    glob = global_amf(q, k, res.pairs)
+    truth = true_flow(res.pairs, vel, labels)
+    ok = valid_mask(res.pairs, vel, labels, margin=1.0) & (res.pairs[:, 0] != res.pairs[:, 1])[:, None]
+    straddle = torch.zeros(h, w, dtype=torch.bool)
+    straddle[:, 10:12] = True
+    lost = ok & straddle.flatten()[None]
+    rest = ok & ~straddle.flatten()[None]
+    assert lost.sum() >= 10 and rest.sum() > 100
+    err = (res.flow - truth).norm(dim=-1)
+    assert err[lost].min() > 3.0  # honestly wrong, not silently near the truth
+    assert (glob - truth).norm(dim=-1)[lost].max() < 0.5
+    assert err[rest].max() < 0.5
+    assert res.at_border[lost].float().mean() >= 0.5
+    assert not res.at_border[rest].any()
+
+
+@pytest.mark.parametrize("h,w,l", [(30, 52, 21), (5, 7, 5), (4, 4, 4), (6, 9, 1)])
+def test_window_always_inside_grid_without_duplicates(h, w, l):
+    """Every centre on a half-token lattice from 3 tokens outside the grid to 3 beyond it (edges, corners)."""
+    cy, cx = torch.meshgrid(torch.arange(-3.0, h + 3, 0.5), torch.arange(-3.0, w + 3, 0.5), indexing="ij")
+    centre = torch.stack([cy.flatten(), cx.flatten()], -1)
+    start = window_start_from_centre(centre, l, h, w)  # (N, 2)
+    ar = torch.arange(l)
+    ys = start[:, 0, None] + ar  # (N, l) rows of the window
+    xs = start[:, 1, None] + ar
+    assert ys.min() >= 0 and ys.max() < h and xs.min() >= 0 and xs.max() < w
+    keys = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(centre), -1).sort(-1).values  # flat key indices
+    assert keys.shape[1] == l * l and bool((keys[:, 1:] > keys[:, :-1]).all())  # l^2 distinct keys
+    # the window covers the (rounded, grid-clamped) centre: as centred as the grid allows
+    r = torch.round(centre).long()
+    ry, rx = r[:, 0].clamp(0, h - 1), r[:, 1].clamp(0, w - 1)
+    assert bool(((ys[:, 0] <= ry) & (ry <= ys[:, -1]) & (xs[:, 0] <= rx) & (rx <= xs[:, -1])).all())
+    # and exactly centred wherever the grid leaves room
+    room = (r[:, 0] >= l // 2) & (r[:, 0] <= h - 1 - (l - 1 - l // 2))
+    assert torch.equal(ys[room, l // 2], r[room, 0])
+
+
+def test_window_offsets_in_amf_are_inside_grid_at_corners():
+    """End to end through windowed_amf: regions pushing matches to every edge keep whole windows."""
+    f, h, w, d = 2, 9, 11, 32
+    labels = region_labels(h, w, "quads")
+    vel = torch.tensor([[-3.0, -3.0], [-3.0, 3.0], [3.0, -3.0], [3.0, 3.0]])
+    q, k = moving_fields_qk(f, h, w, d, vel, labels, sharpness=14.0, seed=5)
+    res = windowed_amf(q, k, span=2, tile=(2, 3), window=5)
+    st = res.window_start[res.pairs[:, 0] != res.pairs[:, 1]]
+    assert st[..., 0].min() >= 0 and st[..., 0].max() <= h - 5
+    assert st[..., 1].min() >= 0 and st[..., 1].max() <= w - 5
+    assert res.flow.shape == (len(res.pairs), h * w, 2)
+
+
+def test_tile_centres_cover_partial_tiles():
+    c = tile_centres(7, 10, (3, 4))
+    assert c.tolist() == [[1, 1], [1, 5], [1, 8], [4, 1], [4, 5], [4, 8], [6, 1], [6, 5], [6, 8]]
+
+
+def test_windowed_rejects_window_larger_than_grid():
+    q = torch.randn(2, 4, 5, 8)
+    with pytest.raises(ValueError, match="window 6"):
+        windowed_amf(q, q, window=6, tile=(2, 2))
+
+
+def test_global_amf_matches_float64_brute_force():
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 3, 4, 6), torch.randn(3, 3, 4, 6)
+    pairs = all_pairs(3)
+    out = global_amf(q, k, pairs, scale=0.7, chunk=4)
+    pos = grid_positions(3, 4, dtype=torch.float64)
+    for p, (i, j) in enumerate(pairs.tolist()):
+        for s in range(12):
+            logits = [0.7 * float(q[i].reshape(12, 6)[s].double() @ k[j].reshape(12, 6)[t].double()) for t in range(12)]
+            m = max(logits)
+            wts = [pow(2.718281828459045, v - m) for v in logits]
+            z = sum(wts)
+            exp = [sum(wts[t] * float(pos[t, a]) for t in range(12)) / z - float(pos[s, a]) for a in range(2)]
+            assert abs(float(out[p, s, 0]) - exp[0]) < 1e-4 and abs(float(out[p, s, 1]) - exp[1]) < 1e-4
+
+
+def test_losses_hand_computed():
+    pairs = torch.tensor([[0, 0], [0, 1], [0, 3]])
+    w = distance_weights(pairs, span=4)
+    assert torch.allclose(w, torch.tensor([1.0, 1.0 - 0.2 / 3, 0.8]))
+    ref = torch.zeros(3, 2, 2)
+    gen = torch.zeros(3, 2, 2)
+    gen[2, 1, 0] = 2.0  # one entry off by 2 on the d = 3 pair
+    assert abs(float(weighted_amf_loss(ref, gen, w)) - 0.8 * 4 / 12) < 1e-6
+    ref2 = torch.zeros(1, 3, 2)
+    ref2[0, 0] = torch.tensor([0.0, 1.0])  # only token 0 moves (along x only)
+    gen2 = torch.full((1, 3, 2), 5.0)
+    # masked to token 0, both components: ((0-5)^2 + (1-5)^2) / 2
+    assert abs(float(masked_amf_loss(ref2, gen2)) - 20.5) < 1e-6
+    wk = torch.zeros(4, 1, 2)
+    wk[2] = torch.tensor([[1.0, 3.0]])  # pairs (0,0) (0,1) (0,2) (1,2): frame 0 has j = 1, 2
+    wp = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 2]])
+    assert abs(float(window_consistency_loss(wk, wp)) - (1 + 9) / 2) < 1e-6
+
+
+def test_windowed_amf_gradient_matches_finite_differences():
+    """The fine stage is recomputed in backward (checkpoint); its gradient must still be exact."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(qq, kk):
+        r = windowed_amf(qq, kk, span=2, tile=(2, 2), window=3, scale=1.3)
+        return r.flow, r.window_keys
+
+    assert torch.autograd.gradcheck(fn, (q, k), eps=1e-6, atol=1e-5)
