@@ -196,10 +196,17 @@ def _read_raw_frames(args: list[str], size: tuple[int, int], expected: int, path
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pipesize=1 << 20)
     try:
         off = 0
+        view = memoryview(buf).cast("B")
         while True:
-            view = memoryview(buf).cast("B")
             if off == len(view):
+                # Full: grow only if ffmpeg has more to say (the estimate is usually exact).
+                extra = proc.stdout.read(frame_bytes)
+                if not extra:
+                    break
                 buf = np.concatenate([buf, np.empty_like(buf)])
+                view = memoryview(buf).cast("B")
+                view[off : off + len(extra)] = extra
+                off += len(extra)
                 continue
             got = proc.stdout.readinto(view[off:])
             if not got:
