@@ -151,11 +151,36 @@ class BallScore:
     frames_used: int
 
 
-def ball_score(frames: np.ndarray, threshold: float = 25.0, min_segment: int = 4) -> BallScore:
-    """Physics residual of one (T, H, W, 3) uint8 video with at most one bounce (see the module docstring)."""
+def ball_like(frames: np.ndarray, pos: np.ndarray, radius: float, threshold: float = 25.0) -> np.ndarray:
+    """Per frame (T,) bool: the pixels `track_object` used look like one ball of `radius`: their count is
+    within 1/3..3x the disc's area and their RMS distance from the centroid at most 1.5x the disc's
+    (R / sqrt 2). Rejects noise spread over the frame, whose centroid would sit still and fake physics."""
+    f = np.asarray(frames).astype(np.float32).max(-1)
+    diff = np.abs(f - np.median(f, axis=0))
+    h, w = diff.shape[1:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    area, rms_disc = math.pi * (radius + 0.5) ** 2, (radius + 0.5) / math.sqrt(2)
+    out = np.zeros(len(f), bool)
+    for t, d in enumerate(diff):
+        m = d > threshold
+        n = int(m.sum())
+        if n == 0:
+            continue
+        spread = math.sqrt(float(((xx[m] - pos[t, 0]) ** 2 + (yy[m] - pos[t, 1]) ** 2).mean()))
+        out[t] = area / 3 <= n <= 3 * area and spread <= 1.5 * rms_disc
+    return out
+
+
+def ball_score(frames: np.ndarray, threshold: float = 25.0, min_segment: int = 4,
+               radius: float | None = None) -> BallScore:
+    """Physics residual of one (T, H, W, 3) uint8 video with at most one bounce (see the module docstring).
+
+    Trackable: the object is found in every frame (and, with `radius`, looks like that ball: `ball_like`)."""
     pos, found = track_object(frames, threshold=threshold)
     t_len = len(pos)
     nan = float("nan")
+    if radius is not None:
+        found &= ball_like(frames, pos, radius, threshold)
     if not found.all():
         return BallScore(False, nan, nan, -1, 0)
     k = int(np.argmax(pos[:, 1]))
