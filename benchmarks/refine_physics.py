@@ -153,7 +153,7 @@ def main() -> None:
             "final_loss": round(sum(tail) / len(tail), 5), "plan": str(plan), "gravity": world.gravity,
             "world": vars(world) if hasattr(world, "__dict__") else str(world),
             "params": sum(p.numel() for p in model.parameters())}
-    out.write_text(json.dumps({"args": vars(args), **meta, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, **meta, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 
