@@ -36,7 +36,7 @@ def test_trajectories_obey_gravity_between_bounces(balls):
     assert 0 < bounces.sum() < len(bounces)  # both kinds are present
     acc = c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]  # (n, T-2, 2)
     np.testing.assert_allclose(acc[..., 0], 0, atol=1e-9)
-    for a, b in zip(acc[..., 1], bounces.numpy()):
+    for a, b in zip(acc[..., 1], bounces.numpy(), strict=True):
         off = np.abs(a - WORLD.gravity) > 1e-9
         # a bounce spoils the second difference at (at most) the two triples that straddle it
         assert off.sum() == 0 if b == 0 else 1 <= off.sum() <= 2
@@ -65,7 +65,7 @@ def test_physics_metric_on_ground_truth_is_near_zero(balls):
     videos, _, bounces = balls
     assert videos.shape == (48, 1, 16, 32, 32) and videos.min() >= -1 and videos.max() <= 1
     grav = []
-    for v, b in zip(videos, bounces):
+    for v, b in zip(videos, bounces, strict=True):
         sc = ball_score(to_uint8_frames(v), radius=WORLD.radius)
         assert sc.trackable
         assert sc.residual_px < 0.05  # sub-pixel rendering/tracking error only
@@ -86,6 +86,16 @@ def test_metric_detects_wrong_physics_and_noise():
     assert sc.trackable and sc.residual_px > 0.5
     noise = torch.rand(1, 16, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert not ball_score(to_uint8_frames(noise), radius=WORLD.radius).trackable
+
+
+def test_missing_frames_and_min_found(balls):
+    """A ball blanked in 3 of 16 frames: untrackable when every frame is required, exact on the rest."""
+    v = balls[0][0].clone()
+    v[:, [2, 9, 13]] = -1
+    f = to_uint8_frames(v)
+    assert not ball_score(f, radius=WORLD.radius).trackable
+    sc = ball_score(f, radius=WORLD.radius, min_found=0.75)
+    assert sc.trackable and sc.residual_px < 0.05 and sc.frames_used <= 13
 
 
 def test_uint8_conversion():

@@ -172,30 +172,32 @@ def ball_like(frames: np.ndarray, pos: np.ndarray, radius: float, threshold: flo
 
 
 def ball_score(frames: np.ndarray, threshold: float = 25.0, min_segment: int = 4,
-               radius: float | None = None) -> BallScore:
+               radius: float | None = None, min_found: float = 1.0) -> BallScore:
     """Physics residual of one (T, H, W, 3) uint8 video with at most one bounce (see the module docstring).
 
-    Trackable: the object is found in every frame (and, with `radius`, looks like that ball: `ball_like`)."""
+    Trackable: the object is found (and, with `radius`, looks like that ball: `ball_like`) in at least
+    `min_found` of the frames; the fit uses those frames only."""
     pos, found = track_object(frames, threshold=threshold)
     t_len = len(pos)
     nan = float("nan")
     if radius is not None:
         found &= ball_like(frames, pos, radius, threshold)
-    if not found.all():
-        return BallScore(False, nan, nan, -1, 0)
-    k = int(np.argmax(pos[:, 1]))
-    if 0 < k < t_len - 1:
-        segments = [np.arange(0, k), np.arange(k + 1, t_len)]
+    if found.sum() < max(min_segment, math.ceil(min_found * t_len)):
+        return BallScore(False, nan, nan, -1, int(found.sum()))
+    idx = np.flatnonzero(found)
+    k = int(idx[np.argmax(pos[idx, 1])])
+    if idx[0] < k < idx[-1]:
+        segments = [idx[idx < k], idx[idx > k]]
     else:
-        segments, k = [np.arange(t_len)], -1
+        segments, k = [idx], -1
     sq, n_used, acc = 0.0, 0, 0.0
-    for idx in segments:
-        if len(idx) < min_segment:
+    for seg in segments:
+        if len(seg) < min_segment:
             continue
-        fit = constant_acceleration_residual(idx.astype(np.float64), pos[idx])
-        sq += fit.rms_px ** 2 * len(idx)
-        acc += fit.acceleration[1] * len(idx)
-        n_used += len(idx)
+        fit = constant_acceleration_residual(seg.astype(np.float64), pos[seg])
+        sq += fit.rms_px ** 2 * len(seg)
+        acc += fit.acceleration[1] * len(seg)
+        n_used += len(seg)
     if n_used < t_len // 2:
         return BallScore(False, nan, nan, k, n_used)
     return BallScore(True, math.sqrt(sq / n_used), acc / n_used, k, n_used)
@@ -347,7 +349,7 @@ def train_flow(model: nn.Module, data: Callable[[int, torch.Generator], torch.Te
         opt.step()
         with torch.no_grad():
             d = min(ema_decay, (1 + i) / (10 + i))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - d)
         losses.append(float(loss.detach()))
         if callback is not None:
