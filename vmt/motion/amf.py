@@ -72,7 +72,8 @@ def global_amf(
     out = []
     for c in range(0, len(pairs), chunk):
         pi, pj = pairs[c : c + chunk, 0], pairs[c : c + chunk, 1]
-        logits = torch.matmul(qf[pi], kf[pj].transpose(1, 2)).to(acc) * scale  # (c, S, S)
+        # Scaling q (S*D values) rather than the logits (S^2) saves one full pass over the logits.
+        logits = torch.matmul(qf[pi] * scale, kf[pj].transpose(1, 2)).to(acc)  # (c, S, S)
         if hard:
             target = pos[logits.argmax(dim=-1)]
         else:
@@ -155,20 +156,104 @@ def _untile(x: torch.Tensor, h: int, w: int, tile: tuple[int, int]) -> torch.Ten
     return x.reshape(*lead, h * w, x.shape[-1])
 
 
-def _fine_stage(q_t, kj, start, win_off, pos_tiles, scale: float, window: int, w: int):
-    """Fine stage for a chunk of pairs: q_t (c, T, n, D) tile queries, kj (c, S, D) keys of frame j, start
-    (c, T, 2) window corners. Returns displacements (c, T, n, 2), window key channel-means (c, T, l2) and the
-    in-window position of the most attended key (c, T, n, 2)."""
-    c, n_tiles, _, d = q_t.shape
-    l2 = window * window
-    kpos = start[:, :, None, :] + win_off  # (c, T, l2, 2)
-    kidx = kpos[..., 0] * w + kpos[..., 1]  # (c, T, l2)
-    kwin = torch.gather(kj, 1, kidx.reshape(c, -1, 1).expand(-1, -1, d)).reshape(c, n_tiles, l2, d)
-    acc = torch.promote_types(q_t.dtype, torch.float32)
-    logits = torch.matmul(q_t, kwin.transpose(-1, -2)).to(acc) * scale  # (c, T, n, l2)
-    target = torch.matmul(logits.softmax(-1), kpos.to(acc))  # absolute positions: the window offset is kept
-    best = win_off[logits.detach().argmax(-1)]
-    return target - pos_tiles.to(acc), kwin.to(acc).mean(-1), best
+def _band_softargmax(qs, kb, groups, col, off, acc, keep_probs: bool):
+    """The fine stage's attention, group by group (see `_fine_stage`); no autograd graph.
+
+    qs: (E, n, D) scaled queries sorted by group; kb: (F, M, D) band-major keys; groups: (frame j, first key
+    of the band, first entry, entries, band length) per group; col: (E, l2) each window key's column in its band; off:
+    (l2, 2) in-window offsets in `acc`. Returns the in-window expected offset (E, n, 2), the index of the most
+    attended window key (E, n) and, if keep_probs, the window softmax (E, n, l2) for the backward pass.
+    """
+    e, n, _ = qs.shape
+    exp_off = torch.empty((e, n, 2), dtype=acc, device=qs.device)
+    best = torch.empty((e, n), dtype=torch.long, device=qs.device)
+    probs = torch.empty((e, n, col.shape[1]), dtype=acc, device=qs.device) if keep_probs else None
+    for j, k0, a, cnt, blen in groups:
+        band = kb[j, k0 : k0 + blen]  # (l * B, D) view: l whole rows (columns) of frame j
+        logits = torch.matmul(qs[a : a + cnt], band.T)  # (g, n, l * B)
+        logits = logits.gather(-1, col[a : a + cnt, None, :].expand(-1, n, -1)).to(acc)  # (g, n, l2)
+        best[a : a + cnt] = logits.max(-1).indices
+        pr = logits.softmax(-1)
+        torch.matmul(pr, off, out=exp_off[a : a + cnt])
+        if keep_probs:
+            probs[a : a + cnt] = pr
+    return exp_off, best, probs
+
+
+class _BandSoftArgmax(torch.autograd.Function):
+    """`_band_softargmax` with a backward that writes the gradients of the groups' overlapping bands into one
+    buffer in place (autograd would allocate and add a full-size zero gradient per group and band slice)."""
+
+    @staticmethod
+    def forward(ctx, qs, kb, groups, col, off, acc):
+        exp_off, best, probs = _band_softargmax(qs, kb, groups, col, off, acc, keep_probs=True)
+        ctx.save_for_backward(qs, kb, col, off, probs)
+        ctx.groups = groups
+        ctx.mark_non_differentiable(best)
+        return exp_off, best
+
+    @staticmethod
+    def backward(ctx, g_off, _g_best):
+        qs, kb, col, off, probs = ctx.saved_tensors
+        n = qs.shape[1]
+        g = torch.matmul(g_off.to(probs.dtype), off.T)  # (E, n, l2): d loss / d prob
+        g = probs * (g - (probs * g).sum(-1, keepdim=True))  # softmax backward: d loss / d logit
+        g = g.to(qs.dtype)
+        dq = torch.empty_like(qs) if ctx.needs_input_grad[0] else None
+        dk = torch.zeros_like(kb) if ctx.needs_input_grad[1] else None
+        for j, k0, a, cnt, blen in ctx.groups:
+            band = kb[j, k0 : k0 + blen]
+            # Window keys are distinct, so scattering (not adding) the window's logit gradients is exact.
+            gb = qs.new_zeros((cnt, n, blen)).scatter_(-1, col[a : a + cnt, None, :].expand(-1, n, -1),
+                                                       g[a : a + cnt])
+            if dq is not None:
+                torch.matmul(gb, band, out=dq[a : a + cnt])
+            if dk is not None:
+                dk[j, k0 : k0 + blen].addmm_(gb.reshape(-1, blen).T, qs[a : a + cnt].reshape(-1, qs.shape[2]))
+        return dq, dk, None, None, None, None
+
+
+def _fine_stage(qs, kb, axis: int, km, pj, start, pos_q, win_off, scale: float, window: int, acc):
+    """Fine stage for E (pair, tile) entries.
+
+    qs: (E, n, D) queries of each entry's tile; kb: (F, A, B, D) keys with the banded axis first: (F, h, w, D)
+    when `axis` = 0 (bands of rows), (F, w, h, D) when `axis` = 1 (bands of columns); km: (F, S) channel-mean
+    keys, row-major; pj: (E,) key frame; start: (E, 2) window corner (y, x); pos_q: (E, n, 2) query positions;
+    win_off: (l2, 2) in-window offsets (dy, dx). Returns displacements (E, n, 2), window key channel-means
+    (E, l2) and the in-window (dy, dx) of the most attended key (E, n, 2).
+
+    The window's keys are never gathered (that would be l^2 * D values per tile). Entries are grouped by
+    (key frame, window start along `axis`); each group's queries attend to the band of l whole rows (or
+    columns) of that frame in one matmul on a contiguous view of kb, and the window's l^2 keys are then picked
+    from the logits, which are D times smaller than the keys. The band costs B / l times the window's
+    multiply-adds (the caller bands the shorter side) in exchange for large dense matmuls; only the window
+    softmax (E, n, l2) is kept for backward.
+    """
+    f, n_major, minor, d = kb.shape
+    kb = kb.reshape(f, n_major * minor, d)
+    w = n_major if axis == 1 else minor  # row length of the row-major grid
+    key_idx = start[:, :1] * w + start[:, 1:] + (win_off[:, 0] * w + win_off[:, 1])  # (E, l2) row-major keys
+    wkeys = km[pj[:, None], key_idx].to(acc)  # channel mean commutes with the gather: (E, l2), not (E, l2, D)
+    band_col = win_off[:, axis] * minor + win_off[:, 1 - axis]  # (l2,) each window key's place in its band
+    group = pj * n_major + start[:, axis]
+    order = torch.argsort(group, stable=True)
+    uniq, counts = torch.unique_consecutive(group[order], return_counts=True)
+    col = start[order, 1 - axis, None] + band_col  # (E, l2)
+    groups, a = [], 0
+    for u, cnt in zip(uniq.tolist(), counts.tolist(), strict=True):
+        j, s0 = divmod(u, n_major)
+        groups.append((j, s0 * minor, a, cnt, window * minor))
+        a += cnt
+    qs = qs[order] * scale
+    off = win_off.to(acc)
+    if torch.is_grad_enabled() and (qs.requires_grad or kb.requires_grad):
+        exp_off, best = _BandSoftArgmax.apply(qs, kb, groups, col, off, acc)
+    else:
+        exp_off, best, _ = _band_softargmax(qs, kb, groups, col, off, acc, keep_probs=False)
+    inv = torch.argsort(order)
+    # Absolute target = window corner + in-window expectation: the window offset is kept.
+    target = exp_off[inv] + start[:, None, :].to(acc)
+    return target - pos_q.to(acc), wkeys, win_off[best[inv]]
 
 
 def windowed_amf(
@@ -204,35 +289,40 @@ def windowed_amf(
 
     inter = (pairs[:, 0] != pairs[:, 1]).nonzero().flatten()
     qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
+    km = kf.mean(-1)  # (F, S) channel-mean keys for the corresponding-window loss
+    # The fine stage's key bands run along the shorter side (l*h < l*w keys for landscape grids).
+    axis = 1 if h < w else 0
+    kb = k.transpose(1, 2).contiguous() if axis == 1 else k
     centres = tile_centres(h, w, tile, dev)  # (T, 2)
     centre_idx = centres[:, 0] * w + centres[:, 1]
     q_tiles = _tile_tokens(q, h, w, tile)  # (F, T, n, D), n = th * tw
     pos_tiles = _tile_tokens(pos.reshape(h, w, 2), h, w, tile)  # (T, n, 2)
     ar = torch.arange(window, device=dev)
     win_off = torch.stack(torch.meshgrid(ar, ar, indexing="ij"), dim=-1).reshape(l2, 2)  # (l2, 2) (dy, dx)
+    hi_lim = torch.tensor([h - window, w - window], device=dev)
     for c in range(0, len(inter), chunk):
         idx = inter[c : c + chunk]
         pi, pj = pairs[idx, 0], pairs[idx, 1]
-        kj = kf[pj]  # (c, S, D)
-        # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded).
-        qc = qf[pi][:, centre_idx]  # (c, T, D)
-        coarse = torch.matmul(qc, kj.transpose(1, 2)).to(acc) * scale  # (c, T, S)
-        centre = torch.matmul(coarse.softmax(-1), pos).detach()  # (c, T, 2); the window is chosen, not learnt
+        nc = len(idx)
+        # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded). The
+        # window is chosen, not learnt, so no graph is built here.
+        with torch.no_grad():
+            coarse = torch.matmul(qf[pi[:, None], centre_idx] * scale, kf[pj].transpose(1, 2)).to(acc)  # (c, T, S)
+            centre = torch.matmul(coarse.softmax(-1), pos)  # (c, T, 2)
+            del coarse
         start = window_start_from_centre(centre, window, h, w)  # (c, T, 2)
-        # Fine: every query of the tile over the l x l keys of its window. Recomputed in backward
-        # (checkpoint) so the gathered window keys (T * l^2 * D per pair) are not kept for the gradient.
-        args = (q_tiles[pi], kj, start, win_off, pos_tiles, scale, window, w)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-            from torch.utils.checkpoint import checkpoint
-
-            disp, wk, hit = checkpoint(_fine_stage, *args, use_reentrant=False)
-        else:
-            disp, wk, hit = _fine_stage(*args)
-        flow_parts.append((idx, _untile(disp, h, w, tile)))
-        key_parts.append((idx, wk))
+        # Fine: every query of the tile over the l x l keys of its window; entries are (pair, tile).
+        disp, wk, hit = _fine_stage(
+            q_tiles[pi].reshape(nc * n_tiles, -1, d), kb, axis, km, pj.repeat_interleave(n_tiles),
+            start.reshape(-1, 2), pos_tiles.expand(nc, -1, -1, -1).reshape(nc * n_tiles, -1, 2), win_off, scale,
+            window, acc,
+        )
+        flow_parts.append((idx, _untile(disp.reshape(nc, n_tiles, -1, 2), h, w, tile)))
+        key_parts.append((idx, wk.reshape(nc, n_tiles, l2)))
         # Honest reporting: the most attended key on a border the window could still have moved past.
+        hit = hit.reshape(nc, n_tiles, -1, 2)
         lo_free = start[:, :, None, :] > 0
-        hi_free = start[:, :, None, :] < torch.tensor([h - window, w - window], device=dev)
+        hi_free = start[:, :, None, :] < hi_lim
         hit = ((hit == 0) & lo_free) | ((hit == window - 1) & hi_free)
         border[idx] = _untile(hit.any(-1, keepdim=True).float(), h, w, tile)[..., 0] > 0
         starts[idx] = start
