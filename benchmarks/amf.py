@@ -3,9 +3,14 @@
 21 latent frames, 30x52 tokens, head dim 128, 12 heads averaged (each head = the shared moving field + its
 own noise). Times forward and forward+backward (median of repeats, same process), peak extra memory of
 forward+backward (fresh subprocess per method: peak RSS over the inputs' baseline; on CUDA the allocator's
-peak), and the error against the known displacement where the match is unambiguous.
+peak), and the error against the known displacement where the match is unambiguous. Repeats interleave
+the methods.
 
-    python benchmarks/amf.py [--repeats 3] [--threads 2]
+    python benchmarks/amf.py [--repeats 3] [--threads 1]
+
+On a CPU shared with other jobs use --threads 1: with 2 threads every op waits for both threads to be
+scheduled, so a method made of many ops (windowed: a loop over band positions) is slowed far more than one
+made of a few large ones (global), and the timing measures the machine's load rather than the work.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import json
 import multiprocessing as mp
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+# This checkout's vmt, not whichever one the interpreter has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 F, H, W, D, HEADS = 21, 30, 52, 128, 12
 SPAN, TILE, WINDOW = 4, (3, 4), 21

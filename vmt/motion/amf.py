@@ -156,104 +156,118 @@ def _untile(x: torch.Tensor, h: int, w: int, tile: tuple[int, int]) -> torch.Ten
     return x.reshape(*lead, h * w, x.shape[-1])
 
 
-def _band_softargmax(qs, kb, groups, col, off, acc, keep_probs: bool):
-    """The fine stage's attention, group by group (see `_fine_stage`); no autograd graph.
+def _pad(x: torch.Tensor, pe: torch.Tensor, slot: torch.Tensor, c: int, gmax: int, e_idx: torch.Tensor):
+    """Scatter rows x[e_idx] into a zero (c, gmax, ...) tensor at (pair pe, slot): a batch per pair."""
+    out = x.new_zeros((c, gmax, *x.shape[1:]))
+    out[pe, slot] = x[e_idx]
+    return out
 
-    qs: (E, n, D) scaled queries sorted by group; kb: (F, M, D) band-major keys; groups: (frame j, first key
-    of the band, first entry, entries, band length) per group; col: (E, l2) each window key's column in its band; off:
-    (l2, 2) in-window offsets in `acc`. Returns the in-window expected offset (E, n, 2), the index of the most
-    attended window key (E, n) and, if keep_probs, the window softmax (E, n, l2) for the backward pass.
+
+def _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs: bool):
+    """The fine stage's attention, one band position at a time (see `_fine_stage`); no autograd graph.
+
+    qs: (E, n, D) scaled queries of E = c * T (pair, tile) entries; kb: (F, M, D) band-major keys; pj: (c,)
+    key frame of each pair; groups: per band position (first key of the band, band length, entries e_idx,
+    their pair pe and slot in the pair's batch, slots gmax); col: (E, l2) each window key's column in its
+    band; off: (l2, 2) in-window offsets in `acc`. Returns the in-window expected offset (E, n, 2), the index
+    of the most attended window key (E, n) and, if keep_probs, the window softmax (E, n, l2).
     """
     e, n, _ = qs.shape
+    c = len(pj)
     exp_off = torch.empty((e, n, 2), dtype=acc, device=qs.device)
     best = torch.empty((e, n), dtype=torch.long, device=qs.device)
     probs = torch.empty((e, n, col.shape[1]), dtype=acc, device=qs.device) if keep_probs else None
-    for j, k0, a, cnt, blen in groups:
-        band = kb[j, k0 : k0 + blen]  # (l * B, D) view: l whole rows (columns) of frame j
-        logits = torch.matmul(qs[a : a + cnt], band.T)  # (g, n, l * B)
-        logits = logits.gather(-1, col[a : a + cnt, None, :].expand(-1, n, -1)).to(acc)  # (g, n, l2)
-        best[a : a + cnt] = logits.max(-1).indices
+    for k0, blen, e_idx, pe, slot, gmax in groups:
+        bands = kb[pj, k0 : k0 + blen]  # (c, l * B, D): l whole rows (columns) of each pair's key frame
+        qpad = _pad(qs, pe, slot, c, gmax, e_idx)  # (c, gmax, n, D)
+        logits = torch.matmul(qpad.reshape(c, -1, qs.shape[2]), bands.transpose(1, 2)).reshape(c, gmax, n, blen)
+        cpad = _pad(col, pe, slot, c, gmax, e_idx)[:, :, None, :].expand(-1, -1, n, -1)
+        logits = logits.gather(-1, cpad)[pe, slot].to(acc)  # (g, n, l2): the window's keys
+        best[e_idx] = logits.max(-1).indices
         pr = logits.softmax(-1)
-        torch.matmul(pr, off, out=exp_off[a : a + cnt])
+        exp_off[e_idx] = torch.matmul(pr, off)
         if keep_probs:
-            probs[a : a + cnt] = pr
+            probs[e_idx] = pr
     return exp_off, best, probs
 
 
 class _BandSoftArgmax(torch.autograd.Function):
-    """`_band_softargmax` with a backward that writes the gradients of the groups' overlapping bands into one
-    buffer in place (autograd would allocate and add a full-size zero gradient per group and band slice)."""
+    """`_band_softargmax` with a hand-written backward: recomputes the padded batches instead of keeping
+    them, and accumulates the gradients of the overlapping key bands into one buffer in place (autograd would
+    allocate a full-size zero gradient per band slice)."""
 
     @staticmethod
-    def forward(ctx, qs, kb, groups, col, off, acc):
-        exp_off, best, probs = _band_softargmax(qs, kb, groups, col, off, acc, keep_probs=True)
-        ctx.save_for_backward(qs, kb, col, off, probs)
+    def forward(ctx, qs, kb, pj, groups, col, off, acc):
+        exp_off, best, probs = _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs=True)
+        ctx.save_for_backward(qs, kb, pj, col, off, probs)
         ctx.groups = groups
         ctx.mark_non_differentiable(best)
         return exp_off, best
 
     @staticmethod
     def backward(ctx, g_off, _g_best):
-        qs, kb, col, off, probs = ctx.saved_tensors
-        n = qs.shape[1]
+        qs, kb, pj, col, off, probs = ctx.saved_tensors
+        n, d = qs.shape[1:]
+        c = len(pj)
         g = torch.matmul(g_off.to(probs.dtype), off.T)  # (E, n, l2): d loss / d prob
-        g = probs * (g - (probs * g).sum(-1, keepdim=True))  # softmax backward: d loss / d logit
-        g = g.to(qs.dtype)
-        dq = torch.empty_like(qs) if ctx.needs_input_grad[0] else None
+        g = (probs * (g - (probs * g).sum(-1, keepdim=True))).to(qs.dtype)  # softmax backward: d loss / d logit
+        dq = torch.zeros_like(qs) if ctx.needs_input_grad[0] else None
         dk = torch.zeros_like(kb) if ctx.needs_input_grad[1] else None
-        for j, k0, a, cnt, blen in ctx.groups:
-            band = kb[j, k0 : k0 + blen]
-            # Window keys are distinct, so scattering (not adding) the window's logit gradients is exact.
-            gb = qs.new_zeros((cnt, n, blen)).scatter_(-1, col[a : a + cnt, None, :].expand(-1, n, -1),
-                                                       g[a : a + cnt])
+        for k0, blen, e_idx, pe, slot, gmax in ctx.groups:
+            bands = kb[pj, k0 : k0 + blen]
+            cpad = _pad(col, pe, slot, c, gmax, e_idx)[:, :, None, :].expand(-1, -1, n, -1)
+            # Window keys are distinct, so scattering (not adding) the window's logit gradients is exact;
+            # padding slots scatter zeros.
+            gb = qs.new_zeros((c, gmax, n, blen)).scatter_(-1, cpad, _pad(g, pe, slot, c, gmax, e_idx))
+            gb = gb.reshape(c, gmax * n, blen)
             if dq is not None:
-                torch.matmul(gb, band, out=dq[a : a + cnt])
+                dq[e_idx] = torch.matmul(gb, bands).reshape(c, gmax, n, d)[pe, slot]
             if dk is not None:
-                dk[j, k0 : k0 + blen].addmm_(gb.reshape(-1, blen).T, qs[a : a + cnt].reshape(-1, qs.shape[2]))
-        return dq, dk, None, None, None, None
+                qpad = _pad(qs, pe, slot, c, gmax, e_idx).reshape(c, gmax * n, d)
+                dk[:, k0 : k0 + blen].index_add_(0, pj, torch.matmul(gb.transpose(1, 2), qpad))
+        return dq, dk, None, None, None, None, None
 
 
 def _fine_stage(qs, kb, axis: int, km, pj, start, pos_q, win_off, scale: float, window: int, acc):
-    """Fine stage for E (pair, tile) entries.
+    """Fine stage for a chunk of c pairs: E = c * T (pair, tile) entries.
 
     qs: (E, n, D) queries of each entry's tile; kb: (F, A, B, D) keys with the banded axis first: (F, h, w, D)
     when `axis` = 0 (bands of rows), (F, w, h, D) when `axis` = 1 (bands of columns); km: (F, S) channel-mean
-    keys, row-major; pj: (E,) key frame; start: (E, 2) window corner (y, x); pos_q: (E, n, 2) query positions;
-    win_off: (l2, 2) in-window offsets (dy, dx). Returns displacements (E, n, 2), window key channel-means
-    (E, l2) and the in-window (dy, dx) of the most attended key (E, n, 2).
+    keys, row-major; pj: (c,) key frame of each pair; start: (E, 2) window corner (y, x); pos_q: (E, n, 2)
+    query positions; win_off: (l2, 2) in-window offsets (dy, dx). Returns displacements (E, n, 2), window key
+    channel-means (E, l2) and the in-window (dy, dx) of the most attended key (E, n, 2).
 
-    The window's keys are never gathered (that would be l^2 * D values per tile). Entries are grouped by
-    (key frame, window start along `axis`); each group's queries attend to the band of l whole rows (or
-    columns) of that frame in one matmul on a contiguous view of kb, and the window's l^2 keys are then picked
-    from the logits, which are D times smaller than the keys. The band costs B / l times the window's
-    multiply-adds (the caller bands the shorter side) in exchange for large dense matmuls; only the window
-    softmax (E, n, l2) is kept for backward.
+    The window's keys are never gathered (that would be l^2 * D values per tile). For each band position s0
+    (window start along `axis`), the tiles whose window starts there attend, one batch per pair, to the band
+    of l whole rows (columns) s0 .. s0 + l - 1 of the pair's key frame in one batched matmul; the window's
+    l^2 keys are then picked from the logits, which are D times smaller than the keys. The band costs B / l
+    times the window's multiply-adds (plus the padding of uneven batches) in exchange for few large matmuls
+    (at most A - l + 1 per chunk); only the window softmax (E, n, l2) is kept for backward.
     """
     f, n_major, minor, d = kb.shape
+    c = len(pj)
+    n_tiles = len(start) // c
     kb = kb.reshape(f, n_major * minor, d)
     w = n_major if axis == 1 else minor  # row length of the row-major grid
     key_idx = start[:, :1] * w + start[:, 1:] + (win_off[:, 0] * w + win_off[:, 1])  # (E, l2) row-major keys
-    wkeys = km[pj[:, None], key_idx].to(acc)  # channel mean commutes with the gather: (E, l2), not (E, l2, D)
-    band_col = win_off[:, axis] * minor + win_off[:, 1 - axis]  # (l2,) each window key's place in its band
-    group = pj * n_major + start[:, axis]
-    order = torch.argsort(group, stable=True)
-    uniq, counts = torch.unique_consecutive(group[order], return_counts=True)
-    col = start[order, 1 - axis, None] + band_col  # (E, l2)
-    groups, a = [], 0
-    for u, cnt in zip(uniq.tolist(), counts.tolist(), strict=True):
-        j, s0 = divmod(u, n_major)
-        groups.append((j, s0 * minor, a, cnt, window * minor))
-        a += cnt
-    qs = qs[order] * scale
+    wkeys = km[pj.repeat_interleave(n_tiles)[:, None], key_idx].to(acc)  # (E, l2): channel mean, then gather
+    col = start[:, 1 - axis, None] + (win_off[:, axis] * minor + win_off[:, 1 - axis])  # (E, l2) place in band
+    s0 = start[:, axis].reshape(c, n_tiles)
+    groups = []
+    for v in torch.unique(s0).tolist():
+        hit = s0 == v  # (c, T)
+        e_idx = hit.flatten().nonzero().flatten()
+        slot = (hit.cumsum(1) - 1).flatten()[e_idx]
+        groups.append((v * minor, window * minor, e_idx, e_idx // n_tiles, slot, int(hit.sum(1).max())))
+    qs = qs * scale
     off = win_off.to(acc)
     if torch.is_grad_enabled() and (qs.requires_grad or kb.requires_grad):
-        exp_off, best = _BandSoftArgmax.apply(qs, kb, groups, col, off, acc)
+        exp_off, best = _BandSoftArgmax.apply(qs, kb, pj, groups, col, off, acc)
     else:
-        exp_off, best, _ = _band_softargmax(qs, kb, groups, col, off, acc, keep_probs=False)
-    inv = torch.argsort(order)
+        exp_off, best, _ = _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs=False)
     # Absolute target = window corner + in-window expectation: the window offset is kept.
-    target = exp_off[inv] + start[:, None, :].to(acc)
-    return target - pos_q.to(acc), wkeys, win_off[best[inv]]
+    target = exp_off + start[:, None, :].to(acc)
+    return target - pos_q.to(acc), wkeys, win_off[best]
 
 
 def windowed_amf(
@@ -290,8 +304,8 @@ def windowed_amf(
     inter = (pairs[:, 0] != pairs[:, 1]).nonzero().flatten()
     qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
     km = kf.mean(-1)  # (F, S) channel-mean keys for the corresponding-window loss
-    # The fine stage's key bands run along the shorter side (l*h < l*w keys for landscape grids).
-    axis = 1 if h < w else 0
+    # The fine stage's key bands run along the longer side: fewer band positions, so fewer and larger matmuls.
+    axis = 0 if h <= w else 1
     kb = k.transpose(1, 2).contiguous() if axis == 1 else k
     centres = tile_centres(h, w, tile, dev)  # (T, 2)
     centre_idx = centres[:, 0] * w + centres[:, 1]
@@ -313,7 +327,7 @@ def windowed_amf(
         start = window_start_from_centre(centre, window, h, w)  # (c, T, 2)
         # Fine: every query of the tile over the l x l keys of its window; entries are (pair, tile).
         disp, wk, hit = _fine_stage(
-            q_tiles[pi].reshape(nc * n_tiles, -1, d), kb, axis, km, pj.repeat_interleave(n_tiles),
+            q_tiles[pi].reshape(nc * n_tiles, -1, d), kb, axis, km, pj,
             start.reshape(-1, 2), pos_tiles.expand(nc, -1, -1, -1).reshape(nc * n_tiles, -1, 2), win_off, scale,
             window, acc,
         )
