@@ -3,9 +3,14 @@
 21 latent frames, 30x52 tokens, head dim 128, 12 heads averaged (each head = the shared moving field + its
 own noise). Times forward and forward+backward (median of repeats, same process), peak extra memory of
 forward+backward (fresh subprocess per method: peak RSS over the inputs' baseline; on CUDA the allocator's
-peak), and the error against the known displacement where the match is unambiguous.
+peak), and the error against the known displacement where the match is unambiguous. Repeats interleave
+the methods.
 
-    python benchmarks/amf.py [--repeats 3] [--threads 2]
+    python benchmarks/amf.py [--repeats 3] [--threads 1]
+
+On a CPU shared with other jobs use --threads 1: with 2 threads every op waits for both threads to be
+scheduled, so a method made of many ops (windowed: a loop over band positions) is slowed far more than one
+made of a few large ones (global), and the timing measures the machine's load rather than the work.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import json
 import multiprocessing as mp
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+# This checkout's vmt, not whichever one the interpreter has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 F, H, W, D, HEADS = 21, 30, 52, 128, 12
 SPAN, TILE, WINDOW = 4, (3, 4), 21
@@ -110,24 +119,35 @@ def main() -> None:
     q, k, vel, labels = make_inputs(dev)
     rows = {}
     flows = {}
-    for method in ("windowed", "global-same-pairs", "global"):
+    methods = ("windowed", "global-same-pairs", "global")
+    qg, kg = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+
+    def fwd(method):
         with torch.no_grad():
-            t_fwd = timed(lambda: run(method, q, k, args.chunk), args.repeats, dev)
+            run(method, q, k, args.chunk)
+
+    def fwd_bwd(method):
+        f, _ = run(method, qg, kg, args.chunk)
+        f.pow(2).mean().backward()
+
+    # Repeats interleave the methods, so that a change in the load of a shared machine hits all of them alike.
+    t_fwd = {m: [] for m in methods}
+    t_fb = {m: [] for m in methods}
+    for _ in range(args.repeats):
+        for method in methods:
+            t_fwd[method].append(timed(lambda m=method: fwd(m), 1, dev))
+            t_fb[method].append(timed(lambda m=method: fwd_bwd(m), 1, dev))
+    for method in methods:
+        with torch.no_grad():
             flow, pairs = run(method, q, k, args.chunk)
-        qg, kg = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
-
-        def fwd_bwd():
-            f, _ = run(method, qg, kg, args.chunk)
-            f.pow(2).mean().backward()
-
-        t_fb = timed(fwd_bwd, max(1, args.repeats - 1) if method == "global" else args.repeats, dev)
+        t_fwd_m, t_fb_m = statistics.median(t_fwd[method]), statistics.median(t_fb[method])
         mem = peak_extra_mib(method, args.chunk, args.threads, args.device)
         truth = true_flow(pairs, vel, labels).to(flow.device)
         ok = valid_mask(pairs, vel, labels, margin=2.0).to(flow.device)
         inter = (pairs[:, 0] != pairs[:, 1]).to(flow.device)[:, None] & ok
         err = (flow - truth).norm(dim=-1)
         flows[method] = (flow, pairs)
-        rows[method] = {"pairs": len(pairs), "forward_s": round(t_fwd, 3), "fwd_bwd_s": round(t_fb, 3),
+        rows[method] = {"pairs": len(pairs), "forward_s": round(t_fwd_m, 3), "fwd_bwd_s": round(t_fb_m, 3),
                         "peak_extra_mib_fwd_bwd": round(mem, 1), "err_mean_tokens": round(float(err[inter].mean()), 4),
                         "err_max_tokens": round(float(err[inter].max()), 4),
                         "within_0.5": round(float((err[inter] < 0.5).float().mean()), 4),

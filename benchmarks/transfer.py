@@ -15,10 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+# This checkout's vmt, not whichever one the interpreter has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 class ArchBackend:

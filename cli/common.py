@@ -186,5 +186,16 @@ def status(message: str, quiet: bool):
     console.print(f"[dim]{message.rstrip('.')} done ({time.perf_counter() - t0:.1f}s)[/]")
 
 
+def reflow(text: str) -> str:
+    """Command help for typer's rich markup: typer keeps single line breaks after the first paragraph, so
+    source-wrapped prose would break mid-sentence at the terminal's width. Joins the lines of each prose
+    paragraph so the terminal wraps it; paragraphs with indented lines (examples) stay as written."""
+    out = []
+    for para in text.strip("\n").split("\n\n"):
+        lines = para.splitlines()
+        out.append(para if any(ln.startswith(" ") for ln in lines) else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(out)
+
+
 def command_line() -> list[str]:
     return ["vmt", *sys.argv[1:]]

@@ -9,11 +9,14 @@ import typer
 
 from cli.common import (
     DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
-    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, resolve_params,
-    run_guarded, status, step_progress,
+    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow,
+    resolve_params, run_guarded, status, step_progress,
+)
+from cli.refine_options import (
+    CertainFractionOpt, PlanOpt, PNormOpt, TauOpt, check_refine_params, make_pnp, pnp_progress, refine_summary,
 )
 
-HELP = """Generate a video from a text prompt (or an image) with a Wan model, refining the early (motion)
+HELP = reflow("""Generate a video from a text prompt (or an image) with a Wan model, refining the early (motion)
 steps with Predict-and-Perturb: at a fixed noise level the model re-noises and re-denoises its own clean
 estimate K times (forward passes only), and an uncertainty gate keeps voxels that have settled.
 
@@ -35,7 +38,7 @@ sum of K; the default adds 21 to 50 steps, 1.42x). `--plan default` (the default
 50-step plan; on schedules shorter than 15 steps it keeps only the steps that exist.
 
 Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE and patch size).
-"""
+""")
 
 
 def refine(
@@ -57,17 +60,10 @@ def refine(
     shift: Annotated[float | None, typer.Option("--shift", help="Flow shift of the sigma grid; default: the "
                                                 "model's flow_shift (3 for Wan 480p, 5 for 720p).")] = None,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 16.0,
-    plan: Annotated[str, typer.Option("--plan", help="P&P inner iterations per outer step: "
-                                      "\"FIRST-LAST:K,...\" (0-based, inclusive), \"default\" (2-5:3,6-14:1) "
-                                      "or \"none\" (plain Euler).", rich_help_panel="Refinement")] = "default",
-    tau: Annotated[float, typer.Option("--tau", help="Uncertainty gate: voxels whose clean estimate changes "
-                                       "less than tau (mean |dx0| over channels) keep their update; 0 refines "
-                                       "every voxel, inf none.", rich_help_panel="Refinement")] = 0.25,
-    certain_fraction: Annotated[float, typer.Option("--certain-fraction", help="Stop a step's inner loop once "
-                                                    "more than this fraction of voxels is certain (1 = never "
-                                                    "stop early).", rich_help_panel="Refinement")] = 0.999,
-    p_norm: Annotated[float, typer.Option("--p-norm", help="Norm of the gate's change over channels "
-                                          "(||dx0||_p / channels).", rich_help_panel="Refinement")] = 1.0,
+    plan: PlanOpt = "default",
+    tau: TauOpt = 0.25,
+    certain_fraction: CertainFractionOpt = 0.999,
+    p_norm: PNormOpt = 1.0,
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
@@ -100,10 +96,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
     if p["image"] is not None and not Path(p["image"]).is_file():
         raise VmtUsageError(f"--image {p['image']} not found")
     check_wan_size(p["num_frames"], p["height"], p["width"])
-    pnp_plan = resolve_plan(p["plan"], p["steps"])
-    from vmt.sampling.pnp import check_gate
-
-    check_gate(p["tau"], p["certain_fraction"], p["p_norm"])
+    pnp_plan = check_refine_params(p, p["steps"])
     quiet_libraries(p["debug"])
 
     from vmt.backends.wan import WanBackend, WanLoadOptions
@@ -111,7 +104,6 @@ def _run(ctx: typer.Context, params: dict) -> None:
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory
-    from vmt.sampling.pnp import PredictPerturb
 
     timer = Timer()
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
@@ -129,17 +121,10 @@ def _run(ctx: typer.Context, params: dict) -> None:
         height=p["height"], width=p["width"], steps=p["steps"], guidance_scale=p["guidance_scale"],
         guidance_scale_2=p["guidance_scale_2"], shift=p["shift"], seed=p["seed"],
     )
-    pnp = None
-    if not pnp_plan.empty:
-        pnp = PredictPerturb(pnp_plan, p["tau"], p["certain_fraction"], p["p_norm"], seed=p["seed"],
-                             sync_cuda=timer.sync_cuda)
+    pnp = make_pnp(pnp_plan, p, sync_cuda=timer.sync_cuda)
 
     def on_step(state) -> None:
-        rec = state.record.get("pnp")
-        info = {"sigma": f"{float(state.sigma):.3f}"}
-        if rec is not None:
-            info["pnp"] = f"K={rec['iterations']}/{rec['k']} certain={rec['certain_fraction'][-1]:.3f}"
-        advance(**info)
+        advance(sigma=f"{float(state.sigma):.3f}", **pnp_progress(state))
 
     with step_progress(req.steps, "denoising", p["quiet"]) as advance:
         result = generate(backend, req, interventions=[pnp] if pnp else [], on_step=on_step, timer=timer)
@@ -162,30 +147,6 @@ def _run(ctx: typer.Context, params: dict) -> None:
         console.print(f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}) "
                       f"NFE {c.nfe} ({c.nfe / req.steps:.2f}x), DiT passes {c.dit_forward}, "
                       f"denoise {timer.stages.get('denoise', 0):.1f}s")
-
-
-def resolve_plan(text: str, steps: int):
-    """The P&P plan for a `steps`-step schedule. The keyword "default" is clipped to the schedule; an
-    explicit plan that goes beyond it is an error."""
-    from vmt.sampling.pnp import parse_plan
-
-    plan = parse_plan(text)
-    if text.strip().lower() == "default":
-        return plan.clipped(steps)
-    return plan.validate(steps)
-
-
-def refine_summary(pnp, steps: int, nfe: int, denoise_s: float) -> dict:
-    """The `pnp` block of out.json: plan, NFE (planned, used, ratio to plain sampling), certain fraction per
-    refined step, and the denoising time split into refined and plain steps."""
-    if pnp is None:
-        return {"plan": "none", "nfe": nfe, "nfe_ratio": round(nfe / steps, 4), "time_denoise_s": denoise_s}
-    doc = pnp.summary(steps, nfe)
-    doc["nfe"] = nfe
-    doc["nfe_ratio"] = round(nfe / steps, 4)
-    doc["time_denoise_s"] = denoise_s
-    doc["time_plain_steps_s"] = round(max(0.0, denoise_s - doc["time_refined_steps_s"]), 4)
-    return doc
 
 
 def check_wan_size(num_frames: int, height: int, width: int, temporal: int = 4, spatial: int = 16) -> None:

@@ -24,13 +24,24 @@ from cli.common import (
     command_line,
     console,
     quiet_libraries,
+    reflow,
     resolve_params,
     run_guarded,
     status,
     step_progress,
 )
+from cli.refine_options import (
+    CertainFractionOpt,
+    PlanOpt,
+    PNormOpt,
+    TauOpt,
+    check_refine_params,
+    make_pnp,
+    pnp_progress,
+    refine_summary,
+)
 
-HELP = """Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
+HELP = reflow("""Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
 
 The reference (any size, rate, length) is resampled, centre-cropped to --height x --width and cut to a 4k+1
 frame count; generation starts from the noised reference latent (SDEdit, --strength). In the first
@@ -41,14 +52,22 @@ of --block) matches the reference's, then sampling goes on with ordinary CFG.
 
   vmt transfer dance.mp4 --prompt "a robot dancing on a stage" -o robot.mp4
 
-  vmt transfer ref.mp4 --prompt "..." -o base.mp4 --recipe recipes/transfer/ditflow-baseline.toml
+  vmt transfer ref.mp4 --prompt "..." -o base.mp4 \\
+      --recipe recipes/transfer/ditflow-baseline.toml
 
-  vmt transfer ref.mp4 --prompt "..." -o out.mp4 --amf global --reuse-interval 1   # slow, exact AMF
+  vmt transfer ref.mp4 --prompt "..." -o exact.mp4 \\
+      --amf global --reuse-interval 1                    # slow, exact AMF
+
+  vmt transfer ref.mp4 --prompt "..." -o refined.mp4 --refine   # + Predict-and-Perturb
 
 Defaults are the FastVMT release's for Wan2.1-T2V-1.3B: 480x832, up to 81 frames, 50 steps, shift 7,
 CFG 5.8, seed 42, strength 0.75, block 14, span 4, tiles 3x4, window 21, 10 guided x 10 inner steps, gradient
 reuse every 3, AdamW lr 3e-3 -> 2.1e-3. The output keeps the reference's frame rate unless --fps is given.
-"""
+
+--refine runs Predict-and-Perturb (see `vmt refine --help`) in the same loop: at the steps of --plan
+(0-based indices of the transfer's own --steps grid, which starts at the SDEdit sigma) the step's latent,
+already optimised by the guidance, is refined with K extra forward passes. Guidance is unchanged.
+""")
 
 _G = "Guidance"
 
@@ -115,6 +134,13 @@ def transfer(
     truncate: Annotated[bool, typer.Option("--truncate/--no-truncate", help="Stop guided forwards after the "
                                            "capture block (later blocks cannot change its q/k).",
                                            rich_help_panel=_G)] = True,
+    refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Also run Predict-and-Perturb in the same "
+                                         "loop (after each step's guidance), with --plan, --tau, "
+                                         "--certain-fraction and --p-norm.", rich_help_panel="Refinement")] = False,
+    plan: PlanOpt = "default",
+    tau: TauOpt = 0.25,
+    certain_fraction: CertainFractionOpt = 0.999,
+    p_norm: PNormOpt = 1.0,
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
@@ -177,6 +203,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
     # Token grid from the resolution (Wan: VAE /8, patch 2); the backend re-checks with its own factors.
     cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
     sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
+    pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
     quiet_libraries(p["debug"])
 
     from vmt.backends.wan import WanBackend, WanLoadOptions
@@ -206,19 +233,25 @@ def _run(ctx: typer.Context, params: dict) -> None:
         seed=p["seed"],
     )
 
+    # P&P replaces the Euler update of its steps; the guidance (a before-step hook) still runs first.
+    pnp = make_pnp(pnp_plan, p, sync_cuda=timer.sync_cuda) if pnp_plan is not None else None
+
     def on_step(state) -> None:
         g = state.record.get("guidance")
         info = {"sigma": f"{float(state.sigma):.3f}"}
         if g:
             info["amf"] = f"{g['amf_loss'][0]:.4g}->{g['final_amf_loss']:.4g}"
-        advance(**info)
+        advance(**info, **pnp_progress(state))
 
     with step_progress(req.steps, "transfer", p["quiet"]) as advance:
-        result = run_transfer(backend, frames, req, cfg, on_step=on_step, timer=timer)
+        result = run_transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
+                              timer=timer)
     out_fps = p["fps"] if p["fps"] is not None else ref_fps
     with timer.stage("write"):
         write_video(output, result.frames, out_fps)
         resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+        if pnp_plan is not None:
+            resolved["plan"] = str(pnp_plan)
         doc = build_sidecar(
             command_line(), "transfer", resolved, output=output, model=backend.describe(),
             timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
@@ -230,6 +263,9 @@ def _run(ctx: typer.Context, params: dict) -> None:
                 "token_grid": list(result.grid),
                 "guidance": {"config": cfg.as_dict(), "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
                              "steps": result.guidance},
+                # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
+                "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))
+                        if p["refine"] else None),
             },
         )
         write_sidecar(output, doc)
@@ -238,6 +274,6 @@ def _run(ctx: typer.Context, params: dict) -> None:
         st = timer.stages
         console.print(
             f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}, {out_fps:g} fps) "
-            f"DiT forward {c.dit_forward}, backward {c.dit_backward}; guidance {st.get('guidance', 0):.1f}s, "
+            f"NFE {c.nfe}, DiT forward {c.dit_forward}, backward {c.dit_backward}; guidance {st.get('guidance', 0):.1f}s, "
             f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s"
         )

@@ -295,7 +295,39 @@ def test_cli_recipe_keys_match_options(tmp_path):
             assert sig[key].default == val, key
 
 
-@pytest.mark.parametrize("case", ["short", "unreadable", "window", "block", "missing"])
+def _run_cli(tiny_t2v, ref, out, *extra):
+    r = CliRunner().invoke(app, ["transfer", str(ref), "--prompt", "a cat", "-o", str(out), "--model",
+                                 str(tiny_t2v), "--device", "cpu", "--inner-steps", "4", "--quiet", *SMALL_CLI,
+                                 *extra])
+    assert r.exit_code == 0, r.output
+    from vmt.io.video import read_video
+
+    return read_video(out)[0], json.loads(out.with_suffix(".json").read_text())
+
+
+def test_cli_refine_composes_with_guidance(tiny_t2v, tmp_path):
+    """--refine adds Predict-and-Perturb to the same loop: NFE = the plan's count on the transfer's 3-step grid,
+    the guidance's DiT passes are unchanged, and --refine --plan none is --no-refine bit for bit."""
+    ref = _ref_file(tmp_path)
+    plain, doc_plain = _run_cli(tiny_t2v, ref, tmp_path / "plain.mp4", "--no-refine")
+    # "default" (2-5:3,6-14:1) clipped to outer steps 0-2 is 2:3: 3 steps + 3 extra evaluations, no early exit
+    refined, doc = _run_cli(tiny_t2v, ref, tmp_path / "refined.mp4", "--refine", "--certain-fraction", "1")
+    none, doc_none = _run_cli(tiny_t2v, ref, tmp_path / "none.mp4", "--refine", "--plan", "none")
+    c, c0 = doc["compute"], doc_plain["compute"]
+    assert c0["nfe"] == 3 and c["nfe"] == 6
+    assert doc["pnp"]["plan"] == "2:3" and doc["params"]["plan"] == "2:3"
+    assert doc["pnp"]["nfe"] == 6 and doc["pnp"]["nfe_planned"] == 6 and doc["pnp"]["refined_steps"] == 1
+    # guidance still runs: 2 guided steps x (1 reference + 2 guided passes), 2 backward passes each
+    assert c["dit_backward"] == c0["dit_backward"] == 2 * 2
+    assert c["dit_forward"] == 6 * 2 + 2 * 3 and c0["dit_forward"] == 3 * 2 + 2 * 3  # CFG pair per NFE
+    assert len(doc["guidance"]["final_amf_loss"]) == 2
+    assert list(doc["pnp"]["final_certain_fraction"]) == ["2"]  # outer step 2 was refined
+    assert not np.array_equal(refined, plain)  # the refinement changed the video
+    assert np.array_equal(none, plain) and doc_none["compute"] == c0
+    assert doc_plain["pnp"] is None and doc_none["pnp"]["plan"] == "none"
+
+
+@pytest.mark.parametrize("case", ["short", "unreadable", "window", "block", "missing", "plan", "tau"])
 def test_cli_bad_input_clear_error_no_output(tiny_t2v, tmp_path, case):
     args = list(SMALL_CLI)
     ref = tmp_path / "ref.mp4"
@@ -307,6 +339,14 @@ def test_cli_bad_input_clear_error_no_output(tiny_t2v, tmp_path, case):
         want, code = "cannot read video", 1
     elif case == "missing":
         want, code = "not found", 2
+    elif case in ("plan", "tau"):
+        _ref_file(tmp_path)
+        if case == "plan":
+            args += ["--refine", "--plan", "2-5:3"]
+            want, code = "--plan range 2-5 goes beyond the 3-step schedule", 2
+        else:
+            args += ["--refine", "--tau", "-1"]
+            want, code = "--tau must be >= 0", 2
     else:
         _ref_file(tmp_path)
         if case == "window":

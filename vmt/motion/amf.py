@@ -72,7 +72,8 @@ def global_amf(
     out = []
     for c in range(0, len(pairs), chunk):
         pi, pj = pairs[c : c + chunk, 0], pairs[c : c + chunk, 1]
-        logits = torch.matmul(qf[pi], kf[pj].transpose(1, 2)).to(acc) * scale  # (c, S, S)
+        # Scaling q (S*D values) rather than the logits (S^2) saves one full pass over the logits.
+        logits = torch.matmul(qf[pi] * scale, kf[pj].transpose(1, 2)).to(acc)  # (c, S, S)
         if hard:
             target = pos[logits.argmax(dim=-1)]
         else:
@@ -155,20 +156,118 @@ def _untile(x: torch.Tensor, h: int, w: int, tile: tuple[int, int]) -> torch.Ten
     return x.reshape(*lead, h * w, x.shape[-1])
 
 
-def _fine_stage(q_t, kj, start, win_off, pos_tiles, scale: float, window: int, w: int):
-    """Fine stage for a chunk of pairs: q_t (c, T, n, D) tile queries, kj (c, S, D) keys of frame j, start
-    (c, T, 2) window corners. Returns displacements (c, T, n, 2), window key channel-means (c, T, l2) and the
-    in-window position of the most attended key (c, T, n, 2)."""
-    c, n_tiles, _, d = q_t.shape
-    l2 = window * window
-    kpos = start[:, :, None, :] + win_off  # (c, T, l2, 2)
-    kidx = kpos[..., 0] * w + kpos[..., 1]  # (c, T, l2)
-    kwin = torch.gather(kj, 1, kidx.reshape(c, -1, 1).expand(-1, -1, d)).reshape(c, n_tiles, l2, d)
-    acc = torch.promote_types(q_t.dtype, torch.float32)
-    logits = torch.matmul(q_t, kwin.transpose(-1, -2)).to(acc) * scale  # (c, T, n, l2)
-    target = torch.matmul(logits.softmax(-1), kpos.to(acc))  # absolute positions: the window offset is kept
-    best = win_off[logits.detach().argmax(-1)]
-    return target - pos_tiles.to(acc), kwin.to(acc).mean(-1), best
+def _pad(x: torch.Tensor, pe: torch.Tensor, slot: torch.Tensor, c: int, gmax: int, e_idx: torch.Tensor):
+    """Scatter rows x[e_idx] into a zero (c, gmax, ...) tensor at (pair pe, slot): a batch per pair."""
+    out = x.new_zeros((c, gmax, *x.shape[1:]))
+    out[pe, slot] = x[e_idx]
+    return out
+
+
+def _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs: bool):
+    """The fine stage's attention, one band position at a time (see `_fine_stage`); no autograd graph.
+
+    qs: (E, n, D) scaled queries of E = c * T (pair, tile) entries; kb: (F, M, D) band-major keys; pj: (c,)
+    key frame of each pair; groups: per band position (first key of the band, band length, entries e_idx,
+    their pair pe and slot in the pair's batch, slots gmax); col: (E, l2) each window key's column in its
+    band; off: (l2, 2) in-window offsets in `acc`. Returns the in-window expected offset (E, n, 2), the index
+    of the most attended window key (E, n) and, if keep_probs, the window softmax (E, n, l2).
+    """
+    e, n, _ = qs.shape
+    c = len(pj)
+    exp_off = torch.empty((e, n, 2), dtype=acc, device=qs.device)
+    best = torch.empty((e, n), dtype=torch.long, device=qs.device)
+    probs = torch.empty((e, n, col.shape[1]), dtype=acc, device=qs.device) if keep_probs else None
+    for k0, blen, e_idx, pe, slot, gmax in groups:
+        bands = kb[pj, k0 : k0 + blen]  # (c, l * B, D): l whole rows (columns) of each pair's key frame
+        qpad = _pad(qs, pe, slot, c, gmax, e_idx)  # (c, gmax, n, D)
+        logits = torch.matmul(qpad.reshape(c, -1, qs.shape[2]), bands.transpose(1, 2)).reshape(c, gmax, n, blen)
+        cpad = _pad(col, pe, slot, c, gmax, e_idx)[:, :, None, :].expand(-1, -1, n, -1)
+        logits = logits.gather(-1, cpad)[pe, slot].to(acc)  # (g, n, l2): the window's keys
+        best[e_idx] = logits.max(-1).indices
+        pr = logits.softmax(-1)
+        exp_off[e_idx] = torch.matmul(pr, off)
+        if keep_probs:
+            probs[e_idx] = pr
+    return exp_off, best, probs
+
+
+class _BandSoftArgmax(torch.autograd.Function):
+    """`_band_softargmax` with a hand-written backward: recomputes the padded batches instead of keeping
+    them, and accumulates the gradients of the overlapping key bands into one buffer in place (autograd would
+    allocate a full-size zero gradient per band slice)."""
+
+    @staticmethod
+    def forward(ctx, qs, kb, pj, groups, col, off, acc):
+        exp_off, best, probs = _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs=True)
+        ctx.save_for_backward(qs, kb, pj, col, off, probs)
+        ctx.groups = groups
+        ctx.mark_non_differentiable(best)
+        return exp_off, best
+
+    @staticmethod
+    def backward(ctx, g_off, _g_best):
+        qs, kb, pj, col, off, probs = ctx.saved_tensors
+        n, d = qs.shape[1:]
+        c = len(pj)
+        g = torch.matmul(g_off.to(probs.dtype), off.T)  # (E, n, l2): d loss / d prob
+        g = (probs * (g - (probs * g).sum(-1, keepdim=True))).to(qs.dtype)  # softmax backward: d loss / d logit
+        dq = torch.zeros_like(qs) if ctx.needs_input_grad[0] else None
+        dk = torch.zeros_like(kb) if ctx.needs_input_grad[1] else None
+        for k0, blen, e_idx, pe, slot, gmax in ctx.groups:
+            bands = kb[pj, k0 : k0 + blen]
+            cpad = _pad(col, pe, slot, c, gmax, e_idx)[:, :, None, :].expand(-1, -1, n, -1)
+            # Window keys are distinct, so scattering (not adding) the window's logit gradients is exact;
+            # padding slots scatter zeros.
+            gb = qs.new_zeros((c, gmax, n, blen)).scatter_(-1, cpad, _pad(g, pe, slot, c, gmax, e_idx))
+            gb = gb.reshape(c, gmax * n, blen)
+            if dq is not None:
+                dq[e_idx] = torch.matmul(gb, bands).reshape(c, gmax, n, d)[pe, slot]
+            if dk is not None:
+                qpad = _pad(qs, pe, slot, c, gmax, e_idx).reshape(c, gmax * n, d)
+                dk[:, k0 : k0 + blen].index_add_(0, pj, torch.matmul(gb.transpose(1, 2), qpad))
+        return dq, dk, None, None, None, None, None
+
+
+def _fine_stage(qs, kb, axis: int, km, pj, start, pos_q, win_off, scale: float, window: int, acc):
+    """Fine stage for a chunk of c pairs: E = c * T (pair, tile) entries.
+
+    qs: (E, n, D) queries of each entry's tile; kb: (F, A, B, D) keys with the banded axis first: (F, h, w, D)
+    when `axis` = 0 (bands of rows), (F, w, h, D) when `axis` = 1 (bands of columns); km: (F, S) channel-mean
+    keys, row-major; pj: (c,) key frame of each pair; start: (E, 2) window corner (y, x); pos_q: (E, n, 2)
+    query positions; win_off: (l2, 2) in-window offsets (dy, dx). Returns displacements (E, n, 2), window key
+    channel-means (E, l2) and the in-window (dy, dx) of the most attended key (E, n, 2).
+
+    The window's keys are never gathered (that would be l^2 * D values per tile). For each band position s0
+    (window start along `axis`), the tiles whose window starts there attend, one batch per pair, to the band
+    of l whole rows (columns) s0 .. s0 + l - 1 of the pair's key frame in one batched matmul; the window's
+    l^2 keys are then picked from the logits, which are D times smaller than the keys. The band costs B / l
+    times the window's multiply-adds (plus the padding of uneven batches) in exchange for few large matmuls
+    (at most A - l + 1 per chunk); only the window softmax (E, n, l2) is kept for backward.
+    """
+    f, n_major, minor, d = kb.shape
+    c = len(pj)
+    n_tiles = len(start) // c
+    kb = kb.reshape(f, n_major * minor, d)
+    w = n_major if axis == 1 else minor  # row length of the row-major grid
+    key_idx = start[:, :1] * w + start[:, 1:] + (win_off[:, 0] * w + win_off[:, 1])  # (E, l2) row-major keys
+    wkeys = km[pj.repeat_interleave(n_tiles)[:, None], key_idx].to(acc)  # (E, l2): channel mean, then gather
+    col = start[:, 1 - axis, None] + (win_off[:, axis] * minor + win_off[:, 1 - axis])  # (E, l2) place in band
+    s0 = start[:, axis].reshape(c, n_tiles)
+    groups = []
+    for v in torch.unique(s0).tolist():
+        hit = s0 == v  # (c, T)
+        e_idx = hit.flatten().nonzero().flatten()
+        slot = (hit.cumsum(1) - 1).flatten()[e_idx]
+        groups.append((v * minor, window * minor, e_idx, e_idx // n_tiles, slot, int(hit.sum(1).max())))
+    qs = qs * scale
+    off = win_off.to(acc)
+    if torch.is_grad_enabled() and (qs.requires_grad or kb.requires_grad):
+        exp_off, best = _BandSoftArgmax.apply(qs, kb, pj, groups, col, off, acc)
+    else:
+        exp_off, best, _ = _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs=False)
+    # Absolute target = window corner + in-window expectation: the window offset is kept.
+    target = exp_off + start[:, None, :].to(acc)
+    return target - pos_q.to(acc), wkeys, win_off[best]
 
 
 def windowed_amf(
@@ -204,35 +303,40 @@ def windowed_amf(
 
     inter = (pairs[:, 0] != pairs[:, 1]).nonzero().flatten()
     qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
+    km = kf.mean(-1)  # (F, S) channel-mean keys for the corresponding-window loss
+    # The fine stage's key bands run along the longer side: fewer band positions, so fewer and larger matmuls.
+    axis = 0 if h <= w else 1
+    kb = k.transpose(1, 2).contiguous() if axis == 1 else k
     centres = tile_centres(h, w, tile, dev)  # (T, 2)
     centre_idx = centres[:, 0] * w + centres[:, 1]
     q_tiles = _tile_tokens(q, h, w, tile)  # (F, T, n, D), n = th * tw
     pos_tiles = _tile_tokens(pos.reshape(h, w, 2), h, w, tile)  # (T, n, 2)
     ar = torch.arange(window, device=dev)
     win_off = torch.stack(torch.meshgrid(ar, ar, indexing="ij"), dim=-1).reshape(l2, 2)  # (l2, 2) (dy, dx)
+    hi_lim = torch.tensor([h - window, w - window], device=dev)
     for c in range(0, len(inter), chunk):
         idx = inter[c : c + chunk]
         pi, pj = pairs[idx, 0], pairs[idx, 1]
-        kj = kf[pj]  # (c, S, D)
-        # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded).
-        qc = qf[pi][:, centre_idx]  # (c, T, D)
-        coarse = torch.matmul(qc, kj.transpose(1, 2)).to(acc) * scale  # (c, T, S)
-        centre = torch.matmul(coarse.softmax(-1), pos).detach()  # (c, T, 2); the window is chosen, not learnt
+        nc = len(idx)
+        # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded). The
+        # window is chosen, not learnt, so no graph is built here.
+        with torch.no_grad():
+            coarse = torch.matmul(qf[pi[:, None], centre_idx] * scale, kf[pj].transpose(1, 2)).to(acc)  # (c, T, S)
+            centre = torch.matmul(coarse.softmax(-1), pos)  # (c, T, 2)
+            del coarse
         start = window_start_from_centre(centre, window, h, w)  # (c, T, 2)
-        # Fine: every query of the tile over the l x l keys of its window. Recomputed in backward
-        # (checkpoint) so the gathered window keys (T * l^2 * D per pair) are not kept for the gradient.
-        args = (q_tiles[pi], kj, start, win_off, pos_tiles, scale, window, w)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-            from torch.utils.checkpoint import checkpoint
-
-            disp, wk, hit = checkpoint(_fine_stage, *args, use_reentrant=False)
-        else:
-            disp, wk, hit = _fine_stage(*args)
-        flow_parts.append((idx, _untile(disp, h, w, tile)))
-        key_parts.append((idx, wk))
+        # Fine: every query of the tile over the l x l keys of its window; entries are (pair, tile).
+        disp, wk, hit = _fine_stage(
+            q_tiles[pi].reshape(nc * n_tiles, -1, d), kb, axis, km, pj,
+            start.reshape(-1, 2), pos_tiles.expand(nc, -1, -1, -1).reshape(nc * n_tiles, -1, 2), win_off, scale,
+            window, acc,
+        )
+        flow_parts.append((idx, _untile(disp.reshape(nc, n_tiles, -1, 2), h, w, tile)))
+        key_parts.append((idx, wk.reshape(nc, n_tiles, l2)))
         # Honest reporting: the most attended key on a border the window could still have moved past.
+        hit = hit.reshape(nc, n_tiles, -1, 2)
         lo_free = start[:, :, None, :] > 0
-        hi_free = start[:, :, None, :] < torch.tensor([h - window, w - window], device=dev)
+        hi_free = start[:, :, None, :] < hi_lim
         hit = ((hit == 0) & lo_free) | ((hit == window - 1) & hi_free)
         border[idx] = _untile(hit.any(-1, keepdim=True).float(), h, w, tile)[..., 0] > 0
         starts[idx] = start
