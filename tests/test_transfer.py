@@ -90,7 +90,7 @@ def test_processors_restored_after_exception(backend):
     before = _processors(model)
     with pytest.raises(ZeroDivisionError), qk_capture(model, 1) as proc:
         assert isinstance(model.blocks[1].attn1.processor, QKCaptureProcessor) and proc.stop
-        1 / 0
+        raise ZeroDivisionError("boom inside the capture context")
     assert all(a is b for a, b in zip(_processors(model), before))
 
 
