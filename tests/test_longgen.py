@@ -461,6 +461,25 @@ def test_missing_run_folder_is_a_clear_error(tmp_path):
         load_model(tmp_path / "empty")
 
 
+def test_shipped_default_model_loads_and_samples_200_frames():
+    from vmt.longgen.checkpoint import DEFAULT_MODEL_DIR, load_model
+    from vmt.longgen.sampling import stream_frames
+
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir() if f.is_file())
+    assert size <= 10 * 2**20
+    model, meta = load_model(None)
+    assert model.cfg == preset("cpu") and meta["data"] == "synthetic:digits"
+    frames = np.concatenate(list(stream_frames(model, 200, seed=0))).astype(np.float64) / 127.5 - 1
+    assert frames.shape == (200, 32, 32, 3)
+    # The chain has not collapsed by frame 150: something digit-sized is on screen (moving digits cover ~10%
+    # of the canvas), the frames are not black or saturated, and they still change from frame to frame.
+    late = frames[150:]
+    covered = (late.max(axis=-1) > -0.5).mean()
+    assert 0.02 < covered < 0.4
+    assert (late.min(axis=-1) > 0.98).mean() < 0.02  # no white-out
+    assert np.abs(np.diff(late, axis=0)).mean() > 0.003  # not frozen
+
+
 def test_real_voxceleb_clips_load_at_model_size(shared_data):
     from vmt.longgen.data import load_video_folder
 
