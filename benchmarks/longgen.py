@@ -96,7 +96,7 @@ def main() -> None:
     from vmt.longgen.data import ClipSource, moving_digits, synthetic_source
     from vmt.longgen.sampling import stream_frames
     from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
-    from vmt.metrics.seams import chain_boundaries, seam_score
+    from vmt.metrics.seams import chain_boundaries, seam_profile, seam_score
 
     cfg = preset("cpu")
     work = args.reuse or Path(tempfile.mkdtemp(prefix="longgen-bench-"))
@@ -126,20 +126,27 @@ def main() -> None:
         model, _ = load_model(run)
         rec = reconstruction_l1(model, eval_clips)
         n = 100
-        seams = []
+        seams, profiles = [], []
         for seed in range(args.chains):
             frames = np.concatenate(list(stream_frames(model, n, seed=seed))).astype(np.float64) / 127.5 - 1
             seams.append(seam_score(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
+            profiles.append(seam_profile(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
         meta = json.loads((run / "config.json").read_text())
         results["variants"][name] = {"train_seconds": train_s, "steps": meta["step"], "train": meta["train"],
                                      "reconstruction_l1": rec,
                                      "seam_score_mean": float(np.mean(seams)),
-                                     "seam_score_median": float(np.median(seams))}
+                                     "seam_score_median": float(np.median(seams)),
+                                     # the two parts of the score: a frozen chain scores low on both
+                                     "boundary_change": float(np.mean([p["boundary_change"] for p in profiles])),
+                                     "inside_change": float(np.mean([p["inside_change"] for p in profiles]))}
     # Seam score of real data cut at the same positions: what a perfect model would get.
     real_bounds = chain_boundaries(64, cfg.frames, cfg.frames - 1)
     real_seams = float(np.mean([seam_score(v.astype(np.float64) / 127.5 - 1, real_bounds)
                                 for v in source.videos[:32]]))
     results["real_data_seam_score"] = real_seams
+    real_prof = [seam_profile(v.astype(np.float64) / 127.5 - 1, real_bounds) for v in source.videos[:32]]
+    results["real_data_boundary_change"] = float(np.mean([p["boundary_change"] for p in real_prof]))
+    results["real_data_inside_change"] = float(np.mean([p["inside_change"] for p in real_prof]))
 
     model, _ = load_model(work / "recall")
     long = np.concatenate(list(stream_frames(model, 1000, seed=0))).astype(np.float64) / 127.5 - 1
@@ -179,11 +186,14 @@ def main() -> None:
     v = results["variants"]
     print("\nlonggen benchmark (CPU preset 32x32x8, moving digits, "
           f"{args.steps} steps x batch {args.batch_size} per variant)")
-    print(f"{'variant':<12}{'steps':>6}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}")
+    print(f"{'variant':<12}{'steps':>6}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}"
+          f"{'at seams':>10}{'inside':>8}")
     for name, r in v.items():
         print(f"{name:<12}{r['steps']:>6}{r['train_seconds']:>9.1f}{r['reconstruction_l1']:>10.4f}"
-              f"{r['seam_score_mean']:>11.3f}{r['seam_score_median']:>13.3f}")
-    print(f"{'real data':<12}{'':>6}{'':>9}{'':>10}{real_seams:>11.3f}")
+              f"{r['seam_score_mean']:>11.3f}{r['seam_score_median']:>13.3f}{r['boundary_change']:>10.4f}"
+              f"{r['inside_change']:>8.4f}")
+    print(f"{'real data':<12}{'':>6}{'':>9}{'':>10}{real_seams:>11.3f}{'':>13}"
+          f"{results['real_data_boundary_change']:>10.4f}{results['real_data_inside_change']:>8.4f}")
     print(f"L1 baselines: copy frame 0 {results['copy_first_frame_l1']:.4f}, all black {results['all_black_l1']:.4f}")
     d = results["drift_1000"]
     print(f"drift over 1000 frames: mean {d['mean_first100']:.3f} -> {d['mean_last100']:.3f}, std "
