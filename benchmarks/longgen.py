@@ -76,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=150, help="training steps per variant")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: TrainSettings')")
+    ap.add_argument("--kl-weight", type=float, default=None, help="KL weight (default: TrainSettings')")
     ap.add_argument("--chains", type=int, default=8, help="long samples per seam estimate")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     ap.add_argument("--reuse", type=Path, default=None, help="folder with runs recall/ and no_recall/ to reuse")
@@ -94,7 +96,7 @@ def main() -> None:
     from vmt.longgen.data import ClipSource, moving_digits, synthetic_source
     from vmt.longgen.sampling import stream_frames
     from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
-    from vmt.metrics.seams import chain_boundaries, seam_score
+    from vmt.metrics.seams import chain_boundaries, seam_profile, seam_score
 
     cfg = preset("cpu")
     work = args.reuse or Path(tempfile.mkdtemp(prefix="longgen-bench-"))
@@ -102,8 +104,10 @@ def main() -> None:
     held = ClipSource(list(moving_digits(32, cfg.frames, cfg.size, seed=12345)), [f"h{i}" for i in range(32)])
     eval_clips = held.sample(32, cfg.frames, np.random.default_rng(0))
 
+    # Baselines of the L1: copying frame 0 to every frame, and an all-black clip (most pixels are background).
     results: dict = {"preset": cfg.to_dict(), "steps": args.steps, "batch_size": args.batch_size,
-                     "variants": {}}
+                     "copy_first_frame_l1": float((eval_clips - eval_clips[:, :, :1]).abs().mean()),
+                     "all_black_l1": float((eval_clips + 1).abs().mean()), "variants": {}}
     for name, recall in (("recall", True), ("no_recall", False)):
         run = work / name
         if args.reuse and (run / "config.json").is_file():
@@ -111,7 +115,8 @@ def main() -> None:
             train_s = meta.get("train_seconds")
         else:
             torch.manual_seed(0)
-            trainer = Trainer(cfg, TrainSettings(batch_size=args.batch_size, recall=recall))
+            opts = {k: v for k, v in (("lr", args.lr), ("kl_weight", args.kl_weight)) if v is not None}
+            trainer = Trainer(cfg, TrainSettings(batch_size=args.batch_size, recall=recall, **opts))
             t0 = time.perf_counter()
             train_steps(trainer, source, args.steps, seed=0,
                         on_step=lambda s, lg: print(f"  {name} step {s} rec {lg['rec']:.3f}", flush=True)
@@ -121,29 +126,42 @@ def main() -> None:
         model, _ = load_model(run)
         rec = reconstruction_l1(model, eval_clips)
         n = 100
-        seams = []
+        seams, profiles = [], []
         for seed in range(args.chains):
             frames = np.concatenate(list(stream_frames(model, n, seed=seed))).astype(np.float64) / 127.5 - 1
             seams.append(seam_score(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
-        results["variants"][name] = {"train_seconds": train_s, "reconstruction_l1": rec,
+            profiles.append(seam_profile(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
+        meta = json.loads((run / "config.json").read_text())
+        results["variants"][name] = {"train_seconds": train_s, "steps": meta["step"], "train": meta["train"],
+                                     "reconstruction_l1": rec,
                                      "seam_score_mean": float(np.mean(seams)),
-                                     "seam_score_median": float(np.median(seams))}
+                                     "seam_score_median": float(np.median(seams)),
+                                     # the two parts of the score: a frozen chain scores low on both
+                                     "boundary_change": float(np.mean([p["boundary_change"] for p in profiles])),
+                                     "inside_change": float(np.mean([p["inside_change"] for p in profiles]))}
     # Seam score of real data cut at the same positions: what a perfect model would get.
     real_bounds = chain_boundaries(64, cfg.frames, cfg.frames - 1)
     real_seams = float(np.mean([seam_score(v.astype(np.float64) / 127.5 - 1, real_bounds)
                                 for v in source.videos[:32]]))
     results["real_data_seam_score"] = real_seams
+    real_prof = [seam_profile(v.astype(np.float64) / 127.5 - 1, real_bounds) for v in source.videos[:32]]
+    results["real_data_boundary_change"] = float(np.mean([p["boundary_change"] for p in real_prof]))
+    results["real_data_inside_change"] = float(np.mean([p["inside_change"] for p in real_prof]))
 
     model, _ = load_model(work / "recall")
     long = np.concatenate(list(stream_frames(model, 1000, seed=0))).astype(np.float64) / 127.5 - 1
     first, last = long[:100], long[-100:]
     energy = lambda x: float(np.abs(np.diff(x, axis=0)).mean())  # noqa: E731
+    # Fraction of pixels a digit covers (brightest channel above -0.5): 0 for black frames.
+    fg = lambda x: float((x.max(axis=-1) > -0.5).mean())  # noqa: E731
     results["drift_1000"] = {
         "mean_first100": float(first.mean()), "mean_last100": float(last.mean()),
         "std_first100": float(first.std()), "std_last100": float(last.std()),
         "motion_first100": energy(first), "motion_last100": energy(last),
         "saturated_fraction_last100": float((np.abs(last) > 0.98).mean()),
         "saturated_fraction_first100": float((np.abs(first) > 0.98).mean()),
+        "foreground_first100": fg(first), "foreground_last100": fg(last),
+        "foreground_real_data": float(np.mean([fg(v.astype(np.float64) / 127.5 - 1) for v in source.videos[:32]])),
     }
     speed = {}
     for n in (100, 1000):
@@ -168,16 +186,21 @@ def main() -> None:
     v = results["variants"]
     print("\nlonggen benchmark (CPU preset 32x32x8, moving digits, "
           f"{args.steps} steps x batch {args.batch_size} per variant)")
-    print(f"{'variant':<12}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}")
+    print(f"{'variant':<12}{'steps':>6}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}"
+          f"{'at seams':>10}{'inside':>8}")
     for name, r in v.items():
-        print(f"{name:<12}{r['train_seconds']:>9.1f}{r['reconstruction_l1']:>10.4f}{r['seam_score_mean']:>11.3f}"
-              f"{r['seam_score_median']:>13.3f}")
-    print(f"{'real data':<12}{'':>9}{'':>10}{real_seams:>11.3f}")
+        print(f"{name:<12}{r['steps']:>6}{r['train_seconds']:>9.1f}{r['reconstruction_l1']:>10.4f}"
+              f"{r['seam_score_mean']:>11.3f}{r['seam_score_median']:>13.3f}{r['boundary_change']:>10.4f}"
+              f"{r['inside_change']:>8.4f}")
+    print(f"{'real data':<12}{'':>6}{'':>9}{'':>10}{real_seams:>11.3f}{'':>13}"
+          f"{results['real_data_boundary_change']:>10.4f}{results['real_data_inside_change']:>8.4f}")
+    print(f"L1 baselines: copy frame 0 {results['copy_first_frame_l1']:.4f}, all black {results['all_black_l1']:.4f}")
     d = results["drift_1000"]
     print(f"drift over 1000 frames: mean {d['mean_first100']:.3f} -> {d['mean_last100']:.3f}, std "
           f"{d['std_first100']:.3f} -> {d['std_last100']:.3f}, motion {d['motion_first100']:.4f} -> "
           f"{d['motion_last100']:.4f}, saturated {d['saturated_fraction_first100']:.3f} -> "
-          f"{d['saturated_fraction_last100']:.3f}")
+          f"{d['saturated_fraction_last100']:.3f}, digit-covered pixels {d['foreground_first100']:.3f} -> "
+          f"{d['foreground_last100']:.3f} (real data {d['foreground_real_data']:.3f})")
     print(f"throughput: {speed[100]:.0f} frames/s at 100 frames, {speed[1000]:.0f} frames/s at 1000 "
           f"(ratio {speed[1000] / speed[100]:.2f})")
     print(f"peak RSS streaming: {mem['stream_100']['peak_rss_mib']:.0f} MiB at 100 frames, "

@@ -117,6 +117,73 @@ def test_generator_starts_from_the_reference_frame():
     assert not torch.allclose(video[:, :, -1], ref, atol=1e-3)  # later frames move away from it
 
 
+def test_generator_is_the_same_function_in_train_and_eval_mode_and_per_sample():
+    # BatchNorm made eval-mode samples (running statistics) differ from what training saw (batch statistics)
+    # and made each sample depend on its batch: the sampler then ran a different function than the one trained.
+    model = _seeded_model("cpu")
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(3)
+    z_x, z_v = model.prior(4, g)
+    ref = torch.rand(4, 3, cfg.size, cfg.size, generator=g) * 2 - 1
+    with torch.no_grad():
+        model.train()
+        train_out = model.decode(z_x, z_v, ref)
+        alone = model.decode(z_x[:1], z_v[:1], ref[:1])
+        train_mu, _ = model.encode_content(ref)
+        model.eval()
+        eval_out = model.decode(z_x, z_v, ref)
+        eval_mu, _ = model.encode_content(ref)
+    torch.testing.assert_close(train_out, eval_out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, train_out[:1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(train_mu, eval_mu, atol=1e-5, rtol=0)
+
+
+def test_recall_chain_does_not_depend_on_the_module_mode():
+    from vmt.longgen.recall import recall_chain
+
+    model = _seeded_model("tiny")
+    runs = []
+    for training in (True, False):
+        model.train(training)
+        runs.append(torch.cat(list(recall_chain(model, 30, batch=2, generator=torch.Generator().manual_seed(0))), 2))
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=0)
+
+
+def test_frames_blend_reference_and_generated_frame():
+    # x_t = ref + m_t (g_t - ref) with m_t = sigmoid, g_t = tanh of the last layer's 4 output channels
+    # (closed form of the documented design, evaluated in float64 from the generator's features).
+    model = _seeded_model("tiny").double()
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(1)
+    z_x, z_v = (z.double() for z in model.prior(2, g))
+    ref = (torch.rand(2, 3, cfg.size, cfg.size, generator=g, dtype=torch.float64) * 2 - 1)
+    with torch.no_grad():
+        video = model.decode(z_x, z_v, ref)
+        _, feats = model.generator.features(z_x, z_v)
+        out = model.generator.to_frames(feats)
+    frames, mask = torch.tanh(out[:, :3]), torch.sigmoid(out[:, 3:])
+    expected = ref[:, :, None] + mask * (frames - ref[:, :, None])
+    torch.testing.assert_close(video[:, :, 1:], expected[:, :, 1:], atol=1e-12, rtol=0)
+    # each frame lies between the reference and the generated frame, so it can never leave [-1, 1]
+    lo, hi = torch.minimum(ref[:, :, None], frames), torch.maximum(ref[:, :, None], frames)
+    assert (video[:, :, 1:] >= lo[:, :, 1:] - 1e-12).all() and (video[:, :, 1:] <= hi[:, :, 1:] + 1e-12).all()
+
+
+def test_black_reference_pixels_still_get_gradient():
+    # With increments in logit space (tanh(atanh(ref) + d)) a black pixel sat at tanh's flat end: the
+    # gradient of the output there was ~500x smaller than at grey, so moving digits on black could not be learned.
+    model = _seeded_model("tiny")
+    cfg = model.cfg
+    z_x, z_v = model.prior(2, torch.Generator().manual_seed(0))
+    grads = []
+    for level in (-1.0, 0.0):
+        model.zero_grad()
+        ref = torch.full((2, 3, cfg.size, cfg.size), level)
+        model.decode(z_x, z_v, ref)[:, :, 1:].sum().backward()
+        grads.append(model.generator.to_frames.weight.grad[:3].abs().sum().item())
+    assert grads[0] > 0.3 * grads[1] > 0
+
+
 def test_factorised_attention_matches_brute_force():
     from vmt.longgen.attention import FactorisedSelfAttention
 
@@ -392,6 +459,25 @@ def test_missing_run_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VmtUsageError, match="not a longgen run folder"):
         load_model(tmp_path / "empty")
+
+
+def test_shipped_default_model_loads_and_samples_200_frames():
+    from vmt.longgen.checkpoint import DEFAULT_MODEL_DIR, load_model
+    from vmt.longgen.sampling import stream_frames
+
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir() if f.is_file())
+    assert size <= 10 * 2**20
+    model, meta = load_model(None)
+    assert model.cfg == preset("cpu") and meta["data"] == "synthetic:digits"
+    frames = np.concatenate(list(stream_frames(model, 200, seed=0))).astype(np.float64) / 127.5 - 1
+    assert frames.shape == (200, 32, 32, 3)
+    # The chain has not collapsed by frame 150: something digit-sized is on screen (moving digits cover ~10%
+    # of the canvas), the frames are not black or saturated, and they still change from frame to frame.
+    late = frames[150:]
+    covered = (late.max(axis=-1) > -0.5).mean()
+    assert 0.02 < covered < 0.4
+    assert (late.min(axis=-1) > 0.98).mean() < 0.02  # no white-out
+    assert np.abs(np.diff(late, axis=0)).mean() > 0.003  # not frozen
 
 
 def test_real_voxceleb_clips_load_at_model_size(shared_data):

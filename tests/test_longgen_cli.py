@@ -83,6 +83,19 @@ def test_sample_200_frames_streams_exactly_200_frames(run_dir, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
 
 
+def test_sample_without_model_uses_the_shipped_default(tmp_path):
+    from vmt.io.video import probe_video
+    from vmt.longgen.checkpoint import DEFAULT_MODEL_DIR
+
+    out = tmp_path / "default.mp4"
+    res = _invoke("sample", "--frames", "30", "-o", str(out), "--seed", "1", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert probe_video(out).num_frames == 30
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert Path(side["model"]["run_dir"]) == DEFAULT_MODEL_DIR
+    assert side["model"]["data"] == "synthetic:digits" and side["video"]["height"] == 32
+
+
 def test_reconstruct_keeps_the_frame_count_and_reports_l1(run_dir, tmp_path):
     from conftest import moving_pattern
 

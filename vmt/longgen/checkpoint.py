@@ -20,10 +20,17 @@ from vmt.longgen.config import LongGenConfig
 from vmt.longgen.model import EncGAN3
 
 FORMAT = "vmt.longgen/1"
+# The small model that ships with the package (cpu preset, moving digits; see its README.md).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
-def resolve_run_dir(model: str | Path) -> Path:
-    """Check that `model` is a run folder written by `vmt longgen train`."""
+def resolve_run_dir(model: str | Path | None) -> Path:
+    """Check that `model` is a run folder written by `vmt longgen train`; None means the shipped default."""
+    if model is None:
+        if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+            raise VmtError(f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}); "
+                           "pass -m RUN_DIR (train one with `vmt longgen train synthetic:digits -o RUN_DIR`)")
+        return DEFAULT_MODEL_DIR
     p = Path(model)
     if not p.is_dir():
         raise VmtUsageError(f"model folder {p} not found; pass a run folder made by `vmt longgen train` "
@@ -119,8 +126,9 @@ def save_run(run_dir: Path, trainer, *, seed: int, data: str, extra: dict[str, A
     write_json_atomic(run_dir / "config.json", doc)
 
 
-def load_model(model: str | Path, device=None) -> tuple[EncGAN3, dict[str, Any]]:
-    """Load a run folder for sampling: the model in eval mode and its config.json."""
+def load_model(model: str | Path | None, device=None) -> tuple[EncGAN3, dict[str, Any]]:
+    """Load a run folder (None: the shipped default model) for sampling: the model in eval mode and its
+    config.json."""
     run_dir = resolve_run_dir(model)
     meta = read_meta(run_dir)
     cfg = LongGenConfig.from_dict(meta["model"])

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmt.longgen.config import LongGenConfig
+from vmt.longgen.generator import groups_for
 
 
 def frame_differences(video: torch.Tensor, signed: bool = False) -> torch.Tensor:
@@ -33,7 +34,7 @@ class ContentEncoder(nn.Module):
         layers, c_in = [], 3
         for i, c in enumerate(_widths(cfg.enc_channels, cfg.size)):
             layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0)]
-            layers += [nn.BatchNorm2d(c)] if i else []
+            layers += [nn.GroupNorm(groups_for(c), c)] if i else []  # see generator.py: no BatchNorm
             layers += [nn.LeakyReLU(0.2, inplace=True)]
             c_in = c
         self.body = nn.Sequential(*layers)
@@ -54,7 +55,7 @@ class MovementEncoder(nn.Module):
         layers, c_in = [], 3
         for i, c in enumerate(_widths(cfg.enc_channels, cfg.size)):
             layers += [nn.Conv3d(c_in, c, (3, 4, 4), (1, 2, 2), (1, 1, 1), bias=i == 0)]
-            layers += [nn.BatchNorm3d(c)] if i else []
+            layers += [nn.GroupNorm(groups_for(c), c)] if i else []
             layers += [nn.LeakyReLU(0.2, inplace=True)]
             c_in = c
         self.body = nn.Sequential(*layers)

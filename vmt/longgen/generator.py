@@ -4,10 +4,20 @@ Streams per block: spatial (2D, the appearance: one image), temporal (1D over ti
 (factorised 3D: temporal then spatial transposed convolutions). Fusion per block: video += temporal broadcast
 over H, W; then video = concat(spatial broadcast over T, video), as in G3AN.
 
-Output (design): the video stream predicts per-frame increments d_t in logit space, added recursively on top
-of a reference frame, x_t = tanh(atanh(x_ref) + d_1 + ... + d_t) with x_0 = x_ref. The reference is the real
+Output (design): the video stream predicts, per frame t, a residual on top of a reference frame as a
+pixel-space blend x_t = x_ref + m_t * (g_t - x_ref), with a mask m_t in (0, 1) and a frame g_t in (-1, 1);
+x_0 = x_ref (m_0 = 0). Every frame is a convex combination of two frames in [-1, 1], so it stays in range
+without squashing, pixels at the range limits (a black background) get the same gradient as any other, and
+the chain cannot compound a saturation from clip to clip. (An earlier version added increments in logit space,
+x_t = tanh(atanh(x_ref) + d_1 + ... + d_t): black pixels sat where tanh has no gradient, and the logits of a
+recall chain performed a random walk that ended in black or saturated frames.) The reference is the real
 first frame when reconstructing, the previous clip's reference frame in the recall chain, and the spatial
 stream's own image when sampling from scratch. Frames are in [-1, 1].
+
+Normalisation (design): GroupNorm instead of G3AN's BatchNorm, here and in the encoders. A sample then does
+not depend on the rest of its batch, and train and eval mode compute the same function: with BatchNorm, the
+running statistics (averaged over reconstructions from posterior latents and samples from the prior) did not
+match any input the sampler gives, and long chains collapsed in eval mode.
 """
 
 from __future__ import annotations
@@ -19,17 +29,18 @@ from torch.nn.utils.parametrizations import spectral_norm
 from vmt.longgen.attention import FactorisedSelfAttention
 from vmt.longgen.config import LongGenConfig
 
-# atanh(±0.999) = ±3.8: references at the range limits stay finite in logit space.
-REF_CLAMP = 0.999
-
-
 def _sn(m: nn.Module) -> nn.Module:
     return spectral_norm(m)
 
 
+def groups_for(c: int) -> int:
+    """GroupNorm groups for `c` channels: 8 when they divide evenly, else the largest of 4, 2, 1 that does."""
+    return next(g for g in (8, 4, 2, 1) if c % g == 0)
+
+
 def _bn_relu(c: int, dims: int) -> list[nn.Module]:
-    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](c)
-    return [bn, nn.ReLU(inplace=True)]
+    # `dims` is kept for the call sites' readability; GroupNorm handles (B, C, *) of any rank.
+    return [nn.GroupNorm(groups_for(c), c), nn.ReLU(inplace=True)]
 
 
 class _FirstBlock(nn.Module):
@@ -93,7 +104,8 @@ class Generator(nn.Module):
         # F-SA after the second-to-last block (G3AN: after block 4 of 5), on the fused video features.
         self.attn_after = len(self.blocks) - 2 if cfg.attention else None
         self.attention = FactorisedSelfAttention(2 * ch[-2]) if cfg.attention else None
-        self.to_increment = nn.Conv3d(2 * ch[-1], 3, (1, 3, 3), 1, (0, 1, 1))
+        # 3 channels of the frame g_t and 1 of the mask m_t's logit.
+        self.to_frames = nn.Conv3d(2 * ch[-1], 4, (1, 3, 3), 1, (0, 1, 1))
         self.to_image = nn.Conv2d(ch[-1], 3, 3, 1, 1)
 
     def features(self, z_x: torch.Tensor, z_v: torch.Tensor):
@@ -112,12 +124,13 @@ class Generator(nn.Module):
                 return_image: bool = False):
         """Video (B, 3, T, H, W); with `return_image` also the spatial stream's image (B, 3, H, W)."""
         s, v = self.features(z_x, z_v)
-        own = self.to_image(s)
-        base = own if ref is None else torch.atanh(ref.clamp(-REF_CLAMP, REF_CLAMP))
-        inc = self.to_increment(v)
-        inc = torch.cat([torch.zeros_like(inc[:, :, :1]), inc[:, :, 1:]], 2)  # x_0 is the reference itself
-        video = torch.tanh(base[:, :, None] + inc.cumsum(2))
-        return (video, torch.tanh(own)) if return_image else video
+        own = torch.tanh(self.to_image(s))
+        base = (own if ref is None else ref)[:, :, None]
+        out = self.to_frames(v)
+        frames, mask = torch.tanh(out[:, :3]), torch.sigmoid(out[:, 3:])
+        mask = torch.cat([torch.zeros_like(mask[:, :, :1]), mask[:, :, 1:]], 2)  # x_0 is the reference itself
+        video = base + mask * (frames - base)
+        return (video, own) if return_image else video
 
     def image(self, z_x: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
         """The spatial stream's own first frame (B, 3, H, W) in [-1, 1] (the reference when there is none)."""
