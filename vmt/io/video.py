@@ -142,13 +142,11 @@ def read_video(
         the stream's average rate. max_frames: stop after this many output frames. size: (H, W) target;
         `resize="crop"` scales to cover then centre-crops (keeps aspect), "stretch" scales to fit exactly.
         frame_rule: "4k+1" keeps the largest 4k+1 prefix (what Wan's VAE needs). start: seconds to skip.
-    A stream-copy probe (no decode) gives size, rate and frame count; one ffmpeg process then decodes
-    straight into a preallocated array.
+    One ffmpeg process decodes straight into a preallocated array; size and rate come from its own log.
     """
     import ffmpeg
 
     p = _check_input(path)
-    info = probe_video(p)
     if fps is not None and fps <= 0:
         raise VmtUsageError(f"target fps must be positive, got {fps}")
     if max_frames is not None and max_frames < 1:
@@ -166,35 +164,65 @@ def read_video(
         kwargs["fps_mode"] = "passthrough"
     if max_frames is not None:
         kwargs["frames:v"] = max_frames
-    args = video.output("pipe:", **kwargs).global_args("-hide_banner", "-nostdin", "-loglevel", "error")
-    out_h, out_w = size if size is not None else (info.height, info.width)
-    if fps is None:
-        expected = info.num_frames
-    else:
-        expected = int(np.ceil((info.duration or info.num_frames / max(info.fps, 1e-6)) * fps)) + 1
-    if max_frames is not None:
-        expected = min(expected, max_frames)
-    frames, n = _read_raw_frames(args.compile(cmd=ffmpeg_exe()), (out_h, out_w), max(expected, 1), p)
+    # One ffmpeg process: its own log (read up to the output header, before any frame) gives the input rate
+    # and output size, and the frames stream into a preallocated array; no separate probe.
+    args = video.output("pipe:", **kwargs).global_args("-hide_banner", "-nostdin", "-nostats", "-loglevel", "info")
+    frames, n, in_fps = _decode(args.compile(cmd=ffmpeg_exe()), p, fps, max_frames)
     if n == 0:
         raise VmtError(f"video {p} has no decodable frames")
     # Drop the unused tail of a generous estimate instead of keeping it alive behind a view.
     frames = frames[:n] if n * 4 >= len(frames) * 3 else frames[:n].copy()
     if frame_rule == "4k+1":
         frames = frames[: valid_wan_frames(n)]
-    return frames, float(fps if fps is not None else info.fps)
+    return frames, float(fps if fps is not None else in_fps)
 
 
-def _read_raw_frames(args: list[str], size: tuple[int, int], expected: int, path: Path) -> tuple[np.ndarray, int]:
-    """Run ffmpeg and read its rgb24 stdout straight into a numpy buffer (grown if the estimate was short).
+def _estimate_frames(log: str, rate: float, max_frames: int | None) -> int:
+    """Frames ffmpeg will output: duration x rate from its log (+1), capped by max_frames; 64 if unknown."""
+    dur_m = _DURATION_RE.search(log)
+    duration = int(dur_m.group(1)) * 3600 + int(dur_m.group(2)) * 60 + float(dur_m.group(3)) if dur_m else 0.0
+    expected = int(np.ceil(duration * rate)) + 1 if duration > 0 and rate > 0 else 64
+    return max(1, min(expected, max_frames) if max_frames is not None else expected)
 
-    Reading with readinto into preallocated memory avoids the chunk list + join copies of communicate().
+
+_OUTPUT_SIZE_RE = re.compile(r"Output #0.*?Stream #\d+:\d+.*?: Video: rawvideo.*?, (\d{1,5})x(\d{1,5})", re.S)
+
+
+def _decode(args: list[str], path: Path, fps: float | None, max_frames: int | None) -> tuple[np.ndarray, int, float]:
+    """Run ffmpeg, read its rgb24 stdout into a numpy buffer; returns (buffer, frames read, input fps).
+
+    The log is read line by line until the output stream header (ffmpeg prints it before any frame), which
+    gives the frame size and, with the input's duration and rate, a frame-count estimate for the buffer.
+    readinto() into that memory avoids the chunk-list and join copies of communicate(); the buffer grows
+    only if ffmpeg has more frames than estimated.
     """
-    h, w = size
-    frame_bytes = h * w * 3
-    buf = np.empty((expected, h, w, 3), np.uint8)
+    import threading
+
     # A 1 MiB pipe (Linux) instead of 64 KiB: fewer context switches between ffmpeg and the reader.
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pipesize=1 << 20)
+    tail: list[bytes] = []
+    drain = threading.Thread(target=lambda: tail.append(proc.stderr.read()), daemon=True)
     try:
+        head = []
+        size_m = None
+        for raw in iter(proc.stderr.readline, b""):
+            head.append(raw.decode(errors="replace"))
+            if head[-1].lstrip().startswith("Stream #") and any(h.startswith("Output #0") for h in head):
+                size_m = _OUTPUT_SIZE_RE.search("".join(head))
+                if size_m:
+                    break
+        log = "".join(head)
+        if size_m is None:
+            proc.stdout.read()
+            proc.wait()
+            _parse_stream(log, path)  # raises the precise reason (no video stream, unreadable file)
+            raise VmtError(f"cannot decode video {path}: {_last_error_line(log)}")
+        _, _, in_fps, _ = _parse_stream(log, path)
+        w, h = int(size_m.group(1)), int(size_m.group(2))
+        frame_bytes = h * w * 3
+        expected = _estimate_frames(log, fps or in_fps, max_frames)
+        drain.start()
+        buf = np.empty((expected, h, w, 3), np.uint8)
         off = 0
         view = memoryview(buf).cast("B")
         while True:
@@ -212,15 +240,15 @@ def _read_raw_frames(args: list[str], size: tuple[int, int], expected: int, path
             if not got:
                 break
             off += got
-        err = proc.stderr.read().decode(errors="replace")
         rc = proc.wait()
+        drain.join()
     except BaseException:
         proc.kill()
         proc.wait()
         raise
     if rc != 0:
-        raise VmtError(f"cannot decode video {path}: {_last_error_line(err)}")
-    return buf, off // frame_bytes
+        raise VmtError(f"cannot decode video {path}: {_last_error_line(b''.join(tail).decode(errors='replace'))}")
+    return buf, off // frame_bytes, in_fps
 
 
 class VideoWriter:
