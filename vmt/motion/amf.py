@@ -69,9 +69,20 @@ def global_amf(
     acc = torch.promote_types(q.dtype, torch.float32)  # float32 logits for half inputs, float64 kept
     pos = grid_positions(h, w, q.device, acc)
     qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
+    # Soft-argmax is attention whose values are the key positions. In full precision the fused attention
+    # kernel (flash on CPU) never stores the S x S probabilities, for backward either; it needs the value
+    # width to equal D, so the positions are zero-padded to D columns. Half inputs keep the float32-logit path
+    # (the fused kernel would return half-precision positions).
+    fused = not hard and q.dtype == acc and d >= 2
+    vpos = torch.cat([pos, pos.new_zeros((s, d - 2))], dim=1) if fused else None
     out = []
     for c in range(0, len(pairs), chunk):
         pi, pj = pairs[c : c + chunk, 0], pairs[c : c + chunk, 1]
+        if fused:
+            target = torch.nn.functional.scaled_dot_product_attention(
+                qf[pi, None], kf[pj, None], vpos.expand(len(pi), 1, s, d), scale=scale)[:, 0, :, :2]
+            out.append(target - pos)
+            continue
         # Scaling q (S*D values) rather than the logits (S^2) saves one full pass over the logits.
         logits = torch.matmul(qf[pi] * scale, kf[pj].transpose(1, 2)).to(acc)  # (c, S, S)
         if hard:
