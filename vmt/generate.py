@@ -76,6 +76,26 @@ def generate(
     shape = backend.latent_shape(req.num_frames, req.height, req.width)
     z = randn_tensor(shape, generator=make_generator(req.seed), device=device, dtype=torch.float32)
 
+    z, frames, records = run_loop(backend, z, sigmas.to(device), cond, interventions, on_step, decode, timer)
+    return GenerationResult(z, frames, [float(s) for s in sigmas], records, dict(timer.stages))
+
+
+def run_loop(
+    backend: FlowBackend,
+    z: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond,
+    interventions: Sequence[Intervention] = (),
+    on_step: Callable[[StepState], None] | None = None,
+    decode: bool = True,
+    timer: Timer | None = None,
+) -> tuple[torch.Tensor, np.ndarray | None, list[dict]]:
+    """The shared tail of every generation: Euler loop ("denoise" stage), finalize, decode ("decode" stage).
+
+    z: (1, C, F, h, w) float32 at sigmas[0]. Returns (final latent, frames (T, H, W, 3) uint8 or None,
+    per-step records of the interventions).
+    """
+    timer = timer or Timer()
     records: list[dict] = []
 
     def callback(state: StepState) -> None:
@@ -87,10 +107,10 @@ def generate(
         return backend.velocity(x, sigma, cond)
 
     with timer.stage("denoise"):
-        z = sample_euler(velocity, z, sigmas.to(device), interventions, callback)
+        z = sample_euler(velocity, z, sigmas, interventions, callback)
         z = backend.finalize(z, cond) if hasattr(backend, "finalize") else z
     frames = None
     if decode:
         with timer.stage("decode"):
             frames = backend.decode(z)
-    return GenerationResult(z, frames, [float(s) for s in sigmas], records, dict(timer.stages))
+    return z, frames, records

@@ -20,7 +20,8 @@ import torch
 from vmt.errors import VmtError, VmtUsageError
 from vmt.motion.guidance import GuidanceConfig, MotionGuidance
 from vmt.runtime import Timer, make_generator
-from vmt.sampling.euler import Intervention, StepState, sample_euler
+from vmt.generate import run_loop
+from vmt.sampling.euler import Intervention, StepState
 from vmt.sampling.sigmas import shift_sigma
 
 MIN_FRAMES = 5  # two latent frames: the least that has motion
@@ -131,25 +132,10 @@ def transfer(
     z = (1 - s0) * z_ref + s0 * eps  # SDEdit start from the noised reference
 
     guidance = MotionGuidance(backend, cfg, z_ref, cond, cond_ref, eps_ref, grid, timer=timer)
-    records: list[dict] = []
-
-    def callback(state: StepState) -> None:
-        records.append({"step": state.index, "sigma": float(state.sigma), **state.record})
-        if on_step is not None:
-            on_step(state)
-
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return backend.velocity(x, sigma, cond)
-
-    with timer.stage("denoise"):
-        z = sample_euler(velocity, z, sigmas.to(device), [guidance, *interventions], callback)
-        z = backend.finalize(z, cond) if hasattr(backend, "finalize") else z
+    z, frames, records = run_loop(backend, z, sigmas.to(device), cond, [guidance, *interventions], on_step,
+                                  decode, timer)
     # The loop's time minus the guidance's own stages is the ordinary sampling.
     st = timer.stages
     st["sampling"] = round(st.pop("denoise") - st.get("reference_amf", 0.0) - st.get("guidance", 0.0), 4)
-    frames = None
-    if decode:
-        with timer.stage("decode"):
-            frames = backend.decode(z)
     return TransferResult(z, frames, [float(s) for s in sigmas], guidance.history, records, dict(timer.stages),
                           grid)
