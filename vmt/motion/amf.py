@@ -76,11 +76,13 @@ def global_amf(
     fused = not hard and q.dtype == acc and d >= 2
     vpos = torch.cat([pos, pos.new_zeros((s, d - 2))], dim=1) if fused else None
     out = []
-    for c in range(0, len(pairs), chunk):
-        pi, pj = pairs[c : c + chunk, 0], pairs[c : c + chunk, 1]
+    for c0, c1 in _runs(pairs, chunk):
+        pi, pj = pairs[c0:c1, 0], pairs[c0:c1, 1]
         if fused:
+            # Views of q and k where the run allows (a fixed frame or consecutive frames): attention keeps
+            # its inputs for backward, and a view costs nothing to keep, a gathered copy S * D per pair.
             target = torch.nn.functional.scaled_dot_product_attention(
-                qf[pi, None], kf[pj, None], vpos.expand(len(pi), 1, s, d), scale=scale)[:, 0, :, :2]
+                _frames(qf, pi), _frames(kf, pj), vpos.expand(len(pi), 1, s, d), scale=scale)[:, 0, :, :2]
             out.append(target - pos)
             continue
         # Scaling q (S*D values) rather than the logits (S^2) saves one full pass over the logits.
@@ -91,6 +93,35 @@ def global_amf(
             target = torch.matmul(logits.softmax(dim=-1), pos)
         out.append(target - pos)
     return torch.cat(out) if out else q.new_zeros((0, s, 2), dtype=acc)
+
+
+def _runs(pairs: torch.Tensor, chunk: int) -> list[tuple[int, int]]:
+    """Cut `pairs` into runs of at most `chunk` in which i and j each stay fixed or step by one frame."""
+    p = pairs.tolist()
+    runs, c0 = [], 0
+    for c in range(1, len(p) + 1):
+        if c == len(p) or c - c0 == chunk or not _extends(p[c0], p[c - 1], p[c], c - c0):
+            runs.append((c0, c))
+            c0 = c
+    return runs
+
+
+def _extends(first, last, nxt, length: int) -> bool:
+    for a in range(2):
+        step = nxt[a] - last[a]
+        if step not in (0, 1) or (length > 1 and last[a] - first[a] != step * (length - 1)):
+            return False
+    return True
+
+
+def _frames(xf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """xf[idx, None] (len(idx), 1, S, D), as a view when idx is one frame repeated or consecutive frames."""
+    a = int(idx[0])
+    if bool((idx == a).all()):
+        return xf[a][None, None].expand(len(idx), 1, *xf.shape[1:])
+    if torch.equal(idx, torch.arange(a, a + len(idx), device=idx.device)):
+        return xf[a : a + len(idx), None]
+    return xf[idx, None]
 
 
 @dataclass
@@ -167,118 +198,225 @@ def _untile(x: torch.Tensor, h: int, w: int, tile: tuple[int, int]) -> torch.Ten
     return x.reshape(*lead, h * w, x.shape[-1])
 
 
-def _pad(x: torch.Tensor, pe: torch.Tensor, slot: torch.Tensor, c: int, gmax: int, e_idx: torch.Tensor):
-    """Scatter rows x[e_idx] into a zero (c, gmax, ...) tensor at (pair pe, slot): a batch per pair."""
-    out = x.new_zeros((c, gmax, *x.shape[1:]))
-    out[pe, slot] = x[e_idx]
-    return out
+def _band_axis(h: int, w: int) -> int:
+    """0: bands of rows, 1: bands of columns; see `_band_layout`."""
+    return 1 if h <= w else 0
 
 
-def _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs: bool):
-    """The fine stage's attention, one band position at a time (see `_fine_stage`); no autograd graph.
+def _band_layout(k: torch.Tensor, axis: int) -> torch.Tensor:
+    """Keys (F, h, w, D) with the banded axis first, contiguous: (F, A, B, D).
 
-    qs: (E, n, D) scaled queries of E = c * T (pair, tile) entries; kb: (F, M, D) band-major keys; pj: (c,)
-    key frame of each pair; groups: per band position (first key of the band, band length, entries e_idx,
-    their pair pe and slot in the pair's batch, slots gmax); col: (E, l2) each window key's column in its
-    band; off: (l2, 2) in-window offsets in `acc`. Returns the in-window expected offset (E, n, 2), the index
-    of the most attended window key (E, n) and, if keep_probs, the window softmax (E, n, l2).
+    A band is `window` whole lines along the other axis, so it holds window * B keys and is a contiguous slice
+    of the layout. The lines run along the longer side (bands of columns when h <= w): the band is window * min(h, w)
+    keys, the fewest that contain any window (e.g. 630 instead of 1092 for a 30 x 52 grid and l = 21).
     """
-    e, n, _ = qs.shape
-    c = len(pj)
-    exp_off = torch.empty((e, n, 2), dtype=acc, device=qs.device)
-    best = torch.empty((e, n), dtype=torch.long, device=qs.device)
-    probs = torch.empty((e, n, col.shape[1]), dtype=acc, device=qs.device) if keep_probs else None
-    for k0, blen, e_idx, pe, slot, gmax in groups:
-        bands = kb[pj, k0 : k0 + blen]  # (c, l * B, D): l whole rows (columns) of each pair's key frame
-        qpad = _pad(qs, pe, slot, c, gmax, e_idx)  # (c, gmax, n, D)
-        logits = torch.matmul(qpad.reshape(c, -1, qs.shape[2]), bands.transpose(1, 2)).reshape(c, gmax, n, blen)
-        cpad = _pad(col, pe, slot, c, gmax, e_idx)[:, :, None, :].expand(-1, -1, n, -1)
-        logits = logits.gather(-1, cpad)[pe, slot].to(acc)  # (g, n, l2): the window's keys
-        best[e_idx] = logits.max(-1).indices
-        pr = logits.softmax(-1)
-        exp_off[e_idx] = torch.matmul(pr, off)
-        if keep_probs:
-            probs[e_idx] = pr
-    return exp_off, best, probs
+    return (k.transpose(1, 2) if axis == 1 else k).contiguous()
 
 
-class _BandSoftArgmax(torch.autograd.Function):
-    """`_band_softargmax` with a hand-written backward: recomputes the padded batches instead of keeping
-    them, and accumulates the gradients of the overlapping key bands into one buffer in place (autograd would
-    allocate a full-size zero gradient per band slice)."""
-
-    @staticmethod
-    def forward(ctx, qs, kb, pj, groups, col, off, acc):
-        exp_off, best, probs = _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs=True)
-        ctx.save_for_backward(qs, kb, pj, col, off, probs)
-        ctx.groups = groups
-        ctx.mark_non_differentiable(best)
-        return exp_off, best
-
-    @staticmethod
-    def backward(ctx, g_off, _g_best):
-        qs, kb, pj, col, off, probs = ctx.saved_tensors
-        n, d = qs.shape[1:]
-        c = len(pj)
-        g = torch.matmul(g_off.to(probs.dtype), off.T)  # (E, n, l2): d loss / d prob
-        g = (probs * (g - (probs * g).sum(-1, keepdim=True))).to(qs.dtype)  # softmax backward: d loss / d logit
-        dq = torch.zeros_like(qs) if ctx.needs_input_grad[0] else None
-        dk = torch.zeros_like(kb) if ctx.needs_input_grad[1] else None
-        for k0, blen, e_idx, pe, slot, gmax in ctx.groups:
-            bands = kb[pj, k0 : k0 + blen]
-            cpad = _pad(col, pe, slot, c, gmax, e_idx)[:, :, None, :].expand(-1, -1, n, -1)
-            # Window keys are distinct, so scattering (not adding) the window's logit gradients is exact;
-            # padding slots scatter zeros.
-            gb = qs.new_zeros((c, gmax, n, blen)).scatter_(-1, cpad, _pad(g, pe, slot, c, gmax, e_idx))
-            gb = gb.reshape(c, gmax * n, blen)
-            if dq is not None:
-                dq[e_idx] = torch.matmul(gb, bands).reshape(c, gmax, n, d)[pe, slot]
-            if dk is not None:
-                qpad = _pad(qs, pe, slot, c, gmax, e_idx).reshape(c, gmax * n, d)
-                dk[:, k0 : k0 + blen].index_add_(0, pj, torch.matmul(gb.transpose(1, 2), qpad))
-        return dq, dk, None, None, None, None, None
+# Masked keys get this logit offset. Before exp, logits are clamped at _EXP_FLOOR below the row's maximum and
+# weights at the floor are then set to exactly 0: masked keys weigh nothing, keys weighing less than e^-80
+# (~1e-35) of the best one are dropped (below float32 resolution), and neither exp nor the matmuls that follow
+# ever meet denormal numbers, which run tens of times slower on CPUs.
+_MASKED = -1.0e4
+_BAND_SLACK = 0
+_EXP_FLOOR = -80.0
 
 
-def _fine_stage(qs, kb, axis: int, km, pj, start, pos_q, win_off, scale: float, window: int, acc):
-    """Fine stage for a chunk of c pairs: E = c * T (pair, tile) entries.
+@dataclass
+class _FinePlan:
+    """Entries (pair, tile) sorted by (key frame, band start) and cut into groups that share one key band.
 
-    qs: (E, n, D) queries of each entry's tile; kb: (F, A, B, D) keys with the banded axis first: (F, h, w, D)
-    when `axis` = 0 (bands of rows), (F, w, h, D) when `axis` = 1 (bands of columns); km: (F, S) channel-mean
-    keys, row-major; pj: (c,) key frame of each pair; start: (E, 2) window corner (y, x); pos_q: (E, n, 2)
-    query positions; win_off: (l2, 2) in-window offsets (dy, dx). Returns displacements (E, n, 2), window key
-    channel-means (E, l2) and the in-window (dy, dx) of the most attended key (E, n, 2).
-
-    The window's keys are never gathered (that would be l^2 * D values per tile). For each band position s0
-    (window start along `axis`), the tiles whose window starts there attend, one batch per pair, to the band
-    of l whole rows (columns) s0 .. s0 + l - 1 of the pair's key frame in one batched matmul; the window's
-    l^2 keys are then picked from the logits, which are D times smaller than the keys. The band costs B / l
-    times the window's multiply-adds (plus the padding of uneven batches) in exchange for few large matmuls
-    (at most A - l + 1 per chunk); only the window softmax (E, n, l2) is kept for backward.
+    rows: (E * n,) flat query index i * S + token of each sorted entry's queries; outer, inner: (E,) window
+    start across and along the band's lines; pos_bias: (E, B) 0 on the line positions inside the entry's
+    window, _MASKED elsewhere; order: (E,) the sorted position of each original entry; groups: (first entry,
+    last entry + 1, key frame, first line, number of lines).
     """
-    f, n_major, minor, d = kb.shape
-    c = len(pj)
-    n_tiles = len(start) // c
-    kb = kb.reshape(f, n_major * minor, d)
-    w = n_major if axis == 1 else minor  # row length of the row-major grid
-    key_idx = start[:, :1] * w + start[:, 1:] + (win_off[:, 0] * w + win_off[:, 1])  # (E, l2) row-major keys
-    wkeys = km[pj.repeat_interleave(n_tiles)[:, None], key_idx].to(acc)  # (E, l2): channel mean, then gather
-    col = start[:, 1 - axis, None] + (win_off[:, axis] * minor + win_off[:, 1 - axis])  # (E, l2) place in band
-    s0 = start[:, axis].reshape(c, n_tiles)
-    groups = []
-    for v in torch.unique(s0).tolist():
-        hit = s0 == v  # (c, T)
-        e_idx = hit.flatten().nonzero().flatten()
-        slot = (hit.cumsum(1) - 1).flatten()[e_idx]
-        groups.append((v * minor, window * minor, e_idx, e_idx // n_tiles, slot, int(hit.sum(1).max())))
-    qs = qs * scale
-    off = win_off.to(acc)
-    if torch.is_grad_enabled() and (qs.requires_grad or kb.requires_grad):
-        exp_off, best = _BandSoftArgmax.apply(qs, kb, pj, groups, col, off, acc)
+
+    rows: torch.Tensor
+    outer: torch.Tensor
+    inner: torch.Tensor
+    pos_bias: torch.Tensor
+    order: torch.Tensor
+    groups: list[tuple[int, int, int, int, int]]
+    axis: int
+    window: int
+    n: int
+
+
+def _fine_plan(pi, pj, start, tok, s: int, n_major: int, minor: int, axis: int, window: int, slack: int,
+               acc) -> _FinePlan:
+    """pi, pj: (E,) query and key frame of each entry; start: (E, 2) window corner (y, x); tok: (E, n) the
+    entry's query tokens (row-major); slack: extra lines a band may carry to serve windows starting up to
+    `slack` lines later (fewer, larger matmuls for slack / window more multiply-adds)."""
+    outer, inner = start[:, axis], start[:, 1 - axis]
+    key = pj * n_major + outer
+    order = torch.argsort(key, stable=True)
+    uniq, counts = torch.unique_consecutive(key[order], return_counts=True)
+    groups: list[tuple[int, int, int, int, int]] = []
+    e0 = 0
+    for v, c in zip(uniq.tolist(), counts.tolist()):
+        j, s0 = divmod(v, n_major)
+        if groups and groups[-1][2] == j and s0 - groups[-1][3] <= slack:
+            g = groups[-1]
+            groups[-1] = (g[0], e0 + c, j, g[3], s0 - g[3] + window)
+        else:
+            groups.append((e0, e0 + c, j, s0, window))
+        e0 += c
+    rows = (pi[order, None] * s + tok[order]).flatten()
+    inner_s = inner[order]
+    ar = torch.arange(minor, device=start.device)
+    inside = (ar >= inner_s[:, None]) & (ar < inner_s[:, None] + window)
+    pos_bias = torch.where(inside, 0.0, _MASKED).to(acc)
+    return _FinePlan(rows, outer[order], inner_s, pos_bias, torch.argsort(order), groups, axis, window, tok.shape[1])
+
+
+def _band_positions(axis: int, lines: int, minor: int, dtype, device) -> torch.Tensor:
+    """(lines * B, 3): (y, x) of each band key relative to the band start (its first line at 0), then 1."""
+    a, b = torch.meshgrid(torch.arange(lines, device=device, dtype=dtype),
+                          torch.arange(minor, device=device, dtype=dtype), indexing="ij")
+    yx = (a, b) if axis == 0 else (b, a)
+    return torch.stack([yx[0].flatten(), yx[1].flatten(), torch.ones_like(a).flatten()], dim=-1)
+
+
+def _group_logits(qf, kb, plan: _FinePlan, g: tuple[int, int, int, int, int], scale: float, acc):
+    """Scaled queries (M, D) of one group, its band (L, D) and the masked logits (M, L) in `acc`, minus their row max
+    where `lse` is None, else minus `lse`, clamped at _EXP_FLOOR: ready for exp."""
+    e0, e1, j, s0, lines = g
+    n = plan.n
+    qg = qf.index_select(0, plan.rows[e0 * n : e1 * n]).mul_(scale)
+    band = kb[j, s0 : s0 + lines].reshape(-1, qf.shape[1])  # contiguous: a view, no copy
+    logits = torch.matmul(qg, band.T).to(acc)
+    minor = plan.pos_bias.shape[1]
+    # The window is a run of `window` positions on `window` consecutive lines of the band.
+    bias = plan.pos_bias[e0:e1, None, :]  # (g, 1, B)
+    if lines > plan.window:
+        off = (plan.outer[e0:e1] - s0)[:, None]
+        ar = torch.arange(lines, device=qf.device)
+        line_bias = torch.where((ar >= off) & (ar < off + plan.window), 0.0, _MASKED).to(acc)  # (g, lines)
+        bias = bias + line_bias[:, :, None]
     else:
-        exp_off, best, _ = _band_softargmax(qs, kb, pj, groups, col, off, acc, keep_probs=False)
-    # Absolute target = window corner + in-window expectation: the window offset is kept.
-    target = exp_off + start[:, None, :].to(acc)
-    return target - pos_q.to(acc), wkeys, win_off[best]
+        bias = bias.expand(-1, lines, -1)
+    bias = bias.reshape(e1 - e0, 1, lines * minor)
+    logits = logits.view(e1 - e0, n, lines * minor).add_(bias).view(-1, lines * minor)
+    return qg, band, logits
+
+
+def _floored_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) in place, with exactly 0 wherever x <= _EXP_FLOOR (see _MASKED)."""
+    return torch.nn.functional.threshold_(x.clamp_(min=_EXP_FLOOR).exp_(), math.exp(_EXP_FLOOR) * 1.5, 0.0)
+
+
+def _band_pos_cache(plan: _FinePlan, acc, device) -> dict[int, torch.Tensor]:
+    minor = plan.pos_bias.shape[1]
+    return {lines: _band_positions(plan.axis, lines, minor, acc, device) for lines in {g[4] for g in plan.groups}}
+
+
+class _FineAttention(torch.autograd.Function):
+    """Soft-argmax of every entry's queries over its window of keys, flash-style.
+
+    Forward keeps only the log-sum-exp and the expected position of each query row (O(S) per pair) besides
+    references to q and k; backward re-gathers the queries from q, rebuilds the band layout of k and
+    recomputes the logits group by group, and accumulates the gradients of overlapping key bands into one
+    buffer in place.
+    """
+
+    @staticmethod
+    def forward(ctx, qf, k, plan: _FinePlan, scale: float, acc):
+        n = plan.n
+        kb = _band_layout(k, plan.axis)
+        bpos = _band_pos_cache(plan, acc, qf.device)
+        m_rows = len(plan.rows)
+        target = torch.empty((m_rows, 2), dtype=acc, device=qf.device)  # sorted rows, absolute (y, x)
+        best = torch.empty((m_rows, 2), dtype=acc, device=qf.device)  # most attended key, absolute (y, x)
+        lse = torch.empty((m_rows,), dtype=acc, device=qf.device)
+        for g in plan.groups:
+            r0, r1, s0 = g[0] * n, g[1] * n, g[3]
+            _, _, logits = _group_logits(qf, kb, plan, g, scale, acc)
+            mx = logits.amax(-1, keepdim=True)
+            # Masked keys weigh e^-80 here, below float32 resolution against the best key's 1; no exact zeros
+            # needed in forward (they are in backward, where products would become denormal).
+            p = logits.sub_(mx).clamp_(min=_EXP_FLOOR).exp_()
+            tz = torch.matmul(p, bpos[g[4]])  # (M, 3): weighted y, x and the partition function
+            target[r0:r1] = tz[:, :2] / tz[:, 2:]
+            target[r0:r1, plan.axis] += s0
+            lse[r0:r1] = mx.squeeze(-1) + tz[:, 2].log()
+            # exp(0) = 1 exactly at the row's maximum and < 1 elsewhere: keep only weights at 1 (argmax, or an
+            # equality test, is several times slower on CPU). Exact ties are averaged.
+            top = torch.matmul(torch.nn.functional.threshold_(p, 1.0 - 1e-6, 0.0), bpos[g[4]])
+            best[r0:r1] = top[:, :2] / top[:, 2:]
+            best[r0:r1, plan.axis] += s0
+        del kb
+        ctx.save_for_backward(qf, k, target, lse)
+        ctx.plan, ctx.scale, ctx.acc = plan, scale, acc
+        ctx.mark_non_differentiable(best)
+        return target, best
+
+    @staticmethod
+    def backward(ctx, g_target, _g_best):
+        qf, k, target, lse = ctx.saved_tensors
+        plan, scale, acc = ctx.plan, ctx.scale, ctx.acc
+        n = plan.n
+        kb = _band_layout(k, plan.axis)
+        bpos = _band_pos_cache(plan, acc, qf.device)
+        g_target = g_target.to(acc)
+        # d loss / d logit = p * (g . pos - g . E[pos]); the second term once per row (absolute positions).
+        g_mean = (g_target * target).sum(-1, keepdim=True)
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dq = torch.zeros(qf.shape, dtype=acc, device=qf.device) if need_q else None
+        dk = torch.zeros(kb.shape, dtype=acc, device=qf.device) if need_k else None
+        for g in plan.groups:
+            r0, r1, j, s0, lines = g[0] * n, g[1] * n, g[2], g[3], g[4]
+            qg, band, logits = _group_logits(qf, kb, plan, g, scale, acc)
+            p = _floored_exp(logits.sub_(lse[r0:r1, None]))
+            gt = g_target[r0:r1]
+            # positions in bpos are relative to the band start s0: shift the row constant to match
+            gm = g_mean[r0:r1] - gt[:, plan.axis : plan.axis + 1] * s0
+            dl = p.mul_(torch.matmul(gt, bpos[lines][:, :2].T).sub_(gm)).to(qf.dtype)
+            if need_q:
+                dq.index_add_(0, plan.rows[r0:r1], torch.matmul(dl, band).to(acc), alpha=scale)
+            if need_k:
+                dk[j, s0 : s0 + lines] += torch.matmul(dl.T, qg).to(acc).reshape(lines, *kb.shape[2:])
+        if need_k:
+            dk = (dk.transpose(1, 2) if plan.axis == 1 else dk).to(k.dtype)
+        return (dq.to(qf.dtype) if need_q else None), dk, None, None, None
+
+
+def _fine_stage(q, k, pi, pj, start, tok, scale: float, window: int, acc, slack: int = 0):
+    """Fine stage for E (pair, tile) entries: every query of the tile over the l x l keys of its window.
+
+    q, k: (F, h, w, D); pi, pj: (E,) query and key frames; start: (E, 2)
+    window corner (y, x); tok: (E, n) the tile's query tokens (row-major). Returns the absolute expected key
+    position (E, n, 2) in `acc` and the in-window (dy, dx) of the most attended key (E, n, 2).
+
+    The window's keys are never gathered (that would be l^2 * D values per tile). Entries with the same key
+    frame and band start (window start along the banded axis) form one group: all their queries attend, in one
+    matmul, to the band of l whole lines of that frame, a contiguous slice of the keys; keys of the band
+    outside an entry's window are masked. The band is min(h, w) / l times the window (1.43 at 30 x 52, l = 21)
+    in exchange for one large matmul per group instead of one tiny one per tile.
+    """
+    f, h, w, d = q.shape
+    axis = _band_axis(h, w)
+    n_major, minor = (w, h) if axis == 1 else (h, w)
+    plan = _fine_plan(pi, pj, start, tok, h * w, n_major, minor, axis, window, slack, acc)
+    qf = q.reshape(f * h * w, d)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        target, best = _FineAttention.apply(qf, k, plan, scale, acc)
+    else:
+        target, best = _FineAttention.forward(_NoCtx(), qf, k, plan, scale, acc)
+    e = len(pi)
+    target = target.reshape(e, -1, 2)[plan.order]
+    hit = best.reshape(e, -1, 2)[plan.order].round().long() - start[:, None, :]
+    return target, hit
+
+
+class _NoCtx:
+    """Stands in for the autograd context when the fine stage runs without a graph (nothing is saved)."""
+
+    def save_for_backward(self, *args):
+        pass
+
+    def mark_non_differentiable(self, *args):
+        pass
 
 
 def windowed_amf(
@@ -301,6 +439,8 @@ def windowed_amf(
     ty, tx = tile_layout(h, w, tile)
     n_tiles = ty * tx
     l2 = window * window
+    ar = torch.arange(window, device=dev)
+    win_off = torch.stack(torch.meshgrid(ar, ar, indexing="ij"), dim=-1).reshape(l2, 2)  # (l2, 2) (dy, dx)
     flow = torch.zeros((len(pairs), s, 2), device=dev, dtype=acc)
     starts = torch.zeros((len(pairs), n_tiles, 2), device=dev, dtype=torch.long)
     wkeys = torch.zeros((len(pairs), n_tiles, l2), device=dev, dtype=acc)
@@ -313,44 +453,46 @@ def windowed_amf(
         flow_parts.append((same, global_amf(q, k, pairs[same], scale=scale, chunk=chunk)))
 
     inter = (pairs[:, 0] != pairs[:, 1]).nonzero().flatten()
-    qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
-    km = kf.mean(-1)  # (F, S) channel-mean keys for the corresponding-window loss
-    # The fine stage's key bands run along the longer side: fewer band positions, so fewer and larger matmuls.
-    axis = 0 if h <= w else 1
-    kb = k.transpose(1, 2).contiguous() if axis == 1 else k
-    centres = tile_centres(h, w, tile, dev)  # (T, 2)
-    centre_idx = centres[:, 0] * w + centres[:, 1]
-    q_tiles = _tile_tokens(q, h, w, tile)  # (F, T, n, D), n = th * tw
-    pos_tiles = _tile_tokens(pos.reshape(h, w, 2), h, w, tile)  # (T, n, 2)
-    ar = torch.arange(window, device=dev)
-    win_off = torch.stack(torch.meshgrid(ar, ar, indexing="ij"), dim=-1).reshape(l2, 2)  # (l2, 2) (dy, dx)
-    hi_lim = torch.tensor([h - window, w - window], device=dev)
-    for c in range(0, len(inter), chunk):
-        idx = inter[c : c + chunk]
-        pi, pj = pairs[idx, 0], pairs[idx, 1]
-        nc = len(idx)
+    if len(inter):
+        qf, kf = q.reshape(f, s, d), k.reshape(f, s, d)
+        pi, pj = pairs[inter, 0], pairs[inter, 1]
+        ni = len(inter)
+        centres = tile_centres(h, w, tile, dev)  # (T, 2)
+        centre_idx = centres[:, 0] * w + centres[:, 1]
         # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded). The
         # window is chosen, not learnt, so no graph is built here.
+        # One matmul per key frame: the pairs sharing it (up to span - 1) stack their centre queries against
+        # that frame's keys, a view of k (no copy).
+        centre = torch.empty((ni, n_tiles, 2), dtype=acc, device=dev)
         with torch.no_grad():
-            coarse = torch.matmul(qf[pi[:, None], centre_idx] * scale, kf[pj].transpose(1, 2)).to(acc)  # (c, T, S)
-            centre = torch.matmul(coarse.softmax(-1), pos)  # (c, T, 2)
-            del coarse
-        start = window_start_from_centre(centre, window, h, w)  # (c, T, 2)
+            for j in torch.unique(pj).tolist():
+                sel = (pj == j).nonzero().flatten()
+                cq = qf[pi[sel, None], centre_idx] * scale  # (m, T, D)
+                coarse = torch.matmul(cq.reshape(-1, d), kf[j].T).to(acc).softmax(-1)  # (m * T, S)
+                centre[sel] = torch.matmul(coarse, pos).reshape(len(sel), n_tiles, 2)
+                del coarse
+        start = window_start_from_centre(centre, window, h, w)  # (ni, T, 2)
         # Fine: every query of the tile over the l x l keys of its window; entries are (pair, tile).
-        disp, wk, hit = _fine_stage(
-            q_tiles[pi].reshape(nc * n_tiles, -1, d), kb, axis, km, pj,
-            start.reshape(-1, 2), pos_tiles.expand(nc, -1, -1, -1).reshape(nc * n_tiles, -1, 2), win_off, scale,
-            window, acc,
+        tok = _tile_tokens(torch.arange(s, device=dev).reshape(h, w, 1), h, w, tile)[..., 0]  # (T, n)
+        target, hit = _fine_stage(
+            q, k, pi.repeat_interleave(n_tiles), pj.repeat_interleave(n_tiles), start.reshape(-1, 2),
+            tok.repeat(ni, 1), scale, window, acc, _BAND_SLACK,
         )
-        flow_parts.append((idx, _untile(disp.reshape(nc, n_tiles, -1, 2), h, w, tile)))
-        key_parts.append((idx, wk.reshape(nc, n_tiles, l2)))
+        pos_tiles = _tile_tokens(pos.reshape(h, w, 2), h, w, tile)  # (T, n, 2)
+        disp = target.reshape(ni, n_tiles, -1, 2) - pos_tiles
+        flow_parts.append((inter, _untile(disp, h, w, tile)))
+        # Channel-mean keys of each window, for the corresponding-window loss (gathered after the mean: l^2
+        # values per tile instead of l^2 * D).
+        km = kf.mean(-1)  # (F, S)
+        key_idx = (start[..., :1] * w + start[..., 1:]) + (win_off[:, 0] * w + win_off[:, 1])  # (ni, T, l2)
+        key_parts.append((inter, km[pj[:, None, None], key_idx].to(acc)))
         # Honest reporting: the most attended key on a border the window could still have moved past.
-        hit = hit.reshape(nc, n_tiles, -1, 2)
+        hit = hit.reshape(ni, n_tiles, -1, 2)
         lo_free = start[:, :, None, :] > 0
-        hi_free = start[:, :, None, :] < hi_lim
+        hi_free = start[:, :, None, :] < torch.tensor([h - window, w - window], device=dev)
         hit = ((hit == 0) & lo_free) | ((hit == window - 1) & hi_free)
-        border[idx] = _untile(hit.any(-1, keepdim=True).float(), h, w, tile)[..., 0] > 0
-        starts[idx] = start
+        border[inter] = _untile(hit.any(-1, keepdim=True).float(), h, w, tile)[..., 0] > 0
+        starts[inter] = start
 
     # Assemble without in-place writes into a tensor that needs grad.
     if flow_parts:
