@@ -227,3 +227,48 @@ def test_transposed_grid_gives_transposed_flow():
     assert (fa - fb).abs().max() < 1e-10
     assert fa[a.pairs[:, 0] != a.pairs[:, 1]].abs().max() > 0.5  # inter-frame pairs are far from trivial
     assert torch.equal(a.at_border.reshape(p, 7, 10), b.at_border.reshape(p, 10, 7).transpose(1, 2))
+
+
+def _reference_fine(q, k, pi, pj, start, tok, scale, window):
+    """Plain autograd: gather each entry's l x l window keys, softmax, expected absolute position; argmax."""
+    f, h, w, d = q.shape
+    ar = torch.arange(window)
+    targets, hits = [], []
+    for e in range(len(pi)):
+        y0, x0 = start[e].tolist()
+        keys = k[pj[e], y0 : y0 + window, x0 : x0 + window].reshape(-1, d)
+        yy, xx = torch.meshgrid(y0 + ar, x0 + ar, indexing="ij")
+        pos = torch.stack([yy.flatten(), xx.flatten()], -1).to(q.dtype)
+        logits = scale * q[pi[e]].reshape(h * w, d)[tok[e]] @ keys.T  # (n, l2)
+        targets.append(logits.softmax(-1) @ pos)
+        best = logits.argmax(-1)
+        hits.append(torch.stack([best // window, best % window], -1))
+    return torch.stack(targets), torch.stack(hits)
+
+
+@pytest.mark.parametrize("h,w", [(6, 9), (9, 6)])  # bands of columns, bands of rows
+@pytest.mark.parametrize("group_cost", [0, 10**9])  # one group per band start; widened bands shared
+def test_fine_stage_matches_float64_autograd_reference(h, w, group_cost):
+    """The fine stage's masked-band forward and hand-written backward against gathered windows + softmax."""
+    from vmt.motion.amf import _fine_stage
+
+    torch.manual_seed(0)
+    f, d, window, n = 4, 8, 4, 5
+    q = torch.randn(f, h, w, d, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(f, h, w, d, dtype=torch.float64, requires_grad=True)
+    e = 40
+    pi = torch.randint(0, f, (e,))
+    pj = torch.randint(0, 2, (e,)) + 1  # two key frames: several entries share a key frame and a band start
+    start = torch.stack([torch.randint(0, h - window + 1, (e,)), torch.randint(0, w - window + 1, (e,))], -1)
+    tok = torch.randint(0, h * w, (e, n))
+    tok[:, -1] = tok[:, 0]  # a repeated query, as in a partial tile
+    scale = 0.9
+    out, hit = _fine_stage(q, k, pi, pj, start, tok, scale, window, torch.float64, group_cost)
+    ref, ref_hit = _reference_fine(q, k, pi, pj, start, tok, scale, window)
+    assert (out - ref).abs().max() < 1e-12
+    assert torch.equal(hit, ref_hit)
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    dq, dk = torch.autograd.grad((out * weights).sum(), (q, k))
+    rq, rk = torch.autograd.grad((ref * weights).sum(), (q, k))
+    assert rk.abs().max() > 0.1 and rq.abs().max() > 0.1
+    assert (dq - rq).abs().max() < 1e-12 and (dk - rk).abs().max() < 1e-12

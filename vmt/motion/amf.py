@@ -199,43 +199,49 @@ def _untile(x: torch.Tensor, h: int, w: int, tile: tuple[int, int]) -> torch.Ten
 
 
 def _band_axis(h: int, w: int) -> int:
-    """0: bands of rows, 1: bands of columns; see `_band_layout`."""
+    """0: bands of rows, 1: bands of columns (the default for landscape grids); see `_frame_bands`."""
     return 1 if h <= w else 0
 
 
-def _band_layout(k: torch.Tensor, axis: int) -> torch.Tensor:
-    """Keys (F, h, w, D) with the banded axis first, contiguous: (F, A, B, D).
+def _frame_bands(k: torch.Tensor, j: int, axis: int, scale: float) -> torch.Tensor:
+    """Keys of frame j with the banded axis first, times `scale`, contiguous: (A, B, D).
 
-    A band is `window` whole lines along the other axis, so it holds window * B keys and is a contiguous slice
-    of the layout. The lines run along the longer side (bands of columns when h <= w): the band is window * min(h, w)
-    keys, the fewest that contain any window (e.g. 630 instead of 1092 for a 30 x 52 grid and l = 21).
+    A band is l consecutive lines along the other axis, a contiguous slice of this layout of l * B keys. The
+    lines run along the longer side (bands of columns when h <= w): a band is l * min(h, w) keys, the fewest
+    that contain any l x l window (630 instead of 1092 for a 30 x 52 grid and l = 21). One frame at a time,
+    so only one frame's copy is ever held.
     """
-    return (k.transpose(1, 2) if axis == 1 else k).contiguous()
+    kj = k[j].transpose(0, 1) if axis == 1 else k[j]
+    return kj.contiguous().mul(scale)  # mul keeps its input's layout: make that contiguous first
 
 
-# Masked keys get this logit offset. Before exp, logits are clamped at _EXP_FLOOR below the row's maximum and
-# weights at the floor are then set to exactly 0: masked keys weigh nothing, keys weighing less than e^-80
-# (~1e-35) of the best one are dropped (below float32 resolution), and neither exp nor the matmuls that follow
-# ever meet denormal numbers, which run tens of times slower on CPUs.
+# Masked keys get this logit offset. Before exp, logits are clamped at _EXP_FLOOR below the row's maximum; in
+# backward, weights at the floor are then set to exactly 0. So masked keys weigh nothing (at most e^-80, below
+# float32 resolution, in forward), and neither exp nor the matmuls that follow ever meet denormal numbers,
+# which run tens of times slower on CPUs.
 _MASKED = -1.0e4
-_BAND_SLACK = 0
 _EXP_FLOOR = -80.0
+# Fixed cost of one group (matmuls too small to run at full speed, a dozen Python-level ops) in units of
+# query-key products: a band is widened to serve the next band start when that costs fewer extra products.
+_GROUP_COST = 40000
 
 
 @dataclass
 class _FinePlan:
-    """Entries (pair, tile) sorted by (key frame, band start) and cut into groups that share one key band.
+    """Entries (pair, tile) sorted by (key frame, window start across the bands' lines) and cut into groups
+    that share one band of keys.
 
-    rows: (E * n,) flat query index i * S + token of each sorted entry's queries; outer, inner: (E,) window
-    start across and along the band's lines; pos_bias: (E, B) 0 on the line positions inside the entry's
-    window, _MASKED elsewhere; order: (E,) the sorted position of each original entry; groups: (first entry,
-    last entry + 1, key frame, first line, number of lines).
+    rows: (E * n,) flat query index i * S + token of each sorted entry's queries; row_shift: (E * n, 2)
+    absolute (y, x) of the row's band start; pos_bias: (E, B) 0 on the line positions inside the entry's
+    window, _MASKED elsewhere; line_off: (E,) first window line inside the group's band; order: (E,) the
+    sorted position of each original entry; groups: (first entry, last entry + 1, key frame, first line,
+    number of lines).
     """
 
     rows: torch.Tensor
-    outer: torch.Tensor
-    inner: torch.Tensor
+    row_shift: torch.Tensor
     pos_bias: torch.Tensor
+    line_off: torch.Tensor
     order: torch.Tensor
     groups: list[tuple[int, int, int, int, int]]
     axis: int
@@ -243,11 +249,11 @@ class _FinePlan:
     n: int
 
 
-def _fine_plan(pi, pj, start, tok, s: int, n_major: int, minor: int, axis: int, window: int, slack: int,
-               acc) -> _FinePlan:
+def _fine_plan(pi, pj, start, tok, s: int, n_major: int, minor: int, axis: int, window: int,
+               group_cost: int, acc) -> _FinePlan:
     """pi, pj: (E,) query and key frame of each entry; start: (E, 2) window corner (y, x); tok: (E, n) the
-    entry's query tokens (row-major); slack: extra lines a band may carry to serve windows starting up to
-    `slack` lines later (fewer, larger matmuls for slack / window more multiply-adds)."""
+    entry's query tokens (row-major); group_cost: see _GROUP_COST (0: one group per band start)."""
+    n = tok.shape[1]
     outer, inner = start[:, axis], start[:, 1 - axis]
     key = pj * n_major + outer
     order = torch.argsort(key, stable=True)
@@ -256,18 +262,30 @@ def _fine_plan(pi, pj, start, tok, s: int, n_major: int, minor: int, axis: int, 
     e0 = 0
     for v, c in zip(uniq.tolist(), counts.tolist()):
         j, s0 = divmod(v, n_major)
-        if groups and groups[-1][2] == j and s0 - groups[-1][3] <= slack:
-            g = groups[-1]
-            groups[-1] = (g[0], e0 + c, j, g[3], s0 - g[3] + window)
-        else:
-            groups.append((e0, e0 + c, j, s0, window))
+        if groups and groups[-1][2] == j:
+            g0, g1, _, gs, gl = groups[-1]
+            lines = s0 - gs + window
+            merged = (g1 - g0 + c) * lines
+            apart = (g1 - g0) * gl + c * window
+            if (merged - apart) * n * minor < group_cost:
+                groups[-1] = (g0, e0 + c, j, gs, lines)
+                e0 += c
+                continue
+        groups.append((e0, e0 + c, j, s0, window))
         e0 += c
-    rows = (pi[order, None] * s + tok[order]).flatten()
+    group_start = torch.zeros(len(order), dtype=torch.long, device=start.device)
+    for g0, g1, _, gs, _ in groups:
+        group_start[g0:g1] = gs
+    row_shift = torch.zeros((len(order), 2), dtype=acc, device=start.device)
+    row_shift[:, axis] = group_start.to(acc)
     inner_s = inner[order]
     ar = torch.arange(minor, device=start.device)
     inside = (ar >= inner_s[:, None]) & (ar < inner_s[:, None] + window)
     pos_bias = torch.where(inside, 0.0, _MASKED).to(acc)
-    return _FinePlan(rows, outer[order], inner_s, pos_bias, torch.argsort(order), groups, axis, window, tok.shape[1])
+    return _FinePlan(
+        (pi[order, None] * s + tok[order]).flatten(), row_shift.repeat_interleave(n, dim=0), pos_bias,
+        outer[order] - group_start, torch.argsort(order), groups, axis, window, n,
+    )
 
 
 def _band_positions(axis: int, lines: int, minor: int, dtype, device) -> torch.Tensor:
@@ -278,74 +296,56 @@ def _band_positions(axis: int, lines: int, minor: int, dtype, device) -> torch.T
     return torch.stack([yx[0].flatten(), yx[1].flatten(), torch.ones_like(a).flatten()], dim=-1)
 
 
-def _group_logits(qf, kb, plan: _FinePlan, g: tuple[int, int, int, int, int], scale: float, acc):
-    """Scaled queries (M, D) of one group, its band (L, D) and the masked logits (M, L) in `acc`, minus their row max
-    where `lse` is None, else minus `lse`, clamped at _EXP_FLOOR: ready for exp."""
-    e0, e1, j, s0, lines = g
-    n = plan.n
-    qg = qf.index_select(0, plan.rows[e0 * n : e1 * n]).mul_(scale)
-    band = kb[j, s0 : s0 + lines].reshape(-1, qf.shape[1])  # contiguous: a view, no copy
+def _group_logits(qf, kbj, plan: _FinePlan, g: tuple[int, int, int, int, int], acc):
+    """One group's queries (M, D), band (L, D) and logits (M, L) in `acc`, _MASKED added outside each window."""
+    e0, e1, _, s0, lines = g
+    n, minor = plan.n, plan.pos_bias.shape[1]
+    qg = qf.index_select(0, plan.rows[e0 * n : e1 * n])
+    band = kbj[s0 : s0 + lines].reshape(-1, qf.shape[1])  # contiguous: a view, no copy
     logits = torch.matmul(qg, band.T).to(acc)
-    minor = plan.pos_bias.shape[1]
     # The window is a run of `window` positions on `window` consecutive lines of the band.
-    bias = plan.pos_bias[e0:e1, None, :]  # (g, 1, B)
+    grid = logits.view(e1 - e0, n, lines, minor)
+    grid.add_(plan.pos_bias[e0:e1, None, None, :])
     if lines > plan.window:
-        off = (plan.outer[e0:e1] - s0)[:, None]
+        off = plan.line_off[e0:e1, None]
         ar = torch.arange(lines, device=qf.device)
-        line_bias = torch.where((ar >= off) & (ar < off + plan.window), 0.0, _MASKED).to(acc)  # (g, lines)
-        bias = bias + line_bias[:, :, None]
-    else:
-        bias = bias.expand(-1, lines, -1)
-    bias = bias.reshape(e1 - e0, 1, lines * minor)
-    logits = logits.view(e1 - e0, n, lines * minor).add_(bias).view(-1, lines * minor)
+        lb = torch.where((ar >= off) & (ar < off + plan.window), 0.0, _MASKED).to(acc)  # (g, lines)
+        grid.add_(lb[:, None, :, None])
     return qg, band, logits
-
-
-def _floored_exp(x: torch.Tensor) -> torch.Tensor:
-    """exp(x) in place, with exactly 0 wherever x <= _EXP_FLOOR (see _MASKED)."""
-    return torch.nn.functional.threshold_(x.clamp_(min=_EXP_FLOOR).exp_(), math.exp(_EXP_FLOOR) * 1.5, 0.0)
-
-
-def _band_pos_cache(plan: _FinePlan, acc, device) -> dict[int, torch.Tensor]:
-    minor = plan.pos_bias.shape[1]
-    return {lines: _band_positions(plan.axis, lines, minor, acc, device) for lines in {g[4] for g in plan.groups}}
 
 
 class _FineAttention(torch.autograd.Function):
     """Soft-argmax of every entry's queries over its window of keys, flash-style.
 
     Forward keeps only the log-sum-exp and the expected position of each query row (O(S) per pair) besides
-    references to q and k; backward re-gathers the queries from q, rebuilds the band layout of k and
-    recomputes the logits group by group, and accumulates the gradients of overlapping key bands into one
-    buffer in place.
+    references to q and k; backward re-gathers the queries from q and recomputes the logits group by group,
+    accumulating each key frame's gradient in one buffer in place.
     """
 
     @staticmethod
     def forward(ctx, qf, k, plan: _FinePlan, scale: float, acc):
-        n = plan.n
-        kb = _band_layout(k, plan.axis)
-        bpos = _band_pos_cache(plan, acc, qf.device)
+        n, minor = plan.n, plan.pos_bias.shape[1]
+        bpos = {gl: _band_positions(plan.axis, gl, minor, acc, qf.device) for gl in {g[4] for g in plan.groups}}
         m_rows = len(plan.rows)
-        target = torch.empty((m_rows, 2), dtype=acc, device=qf.device)  # sorted rows, absolute (y, x)
-        best = torch.empty((m_rows, 2), dtype=acc, device=qf.device)  # most attended key, absolute (y, x)
-        lse = torch.empty((m_rows,), dtype=acc, device=qf.device)
+        tz = torch.empty((m_rows, 3), dtype=acc, device=qf.device)  # weighted (y, x) and partition function
+        top = torch.empty((m_rows, 3), dtype=acc, device=qf.device)  # the same over the row's maxima only
+        mx = torch.empty((m_rows, 1), dtype=acc, device=qf.device)
+        kbj, cur = None, -1
         for g in plan.groups:
-            r0, r1, s0 = g[0] * n, g[1] * n, g[3]
-            _, _, logits = _group_logits(qf, kb, plan, g, scale, acc)
-            mx = logits.amax(-1, keepdim=True)
-            # Masked keys weigh e^-80 here, below float32 resolution against the best key's 1; no exact zeros
-            # needed in forward (they are in backward, where products would become denormal).
-            p = logits.sub_(mx).clamp_(min=_EXP_FLOOR).exp_()
-            tz = torch.matmul(p, bpos[g[4]])  # (M, 3): weighted y, x and the partition function
-            target[r0:r1] = tz[:, :2] / tz[:, 2:]
-            target[r0:r1, plan.axis] += s0
-            lse[r0:r1] = mx.squeeze(-1) + tz[:, 2].log()
+            r0, r1 = g[0] * n, g[1] * n
+            if g[2] != cur:
+                kbj, cur = _frame_bands(k, g[2], plan.axis, scale), g[2]
+            _, _, logits = _group_logits(qf, kbj, plan, g, acc)
+            torch.amax(logits, -1, keepdim=True, out=mx[r0:r1])
+            p = logits.sub_(mx[r0:r1]).clamp_(min=_EXP_FLOOR).exp_()
+            torch.matmul(p, bpos[g[4]], out=tz[r0:r1])
             # exp(0) = 1 exactly at the row's maximum and < 1 elsewhere: keep only weights at 1 (argmax, or an
             # equality test, is several times slower on CPU). Exact ties are averaged.
-            top = torch.matmul(torch.nn.functional.threshold_(p, 1.0 - 1e-6, 0.0), bpos[g[4]])
-            best[r0:r1] = top[:, :2] / top[:, 2:]
-            best[r0:r1, plan.axis] += s0
-        del kb
+            torch.matmul(torch.nn.functional.threshold_(p, 1.0 - 1e-6, 0.0), bpos[g[4]], out=top[r0:r1])
+        del kbj
+        target = tz[:, :2] / tz[:, 2:] + plan.row_shift  # absolute (y, x)
+        best = top[:, :2] / top[:, 2:] + plan.row_shift
+        lse = mx[:, 0] + tz[:, 2].log()
         ctx.save_for_backward(qf, k, target, lse)
         ctx.plan, ctx.scale, ctx.acc = plan, scale, acc
         ctx.mark_non_differentiable(best)
@@ -355,49 +355,56 @@ class _FineAttention(torch.autograd.Function):
     def backward(ctx, g_target, _g_best):
         qf, k, target, lse = ctx.saved_tensors
         plan, scale, acc = ctx.plan, ctx.scale, ctx.acc
-        n = plan.n
-        kb = _band_layout(k, plan.axis)
-        bpos = _band_pos_cache(plan, acc, qf.device)
-        g_target = g_target.to(acc)
-        # d loss / d logit = p * (g . pos - g . E[pos]); the second term once per row (absolute positions).
-        g_mean = (g_target * target).sum(-1, keepdim=True)
+        n, minor, axis = plan.n, plan.pos_bias.shape[1], plan.axis
+        bpos = {gl: _band_positions(axis, gl, minor, acc, qf.device)[:, :2].T.contiguous()
+                for gl in {g[4] for g in plan.groups}}
+        g_target = g_target.to(acc).contiguous()
+        # d loss / d logit = p * (g . pos - g . E[pos]), positions relative to the row's band start.
+        g_mean = (g_target * (target - plan.row_shift)).sum(-1, keepdim=True)
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dq = torch.zeros(qf.shape, dtype=acc, device=qf.device) if need_q else None
-        dk = torch.zeros(kb.shape, dtype=acc, device=qf.device) if need_k else None
+        dk = torch.zeros(k.shape, dtype=acc, device=qf.device) if need_k else None
+        kbj, dkj, cur = None, None, -1
+
+        def flush():
+            if need_k and dkj is not None:  # band layout of frame `cur`, unscaled -> dk[cur]
+                dk[cur].add_(dkj.transpose(0, 1) if axis == 1 else dkj, alpha=scale)
+
         for g in plan.groups:
             r0, r1, j, s0, lines = g[0] * n, g[1] * n, g[2], g[3], g[4]
-            qg, band, logits = _group_logits(qf, kb, plan, g, scale, acc)
-            p = _floored_exp(logits.sub_(lse[r0:r1, None]))
-            gt = g_target[r0:r1]
-            # positions in bpos are relative to the band start s0: shift the row constant to match
-            gm = g_mean[r0:r1] - gt[:, plan.axis : plan.axis + 1] * s0
-            dl = p.mul_(torch.matmul(gt, bpos[lines][:, :2].T).sub_(gm)).to(qf.dtype)
-            if need_q:
-                dq.index_add_(0, plan.rows[r0:r1], torch.matmul(dl, band).to(acc), alpha=scale)
+            if j != cur:
+                flush()
+                kbj, cur = _frame_bands(k, j, axis, scale), j
+                dkj = torch.zeros(kbj.shape, dtype=acc, device=qf.device) if need_k else None
+            qg, band, logits = _group_logits(qf, kbj, plan, g, acc)
+            p = torch.nn.functional.threshold_(
+                logits.sub_(lse[r0:r1, None]).clamp_(min=_EXP_FLOOR).exp_(), math.exp(_EXP_FLOOR) * 1.5, 0.0)
+            dl = p.mul_(torch.matmul(g_target[r0:r1], bpos[lines]).sub_(g_mean[r0:r1])).to(qf.dtype)
+            if need_q:  # the band is already scaled
+                dq.index_add_(0, plan.rows[r0:r1], torch.matmul(dl, band).to(acc))
             if need_k:
-                dk[j, s0 : s0 + lines] += torch.matmul(dl.T, qg).to(acc).reshape(lines, *kb.shape[2:])
-        if need_k:
-            dk = (dk.transpose(1, 2) if plan.axis == 1 else dk).to(k.dtype)
-        return (dq.to(qf.dtype) if need_q else None), dk, None, None, None
+                dkj[s0 : s0 + lines] += torch.matmul(dl.T, qg).to(acc).reshape(lines, *dkj.shape[1:])
+        flush()
+        return (dq.to(qf.dtype) if need_q else None), (dk.to(k.dtype) if need_k else None), None, None, None
 
 
-def _fine_stage(q, k, pi, pj, start, tok, scale: float, window: int, acc, slack: int = 0):
+def _fine_stage(q, k, pi, pj, start, tok, scale: float, window: int, acc, group_cost: int = _GROUP_COST):
     """Fine stage for E (pair, tile) entries: every query of the tile over the l x l keys of its window.
 
-    q, k: (F, h, w, D); pi, pj: (E,) query and key frames; start: (E, 2)
-    window corner (y, x); tok: (E, n) the tile's query tokens (row-major). Returns the absolute expected key
+    q, k: (F, h, w, D); pi, pj: (E,) query and key frames; start: (E, 2) window corner (y, x); tok: (E, n) the tile's query tokens (row-major). Returns the absolute expected key
     position (E, n, 2) in `acc` and the in-window (dy, dx) of the most attended key (E, n, 2).
 
     The window's keys are never gathered (that would be l^2 * D values per tile). Entries with the same key
-    frame and band start (window start along the banded axis) form one group: all their queries attend, in one
-    matmul, to the band of l whole lines of that frame, a contiguous slice of the keys; keys of the band
+    frame and band start (window start across the band's lines) form one group: all their queries attend, in
+    one matmul, to the band of l whole lines of that frame, a contiguous slice of its keys; keys of the band
     outside an entry's window are masked. The band is min(h, w) / l times the window (1.43 at 30 x 52, l = 21)
-    in exchange for one large matmul per group instead of one tiny one per tile.
+    in exchange for one large matmul per group instead of one tiny one per tile. Neighbouring band starts
+    share one wider band where the extra products cost less than another group (_GROUP_COST).
     """
     f, h, w, d = q.shape
     axis = _band_axis(h, w)
     n_major, minor = (w, h) if axis == 1 else (h, w)
-    plan = _fine_plan(pi, pj, start, tok, h * w, n_major, minor, axis, window, slack, acc)
+    plan = _fine_plan(pi, pj, start, tok, h * w, n_major, minor, axis, window, group_cost, acc)
     qf = q.reshape(f * h * w, d)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         target, best = _FineAttention.apply(qf, k, plan, scale, acc)
@@ -439,8 +446,6 @@ def windowed_amf(
     ty, tx = tile_layout(h, w, tile)
     n_tiles = ty * tx
     l2 = window * window
-    ar = torch.arange(window, device=dev)
-    win_off = torch.stack(torch.meshgrid(ar, ar, indexing="ij"), dim=-1).reshape(l2, 2)  # (l2, 2) (dy, dx)
     flow = torch.zeros((len(pairs), s, 2), device=dev, dtype=acc)
     starts = torch.zeros((len(pairs), n_tiles, 2), device=dev, dtype=torch.long)
     wkeys = torch.zeros((len(pairs), n_tiles, l2), device=dev, dtype=acc)
@@ -476,16 +481,16 @@ def windowed_amf(
         tok = _tile_tokens(torch.arange(s, device=dev).reshape(h, w, 1), h, w, tile)[..., 0]  # (T, n)
         target, hit = _fine_stage(
             q, k, pi.repeat_interleave(n_tiles), pj.repeat_interleave(n_tiles), start.reshape(-1, 2),
-            tok.repeat(ni, 1), scale, window, acc, _BAND_SLACK,
+            tok.repeat(ni, 1), scale, window, acc, _GROUP_COST,
         )
         pos_tiles = _tile_tokens(pos.reshape(h, w, 2), h, w, tile)  # (T, n, 2)
         disp = target.reshape(ni, n_tiles, -1, 2) - pos_tiles
         flow_parts.append((inter, _untile(disp, h, w, tile)))
         # Channel-mean keys of each window, for the corresponding-window loss (gathered after the mean: l^2
         # values per tile instead of l^2 * D).
-        km = kf.mean(-1)  # (F, S)
-        key_idx = (start[..., :1] * w + start[..., 1:]) + (win_off[:, 0] * w + win_off[:, 1])  # (ni, T, l2)
-        key_parts.append((inter, km[pj[:, None, None], key_idx].to(acc)))
+        km = k.mean(-1).unfold(1, window, 1).unfold(2, window, 1)  # (F, h - l + 1, w - l + 1, l, l): a view
+        wk = km[pj[:, None].expand(-1, n_tiles), start[..., 0], start[..., 1]]  # (ni, T, l, l)
+        key_parts.append((inter, wk.reshape(ni, n_tiles, l2).to(acc)))
         # Honest reporting: the most attended key on a border the window could still have moved past.
         hit = hit.reshape(ni, n_tiles, -1, 2)
         lo_free = start[:, :, None, :] > 0
