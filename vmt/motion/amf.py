@@ -221,9 +221,10 @@ def _frame_bands(k: torch.Tensor, j: int, axis: int, scale: float) -> torch.Tens
 # which run tens of times slower on CPUs.
 _MASKED = -1.0e4
 _EXP_FLOOR = -80.0
+_EXP_ZERO = 1.5 * math.exp(_EXP_FLOOR)  # weights up to here are the floor's: set to 0 in backward
 # Fixed cost of one group (matmuls too small to run at full speed, a dozen Python-level ops) in units of
 # query-key products: a band is widened to serve the next band start when that costs fewer extra products.
-_GROUP_COST = 40000
+_GROUP_COST = 5000
 
 
 @dataclass
@@ -296,8 +297,9 @@ def _band_positions(axis: int, lines: int, minor: int, dtype, device) -> torch.T
     return torch.stack([yx[0].flatten(), yx[1].flatten(), torch.ones_like(a).flatten()], dim=-1)
 
 
-def _group_logits(qf, kbj, plan: _FinePlan, g: tuple[int, int, int, int, int], acc):
-    """One group's queries (M, D), band (L, D) and logits (M, L) in `acc`, _MASKED added outside each window."""
+def _group_logits(qf, kbj, plan: _FinePlan, g: tuple[int, int, int, int, int], acc, lse=None):
+    """One group's queries (M, D), band (L, D) and logits (M, L) in `acc`, _MASKED added outside each window;
+    minus `lse` (M,) when given, in the same pass."""
     e0, e1, _, s0, lines = g
     n, minor = plan.n, plan.pos_bias.shape[1]
     qg = qf.index_select(0, plan.rows[e0 * n : e1 * n])
@@ -305,7 +307,8 @@ def _group_logits(qf, kbj, plan: _FinePlan, g: tuple[int, int, int, int, int], a
     logits = torch.matmul(qg, band.T).to(acc)
     # The window is a run of `window` positions on `window` consecutive lines of the band.
     grid = logits.view(e1 - e0, n, lines, minor)
-    grid.add_(plan.pos_bias[e0:e1, None, None, :])
+    pb = plan.pos_bias[e0:e1, None, None, :]
+    grid.add_(pb if lse is None else pb - lse.view(e1 - e0, n, 1, 1))
     if lines > plan.window:
         off = plan.line_off[e0:e1, None]
         ar = torch.arange(lines, device=qf.device)
@@ -340,7 +343,7 @@ class _FineAttention(torch.autograd.Function):
             p = logits.sub_(mx[r0:r1]).clamp_(min=_EXP_FLOOR).exp_()
             torch.matmul(p, bpos[g[4]], out=tz[r0:r1])
             # exp(0) = 1 exactly at the row's maximum and < 1 elsewhere: keep only weights at 1 (argmax, or an
-            # equality test, is several times slower on CPU). Exact ties are averaged.
+            # equality test, is several times slower on CPU). Ties (within 1e-6 in logit) are averaged.
             torch.matmul(torch.nn.functional.threshold_(p, 1.0 - 1e-6, 0.0), bpos[g[4]], out=top[r0:r1])
         del kbj
         target = tz[:, :2] / tz[:, 2:] + plan.row_shift  # absolute (y, x)
@@ -376,14 +379,17 @@ class _FineAttention(torch.autograd.Function):
                 flush()
                 kbj, cur = _frame_bands(k, j, axis, scale), j
                 dkj = torch.zeros(kbj.shape, dtype=acc, device=qf.device) if need_k else None
-            qg, band, logits = _group_logits(qf, kbj, plan, g, acc)
-            p = torch.nn.functional.threshold_(
-                logits.sub_(lse[r0:r1, None]).clamp_(min=_EXP_FLOOR).exp_(), math.exp(_EXP_FLOOR) * 1.5, 0.0)
-            dl = p.mul_(torch.matmul(g_target[r0:r1], bpos[lines]).sub_(g_mean[r0:r1])).to(qf.dtype)
+            qg, band, logits = _group_logits(qf, kbj, plan, g, acc, lse[r0:r1])
+            p = torch.nn.functional.threshold_(logits.clamp_(min=_EXP_FLOOR).exp_(), _EXP_ZERO, 0.0)
+            dl = p.mul_(torch.addmm(g_mean[r0:r1], g_target[r0:r1], bpos[lines], beta=-1)).to(qf.dtype)
             if need_q:  # the band is already scaled
                 dq.index_add_(0, plan.rows[r0:r1], torch.matmul(dl, band).to(acc))
             if need_k:
-                dkj[s0 : s0 + lines] += torch.matmul(dl.T, qg).to(acc).reshape(lines, *dkj.shape[1:])
+                dkb = dkj[s0 : s0 + lines].view(-1, dkj.shape[-1])
+                if acc == qf.dtype:
+                    dkb.addmm_(dl.T, qg)
+                else:
+                    dkb += torch.matmul(dl.T, qg).to(acc)
         flush()
         return (dq.to(qf.dtype) if need_q else None), (dk.to(k.dtype) if need_k else None), None, None, None
 
@@ -391,8 +397,9 @@ class _FineAttention(torch.autograd.Function):
 def _fine_stage(q, k, pi, pj, start, tok, scale: float, window: int, acc, group_cost: int = _GROUP_COST):
     """Fine stage for E (pair, tile) entries: every query of the tile over the l x l keys of its window.
 
-    q, k: (F, h, w, D); pi, pj: (E,) query and key frames; start: (E, 2) window corner (y, x); tok: (E, n) the tile's query tokens (row-major). Returns the absolute expected key
-    position (E, n, 2) in `acc` and the in-window (dy, dx) of the most attended key (E, n, 2).
+    q, k: (F, h, w, D); pi, pj: (E,) query and key frames; start: (E, 2) window corner (y, x); tok: (E, n)
+    the tile's query tokens (row-major). Returns the absolute expected key position (E, n, 2) in `acc` and the
+    in-window (dy, dx) of the most attended key (E, n, 2).
 
     The window's keys are never gathered (that would be l^2 * D values per tile). Entries with the same key
     frame and band start (window start across the band's lines) form one group: all their queries attend, in
@@ -499,11 +506,9 @@ def windowed_amf(
         border[inter] = _untile(hit.any(-1, keepdim=True).float(), h, w, tile)[..., 0] > 0
         starts[inter] = start
 
-    # Assemble without in-place writes into a tensor that needs grad.
-    if flow_parts:
-        all_idx = torch.cat([p[0] for p in flow_parts])
-        all_flow = torch.cat([p[1] for p in flow_parts])
-        flow = flow.index_copy(0, all_idx, all_flow.to(acc))
-    if key_parts:
-        wkeys = wkeys.index_copy(0, torch.cat([p[0] for p in key_parts]), torch.cat([p[1] for p in key_parts]))
+    # In place into fresh zero tensors (they need no grad themselves; autograd records the copies).
+    for idx, part in flow_parts:
+        flow.index_copy_(0, idx, part.to(acc))
+    for idx, part in key_parts:
+        wkeys.index_copy_(0, idx, part)
     return WindowedAMF(flow, pairs, starts, wkeys, border, (ty, tx))
