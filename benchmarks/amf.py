@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import sys
@@ -99,7 +100,18 @@ def peak_extra_mib(method, chunk, threads, device):
     ctx = mp.get_context("spawn")
     a, b = ctx.Pipe()
     p = ctx.Process(target=_memory_child, args=(method, chunk, threads, device, b))
-    p.start()
+    # A fixed mmap threshold (it otherwise grows with every large block freed, up to 32 MiB) makes glibc map
+    # every block over 64 KiB on its own and unmap it when freed: resident memory then follows the live
+    # tensors instead of depending on which heap holes earlier allocations left behind.
+    old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        p.start()
+    finally:
+        if old is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = old
     val = a.recv()
     p.join()
     return val
