@@ -8,6 +8,7 @@ one guided forward+backward with and without truncation after the capture block.
 
     python benchmarks/transfer.py                    # CPU: 17 frames 128x128, fp32, 1 guided step
     python benchmarks/transfer.py --frames 81 --height 480 --width 832 --dtype bfloat16 --guided-steps 2  # GPU
+    python benchmarks/transfer.py --dtype bfloat16 --threads 1 --output benchmarks/results/transfer-bf16.json
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--order", default="fastvmt,ditflow-baseline,unoptimized",
                     help="run order of the configurations")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "transfer.json",
+                    help="JSON results path")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -159,9 +162,9 @@ def main() -> None:
     print(f"guided fwd+bwd at block 14: truncated {trunc['truncated']}s, full 30 blocks {trunc['full']}s")
     for k_, v in ratios.items():
         print(f"  {k_}: {v}")
-    out = Path(__file__).resolve().parent / "results" / "transfer.json"
+    out = args.output
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "grid": grid, "rows": rows, "truncation_s": trunc,
+    out.write_text(json.dumps({"args": {**vars(args), "output": str(out)}, "grid": grid, "rows": rows, "truncation_s": trunc,
                                "ratios": ratios}, indent=2) + "\n")
     print(f"wrote {out}")
 
