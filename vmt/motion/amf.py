@@ -59,7 +59,8 @@ def global_amf(
     """AMF over all keys for each pair: (P, S, 2) displacements (dy, dx) in tokens.
 
     hard: argmax position (DiTFlow's reference AMF; not differentiable) instead of soft-argmax.
-    chunk: pairs per batched matmul (memory ~ chunk * S^2 logits).
+    chunk: pairs per batched matmul (memory ~ chunk * S^2 logits); chunks also end where the query or the key
+    frames stop being fixed or consecutive, so that the fused path takes views of q and k (`_runs`).
     """
     _check(q, k)
     f, h, w, d = q.shape
@@ -437,7 +438,8 @@ def windowed_amf(
     q: torch.Tensor, k: torch.Tensor, *, span: int = 4, tile: tuple[int, int] = (3, 4), window: int = 21,
     scale: float | None = None, chunk: int = 8,
 ) -> WindowedAMF:
-    """FastVMT's AMF on pairs 0 <= j - i < span; see the module docstring. chunk: inter-frame pairs per batch."""
+    """FastVMT's AMF on pairs 0 <= j - i < span; see the module docstring. chunk: same-frame pairs per fused
+    attention call (as in `global_amf`); inter-frame pairs are batched by key frame."""
     _check(q, k)
     f, h, w, d = q.shape
     s = h * w
@@ -472,9 +474,8 @@ def windowed_amf(
         centres = tile_centres(h, w, tile, dev)  # (T, 2)
         centre_idx = centres[:, 0] * w + centres[:, 1]
         # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded). The
-        # window is chosen, not learnt, so no graph is built here.
-        # One matmul per key frame: the pairs sharing it (up to span - 1) stack their centre queries against
-        # that frame's keys, a view of k (no copy).
+        # window is chosen, not learnt, so no graph is built here. One matmul per key frame: the pairs sharing
+        # it (up to span - 1) stack their centre queries against that frame's keys, a view of k (no copy).
         centre = torch.empty((ni, n_tiles, 2), dtype=acc, device=dev)
         with torch.no_grad():
             for j in torch.unique(pj).tolist():
