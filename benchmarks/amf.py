@@ -4,7 +4,8 @@
 own noise). Times forward and forward+backward (median of repeats, same process), peak extra memory of
 forward+backward (fresh subprocess per method: peak RSS over the inputs' baseline; on CUDA the allocator's
 peak), and the error against the known displacement where the match is unambiguous. Repeats interleave
-the methods.
+the methods. Global runs twice: as fused attention (the S x S probabilities never stored) and materialized
+(the probabilities kept for backward, as explicit attention maps are in DiTFlow).
 
     python benchmarks/amf.py [--repeats 3] [--threads 1]
 
@@ -52,8 +53,8 @@ def run(method: str, q, k, chunk: int):
 
     if method == "windowed":
         return windowed_amf(q, k, span=SPAN, tile=TILE, window=WINDOW, chunk=chunk).flow, window_pairs(F, SPAN)
-    pairs = all_pairs(F) if method == "global" else window_pairs(F, SPAN)
-    return global_amf(q, k, pairs, chunk=chunk), pairs
+    pairs = window_pairs(F, SPAN) if method == "global-same-pairs" else all_pairs(F)
+    return global_amf(q, k, pairs, chunk=chunk, materialize=method == "global-materialized"), pairs
 
 
 def timed(fn, repeats, device):
@@ -131,7 +132,7 @@ def main() -> None:
     q, k, vel, labels = make_inputs(dev)
     rows = {}
     flows = {}
-    methods = ("windowed", "global-same-pairs", "global")
+    methods = ("windowed", "global-same-pairs", "global", "global-materialized")
     qg, kg = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
 
     def fwd(method):
@@ -175,6 +176,10 @@ def main() -> None:
         "time_fwd_bwd_global_over_windowed": round(g["fwd_bwd_s"] / w["fwd_bwd_s"], 2),
         "memory_global_over_windowed": round(g["peak_extra_mib_fwd_bwd"] / max(w["peak_extra_mib_fwd_bwd"], 1e-3), 2),
         "time_forward_global_same_pairs_over_windowed": round(rows["global-same-pairs"]["forward_s"] / w["forward_s"], 2),
+        "time_fwd_bwd_global_materialized_over_windowed": round(
+            rows["global-materialized"]["fwd_bwd_s"] / w["fwd_bwd_s"], 2),
+        "memory_global_materialized_over_windowed": round(
+            rows["global-materialized"]["peak_extra_mib_fwd_bwd"] / max(w["peak_extra_mib_fwd_bwd"], 1e-3), 2),
         "max_abs_diff_windowed_vs_global_tokens": round(agree, 4),
     }
     print(f"AMF at {F} frames x {H}x{W} tokens, D={D}, {HEADS} heads averaged; device {dev}, "

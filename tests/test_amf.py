@@ -164,11 +164,12 @@ def test_windowed_rejects_window_larger_than_grid():
         windowed_amf(q, q, window=6, tile=(2, 2))
 
 
-def test_global_amf_matches_float64_brute_force():
+@pytest.mark.parametrize("materialize", [False, True])
+def test_global_amf_matches_float64_brute_force(materialize):
     torch.manual_seed(0)
     q, k = torch.randn(3, 3, 4, 6), torch.randn(3, 3, 4, 6)
     pairs = all_pairs(3)
-    out = global_amf(q, k, pairs, scale=0.7, chunk=4)
+    out = global_amf(q, k, pairs, scale=0.7, chunk=4, materialize=materialize)
     pos = grid_positions(3, 4, dtype=torch.float64)
     for p, (i, j) in enumerate(pairs.tolist()):
         for s in range(12):
@@ -178,6 +179,19 @@ def test_global_amf_matches_float64_brute_force():
             z = sum(wts)
             exp = [sum(wts[t] * float(pos[t, a]) for t in range(12)) / z - float(pos[s, a]) for a in range(2)]
             assert abs(float(out[p, s, 0]) - exp[0]) < 1e-4 and abs(float(out[p, s, 1]) - exp[1]) < 1e-4
+
+
+def test_global_amf_fused_and_materialized_gradients_agree():
+    torch.manual_seed(1)
+    q, k = torch.randn(4, 3, 5, 8, dtype=torch.float64), torch.randn(4, 3, 5, 8, dtype=torch.float64)
+    grads = []
+    for materialize in (False, True):
+        qg, kg = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+        global_amf(qg, kg, chunk=3, materialize=materialize).pow(2).sum().backward()
+        grads.append((qg.grad, kg.grad))
+    assert grads[0][0].abs().max() > 1e-3  # the loss depends on q at all
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-10)
 
 
 def test_losses_hand_computed():

@@ -54,11 +54,13 @@ def _check(q: torch.Tensor, k: torch.Tensor) -> None:
 
 def global_amf(
     q: torch.Tensor, k: torch.Tensor, pairs: torch.Tensor | None = None, *, scale: float | None = None,
-    hard: bool = False, chunk: int = 16,
+    hard: bool = False, chunk: int = 16, materialize: bool = False,
 ) -> torch.Tensor:
     """AMF over all keys for each pair: (P, S, 2) displacements (dy, dx) in tokens.
 
     hard: argmax position (DiTFlow's reference AMF; not differentiable) instead of soft-argmax.
+    materialize: compute the (chunk, S, S) logits and probabilities explicitly, as DiTFlow's attention maps
+    are (autograd then keeps the probabilities for backward); same result, for comparisons.
     chunk: pairs per batched matmul (memory ~ chunk * S^2 logits); chunks also end where the query or the key
     frames stop being fixed or consecutive, so that the fused path takes views of q and k (`_runs`).
     """
@@ -74,7 +76,7 @@ def global_amf(
     # kernel (flash on CPU) never stores the S x S probabilities, for backward either; it needs the value
     # width to equal D, so the positions are zero-padded to D columns. Half inputs keep the float32-logit path
     # (the fused kernel would return half-precision positions).
-    fused = not hard and q.dtype == acc and d >= 2
+    fused = not hard and not materialize and q.dtype == acc and d >= 2
     vpos = torch.cat([pos, pos.new_zeros((s, d - 2))], dim=1) if fused else None
     out = []
     for c0, c1 in _runs(pairs, chunk):
