@@ -84,8 +84,10 @@ def train(
     attention: Annotated[bool | None, typer.Option("--attention/--no-attention", help="Factorised "
                                                    "self-attention in the generator (default: the preset's).",
                                                    show_default=False)] = None,
-    signed_motion: Annotated[bool, typer.Option("--signed-motion", help="Movement encoder reads signed frame "
-                                                "differences instead of |x_i - x_(i-1)|.")] = False,
+    signed_motion: Annotated[bool | None, typer.Option("--signed-motion/--abs-motion", help="Movement encoder "
+                                                       "reads signed frame differences or |x_i - x_(i-1)| "
+                                                       "(default: the preset's; cpu: signed).",
+                                                       show_default=False)] = None,
     stride: Annotated[str, typer.Option("--stride", help="Temporal stride(s) of training clips, comma-separated; "
                                         "one is picked at random per clip (G3AN: 2,3).")] = "1",
     fps: Annotated[float | None, typer.Option("--fps", help="Resample videos to this frame rate first.",
@@ -155,8 +157,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     cfg = get_preset(p["preset"])
     if p["attention"] is not None:
         cfg = cfg.with_(attention=p["attention"])
-    if p["signed_motion"]:
-        cfg = cfg.with_(signed_motion=True)
+    if p["signed_motion"] is not None:
+        cfg = cfg.with_(signed_motion=p["signed_motion"])
     dev = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],
