@@ -553,7 +553,8 @@ def test_shipped_default_model_loads_and_samples_200_frames():
     size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir() if f.is_file())
     assert size <= 10 * 2**20
     model, meta = load_model(None)
-    assert model.cfg == preset("cpu") and meta["data"] == "synthetic:digits"
+    # The shipped model predates the warp and signed motion (see its README): the cpu preset's sizes otherwise.
+    assert model.cfg == preset("cpu").with_(warp=False, signed_motion=False) and meta["data"] == "synthetic:digits"
     frames = np.concatenate(list(stream_frames(model, 200, seed=0))).astype(np.float64) / 127.5 - 1
     assert frames.shape == (200, 32, 32, 3)
     # The chain has not collapsed by frame 150: something digit-sized is on screen (moving digits cover ~10%
