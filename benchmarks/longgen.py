@@ -81,6 +81,10 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=8, help="long samples per seam estimate")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     ap.add_argument("--reuse", type=Path, default=None, help="folder with runs recall/ and no_recall/ to reuse")
+    ap.add_argument("--recall-run", type=Path, default=None,
+                    help="run folder of `vmt longgen train` to use as the recall variant (e.g. the default model's)")
+    ap.add_argument("--no-recall-run", type=Path, default=None,
+                    help="run folder of `vmt longgen train --no-recall` with the same settings and steps")
     ap.add_argument("--memprobe", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memprobe:
@@ -108,11 +112,16 @@ def main() -> None:
     results: dict = {"preset": cfg.to_dict(), "steps": args.steps, "batch_size": args.batch_size,
                      "copy_first_frame_l1": float((eval_clips - eval_clips[:, :, :1]).abs().mean()),
                      "all_black_l1": float((eval_clips + 1).abs().mean()), "variants": {}}
+    given = {"recall": args.recall_run, "no_recall": args.no_recall_run}
+    runs: dict[str, Path] = {}
     for name, recall in (("recall", True), ("no_recall", False)):
-        run = work / name
-        if args.reuse and (run / "config.json").is_file():
+        run = given[name] or work / name
+        runs[name] = run
+        if (args.reuse or given[name]) and (run / "config.json").is_file():
             meta = json.loads((run / "config.json").read_text())
             train_s = meta.get("train_seconds")
+            if train_s is None and (run / "train.json").is_file():  # a CLI run: its sidecar's timings
+                train_s = json.loads((run / "train.json").read_text()).get("timings_s", {}).get("train")
         else:
             torch.manual_seed(0)
             opts = {k: v for k, v in (("lr", args.lr), ("kl_weight", args.kl_weight)) if v is not None}
@@ -139,6 +148,7 @@ def main() -> None:
                                      # the two parts of the score: a frozen chain scores low on both
                                      "boundary_change": float(np.mean([p["boundary_change"] for p in profiles])),
                                      "inside_change": float(np.mean([p["inside_change"] for p in profiles]))}
+    results["steps"] = {k: r["steps"] for k, r in results["variants"].items()}
     # Seam score of real data cut at the same positions: what a perfect model would get.
     real_bounds = chain_boundaries(64, cfg.frames, cfg.frames - 1)
     real_seams = float(np.mean([seam_score(v.astype(np.float64) / 127.5 - 1, real_bounds)
@@ -148,7 +158,7 @@ def main() -> None:
     results["real_data_boundary_change"] = float(np.mean([p["boundary_change"] for p in real_prof]))
     results["real_data_inside_change"] = float(np.mean([p["inside_change"] for p in real_prof]))
 
-    model, _ = load_model(work / "recall")
+    model, _ = load_model(runs["recall"])
     long = np.concatenate(list(stream_frames(model, 1000, seed=0))).astype(np.float64) / 127.5 - 1
     first, last = long[:100], long[-100:]
     energy = lambda x: float(np.abs(np.diff(x, axis=0)).mean())  # noqa: E731
@@ -172,8 +182,8 @@ def main() -> None:
                 pass
             times.append(time.perf_counter() - t0)
         speed[n] = n / statistics.median(times)
-    mem = {f"stream_{n}": _probe(work / "recall", n, "stream") for n in (100, 1000)}
-    mem["collect_1000"] = _probe(work / "recall", 1000, "collect")
+    mem = {f"stream_{n}": _probe(runs["recall"], n, "stream") for n in (100, 1000)}
+    mem["collect_1000"] = _probe(runs["recall"], 1000, "collect")
     results["throughput_fps"] = {str(k): v for k, v in speed.items()}
     results["peak_memory"] = mem
     results["peak_memory_ratio_1000_vs_100"] = mem["stream_1000"]["peak_rss_mib"] / mem["stream_100"]["peak_rss_mib"]
@@ -185,11 +195,12 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     v = results["variants"]
     print("\nlonggen benchmark (CPU preset 32x32x8, moving digits, "
-          f"{args.steps} steps x batch {args.batch_size} per variant)")
+          + ", ".join(f"{k} {r['steps']} steps" for k, r in v.items()) + f", batch {v['recall']['train']['batch_size']})")
     print(f"{'variant':<12}{'steps':>6}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}"
           f"{'at seams':>10}{'inside':>8}")
     for name, r in v.items():
-        print(f"{name:<12}{r['steps']:>6}{r['train_seconds']:>9.1f}{r['reconstruction_l1']:>10.4f}"
+        secs = "n/a" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
+        print(f"{name:<12}{r['steps']:>6}{secs:>9}{r['reconstruction_l1']:>10.4f}"
               f"{r['seam_score_mean']:>11.3f}{r['seam_score_median']:>13.3f}{r['boundary_change']:>10.4f}"
               f"{r['inside_change']:>8.4f}")
     print(f"{'real data':<12}{'':>6}{'':>9}{'':>10}{real_seams:>11.3f}{'':>13}"

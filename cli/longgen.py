@@ -77,13 +77,17 @@ def train(
                                              "makes the movement latent collapse).")] = 1e-4,
     adv_weight: Annotated[float, typer.Option("--adv-weight", help="Weight of the adversarial terms "
                                               "(L1 reconstruction has weight 1).")] = 0.05,
+    adv_warmup: Annotated[int, typer.Option("--adv-warmup", help="Steps of VAE-only training (L1 + KL) before "
+                                            "the adversarial terms start.")] = 300,
     recall: Annotated[bool, typer.Option("--recall/--no-recall", help="Recall training: overlapping clip pairs, "
                                          "the video discriminator judges merged clips.")] = True,
     attention: Annotated[bool | None, typer.Option("--attention/--no-attention", help="Factorised "
                                                    "self-attention in the generator (default: the preset's).",
                                                    show_default=False)] = None,
-    signed_motion: Annotated[bool, typer.Option("--signed-motion", help="Movement encoder reads signed frame "
-                                                "differences instead of |x_i - x_(i-1)|.")] = False,
+    signed_motion: Annotated[bool | None, typer.Option("--signed-motion/--abs-motion", help="Movement encoder "
+                                                       "reads signed frame differences or |x_i - x_(i-1)| "
+                                                       "(default: the preset's; cpu: signed).",
+                                                       show_default=False)] = None,
     stride: Annotated[str, typer.Option("--stride", help="Temporal stride(s) of training clips, comma-separated; "
                                         "one is picked at random per clip (G3AN: 2,3).")] = "1",
     fps: Annotated[float | None, typer.Option("--fps", help="Resample videos to this frame rate first.",
@@ -127,8 +131,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     for key in ("steps", "batch_size"):
         if p[key] < 1:
             raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
-    if p["lr"] <= 0 or p["kl_weight"] < 0 or p["adv_weight"] < 0:
-        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight >= 0")
+    if p["lr"] <= 0 or p["kl_weight"] < 0 or p["adv_weight"] < 0 or p["adv_warmup"] < 0:
+        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight/--adv-warmup >= 0")
     strides = _parse_strides(p["stride"])
     has_run = (run_dir / "config.json").exists()
     if run_dir.exists() and not run_dir.is_dir():
@@ -153,12 +157,12 @@ def _train(ctx: typer.Context, params: dict) -> None:
     cfg = get_preset(p["preset"])
     if p["attention"] is not None:
         cfg = cfg.with_(attention=p["attention"])
-    if p["signed_motion"]:
-        cfg = cfg.with_(signed_motion=True)
+    if p["signed_motion"] is not None:
+        cfg = cfg.with_(signed_motion=p["signed_motion"])
     dev = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],
-                             adv_weight=p["adv_weight"], recall=p["recall"])
+                             adv_weight=p["adv_weight"], recall=p["recall"], adv_warmup=p["adv_warmup"])
     timer = Timer(sync_cuda=dev.type == "cuda")
     trainer = Trainer(cfg, settings, dev)
     if p["resume"]:  # before reading data: a mismatching run should fail fast

@@ -18,6 +18,9 @@ class LongGenConfig:
     double them until `frames`. base_channels: channels of the last generator block; earlier blocks have
     up to 8x (base 64 -> 512, 512, 256, 128, 64). attention: factorised self-attention (F-SA) after the
     second-to-last block. signed_motion: feed x_i - x_(i-1) instead of the paper's |x_i - x_(i-1)|.
+    warp: the generator also predicts a per-frame flow and blends with the reference frame *warped* by it,
+    instead of with the reference in place (see generator.py: without it, moving anything means redrawing it
+    from z_x at a new position, and the VAE settled on fading the reference to black).
     """
 
     size: int = 64
@@ -30,6 +33,7 @@ class LongGenConfig:
     enc_channels: int = 64
     attention: bool = True
     signed_motion: bool = False
+    warp: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 8 or self.size & (self.size - 1):
@@ -77,7 +81,8 @@ class LongGenConfig:
         unknown = set(data) - known
         if unknown:
             raise VmtUsageError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        # Runs saved before `warp` existed blended with the reference in place.
+        return cls(**{"warp": False, **data})
 
     def with_(self, **changes: Any) -> LongGenConfig:
         return replace(self, **changes)
@@ -87,8 +92,9 @@ PRESETS: dict[str, LongGenConfig] = {
     # The paper's setup (G3AN sizes): 64x64, 16 frames, base 64 channels, F-SA on.
     "paper": LongGenConfig(),
     # Trains in minutes on a laptop CPU: 32x32, 8 frames, small channel counts, no attention.
+    # signed_motion: |x_i - x_(i-1)| does not say which way a digit moves; the warp needs the direction.
     "cpu": LongGenConfig(size=32, frames=8, base_channels=16, dim_content=32, dim_motion=8, motion_steps=1,
-                         disc_channels=16, enc_channels=16, attention=False),
+                         disc_channels=16, enc_channels=16, attention=False, signed_motion=True),
     # Smallest sensible model, for tests.
     "tiny": LongGenConfig(size=16, frames=8, base_channels=8, dim_content=8, dim_motion=4, motion_steps=1,
                           disc_channels=8, enc_channels=8, attention=True),

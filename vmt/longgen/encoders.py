@@ -26,6 +26,14 @@ def _widths(base: int, size: int) -> list[int]:
     return out
 
 
+def _narrow_start(bias: torch.Tensor, dim: int) -> None:
+    """Start the posterior with std e^-2 ~ 0.14 instead of 1 (logvar bias -4): with unit noise on latents whose
+    means are still ~0.5 apart, the decoder's first hundreds of steps saw mostly noise and learned to fade
+    the reference (the motion it could not read) to black."""
+    with torch.no_grad():
+        bias[dim:] = -4.0
+
+
 class ContentEncoder(nn.Module):
     """Reference frame (B, 3, H, W) in [-1, 1] -> (mu, logvar), each (B, dim_content)."""
 
@@ -39,6 +47,7 @@ class ContentEncoder(nn.Module):
             c_in = c
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(c_in * 16, 2 * cfg.dim_content)
+        _narrow_start(self.head.bias, cfg.dim_content)
 
     def forward(self, frame: torch.Tensor):
         h = self.body(frame).flatten(1)
@@ -60,6 +69,7 @@ class MovementEncoder(nn.Module):
             c_in = c
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv1d(c_in, 2 * cfg.dim_motion, 1)
+        _narrow_start(self.head.bias, cfg.dim_motion)
 
     def forward(self, diffs: torch.Tensor):
         h = self.body(diffs).mean(dim=(3, 4))  # (B, C, T-1)
