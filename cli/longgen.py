@@ -88,6 +88,10 @@ def train(
                                                        "reads signed frame differences or |x_i - x_(i-1)| "
                                                        "(default: the preset's; cpu: signed).",
                                                        show_default=False)] = None,
+    warp: Annotated[bool | None, typer.Option("--warp/--no-warp", help="Generator blends with the reference "
+                                              "shifted by a predicted per-frame flow instead of in place "
+                                              "(default: the preset's; cpu and tiny: on, paper: off as in G3AN).",
+                                              show_default=False)] = None,
     stride: Annotated[str, typer.Option("--stride", help="Temporal stride(s) of training clips, comma-separated; "
                                         "one is picked at random per clip (G3AN: 2,3).")] = "1",
     fps: Annotated[float | None, typer.Option("--fps", help="Resample videos to this frame rate first.",
@@ -159,6 +163,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
         cfg = cfg.with_(attention=p["attention"])
     if p["signed_motion"] is not None:
         cfg = cfg.with_(signed_motion=p["signed_motion"])
+    if p["warp"] is not None:
+        cfg = cfg.with_(warp=p["warp"])
     dev = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],

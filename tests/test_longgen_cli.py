@@ -49,6 +49,18 @@ def test_train_writes_a_complete_run_folder(run_dir):
     assert grid.size == (8 * 16, 6 * 16)  # frames across, samples down
 
 
+def test_model_flags_override_the_preset(tmp_path):
+    from vmt.longgen.config import preset
+
+    run = tmp_path / "run"
+    res = _invoke("train", "synthetic:digits", "-o", str(run), "--preset", "tiny", "--steps", "1",
+                  "--batch-size", "2", "--no-warp", "--signed-motion", "--quiet")
+    assert res.exit_code == 0, res.output
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert preset("tiny").warp and preset("tiny").signed_motion is False
+    assert model["warp"] is False and model["signed_motion"] is True and model["size"] == 16
+
+
 def test_resume_continues_and_refuses_another_preset(run_dir, tmp_path):
     import shutil
 

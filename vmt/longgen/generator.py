@@ -14,8 +14,9 @@ recall chain performed a random walk that ended in black or saturated frames.) T
 first frame when reconstructing, the previous clip's reference frame in the recall chain, and the spatial
 stream's own image when sampling from scratch. Frames are in [-1, 1].
 
-Warping (design, `cfg.warp`, on by default): the blend partner of g_t is the reference *warped* by a
-per-frame flow f_t (pixels, predicted by the same last layer, bilinear, border padding):
+Warping (design, `cfg.warp`; on in the cpu and tiny presets, off in the paper preset as in G3AN): the blend
+partner of g_t is the reference *warped* by a per-frame flow f_t (pixels, predicted by the same last layer,
+bilinear, border padding):
 x_t = w_t + m_t * (g_t - w_t), w_t = warp(x_ref, f_t), f_0 = 0. A bilinear warp of a frame in [-1, 1] stays
 in [-1, 1], so frames are still convex combinations of two in-range frames. Why: without it the video stream
 can move something only by redrawing it from the 32-number content code at a new position, which a small
