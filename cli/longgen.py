@@ -69,6 +69,9 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write (created if missing).",
                                          show_default=False)],
     preset: Annotated[str, typer.Option("--preset", help="paper | cpu | tiny (model sizes).")] = "cpu",
+    size: Annotated[int | None, typer.Option("--size", help="Frame side in pixels, a power of two (default: the "
+                                             "preset's; e.g. --preset cpu --size 64 for 64x64 faces).",
+                                             show_default=False)] = None,
     steps: Annotated[int, typer.Option("--steps", help="Total training steps (with --resume: the step to "
                                        "stop at).")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows per step.")] = 16,
@@ -159,6 +162,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     from vmt.runtime import Timer, peak_memory, resolve_device
 
     cfg = get_preset(p["preset"])
+    if p["size"] is not None:
+        cfg = cfg.with_(size=p["size"])
     if p["attention"] is not None:
         cfg = cfg.with_(attention=p["attention"])
     if p["signed_motion"] is not None:

@@ -54,11 +54,11 @@ def test_model_flags_override_the_preset(tmp_path):
 
     run = tmp_path / "run"
     res = _invoke("train", "synthetic:digits", "-o", str(run), "--preset", "tiny", "--steps", "1",
-                  "--batch-size", "2", "--no-warp", "--signed-motion", "--quiet")
+                  "--batch-size", "2", "--no-warp", "--signed-motion", "--size", "32", "--quiet")
     assert res.exit_code == 0, res.output
     model = json.loads((run / "config.json").read_text())["model"]
     assert preset("tiny").warp and preset("tiny").signed_motion is False
-    assert model["warp"] is False and model["signed_motion"] is True and model["size"] == 16
+    assert model["warp"] is False and model["signed_motion"] is True and model["size"] == 32
 
 
 def test_resume_continues_and_refuses_another_preset(run_dir, tmp_path):
@@ -124,6 +124,8 @@ def test_reconstruct_keeps_the_frame_count_and_reports_l1(run_dir, tmp_path):
 
 
 def test_bad_inputs_exit_with_one_line_and_no_output(tmp_path):
+    res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r0"), "--preset", "tiny", "--size", "48")
+    assert res.exit_code == 2 and "power of two" in res.output and not (tmp_path / "r0").exists()
     from conftest import moving_pattern
 
     from vmt.io.video import write_video
