@@ -28,6 +28,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def chain_seams(model, chains: int, frames: int = 100) -> dict:
+    """Seam score (mean and median) of `chains` sampled chains of `frames` frames, and its two parts: the mean
+    change across clip boundaries and inside clips (a frozen chain scores low on both)."""
+    import numpy as np
+
+    from vmt.longgen.sampling import stream_frames
+    from vmt.metrics.seams import chain_boundaries, seam_profile, seam_score
+
+    bounds = chain_boundaries(frames, model.cfg.frames, model.cfg.frames - 1)
+    seams, profiles = [], []
+    for seed in range(chains):
+        video = np.concatenate(list(stream_frames(model, frames, seed=seed))).astype(np.float64) / 127.5 - 1
+        seams.append(seam_score(video, bounds))
+        profiles.append(seam_profile(video, bounds))
+    return {"seam_score_mean": float(np.mean(seams)), "seam_score_median": float(np.median(seams)),
+            "boundary_change": float(np.mean([p["boundary_change"] for p in profiles])),
+            "inside_change": float(np.mean([p["inside_change"] for p in profiles]))}
+
+
 def _memprobe(run_dir: str, frames: int, mode: str) -> None:
     """Child process: stream (or collect, then write) `frames` frames; print peak RSS in MiB as JSON.
 
@@ -134,20 +153,9 @@ def main() -> None:
             save_run(run, trainer, seed=0, data="synthetic:digits", extra={"train_seconds": train_s})
         model, _ = load_model(run)
         rec = reconstruction_l1(model, eval_clips)
-        n = 100
-        seams, profiles = [], []
-        for seed in range(args.chains):
-            frames = np.concatenate(list(stream_frames(model, n, seed=seed))).astype(np.float64) / 127.5 - 1
-            seams.append(seam_score(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
-            profiles.append(seam_profile(frames, chain_boundaries(n, cfg.frames, cfg.frames - 1)))
         meta = json.loads((run / "config.json").read_text())
         results["variants"][name] = {"train_seconds": train_s, "steps": meta["step"], "train": meta["train"],
-                                     "reconstruction_l1": rec,
-                                     "seam_score_mean": float(np.mean(seams)),
-                                     "seam_score_median": float(np.median(seams)),
-                                     # the two parts of the score: a frozen chain scores low on both
-                                     "boundary_change": float(np.mean([p["boundary_change"] for p in profiles])),
-                                     "inside_change": float(np.mean([p["inside_change"] for p in profiles]))}
+                                     "reconstruction_l1": rec, **chain_seams(model, args.chains)}
     results["steps"] = {k: r["steps"] for k, r in results["variants"].items()}
     # Seam score of real data cut at the same positions: what a perfect model would get.
     real_bounds = chain_boundaries(64, cfg.frames, cfg.frames - 1)

@@ -17,13 +17,15 @@ of the first vs last 100 frames). Writes benchmarks/results/longgen-voxceleb.jso
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import save  # noqa: E402
+from longgen import chain_seams  # noqa: E402
 
 HELD_OUT = "id10283_*.mp4"
 
@@ -41,7 +43,7 @@ def score(run: Path, video, chains: int) -> dict:
     from vmt.longgen.data import ClipSource
     from vmt.longgen.sampling import stream_frames
     from vmt.longgen.train import reconstruction_l1
-    from vmt.metrics.seams import chain_boundaries, seam_profile, seam_score
+    from vmt.metrics.seams import chain_boundaries, seam_score
 
     model, meta = load_model(run)
     cfg = model.cfg
@@ -53,18 +55,9 @@ def score(run: Path, video, chains: int) -> dict:
         "copy_first_frame_l1": float((clips - clips[:, :, :1]).abs().mean()),
         "mean_grey_l1": float((clips - grey).abs().mean()),
     }
-    n = 100
-    seams, profiles = [], []
     t0 = time.perf_counter()
-    for seed in range(chains):
-        frames = np.concatenate(list(stream_frames(model, n, seed=seed))).astype(np.float64) / 127.5 - 1
-        bounds = chain_boundaries(n, cfg.frames, cfg.frames - 1)
-        seams.append(seam_score(frames, bounds))
-        profiles.append(seam_profile(frames, bounds))
-    out["sampling_fps"] = chains * n / (time.perf_counter() - t0)
-    out["seam_score_mean"] = float(np.mean(seams))
-    out["boundary_change"] = float(np.mean([p["boundary_change"] for p in profiles]))
-    out["inside_change"] = float(np.mean([p["inside_change"] for p in profiles]))
+    out.update(chain_seams(model, chains, frames=100))
+    out["sampling_fps"] = chains * 100 / (time.perf_counter() - t0)
     real = video.astype(np.float64) / 127.5 - 1
     out["real_data_seam_score"] = float(seam_score(real, chain_boundaries(len(real), cfg.frames, cfg.frames - 1)))
     long = np.concatenate(list(stream_frames(model, 1000, seed=0))).astype(np.float64) / 127.5 - 1
@@ -104,9 +97,7 @@ def main() -> None:
               f"{d['first100']['mean']:.3f} -> {d['last100']['mean']:.3f}, std {d['first100']['std']:.3f} -> "
               f"{d['last100']['std']:.3f}, motion {d['first100']['motion']:.4f} -> {d['last100']['motion']:.4f} "
               f"(real: {d['real_data']['mean']:.3f}, {d['real_data']['std']:.3f}, {d['real_data']['motion']:.4f})")
-    out = ROOT / "benchmarks" / "results" / "longgen-voxceleb.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    save("longgen-voxceleb", results)
 
 
 if __name__ == "__main__":
