@@ -82,6 +82,10 @@ def train(
                                               "(L1 reconstruction has weight 1).")] = 0.05,
     adv_warmup: Annotated[int, typer.Option("--adv-warmup", help="Steps of VAE-only training (L1 + KL) before "
                                             "the adversarial terms start.")] = 300,
+    mask_weight: Annotated[float, typer.Option("--mask-weight", help="Warping models: weight of the mean blend "
+                                               "mask, to prefer moving the reference over redrawing it.")] = 1.0,
+    pyramid_levels: Annotated[int, typer.Option("--pyramid-levels", help="L1 on an image pyramid of this many "
+                                                "levels (1: plain L1); coarse levels guide the shifts.")] = 3,
     recall: Annotated[bool, typer.Option("--recall/--no-recall", help="Recall training: overlapping clip pairs, "
                                          "the video discriminator judges merged clips.")] = True,
     attention: Annotated[bool | None, typer.Option("--attention/--no-attention", help="Factorised "
@@ -138,8 +142,10 @@ def _train(ctx: typer.Context, params: dict) -> None:
     for key in ("steps", "batch_size"):
         if p[key] < 1:
             raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
-    if p["lr"] <= 0 or p["kl_weight"] < 0 or p["adv_weight"] < 0 or p["adv_warmup"] < 0:
-        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight/--adv-warmup >= 0")
+    if p["lr"] <= 0 or min(p["kl_weight"], p["adv_weight"], p["adv_warmup"], p["mask_weight"]) < 0:
+        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight/--adv-warmup/--mask-weight >= 0")
+    if p["pyramid_levels"] < 1:
+        raise VmtUsageError(f"--pyramid-levels must be >= 1 (1: plain L1), got {p['pyramid_levels']}")
     strides = _parse_strides(p["stride"])
     has_run = (run_dir / "config.json").exists()
     if run_dir.exists() and not run_dir.is_dir():
@@ -157,7 +163,7 @@ def _train(ctx: typer.Context, params: dict) -> None:
     from vmt.longgen.checkpoint import resume_trainer, save_run
     from vmt.longgen.config import preset as get_preset
     from vmt.longgen.data import open_source
-    from vmt.longgen.train import Trainer, TrainSettings, train_steps
+    from vmt.longgen.train import Trainer, TrainSettings, fit_sampling_prior, train_steps
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory, resolve_device
 
@@ -173,7 +179,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     dev = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],
-                             adv_weight=p["adv_weight"], recall=p["recall"], adv_warmup=p["adv_warmup"])
+                             adv_weight=p["adv_weight"], recall=p["recall"], adv_warmup=p["adv_warmup"],
+                             mask_weight=p["mask_weight"], pyramid_levels=p["pyramid_levels"])
     timer = Timer(sync_cuda=dev.type == "cuda")
     trainer = Trainer(cfg, settings, dev)
     if p["resume"]:  # before reading data: a mismatching run should fail fast
@@ -190,6 +197,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     last: dict[str, float] = {}
 
     def checkpoint() -> None:
+        with timer.stage("fit_prior"):  # so that every saved run samples from where its decoder was trained
+            fit_sampling_prior(trainer.model, source, seed=p["seed"])
         save_run(run_dir, trainer, seed=p["seed"], data=p["data"])
 
     with step_progress(todo, "training", p["quiet"]) as advance, timer.stage("train"):
@@ -273,6 +282,9 @@ def sample(
     ref_index: RefIndexOpt = -1,
     carry_motion: Annotated[bool, typer.Option("--carry-motion", help="Reuse the motion latent of the previous "
                                                "clip instead of drawing a fresh one.")] = False,
+    standard_prior: Annotated[bool, typer.Option("--standard-prior", help="Draw latents from N(0, I), as in the "
+                                                 "paper, instead of the Gaussian fitted to the training "
+                                                 "data's encodings when the run was saved.")] = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
@@ -311,7 +323,7 @@ def _sample(ctx: typer.Context, params: dict) -> None:
     with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"), \
             VideoWriter(output, p["fps"]) as writer:
         n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
-                             carry_motion=p["carry_motion"], on_clip=lambda k: [advance() for _ in range(k)])
+                             carry_motion=p["carry_motion"], standard_prior=p["standard_prior"], on_clip=lambda k: [advance() for _ in range(k)])
     clips = 1 + -(-max(0, p["frames"] - net.cfg.frames) // r)
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
     doc = build_sidecar(command_line(), "longgen sample", resolved, output=output,

@@ -105,6 +105,85 @@ def test_kl_matches_closed_form_in_float64():
     assert kl_standard_normal(mu, lv).item() == pytest.approx(ref.item(), rel=1e-12)
 
 
+def test_pyramid_l1_against_a_numpy_pyramid_in_float64():
+    from vmt.longgen.losses import l1, pyramid_l1
+
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 3, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    assert pyramid_l1(x, y, 1).item() == l1(x, y).item()
+    a, b, terms = x.numpy(), y.numpy(), []
+    for _ in range(3):
+        terms.append(np.abs(a - b).mean())
+        a, b = (v.reshape(*v.shape[:3], v.shape[3] // 2, 2, v.shape[4] // 2, 2).mean((4, 6)) for v in (a, b))
+    assert pyramid_l1(x, y, 3).item() == pytest.approx(np.mean(terms), rel=1e-12)
+
+
+def test_pyramid_l1_sees_a_misplaced_dot_that_plain_l1_does_not():
+    # A one-pixel dot 1 vs 2 pixels off: plain L1 is the same (no overlap either way), so it gives no
+    # direction; the pyramid's coarse levels still overlap at 1 pixel and rank it closer.
+    from vmt.longgen.losses import l1, pyramid_l1
+
+    target = torch.zeros(1, 1, 1, 8, 8)
+    target[..., 2, 2] = 1
+    near, far = torch.roll(target, 1, dims=-1), torch.roll(target, 3, dims=-1)
+    assert l1(near, target).item() == l1(far, target).item()
+    assert pyramid_l1(near, target, 3).item() < pyramid_l1(far, target, 3).item()
+
+
+def test_prior_is_standard_normal_until_fitted():
+    model = _seeded_model("tiny")
+    cfg = model.cfg
+    z_x, z_v = model.prior(3, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    torch.testing.assert_close(z_x, torch.randn(3, cfg.dim_content, generator=g), rtol=0, atol=0)
+    torch.testing.assert_close(z_v.flatten(1), torch.randn(3, cfg.motion_steps * cfg.dim_motion, generator=g),
+                               rtol=0, atol=0)
+
+
+def test_fitted_prior_matches_the_posterior_means_in_float64(monkeypatch):
+    # Encoders replaced by known correlated Gaussians: the fit must give their sample mean and covariance
+    # (numpy, float64), and prior draws must be mean + L eps with L L^T = that covariance.
+    model = _seeded_model("tiny")
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    n, dx, dv = 500, cfg.dim_content, cfg.motion_steps * cfg.dim_motion
+    mix_x, mix_v = torch.randn(dx, dx, generator=g), torch.randn(dv, dv, generator=g)
+    zx = torch.randn(n, dx, generator=g) @ mix_x + 3.0
+    zv = torch.randn(n, dv, generator=g) @ mix_v - 1.0
+    clips = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1, 1).expand(n, 3, cfg.frames, 2, 2)
+    monkeypatch.setattr(model, "encode_content", lambda f: (zx[f[:, 0, 0, 0].long()], None))
+    monkeypatch.setattr(model, "encode_motion", lambda c: (zv[c[:, 0, 0, 0, 0].long()].view(-1, cfg.motion_steps,
+                                                                                                  cfg.dim_motion), None))
+    model.fit_prior(clips, batch=64)
+    for z, mean, scale in ((zx, model.prior_mean_x, model.prior_scale_x), (zv, model.prior_mean_v, model.prior_scale_v)):
+        ref_cov = np.cov(z.double().numpy().T)
+        np.testing.assert_allclose(mean.double().numpy(), z.double().numpy().mean(0), rtol=1e-5, atol=1e-5)
+        cov = (scale.double() @ scale.double().T).numpy()
+        ridge = 1e-4 * np.trace(ref_cov) / len(ref_cov)
+        np.testing.assert_allclose(cov, ref_cov + ridge * np.eye(len(ref_cov)), rtol=1e-4, atol=1e-4)
+    z_x, z_v = model.prior(2, torch.Generator().manual_seed(9))
+    eps = torch.randn(2, dx, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(z_x, model.prior_mean_x + eps @ model.prior_scale_x.T)
+    z_std, _ = model.prior(2, torch.Generator().manual_seed(9), standard=True)
+    torch.testing.assert_close(z_std, eps, rtol=0, atol=0)
+
+
+def test_runs_saved_without_a_fitted_prior_load_with_the_standard_normal(tmp_path):
+    from vmt.longgen.checkpoint import load_model, save_run
+    from vmt.longgen.train import Trainer, TrainSettings
+
+    trainer = Trainer(preset("tiny"), TrainSettings(batch_size=2))
+    with torch.no_grad():
+        trainer.model.prior_mean_x.fill_(5.0)
+    save_run(tmp_path / "run", trainer, seed=0, data="synthetic:digits")
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "run" / "model.safetensors"
+    save_file({k: v for k, v in load_file(path).items() if not k.startswith("prior_")}, path)
+    model, _ = load_model(tmp_path / "run")
+    assert model.prior_mean_x.abs().max() == 0 and torch.equal(model.prior_scale_x, torch.eye(model.cfg.dim_content))
+
+
 # ---------------------------------------------------------------- generator details
 
 def test_generator_starts_from_the_reference_frame():
@@ -160,7 +239,7 @@ def test_frames_blend_reference_and_generated_frame():
     ref = (torch.rand(2, 3, cfg.size, cfg.size, generator=g, dtype=torch.float64) * 2 - 1)
     with torch.no_grad():
         video = model.decode(z_x, z_v, ref)
-        _, feats = model.generator.features(z_x, z_v)
+        _, _, feats = model.generator.features(z_x, z_v)
         out = model.generator.to_frames(feats)
     frames, mask = torch.tanh(out[:, :3]), torch.sigmoid(out[:, 3:])
     expected = ref[:, :, None] + mask * (frames - ref[:, :, None])
@@ -170,12 +249,23 @@ def test_frames_blend_reference_and_generated_frame():
     assert (video[:, :, 1:] >= lo[:, :, 1:] - 1e-12).all() and (video[:, :, 1:] <= hi[:, :, 1:] + 1e-12).all()
 
 
-def _bilinear_warp_reference(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """Brute force in float64: out[c, y, x] = image[c] at (y + dy, x + dx), bilinear, coordinates clamped."""
+def _reflect(v: float, n: int) -> float:
+    """Mirror a coordinate into [0, n - 1] about the centres of the end pixels."""
+    period = 2.0 * (n - 1)
+    v = abs(v) % period
+    return period - v if v > n - 1 else v
+
+
+def _bilinear_warp_reference(image: np.ndarray, dx: float, dy: float, padding: str = "border") -> np.ndarray:
+    """Brute force in float64: out[c, y, x] = image[c] at (y + dy, x + dx), bilinear; coordinates clamped
+    ("border") or mirrored ("reflection") into the image."""
     c, h, w = image.shape
     out = np.zeros_like(image)
     for y, x in itertools.product(range(h), range(w)):
-        sy, sx = min(max(y + dy, 0.0), h - 1.0), min(max(x + dx, 0.0), w - 1.0)
+        if padding == "border":
+            sy, sx = min(max(y + dy, 0.0), h - 1.0), min(max(x + dx, 0.0), w - 1.0)
+        else:
+            sy, sx = _reflect(y + dy, h), _reflect(x + dx, w)
         y0, x0 = int(math.floor(sy)), int(math.floor(sx))
         y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
         fy, fx = sy - y0, sx - x0
@@ -198,31 +288,50 @@ def test_warp_moves_an_image_by_a_known_displacement():
     for t, (dx, dy) in enumerate(flows):
         ref = _bilinear_warp_reference(img[0].numpy(), dx, dy)
         np.testing.assert_allclose(out[0, :, t].numpy(), ref, atol=1e-12)
+    mirrored = warp_frames(img, flow * 4, padding="reflection")  # up to 17.6 pixels: past the far border
+    for t, (dx, dy) in enumerate(flows):
+        ref = _bilinear_warp_reference(img[0].numpy(), 4 * dx, 4 * dy, "reflection")
+        np.testing.assert_allclose(mirrored[0, :, t].numpy(), ref, atol=1e-12)
 
 
-def test_warping_generator_blends_the_warped_previous_frame():
-    # x_t = w_t + m_t (g_t - w_t), w_t = the previous frame translated by the frame's mean flow (x, y) times
-    # size/8 pixels; each step checked against the brute-force bilinear warp in float64.
+def test_warping_generator_blends_the_reference_moved_by_the_summed_shifts():
+    # x_t = w_t + m_t (g_t - w_t), w_t = the reference translated by f_1 + ... + f_t, f = a ReLU MLP of z_v,
+    # (x, y) per frame, times size/8 pixels; each frame checked against the brute-force bilinear warp (float64).
     model = _seeded_model("tiny").double()
     cfg = model.cfg
     assert cfg.warp
+    with torch.no_grad():  # the shift head starts near zero (almost no motion); give it some
+        model.generator.to_shift[-1].bias[:] = torch.linspace(-0.5, 0.5, 2 * cfg.frames, dtype=torch.float64)
     g = torch.Generator().manual_seed(2)
     z_x, z_v = (z.double() for z in model.prior(1, g))
     ref = torch.rand(1, 3, cfg.size, cfg.size, generator=g, dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         video = model.decode(z_x, z_v, ref)
-        _, feats = model.generator.features(z_x, z_v)
+        _, _, feats = model.generator.features(z_x, z_v)
         out = model.generator.to_frames(feats)
+        hidden = torch.relu(z_v.flatten(1) @ model.generator.to_shift[0].weight.T + model.generator.to_shift[0].bias)
+        head = model.generator.to_shift[-1]
+        step = (hidden @ head.weight.T + head.bias).view(2, cfg.frames).numpy() * cfg.size / 8  # (2, T) pixels
     frames, mask = torch.tanh(out[0, :3]).numpy(), torch.sigmoid(out[0, 3]).numpy()
-    shift = out[0, 4:6].mean(dim=(2, 3)).numpy() * cfg.size / 8  # (2, T)
-    assert np.abs(shift[:, 1:]).max() > 1e-3  # the warp is exercised
-    prev = ref[0].numpy()
-    np.testing.assert_allclose(video[0, :, 0].numpy(), prev, atol=1e-12)
+    shift = np.cumsum(step[:, 1:], axis=1)
+    assert np.abs(shift).max() > 1.0  # the warp moves by more than a pixel
+    np.testing.assert_allclose(video[0, :, 0].numpy(), ref[0].numpy(), atol=1e-12)
     for t in range(1, cfg.frames):
-        w = _bilinear_warp_reference(prev, shift[0, t], shift[1, t])
-        prev = w + mask[t] * (frames[:, t] - w)
-        np.testing.assert_allclose(video[0, :, t].numpy(), prev, atol=1e-10)
+        w = _bilinear_warp_reference(ref[0].numpy(), shift[0, t - 1], shift[1, t - 1], "reflection")
+        np.testing.assert_allclose(video[0, :, t].numpy(), w + mask[t] * (frames[:, t] - w), atol=1e-10)
     assert -1 <= video.min() and video.max() <= 1
+
+
+def test_warping_generator_starts_with_small_steps_that_depend_on_the_motion_latent():
+    # Near a copy of the reference (steps well under a pixel), but not exactly: zero steps would pass no
+    # gradient back to z_v, and the movement encoder would never learn the motion.
+    model = _seeded_model("cpu")
+    z_x, z_v = model.prior(16, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        steps = model.generator.steps(z_v)
+    assert steps.shape == (16, 2, model.cfg.frames)
+    assert steps.abs().max() < 0.5
+    assert steps.std(0).mean() > 1e-3
 
 
 def test_runs_saved_before_warping_load_without_it():
@@ -296,7 +405,7 @@ class _RampModel:
         self.seen_refs: list[torch.Tensor] = []
         self.decoded_refs: list[torch.Tensor | None] = []
 
-    def prior(self, batch, generator=None, device=None):
+    def prior(self, batch, generator=None, device=None, standard=False):
         return torch.zeros(batch, 1), torch.zeros(batch, 1, 1)
 
     def encode_content(self, frame):
@@ -408,13 +517,24 @@ def test_a_few_training_steps_lower_the_reconstruction_loss():
     assert after < 0.9 * before, (before, after)
 
 
-def test_vae_steps_reconstruct_moving_digits_better_than_all_black():
-    # Ground truths of the L1 on held-out moving digits: an all-black clip (digits cover ~10% of the canvas)
-    # and frame 0 copied to every frame. Before the warp the VAE never beat black: it faded the reference out.
+def _centre_of_ink(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> brightness-weighted centre (B, 2, T) in pixels (x, y)."""
+    w = (video.max(1).values + 1).clamp(min=0)
+    h, wd = w.shape[-2:]
+    ys, xs = torch.arange(h, dtype=w.dtype).view(h, 1), torch.arange(wd, dtype=w.dtype).view(1, wd)
+    total = w.sum((2, 3)) + 1e-6
+    return torch.stack([(w * xs).sum((2, 3)) / total, (w * ys).sum((2, 3)) / total], 1)
+
+
+def test_vae_steps_follow_moving_digits_and_beat_black_and_copy_baselines():
+    # Ground truths on held-out moving digits: the L1 of an all-black clip (digits cover ~10% of the canvas)
+    # and of frame 0 copied to every frame, and the digits' true motion (centre of ink). Before the warp the
+    # VAE faded the reference to black; with the warp but its shift read from the video stream, it did not
+    # learn the motion in 200 steps (frames copied the reference).
     from vmt.longgen.data import ClipSource, moving_digits
     from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
 
-    cfg = preset("tiny").with_(signed_motion=True, attention=False)
+    cfg = preset("cpu")
     source = ClipSource(list(moving_digits(64, 32, cfg.size, seed=1)), [f"v{i}" for i in range(64)])
     held_out = ClipSource(list(moving_digits(16, 8, cfg.size, seed=99)), [f"h{i}" for i in range(16)])
     clips = held_out.sample(16, cfg.frames, np.random.default_rng(0))
@@ -422,12 +542,17 @@ def test_vae_steps_reconstruct_moving_digits_better_than_all_black():
     copy0 = float((clips - clips[:, :, :1]).abs().mean())
     torch.manual_seed(0)
     settings = TrainSettings(batch_size=8, lr=1e-3, recall=False)
-    assert settings.adv_warmup >= 150  # the default schedule starts VAE-only
+    assert settings.adv_warmup >= 100  # the default schedule starts VAE-only
     trainer = Trainer(cfg, settings)
-    train_steps(trainer, source, 150, seed=0)
+    train_steps(trainer, source, 100, seed=0)
     after = reconstruction_l1(trainer.model, clips)
-    # (With the adversarial terms at weight 0.2 from step 0 the same run ends at 1.0x black.)
-    assert after < 0.93 * black and after < 0.7 * copy0, (after, black, copy0)
+    assert after < 0.9 * black and after < 0.85 * copy0, (after, black, copy0)
+    with torch.no_grad():
+        mu_v, _ = trainer.model.encode_motion(clips)
+        moved = -trainer.model.generator.steps(mu_v)[:, :, 1:].cumsum(2)  # content moves by minus the shift
+    true = _centre_of_ink(clips)[:, :, 1:] - _centre_of_ink(clips)[:, :, :1]
+    r = np.corrcoef(moved.flatten().numpy(), true.flatten().numpy())[0, 1]
+    assert r > 0.5, r
 
 
 # ---------------------------------------------------------------- data

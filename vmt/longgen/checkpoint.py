@@ -67,6 +67,12 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise VmtError(f"cannot read weights {path}: {e}") from e
 
 
+def _with_default_prior(model: EncGAN3, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Runs saved before the fitted sampling prior existed sample from N(0, I): the model's initial buffers."""
+    own = model.state_dict()
+    return {**{k: v for k, v in own.items() if k.startswith("prior_") and k not in state}, **state}
+
+
 def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """load_state_dict with one clear error when keys or shapes differ (a checkpoint of another config)."""
     own = module.state_dict()
@@ -133,7 +139,8 @@ def load_model(model: str | Path | None, device=None) -> tuple[EncGAN3, dict[str
     meta = read_meta(run_dir)
     cfg = LongGenConfig.from_dict(meta["model"])
     net = EncGAN3(cfg)
-    load_state_checked(net, _load_tensors(run_dir / "model.safetensors"), f"{run_dir}/model.safetensors")
+    state = _with_default_prior(net, _load_tensors(run_dir / "model.safetensors"))
+    load_state_checked(net, state, f"{run_dir}/model.safetensors")
     net = net.to(device or "cpu").eval()
     return net, meta
 
@@ -147,7 +154,8 @@ def resume_trainer(run_dir: Path, trainer) -> dict[str, Any]:
         text = ", ".join(f"{k}: {a} in the run, {b} asked for" for k, (a, b) in diff.items())
         raise VmtUsageError(f"{run_dir} holds a model of another configuration ({text}); use the same preset and "
                             "sizes to resume, or a new -o folder")
-    load_state_checked(trainer.model, _load_tensors(run_dir / "model.safetensors"), f"{run_dir}/model.safetensors")
+    state = _with_default_prior(trainer.model, _load_tensors(run_dir / "model.safetensors"))
+    load_state_checked(trainer.model, state, f"{run_dir}/model.safetensors")
     tpath = run_dir / "train.safetensors"
     if not tpath.is_file():
         raise VmtError(f"{tpath} is missing, so training cannot resume; start a new -o folder")

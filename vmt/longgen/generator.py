@@ -32,6 +32,8 @@ match any input the sampler gives, and long chains collapsed in eval mode.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,13 +42,25 @@ from torch.nn.utils.parametrizations import spectral_norm
 from vmt.longgen.attention import FactorisedSelfAttention
 from vmt.longgen.config import LongGenConfig
 
+class GeneratorParts(NamedTuple):
+    """video (B, 3, T, H, W) = warped + mask * (redrawn - warped); image: the spatial stream's own frame
+    (B, 3, H, W); mask (B, 1, T, H, W) in [0, 1), 0 at t = 0; warped: the reference moved by the flows alone
+    (the reference in place without warping), (B, 3, T, H, W)."""
+
+    video: torch.Tensor
+    image: torch.Tensor
+    mask: torch.Tensor
+    warped: torch.Tensor
+
+
 def _sn(m: nn.Module) -> nn.Module:
     return spectral_norm(m)
 
 
-def warp_frames(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warp_frames(image: torch.Tensor, flow: torch.Tensor, padding: str = "border") -> torch.Tensor:
     """Backward-warp one image per sample by T flows: image (B, C, H, W), flow (B, 2, T, H, W) in pixels
-    (channel 0: x, 1: y) -> (B, C, T, H, W) with out[t](p) = image(p + flow[t](p)), bilinear, border padding."""
+    (channel 0: x, 1: y) -> (B, C, T, H, W) with out[t](p) = image(p + flow[t](p)), bilinear. Outside the
+    image, `padding` "border" repeats the edge pixels, "reflection" mirrors about their centres."""
     b, c, h, w = image.shape
     t = flow.shape[2]
     ys = torch.arange(h, dtype=flow.dtype, device=flow.device)
@@ -56,7 +70,7 @@ def warp_frames(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     # align_corners=True: -1 and 1 are the centres of the first and last pixels.
     grid = torch.stack([2 * gx / max(w - 1, 1) - 1, 2 * gy / max(h - 1, 1) - 1], -1).reshape(b * t, h, w, 2)
     src = image[:, None].expand(-1, t, -1, -1, -1).reshape(b * t, c, h, w)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding, align_corners=True)
     return out.reshape(b, t, c, h, w).transpose(1, 2)
 
 
@@ -131,14 +145,27 @@ class Generator(nn.Module):
         # F-SA after the second-to-last block (G3AN: after block 4 of 5), on the fused video features.
         self.attn_after = len(self.blocks) - 2 if cfg.attention else None
         self.attention = FactorisedSelfAttention(2 * ch[-2]) if cfg.attention else None
-        # 3 channels of the frame g_t, 1 of the mask m_t's logit and (warp) 2 of the flow f_t (x, y).
-        self.to_frames = nn.Conv3d(2 * ch[-1], 6 if cfg.warp else 4, (1, 3, 3), 1, (0, 1, 1))
-        # Flow units: one output unit is size/8 pixels, so a step of a few pixels is ~1 unit (Adam moves weights by ~lr per step).
-        self.flow_scale = cfg.size / 8
-        if cfg.warp:  # start mostly warping (m ~ 0.12), not mostly redrawing: redrawing fades to black first
-            with torch.no_grad():
-                self.to_frames.bias[3] = -2.0
+        # 3 channels of the frame g_t and 1 of the mask m_t's logit.
+        self.to_frames = nn.Conv3d(2 * ch[-1], 4, (1, 3, 3), 1, (0, 1, 1))
         self.to_image = nn.Conv2d(ch[-1], 3, 3, 1, 1)
+        if cfg.warp:
+            # One translation per frame step (x, y) in pixels, a small MLP of z_v alone. (A dense flow from the
+            # video stream tore glyphs apart; its mean over the frame, or a head on G3AN's temporal stream,
+            # learned the digits' motion ~10x slower than the movement encoder can encode it: through the
+            # normalised, spectrally-normed stream the encoder got almost no gradient.)
+            hidden = 8 * cfg.dim_motion
+            self.to_shift = nn.Sequential(nn.Linear(cfg.motion_steps * cfg.dim_motion, hidden), nn.ReLU(),
+                                          nn.Linear(hidden, 2 * cfg.frames))
+            # Units: one output unit is size/8 pixels, so a step of a few pixels is ~1 unit.
+            self.flow_scale = cfg.size / 8
+            with torch.no_grad():
+                # Start from small shifts (frames close to copies of the reference), not from ones that put the
+                # digit pixels off before the first step. Small, not zero: with zero weights no gradient
+                # reaches z_v, so the movement encoder never starts to encode the motion.
+                self.to_shift[-1].weight.mul_(0.1)
+                self.to_shift[-1].bias.zero_()
+                # Start mostly warping (m ~ 0.12), not mostly redrawing: redrawing fades to black first.
+                self.to_frames.bias[3] = -2.0
 
     def features(self, z_x: torch.Tensor, z_v: torch.Tensor):
         s, t, v = self.first(z_x, z_v.transpose(1, 2))
@@ -150,39 +177,44 @@ class Generator(nn.Module):
             v = _fuse(s, t, v)
             if i == self.attn_after:
                 v = self.attention(v)
-        return s, v
+        return s, t, v
 
-    def forward(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None,
-                return_image: bool = False, return_translation: bool = False):
-        """Video (B, 3, T, H, W); with `return_image` also the spatial stream's image (B, 3, H, W); with
-        `return_translation` (warp only) also the reference moved by the summed flows alone, no blending,
-        (B, 3, T, H, W): training's auxiliary L1 on it keeps teaching the flow where the mask has taken over."""
-        s, v = self.features(z_x, z_v)
+    def forward(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Video (B, 3, T, H, W) in [-1, 1]."""
+        return self.parts(z_x, z_v, ref).video
+
+    def parts(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None) -> GeneratorParts:
+        """The video and the pieces it is blended from (training puts losses on them)."""
+        s, t, v = self.features(z_x, z_v)
         own = torch.tanh(self.to_image(s))
-        base = (own if ref is None else ref)[:, :, None]
+        base = own if ref is None else ref
         out = self.to_frames(v)
         frames, mask = torch.tanh(out[:, :3]), torch.sigmoid(out[:, 3:4])
         mask = torch.cat([torch.zeros_like(mask[:, :, :1]), mask[:, :, 1:]], 2)  # x_0 is the reference itself
-        extra = (own,) if return_image else ()
         if not self.cfg.warp:
-            video = base + mask * (frames - base)
-            return (video, *extra) if extra else video
-        # Recursive, as the spec's x_t = x_(t-1) + v_t: each frame warps the previous one by one step's flow.
-        # One translation per frame (the flow channels averaged over the frame): a dense field learned from
-        # L1 alone tore glyphs apart in its first hundreds of steps; the mask and g_t handle the rest.
-        flow = out[:, 4:6].mean(dim=(3, 4), keepdim=True).expand(-1, -1, -1, *out.shape[3:]) * self.flow_scale
-        prev, seq = base[:, :, 0], [base[:, :, 0]]
-        for t in range(1, out.shape[2]):
-            w = warp_frames(prev, flow[:, :, t : t + 1])[:, :, 0]
-            prev = w + mask[:, :, t] * (frames[:, :, t] - w)
-            seq.append(prev)
-        video = torch.stack(seq, 2)
-        if return_translation:
-            flow = torch.cat([torch.zeros_like(flow[:, :, :1]), flow[:, :, 1:]], 2)
-            extra = (*extra, warp_frames(base[:, :, 0], flow.cumsum(2)))
-        return (video, *extra) if extra else video
+            partner = base[:, :, None]
+        else:
+            # Frame t warps the reference once, by the summed steps f_1 + ... + f_t (the spec's
+            # x_t = x_(t-1) + v_t, in displacement). Warping the previous *output* instead (recursively)
+            # resampled a digit t times and, once the mask had redrawn frame t, the flows of every later frame
+            # warped that redrawn frame and got no gradient from the reference: digits moved for 2-3 frames,
+            # then faded to black.
+            step = self.steps(z_v)[..., None, None]  # (B, 2, T, 1, 1)
+            shift = torch.cat([torch.zeros_like(step[:, :, :1]), step[:, :, 1:]], 2).cumsum(2)
+            # Reflection at the borders: with border padding, moving the digit off the canvas was the cheapest
+            # way to cut L1 while the movement encoder did not yet know the direction (a digit in the wrong
+            # place costs twice its area, a missing one once), and off the canvas the shift gets no gradient.
+            # Mirrored, a warp keeps the content on the canvas, as the data's bounces do.
+            partner = warp_frames(base, shift.expand(-1, -1, -1, *out.shape[3:]), padding="reflection")
+        video = partner + mask * (frames - partner)
+        return GeneratorParts(video=video, image=own, mask=mask, warped=partner.expand_as(video))
+
+    def steps(self, z_v: torch.Tensor) -> torch.Tensor:
+        """Warp only: the per-frame translation steps (B, 2, T) in pixels (x, y) for z_v (B, T0, Dv); frame t
+        samples the reference at p + steps[1] + ... + steps[t], so content moves by minus that sum."""
+        return self.to_shift(z_v.flatten(1)).view(-1, 2, self.cfg.frames) * self.flow_scale
 
     def image(self, z_x: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
         """The spatial stream's own first frame (B, 3, H, W) in [-1, 1] (the reference when there is none)."""
-        s, _ = self.features(z_x, z_v)
+        s, _, _ = self.features(z_x, z_v)
         return torch.tanh(self.to_image(s))

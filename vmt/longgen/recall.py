@@ -24,7 +24,8 @@ class ChainModel(Protocol):
 
     def decode(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    def prior(self, batch: int, generator: torch.Generator | None = None, device=None): ...
+    def prior(self, batch: int, generator: torch.Generator | None = None, device=None,
+              standard: bool = False): ...
 
 
 def resolve_ref_index(ref_index: int, frames: int) -> int:
@@ -45,6 +46,7 @@ def recall_chain(
     generator: torch.Generator | None = None,
     ref_index: int = -1,
     carry_motion: bool = False,
+    standard_prior: bool = False,
     device=None,
 ) -> Iterator[torch.Tensor]:
     """Yield the new frames of each clip, (B, 3, t, H, W) in [-1, 1], until exactly `num_frames` were yielded."""
@@ -52,7 +54,7 @@ def recall_chain(
         raise VmtUsageError(f"number of frames must be >= 1, got {num_frames}")
     frames = model.cfg.frames
     r = resolve_ref_index(ref_index, frames)
-    z_x, z_v = model.prior(batch, generator, device)
+    z_x, z_v = model.prior(batch, generator, device, standard=standard_prior)
     clip = model.decode(z_x, z_v, None)
     done = min(frames, num_frames)
     yield clip[:, :, :done]
@@ -60,7 +62,7 @@ def recall_chain(
         ref = clip[:, :, r]
         z_x, _ = model.encode_content(ref)
         if not carry_motion:
-            _, z_v = model.prior(batch, generator, device)
+            _, z_v = model.prior(batch, generator, device, standard=standard_prior)
         clip = model.decode(z_x, z_v, ref)
         new = clip[:, :, frames - r:]
         take = min(new.shape[2], num_frames - done)

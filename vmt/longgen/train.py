@@ -2,16 +2,17 @@
 
 Per step, for a batch of real windows w of 2T - 1 frames (recall) or T frames (no recall):
 - clip 1 = w[:T] is encoded (content of frame 0, movement of its differences) and decoded from its frame 0;
-- recall: clip 2 = w[T-1:] is decoded from the *generated* last frame of clip 1 (content encoded from it,
-  movement encoded from the real clip 2); the two generated clips are merged (2T - 1 frames) and shown to the
+- recall: clip 2 = w[T-1:] is decoded from the *generated* last frame of clip 1 (detached; content encoded
+  from it, movement encoded from the real clip 2); the two generated clips are merged (2T - 1 frames) and shown to the
   video discriminator against the real window, so the seam has to look like real motion;
 - recall, as the sampler runs it: a third clip is decoded from the same generated frame with the content
   encoder's mean and a movement latent from the prior (exactly one step of `recall_chain`), merged with clip 1
   and judged by the video discriminator: the prior's motion and the chain's own references are trained on,
   not only the posterior's (exposure bias);
 - unconditional clips from the prior train the generator's own first frame and the prior path;
-- losses: L1 reconstruction (video and the spatial stream's own frame) + KL of both latents + non-saturating
-  adversarial losses of the video and image discriminators.
+- losses: L1 reconstruction (video and the spatial stream's own frame; optionally on an image pyramid) + KL
+  of both latents + (warp) a penalty on the mean blend mask + non-saturating adversarial losses of the video
+  and image discriminators.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from vmt.longgen.config import LongGenConfig
 from vmt.longgen.discriminators import Discriminators
-from vmt.longgen.losses import d_loss, g_loss, kl_standard_normal, l1, reparameterise
+from vmt.longgen.losses import d_loss, g_loss, kl_standard_normal, l1, pyramid_l1, reparameterise
 from vmt.longgen.model import EncGAN3
 
 
@@ -54,9 +55,20 @@ class TrainSettings:
     # 300-step test it kept the mask low but the flows then moved the digit off the canvas (black again)
     # and did not correlate with the true motion (r 0.02 vs 0.55 without it).
     translation_l1_weight: float = 0.0
+    # Warping generators: weight of the mean blend mask (frames 1..T-1), to prefer moving the reference over
+    # redrawing it. Without it the mask faded a digit that the shifts had not yet learned to follow (a
+    # missing digit costs half the L1 of a misplaced one), and a faded digit teaches the shifts nothing.
+    mask_weight: float = 1.0
+    # L1 on an image pyramid of this many levels (1: plain L1). Coarser levels still overlap a digit
+    # placed a few pixels off, so a wrong shift gets a gradient towards the right one.
+    pyramid_levels: int = 3
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def rec_loss(x: torch.Tensor, y: torch.Tensor, levels: int) -> torch.Tensor:
+    return l1(x, y) if levels <= 1 else pyramid_l1(x, y, levels)
 
 
 class Trainer:
@@ -95,28 +107,32 @@ class Trainer:
         mu_x, lv_x = model.encode_content(ref)
         mu_v, lv_v = model.encode_motion(clip1)
         z_x, z_v = reparameterise(mu_x, lv_x, gen), reparameterise(mu_v, lv_v, gen)
-        if self.cfg.warp and s.translation_l1_weight:
-            rec1, own_image, moved = model.generator(z_x, z_v, ref, return_image=True, return_translation=True)
-            rec = l1(rec1, clip1) + l1(own_image, ref) + s.translation_l1_weight * l1(moved, clip1)
-        else:
-            rec1, own_image = model.generator(z_x, z_v, ref, return_image=True)
-            rec = l1(rec1, clip1) + l1(own_image, ref)
+        parts = model.generator.parts(z_x, z_v, ref)
+        rec1 = parts.video
+        rec = rec_loss(rec1, clip1, s.pyramid_levels) + l1(parts.image, ref)
+        if s.translation_l1_weight:
+            rec = rec + s.translation_l1_weight * rec_loss(parts.warped, clip1, s.pyramid_levels)
+        mask_mean = parts.mask[:, :, 1:].mean()
+        mask_w = s.mask_weight if self.cfg.warp else 0.0  # in place, the mask is the only way to show motion
         kl = kl_standard_normal(mu_x, lv_x) + kl_standard_normal(mu_v, lv_v)
 
         if s.recall:
             clip2 = real[:, :, T - 1 :]
-            ref2 = rec1[:, :, -1]
+            # Detached: clip 2's L1 teaches the generator to continue from its own frame, not to change that
+            # frame. Through it, a digit that clip 2 could not place well was cheapest to fade out of clip 1's
+            # last frame, and recall chains, which start each clip there, went black.
+            ref2 = rec1[:, :, -1].detach()
             mu_x2, lv_x2 = model.encode_content(ref2)
             mu_v2, lv_v2 = model.encode_motion(clip2)
             rec2 = model.decode(reparameterise(mu_x2, lv_x2, gen), reparameterise(mu_v2, lv_v2, gen), ref2)
-            rec = rec + l1(rec2, clip2)
+            rec = rec + rec_loss(rec2, clip2, s.pyramid_levels)
             kl = kl + kl_standard_normal(mu_x2, lv_x2) + kl_standard_normal(mu_v2, lv_v2)
             fake_video = torch.cat([rec1, rec2[:, :, 1:]], 2)  # merged: both clips share frame T-1
             chain_video = None
             if self.step_count >= s.adv_warmup:  # only the discriminator judges it
                 # One sampler step: content mean of the generated frame, fresh motion from the prior.
                 mu_xc, _ = model.encode_content(ref2)
-                _, zc_v = model.prior(b, gen, self.device)
+                _, zc_v = model.prior(b, gen, self.device, standard=True)
                 chain = model.decode(mu_xc, zc_v, ref2)
                 chain_video = torch.cat([rec1, chain[:, :, 1:]], 2)
         else:
@@ -124,14 +140,15 @@ class Trainer:
             chain_video = None
 
         if self.step_count < s.adv_warmup:
-            loss_g = s.l1_weight * rec + s.kl_weight * kl
+            loss_g = s.l1_weight * rec + s.kl_weight * kl + mask_w * mask_mean
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             self.opt_g.step()
             self.step_count += 1
-            return {"rec": float(rec.detach()), "kl": float(kl.detach()), "adv": 0.0, "d": 0.0}
+            return {"rec": float(rec.detach()), "kl": float(kl.detach()), "adv": 0.0, "d": 0.0,
+                    "mask": float(mask_mean.detach())}
 
-        zp_x, zp_v = model.prior(b, gen, self.device)
+        zp_x, zp_v = model.prior(b, gen, self.device, standard=True)
         prior_video = model.decode(zp_x, zp_v, None)
         fake_frames = torch.cat([self._random_frame(rec1, gen), self._random_frame(prior_video, gen)])
         real_frames = self._random_frame(real, gen)
@@ -157,13 +174,13 @@ class Trainer:
             adv = adv + g_loss(dv(chain_video))
         for p in self.discs.parameters():
             p.requires_grad_(True)
-        loss_g = s.l1_weight * rec + s.kl_weight * kl + s.adv_weight * adv
+        loss_g = s.l1_weight * rec + s.kl_weight * kl + mask_w * mask_mean + s.adv_weight * adv
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         self.step_count += 1
         return {"rec": float(rec.detach()), "kl": float(kl.detach()), "adv": float(adv.detach()),
-                "d": float(loss_d.detach())}
+                "d": float(loss_d.detach()), "mask": float(mask_mean.detach())}
 
 
 def train_steps(trainer: Trainer, source, steps: int, *, seed: int = 0, on_step=None) -> list[dict[str, float]]:
@@ -187,3 +204,10 @@ def reconstruction_l1(model: EncGAN3, clips: torch.Tensor) -> float:
     dev = next(model.parameters()).device
     out = model.reconstruct(clips.to(dev))
     return float((out - clips.to(dev)).abs().mean())
+
+
+@torch.no_grad()
+def fit_sampling_prior(model: EncGAN3, source, clips: int = 1024, seed: int = 0) -> None:
+    """Fit the model's sampling prior (EncGAN3.fit_prior) to `clips` random training windows of one clip."""
+    windows = source.sample(clips, model.cfg.frames, np.random.default_rng([seed, 7]))
+    model.fit_prior(windows)
