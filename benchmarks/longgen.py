@@ -91,6 +91,33 @@ def _probe(run_dir: Path, frames: int, mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def motion_following(model, clips) -> dict:
+    """Warping models: how well the predicted shifts follow the digits, against the true centre of ink.
+
+    Returns the correlation of predicted and true displacement from frame 0 (x and y of frames 1..T-1 pooled)
+    and the mean centre-of-ink error (pixels) of the reconstructions per frame."""
+    import numpy as np
+    import torch
+
+    def centre(v):  # (B, 3, T, H, W) -> (B, 2, T) brightness-weighted centre in pixels (x, y)
+        w = (v.max(1).values + 1).clamp(min=0)
+        h, wd = w.shape[-2:]
+        ys, xs = torch.arange(h, dtype=w.dtype).view(h, 1), torch.arange(wd, dtype=w.dtype).view(1, wd)
+        total = w.sum((2, 3)) + 1e-6
+        return torch.stack([(w * xs).sum((2, 3)) / total, (w * ys).sum((2, 3)) / total], 1)
+
+    model.eval()
+    with torch.no_grad():
+        rec = model.reconstruct(clips)
+        out = {"centre_error_px_per_frame": (centre(rec) - centre(clips)).norm(dim=1).mean(0).tolist()}
+        if model.cfg.warp:
+            mu_v, _ = model.encode_motion(clips)
+            moved = -model.generator.steps(mu_v)[:, :, 1:].cumsum(2)
+            true = centre(clips)[:, :, 1:] - centre(clips)[:, :, :1]
+            out["shift_correlation"] = float(np.corrcoef(moved.flatten().numpy(), true.flatten().numpy())[0, 1])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=150, help="training steps per variant")
@@ -118,7 +145,7 @@ def main() -> None:
     from vmt.longgen.config import preset
     from vmt.longgen.data import ClipSource, moving_digits, synthetic_source
     from vmt.longgen.sampling import stream_frames
-    from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
+    from vmt.longgen.train import Trainer, TrainSettings, fit_sampling_prior, reconstruction_l1, train_steps
     from vmt.metrics.seams import chain_boundaries, seam_profile, seam_score
 
     cfg = preset("cpu")
@@ -150,12 +177,14 @@ def main() -> None:
                         on_step=lambda s, lg: print(f"  {name} step {s} rec {lg['rec']:.3f}", flush=True)
                         if s % 25 == 0 else None)
             train_s = time.perf_counter() - t0
+            fit_sampling_prior(trainer.model, source)  # as `vmt longgen train` does at each checkpoint
             save_run(run, trainer, seed=0, data="synthetic:digits", extra={"train_seconds": train_s})
         model, _ = load_model(run)
         rec = reconstruction_l1(model, eval_clips)
         meta = json.loads((run / "config.json").read_text())
         results["variants"][name] = {"train_seconds": train_s, "steps": meta["step"], "train": meta["train"],
-                                     "reconstruction_l1": rec, **chain_seams(model, args.chains)}
+                                     "reconstruction_l1": rec, **motion_following(model, eval_clips),
+                                     **chain_seams(model, args.chains)}
     results["steps"] = {k: r["steps"] for k, r in results["variants"].items()}
     # Seam score of real data cut at the same positions: what a perfect model would get.
     real_bounds = chain_boundaries(64, cfg.frames, cfg.frames - 1)
@@ -206,6 +235,9 @@ def main() -> None:
           + ", ".join(f"{k} {r['steps']} steps" for k, r in v.items()) + f", batch {v['recall']['train']['batch_size']})")
     print(f"{'variant':<12}{'steps':>6}{'train s':>9}{'recon L1':>10}{'seam mean':>11}{'seam median':>13}"
           f"{'at seams':>10}{'inside':>8}")
+    for name, r in v.items():
+        print(f"{name}: shift correlation with the true motion {r.get('shift_correlation', float('nan')):.3f}, "
+              "centre-of-ink error per frame (px) " + " ".join(f"{e:.2f}" for e in r["centre_error_px_per_frame"]))
     for name, r in v.items():
         secs = "n/a" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
         print(f"{name:<12}{r['steps']:>6}{secs:>9}{r['reconstruction_l1']:>10.4f}"

@@ -95,6 +95,25 @@ def test_sample_200_frames_streams_exactly_200_frames(run_dir, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
 
 
+def test_saved_runs_sample_from_a_fitted_prior_and_standard_prior_restores_n01(run_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from vmt.io.video import read_video
+
+    state = load_file(run_dir / "model.safetensors")
+    dx = state["prior_mean_x"].shape[0]
+    assert state["prior_mean_x"].abs().max() > 0 and not np.allclose(state["prior_scale_x"].numpy(), np.eye(dx))
+    outs = {}
+    for flag in ("", "--standard-prior"):
+        out = tmp_path / f"s{len(flag)}.mp4"
+        res = _invoke("sample", "-m", str(run_dir), "--frames", "16", "-o", str(out), "--seed", "5", "--quiet",
+                      *([flag] if flag else []))
+        assert res.exit_code == 0, res.output
+        outs[flag], _ = read_video(out)
+        assert json.loads(out.with_suffix(".json").read_text())["params"]["standard_prior"] is bool(flag)
+    assert not np.array_equal(outs[""], outs["--standard-prior"])
+
+
 def test_sample_without_model_uses_the_shipped_default(tmp_path):
     from vmt.io.video import probe_video
     from vmt.longgen.checkpoint import DEFAULT_MODEL_DIR
@@ -148,6 +167,10 @@ def test_bad_inputs_exit_with_one_line_and_no_output(tmp_path):
     assert not (tmp_path / "x.mp4").exists()
     res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r3"), "--stride", "0")
     assert res.exit_code == 2 and "--stride" in res.output
+    res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r4"), "--pyramid-levels", "0")
+    assert res.exit_code == 2 and "--pyramid-levels" in res.output and not (tmp_path / "r4").exists()
+    res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r5"), "--mask-weight", "-1")
+    assert res.exit_code == 2 and "--mask-weight" in res.output and not (tmp_path / "r5").exists()
 
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes" / "longgen").glob("*.toml")))

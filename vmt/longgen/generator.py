@@ -15,14 +15,15 @@ first frame when reconstructing, the previous clip's reference frame in the reca
 stream's own image when sampling from scratch. Frames are in [-1, 1].
 
 Warping (design, `cfg.warp`; on in the cpu and tiny presets, off in the paper preset as in G3AN): the blend
-partner of g_t is the reference *warped* by a per-frame flow f_t (pixels, predicted by the same last layer,
-bilinear, border padding):
-x_t = w_t + m_t * (g_t - w_t), w_t = warp(x_ref, f_t), f_0 = 0. A bilinear warp of a frame in [-1, 1] stays
-in [-1, 1], so frames are still convex combinations of two in-range frames. Why: without it the video stream
-can move something only by redrawing it from the 32-number content code at a new position, which a small
-generator does not learn in CPU budgets; L1 then prefers fading the reference to black (held-out moving
-digits: L1 0.083 after 600 VAE-only steps, all-black clip 0.103, digits faded out by frame 4). Moving a
-digit is a translation: with the warp it is two numbers per frame.
+partner of g_t is the reference *translated* by the summed per-frame steps s_1 + ... + s_t (pixels, from a
+small MLP of z_v; bilinear, reflection at the borders):
+x_t = w_t + m_t * (g_t - w_t), w_t = warp(x_ref, s_1 + ... + s_t), s_0 = 0. A bilinear warp of a frame in
+[-1, 1] stays in [-1, 1], so frames are still convex combinations of two in-range frames. Why: without it the
+video stream can move something only by redrawing it from the 32-number content code at a new position, which
+a small generator does not learn in CPU budgets; L1 then prefers fading the reference to black (held-out
+moving digits: L1 0.083 after 600 VAE-only steps, all-black clip 0.103, digits faded out by frame 4). Moving a
+digit is a translation: with the warp it is two numbers per frame. Training adds a penalty on the mean mask
+and an image-pyramid L1 (train.py), so that the shifts, not the mask, carry the motion.
 
 Normalisation (design): GroupNorm instead of G3AN's BatchNorm, here and in the encoders. A sample then does
 not depend on the rest of its batch, and train and eval mode compute the same function: with BatchNorm, the
