@@ -55,6 +55,9 @@ class TrainSettings:
     # 300-step test it kept the mask low but the flows then moved the digit off the canvas (black again)
     # and did not correlate with the true motion (r 0.02 vs 0.55 without it).
     translation_l1_weight: float = 0.0
+    # Weight of the L1 of the spatial stream's own image against the reference frame: that image is the
+    # first frame of every sample drawn from scratch.
+    image_l1_weight: float = 1.0
     # Warping generators: weight of the mean blend mask (frames 1..T-1), to prefer moving the reference over
     # redrawing it. Without it the mask faded a digit that the shifts had not yet learned to follow (a
     # missing digit costs half the L1 of a misplaced one), and a faded digit teaches the shifts nothing.
@@ -109,7 +112,7 @@ class Trainer:
         z_x, z_v = reparameterise(mu_x, lv_x, gen), reparameterise(mu_v, lv_v, gen)
         parts = model.generator.parts(z_x, z_v, ref)
         rec1 = parts.video
-        rec = rec_loss(rec1, clip1, s.pyramid_levels) + l1(parts.image, ref)
+        rec = rec_loss(rec1, clip1, s.pyramid_levels) + s.image_l1_weight * l1(parts.image, ref)
         if s.translation_l1_weight:
             rec = rec + s.translation_l1_weight * rec_loss(parts.warped, clip1, s.pyramid_levels)
         mask_mean = parts.mask[:, :, 1:].mean()
