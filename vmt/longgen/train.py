@@ -3,8 +3,8 @@
 Per step, for a batch of real windows w of 2T - 1 frames (recall) or T frames (no recall):
 - clip 1 = w[:T] is encoded (content of frame 0, movement of its differences) and decoded from its frame 0;
 - recall: clip 2 = w[T-1:] is decoded from the *generated* last frame of clip 1 (detached; content encoded
-  from it, movement encoded from the real clip 2); the two generated clips are merged (2T - 1 frames) and shown to the
-  video discriminator against the real window, so the seam has to look like real motion;
+  from it, movement encoded from the real clip 2); the two generated clips are merged (2T - 1 frames) and
+  shown to the video discriminator against the real window, so the seam has to look like real motion;
 - recall, as the sampler runs it: a third clip is decoded from the same generated frame with the content
   encoder's mean and a movement latent from the prior (exactly one step of `recall_chain`), merged with clip 1
   and judged by the video discriminator: the prior's motion and the chain's own references are trained on,
@@ -50,10 +50,11 @@ class TrainSettings:
     # reconstruction path has to learn to move the reference first; a discriminator judging clips from an
     # untrained decoder only adds noise to that, and its steps cost ~40% of a training step.
     adv_warmup: int = 300
-    # Warping generators: weight of an auxiliary L1 of the reference moved by the flows alone (no blend).
-    # Meant to keep teaching the flow where the mask has faded a frame to black; off by default: in a
-    # 300-step test it kept the mask low but the flows then moved the digit off the canvas (black again)
-    # and did not correlate with the true motion (r 0.02 vs 0.55 without it).
+    # Warping generators: weight of an auxiliary L1 of the reference moved by the shifts alone (no blend).
+    # Meant to keep teaching the shifts where the mask has faded a frame to black; off by default: in a
+    # 300-step test with the earlier recursive, border-padded warp it kept the mask low but the shifts then
+    # moved the digit off the canvas (black again) and did not follow the motion (r 0.02 vs 0.55 without it).
+    # The mask penalty below does its job now.
     translation_l1_weight: float = 0.0
     # Weight of the L1 of the spatial stream's own image against the reference frame: that image is the
     # first frame of every sample drawn from scratch.
