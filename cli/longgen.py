@@ -96,7 +96,7 @@ def train(
                                                        "(default: the preset's; cpu: signed).",
                                                        show_default=False)] = None,
     warp: Annotated[bool | None, typer.Option("--warp/--no-warp", help="Generator blends with the reference "
-                                              "shifted by a predicted per-frame flow instead of in place "
+                                              "translated by predicted per-frame shifts instead of in place "
                                               "(default: the preset's; cpu and tiny: on, paper: off as in G3AN).",
                                               show_default=False)] = None,
     stride: Annotated[str, typer.Option("--stride", help="Temporal stride(s) of training clips, comma-separated; "
