@@ -323,7 +323,8 @@ def _sample(ctx: typer.Context, params: dict) -> None:
     with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"), \
             VideoWriter(output, p["fps"]) as writer:
         n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
-                             carry_motion=p["carry_motion"], standard_prior=p["standard_prior"], on_clip=lambda k: [advance() for _ in range(k)])
+                             carry_motion=p["carry_motion"], standard_prior=p["standard_prior"],
+                             on_clip=lambda k: [advance() for _ in range(k)])
     clips = 1 + -(-max(0, p["frames"] - net.cfg.frames) // r)
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
     doc = build_sidecar(command_line(), "longgen sample", resolved, output=output,

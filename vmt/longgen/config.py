@@ -19,9 +19,9 @@ class LongGenConfig:
     up to 8x (base 64 -> 512, 512, 256, 128, 64). attention: factorised self-attention (F-SA) after the
     second-to-last block. signed_motion: feed x_i - x_(i-1) instead of the paper's |x_i - x_(i-1)|.
     warp: the generator also predicts a translation per frame (from z_v) and blends with the reference frame
-    *translated* by the summed steps, instead of with the reference in place (see generator.py: without it, moving anything means redrawing it
-    from z_x at a new position, and the VAE settled on fading the reference to black). Off by default, as in
-    G3AN; the cpu and tiny presets turn it on.
+    *translated* by the summed steps, instead of with the reference in place (see generator.py: without it,
+    moving anything means redrawing it from z_x at a new position, and the VAE settled on fading the
+    reference to black). Off by default, as in G3AN; the cpu and tiny presets turn it on.
     """
 
     size: int = 64

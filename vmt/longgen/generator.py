@@ -196,9 +196,9 @@ class Generator(nn.Module):
         if not self.cfg.warp:
             partner = base[:, :, None]
         else:
-            # Frame t warps the reference once, by the summed steps f_1 + ... + f_t (the spec's
+            # Frame t warps the reference once, by the summed steps s_1 + ... + s_t (the spec's
             # x_t = x_(t-1) + v_t, in displacement). Warping the previous *output* instead (recursively)
-            # resampled a digit t times and, once the mask had redrawn frame t, the flows of every later frame
+            # resampled a digit t times and, once the mask had redrawn frame t, the shifts of every later frame
             # warped that redrawn frame and got no gradient from the reference: digits moved for 2-3 frames,
             # then faded to black.
             step = self.steps(z_v)[..., None, None]  # (B, 2, T, 1, 1)

@@ -33,7 +33,8 @@ def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def pyramid_l1(x: torch.Tensor, y: torch.Tensor, levels: int) -> torch.Tensor:
-    """Mean of the L1 at `levels` scales of videos (B, C, T, H, W): full size, then 2x2 average pools."""
+    """Mean of the L1 at `levels` scales of videos (B, C, T, H, W): full size, then 2x2 average pools.
+    One level is the plain L1."""
     total = l1(x, y)
     for _ in range(levels - 1):
         x, y = F.avg_pool3d(x, (1, 2, 2)), F.avg_pool3d(y, (1, 2, 2))

@@ -71,10 +71,6 @@ class TrainSettings:
         return asdict(self)
 
 
-def rec_loss(x: torch.Tensor, y: torch.Tensor, levels: int) -> torch.Tensor:
-    return l1(x, y) if levels <= 1 else pyramid_l1(x, y, levels)
-
-
 class Trainer:
     """Holds the model, discriminators and their optimisers; `step(real)` runs one D and one G update."""
 
@@ -113,9 +109,9 @@ class Trainer:
         z_x, z_v = reparameterise(mu_x, lv_x, gen), reparameterise(mu_v, lv_v, gen)
         parts = model.generator.parts(z_x, z_v, ref)
         rec1 = parts.video
-        rec = rec_loss(rec1, clip1, s.pyramid_levels) + s.image_l1_weight * l1(parts.image, ref)
+        rec = pyramid_l1(rec1, clip1, s.pyramid_levels) + s.image_l1_weight * l1(parts.image, ref)
         if s.translation_l1_weight:
-            rec = rec + s.translation_l1_weight * rec_loss(parts.warped, clip1, s.pyramid_levels)
+            rec = rec + s.translation_l1_weight * pyramid_l1(parts.warped, clip1, s.pyramid_levels)
         mask_mean = parts.mask[:, :, 1:].mean()
         mask_w = s.mask_weight if self.cfg.warp else 0.0  # in place, the mask is the only way to show motion
         kl = kl_standard_normal(mu_x, lv_x) + kl_standard_normal(mu_v, lv_v)
@@ -129,7 +125,7 @@ class Trainer:
             mu_x2, lv_x2 = model.encode_content(ref2)
             mu_v2, lv_v2 = model.encode_motion(clip2)
             rec2 = model.decode(reparameterise(mu_x2, lv_x2, gen), reparameterise(mu_v2, lv_v2, gen), ref2)
-            rec = rec + rec_loss(rec2, clip2, s.pyramid_levels)
+            rec = rec + pyramid_l1(rec2, clip2, s.pyramid_levels)
             kl = kl + kl_standard_normal(mu_x2, lv_x2) + kl_standard_normal(mu_v2, lv_v2)
             fake_video = torch.cat([rec1, rec2[:, :, 1:]], 2)  # merged: both clips share frame T-1
             chain_video = None
