@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def chain_seams(model, chains: int, frames: int = 100) -> dict:
+def chain_seams(model, chains: int, frames: int = 100, **chain) -> dict:
     """Seam score (mean and median) of `chains` sampled chains of `frames` frames, and its two parts: the mean
-    change across clip boundaries and inside clips (a frozen chain scores low on both)."""
+    change across clip boundaries and inside clips (a frozen chain scores low on both). `chain`: recall_chain's
+    keywords."""
     import numpy as np
 
     from vmt.longgen.sampling import stream_frames
@@ -39,7 +40,7 @@ def chain_seams(model, chains: int, frames: int = 100) -> dict:
     bounds = chain_boundaries(frames, model.cfg.frames, model.cfg.frames - 1)
     seams, profiles = [], []
     for seed in range(chains):
-        video = np.concatenate(list(stream_frames(model, frames, seed=seed))).astype(np.float64) / 127.5 - 1
+        video = np.concatenate(list(stream_frames(model, frames, seed=seed, **chain))).astype(np.float64) / 127.5 - 1
         seams.append(seam_score(video, bounds))
         profiles.append(seam_profile(video, bounds))
     return {"seam_score_mean": float(np.mean(seams)), "seam_score_median": float(np.median(seams)),

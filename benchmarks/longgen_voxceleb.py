@@ -41,6 +41,7 @@ def score(run: Path, video, chains: int) -> dict:
 
     from vmt.longgen.checkpoint import load_model
     from vmt.longgen.data import ClipSource
+    from vmt.longgen.generator import TRAIN_WARP
     from vmt.longgen.sampling import stream_frames
     from vmt.longgen.train import reconstruction_l1
     from vmt.metrics.seams import chain_boundaries, seam_score
@@ -56,11 +57,13 @@ def score(run: Path, video, chains: int) -> dict:
         "mean_grey_l1": float((clips - grey).abs().mean()),
     }
     t0 = time.perf_counter()
-    out.update(chain_seams(model, chains, frames=100))
+    # Faces fill the frame: sample with the training warp (sub-pixel, mirrored borders), not the chain warp
+    # made for content on a black background.
+    out.update(chain_seams(model, chains, frames=100, warp=TRAIN_WARP))
     out["sampling_fps"] = chains * 100 / (time.perf_counter() - t0)
     real = video.astype(np.float64) / 127.5 - 1
     out["real_data_seam_score"] = float(seam_score(real, chain_boundaries(len(real), cfg.frames, cfg.frames - 1)))
-    long = np.concatenate(list(stream_frames(model, 1000, seed=0))).astype(np.float64) / 127.5 - 1
+    long = np.concatenate(list(stream_frames(model, 1000, seed=0, warp=TRAIN_WARP))).astype(np.float64) / 127.5 - 1
     out["drift_1000"] = {"first100": _stats(long[:100]), "last100": _stats(long[-100:]), "real_data": _stats(real)}
     return out
 

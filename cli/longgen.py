@@ -80,8 +80,11 @@ def train(
                                              "makes the movement latent collapse).")] = 1e-4,
     adv_weight: Annotated[float, typer.Option("--adv-weight", help="Weight of the adversarial terms "
                                               "(L1 reconstruction has weight 1).")] = 0.05,
+    image_warmup: Annotated[int, typer.Option("--image-warmup", help="First steps that train only the content "
+                                              "encoder and the spatial stream on single frames (~30x cheaper "
+                                              "than a joint step); they count towards --steps.")] = 0,
     adv_warmup: Annotated[int, typer.Option("--adv-warmup", help="Steps of VAE-only training (L1 + KL) before "
-                                            "the adversarial terms start.")] = 300,
+                                            "the adversarial terms start, counted after --image-warmup.")] = 300,
     mask_weight: Annotated[float, typer.Option("--mask-weight", help="Warping models: weight of the mean blend "
                                                "mask, to prefer moving the reference over redrawing it.")] = 1.0,
     pyramid_levels: Annotated[int, typer.Option("--pyramid-levels", help="L1 on an image pyramid of this many "
@@ -142,8 +145,10 @@ def _train(ctx: typer.Context, params: dict) -> None:
     for key in ("steps", "batch_size"):
         if p[key] < 1:
             raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
-    if p["lr"] <= 0 or min(p["kl_weight"], p["adv_weight"], p["adv_warmup"], p["mask_weight"]) < 0:
-        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight/--adv-warmup/--mask-weight >= 0")
+    if p["lr"] <= 0 or min(p["kl_weight"], p["adv_weight"], p["adv_warmup"], p["mask_weight"],
+                           p["image_warmup"]) < 0:
+        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight/--adv-warmup/--mask-weight/"
+                            "--image-warmup >= 0")
     if p["pyramid_levels"] < 1:
         raise VmtUsageError(f"--pyramid-levels must be >= 1 (1: plain L1), got {p['pyramid_levels']}")
     strides = _parse_strides(p["stride"])
@@ -180,7 +185,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     torch.manual_seed(p["seed"])
     settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],
                              adv_weight=p["adv_weight"], recall=p["recall"], adv_warmup=p["adv_warmup"],
-                             mask_weight=p["mask_weight"], pyramid_levels=p["pyramid_levels"])
+                             mask_weight=p["mask_weight"], pyramid_levels=p["pyramid_levels"],
+                             image_warmup=p["image_warmup"])
     timer = Timer(sync_cuda=dev.type == "cuda")
     trainer = Trainer(cfg, settings, dev)
     if p["resume"]:  # before reading data: a mismatching run should fail fast
@@ -196,9 +202,11 @@ def _train(ctx: typer.Context, params: dict) -> None:
     todo = p["steps"] - trainer.step_count
     last: dict[str, float] = {}
 
+    prior_fit: dict[str, float] = {}
+
     def checkpoint() -> None:
         with timer.stage("fit_prior"):  # so that every saved run samples from where its decoder was trained
-            fit_sampling_prior(trainer.model, source, seed=p["seed"])
+            prior_fit.update(fit_sampling_prior(trainer.model, source, seed=p["seed"]))
         save_run(run_dir, trainer, seed=p["seed"], data=p["data"])
 
     with step_progress(todo, "training", p["quiet"]) as advance, timer.stage("train"):
@@ -216,7 +224,8 @@ def _train(ctx: typer.Context, params: dict) -> None:
     doc = build_sidecar(command_line(), "longgen train", resolved, output=run_dir,
                         model={"config": cfg.to_dict(), "parameters": sum(q.numel() for q in trainer.model.parameters())},
                         timings=timer.stages, compute={"steps": trainer.step_count, "batch_size": p["batch_size"]},
-                        memory=peak_memory(dev), extra={"final_losses": last, "videos": len(source.videos)})
+                        memory=peak_memory(dev),
+                        extra={"final_losses": last, "videos": len(source.videos), "motion_prior_fit": prior_fit})
     write_sidecar(run_dir / "train.mp4", doc)  # -> RUN_DIR/train.json
     if not p["quiet"]:
         console.print(f"[green]trained[/] {run_dir} to step {trainer.step_count} "
@@ -285,6 +294,14 @@ def sample(
     standard_prior: Annotated[bool, typer.Option("--standard-prior", help="Draw latents from N(0, I), as in the "
                                                  "paper, instead of the Gaussian fitted to the training "
                                                  "data's encodings when the run was saved.")] = False,
+    motion_temperature: Annotated[float, typer.Option("--motion-temperature", help="Spread of each clip's fresh "
+                                                      "motion around the motion predicted from the chain's "
+                                                      "state (0: the prediction, 1: the fitted spread; lower "
+                                                      "keeps digits on screen longer).")] = 0.5,
+    subpixel: Annotated[bool, typer.Option("--subpixel", help="Move references by sub-pixel shifts with "
+                                           "mirrored borders, as in training, instead of by whole pixels with "
+                                           "black entering at the borders (resampling blurs long chains; "
+                                           "mirroring folds content into copies).")] = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
@@ -307,9 +324,13 @@ def _sample(ctx: typer.Context, params: dict) -> None:
         raise VmtUsageError(f"--frames must be >= 1, got {p['frames']}")
     if p["fps"] <= 0:
         raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
+    if not p["motion_temperature"] >= 0:
+        raise VmtUsageError(f"--motion-temperature must be >= 0 (0: no noise, 1: the fitted spread), got "
+                            f"{p['motion_temperature']}")
 
     from vmt.io.video import VideoWriter
     from vmt.longgen.checkpoint import load_model, resolve_run_dir
+    from vmt.longgen.generator import CHAIN_WARP, TRAIN_WARP
     from vmt.longgen.recall import resolve_ref_index
     from vmt.longgen.sampling import write_long_video
     from vmt.provenance import build_sidecar, write_sidecar
@@ -324,12 +345,17 @@ def _sample(ctx: typer.Context, params: dict) -> None:
             VideoWriter(output, p["fps"]) as writer:
         n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
                              carry_motion=p["carry_motion"], standard_prior=p["standard_prior"],
+                             motion_temperature=p["motion_temperature"],
+                             warp=TRAIN_WARP if p["subpixel"] else CHAIN_WARP,
                              on_clip=lambda k: [advance() for _ in range(k)])
+    motion = ("standard normal" if p["standard_prior"] else
+              "learned" if net.motion_prior.is_fitted else "gaussian given content")
     clips = 1 + -(-max(0, p["frames"] - net.cfg.frames) // r)
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
     doc = build_sidecar(command_line(), "longgen sample", resolved, output=output,
                         model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
-                               "trained_steps": meta.get("step"), "data": meta.get("data")},
+                               "trained_steps": meta.get("step"), "data": meta.get("data"),
+                               "motion_prior": motion},
                         timings=timer.stages, compute={"clips": clips, "frames": n}, memory=peak_memory(dev),
                         extra={"video": {"frames": n, "fps": p["fps"], "height": net.cfg.size,
                                          "width": net.cfg.size}})

@@ -141,31 +141,106 @@ def test_prior_is_standard_normal_until_fitted():
 
 
 def test_fitted_prior_matches_the_posterior_means_in_float64(monkeypatch):
-    # Encoders replaced by known correlated Gaussians: the fit must give their sample mean and covariance
-    # (numpy, float64), and prior draws must be mean + L eps with L L^T = that covariance.
+    # Encoders replaced by known Gaussians, z_v correlated with z_x: the fit must give their joint sample mean
+    # and covariance (numpy, float64), the conditional of z_v given z_x must be the regression
+    # mean_v + C_vx C_xx^-1 (z_x - mean_x), and draws must follow the stored factors.
     model = _seeded_model("tiny")
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)
     n, dx, dv = 500, cfg.dim_content, cfg.motion_steps * cfg.dim_motion
-    mix_x, mix_v = torch.randn(dx, dx, generator=g), torch.randn(dv, dv, generator=g)
+    mix_x, mix_v, couple = torch.randn(dx, dx, generator=g), torch.randn(dv, dv, generator=g), torch.randn(dx, dv, generator=g)
     zx = torch.randn(n, dx, generator=g) @ mix_x + 3.0
-    zv = torch.randn(n, dv, generator=g) @ mix_v - 1.0
+    zv = torch.randn(n, dv, generator=g) @ mix_v + 0.5 * zx @ couple - 1.0
     clips = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1, 1).expand(n, 3, cfg.frames, 2, 2)
     monkeypatch.setattr(model, "encode_content", lambda f: (zx[f[:, 0, 0, 0].long()], None))
     monkeypatch.setattr(model, "encode_motion", lambda c: (zv[c[:, 0, 0, 0, 0].long()].view(-1, cfg.motion_steps,
                                                                                                   cfg.dim_motion), None))
     model.fit_prior(clips, batch=64)
-    for z, mean, scale in ((zx, model.prior_mean_x, model.prior_scale_x), (zv, model.prior_mean_v, model.prior_scale_v)):
-        ref_cov = np.cov(z.double().numpy().T)
-        np.testing.assert_allclose(mean.double().numpy(), z.double().numpy().mean(0), rtol=1e-5, atol=1e-5)
-        cov = (scale.double() @ scale.double().T).numpy()
-        ridge = 1e-4 * np.trace(ref_cov) / len(ref_cov)
-        np.testing.assert_allclose(cov, ref_cov + ridge * np.eye(len(ref_cov)), rtol=1e-4, atol=1e-4)
+    joint = torch.cat([zx, zv], 1).double().numpy()
+    ref_cov = np.cov(joint.T)
+    ref_cov = ref_cov + 1e-4 * np.trace(ref_cov) / len(ref_cov) * np.eye(len(ref_cov))
+    ref_mean = joint.mean(0)
+    lx, lv, gain = (b.double().numpy() for b in (model.prior_scale_x, model.prior_scale_v, model.prior_gain))
+    np.testing.assert_allclose(model.prior_mean_x.double().numpy(), ref_mean[:dx], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.prior_mean_v.double().numpy(), ref_mean[dx:], rtol=1e-5, atol=1e-5)
+    cxx, cvx, cvv = ref_cov[:dx, :dx], ref_cov[dx:, :dx], ref_cov[dx:, dx:]
+    np.testing.assert_allclose(lx @ lx.T, cxx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gain, cvx @ np.linalg.inv(cxx), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lv @ lv.T, cvv - cvx @ np.linalg.solve(cxx, cvx.T), rtol=1e-4, atol=1e-4)
     z_x, z_v = model.prior(2, torch.Generator().manual_seed(9))
-    eps = torch.randn(2, dx, generator=torch.Generator().manual_seed(9))
-    torch.testing.assert_close(z_x, model.prior_mean_x + eps @ model.prior_scale_x.T)
-    z_std, _ = model.prior(2, torch.Generator().manual_seed(9), standard=True)
-    torch.testing.assert_close(z_std, eps, rtol=0, atol=0)
+    eg = torch.Generator().manual_seed(9)
+    eps_x, eps_v = torch.randn(2, dx, generator=eg), torch.randn(2, dv, generator=eg)
+    torch.testing.assert_close(z_x, model.prior_mean_x + eps_x @ model.prior_scale_x.T)
+    expected_v = model.prior_mean_v + (z_x - model.prior_mean_x) @ model.prior_gain.T + eps_v @ model.prior_scale_v.T
+    torch.testing.assert_close(z_v.flatten(1), expected_v)
+    z_std, v_std = model.prior(2, torch.Generator().manual_seed(9), standard=True)
+    torch.testing.assert_close(z_std, eps_x, rtol=0, atol=0)
+    torch.testing.assert_close(v_std.flatten(1), eps_v, rtol=0, atol=0)
+
+
+def test_motion_prior_learns_a_bounce_that_a_linear_fit_cannot():
+    # Ground truth: the next motion keeps the previous one, reversed where the content is past a wall
+    # (|x_0| > 0.8), plus Gaussian noise of known covariance. A linear map cannot reverse on one side only.
+    from vmt.longgen.motion_prior import INPUT_RANGE, MotionPrior
+
+    g = torch.Generator().manual_seed(0)
+    n, dx, dv = 6000, 3, 2
+    z_x, z_v = torch.randn(n, dx, generator=g), torch.randn(n, dv, generator=g)
+    noise_scale = torch.tensor([[0.1, 0.0], [0.05, 0.08]])  # known noise
+    flip = torch.where(z_x[:, :1].abs() > 0.8, -1.0, 1.0)
+    z_next = flip * z_v + torch.randn(n, dv, generator=g) @ noise_scale.T
+    prior = MotionPrior(dx, dv, hidden=64)
+    assert not prior.is_fitted
+    fit = prior.fit(z_x, z_v, z_next, steps=1500, seed=0)
+    assert prior.is_fitted and fit["r2"] > 0.9 and fit["r2_linear"] < 0.5, fit
+    held = torch.arange(int(0.9 * n), n)
+    held = held[(z_x[held, 0].abs() - 0.8).abs() > 0.1]  # away from the wall, where the map jumps
+    inputs = (torch.cat([z_x, z_v], 1)[held] - prior.in_mean) / prior.in_std
+    held = held[inputs.abs().amax(1) < INPUT_RANGE]  # and inside the range the prior reads (clamped outside)
+    with torch.no_grad():
+        err = (prior.mean(z_x[held], z_v[held]) - flip[held] * z_v[held]).pow(2).mean().sqrt()
+        cov = prior.scale.double() @ prior.scale.double().T
+        fit_part = slice(0, int(0.9 * n))
+        resid = (z_next[fit_part] - prior.mean(z_x[fit_part], z_v[fit_part])).double().numpy()
+    assert err < 0.1, err
+    # The noise is the spread of the fit's own residuals (numpy, float64; plus the 1e-4 ridge).
+    ref_cov = np.cov(resid.T)
+    ref_cov = ref_cov + 1e-4 * np.trace(ref_cov) / dv * np.eye(dv)
+    np.testing.assert_allclose(cov.numpy(), ref_cov, rtol=1e-4, atol=1e-6)
+    assert np.all(np.diag(ref_cov) < 0.1)  # well under the unit variance of z_next
+    eps = torch.randn(4, dv, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(prior.sample(z_x[:4], z_v[:4], eps, 0.5),
+                                   prior.mean(z_x[:4], z_v[:4]) + 0.5 * eps @ prior.scale.T)
+    assert not any(p.requires_grad for p in prior.parameters())
+    # Far outside the fit, inputs are read at the edge of its range, so a chain that feeds the prior its own
+    # output cannot run away.
+    far_v = 1e6 * z_v[:4].sign()
+    edge_v = prior.in_mean[dx:] + INPUT_RANGE * prior.in_std[dx:] * z_v[:4].sign()
+    with torch.no_grad():
+        torch.testing.assert_close(prior.mean(z_x[:4], far_v), prior.mean(z_x[:4], edge_v))
+
+
+def test_chain_draws_motion_from_the_learned_prior_once_fitted():
+    model = _seeded_model("tiny")
+    cfg = model.cfg
+    dv = cfg.motion_steps * cfg.dim_motion
+    z_x = torch.randn(3, cfg.dim_content, generator=torch.Generator().manual_seed(1))
+    z_v = torch.randn(3, cfg.motion_steps, cfg.dim_motion, generator=torch.Generator().manual_seed(2))
+    # Unfitted: the Gaussian prior given z_x (N(0, I) here), whatever the previous motion.
+    first = model.next_motion(z_x, z_v, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first.flatten(1), torch.randn(3, dv, generator=torch.Generator().manual_seed(5)))
+    g = torch.Generator().manual_seed(3)
+    xs, vs = torch.randn(512, cfg.dim_content, generator=g), torch.randn(512, dv, generator=g)
+    model.motion_prior.fit(xs, vs, -vs, steps=50, seed=0)
+    cold = model.next_motion(z_x, z_v, torch.Generator().manual_seed(5), temperature=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(cold.flatten(1), model.motion_prior.mean(z_x, z_v.flatten(1)))
+    warm = model.next_motion(z_x, z_v, torch.Generator().manual_seed(5), temperature=1.0)
+    eps = torch.randn(3, dv, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(warm.flatten(1), cold.flatten(1) + eps @ model.motion_prior.scale.T)
+    std = model.next_motion(z_x, z_v, torch.Generator().manual_seed(5), standard=True)
+    torch.testing.assert_close(std.flatten(1), eps)
 
 
 def test_runs_saved_without_a_fitted_prior_load_with_the_standard_normal(tmp_path):
@@ -179,9 +254,10 @@ def test_runs_saved_without_a_fitted_prior_load_with_the_standard_normal(tmp_pat
     from safetensors.torch import load_file, save_file
 
     path = tmp_path / "run" / "model.safetensors"
-    save_file({k: v for k, v in load_file(path).items() if not k.startswith("prior_")}, path)
+    save_file({k: v for k, v in load_file(path).items() if not k.startswith(("prior_", "motion_prior."))}, path)
     model, _ = load_model(tmp_path / "run")
     assert model.prior_mean_x.abs().max() == 0 and torch.equal(model.prior_scale_x, torch.eye(model.cfg.dim_content))
+    assert model.prior_gain.abs().max() == 0 and not model.motion_prior.is_fitted
 
 
 # ---------------------------------------------------------------- generator details
@@ -322,6 +398,62 @@ def test_warping_generator_blends_the_reference_moved_by_the_summed_shifts():
     assert -1 <= video.min() and video.max() <= 1
 
 
+def test_chain_warp_moves_the_reference_by_whole_pixels_with_black_entering():
+    # CHAIN_WARP: the summed shifts rounded to whole pixels, a lossless copy; outside the frame reads -1.
+    # (Random content fills the frame, so there is nothing to bounce: see the next test.)
+    from vmt.longgen.generator import CHAIN_WARP
+
+    model = _seeded_model("tiny").double()
+    cfg = model.cfg
+    with torch.no_grad():
+        model.generator.to_shift[-1].bias[:] = torch.linspace(-0.7, 0.7, 2 * cfg.frames, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    z_x, z_v = (z.double() for z in model.prior(1, g))
+    ref = torch.rand(1, 3, cfg.size, cfg.size, generator=g, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        parts = model.generator.parts(z_x, z_v, ref, CHAIN_WARP)
+        step = model.generator.steps(z_v)[0].numpy()
+    shift = np.rint(np.cumsum(step[:, 1:], axis=1)).astype(int)  # (2, T-1) whole pixels
+    assert np.abs(shift).max() >= 2
+    size = cfg.size
+    for t in range(1, cfg.frames):
+        sx, sy = shift[:, t - 1]
+        expected = np.full((3, size, size), -1.0)
+        # out(p) = ref(p + s): rows/columns whose source lies inside the frame copy it exactly.
+        ys, xs = np.arange(size) + sy, np.arange(size) + sx
+        iy, ix = (ys >= 0) & (ys < size), (xs >= 0) & (xs < size)
+        rows, cols = np.ix_(iy, ix)
+        expected[:, rows, cols] = ref[0].numpy()[:, ys[iy]][:, :, xs[ix]]
+        np.testing.assert_allclose(parts.warped[0, :, t].numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(parts.video[0, :, 0].numpy(), ref[0].numpy(), atol=1e-12)
+
+
+def test_bounce_reflects_the_content_at_the_walls_and_keeps_all_of_it():
+    from vmt.longgen.generator import bounce_shifts, content_box, warp_frames
+
+    size, T = 32, 8
+    img = torch.full((1, 3, size, size), -1.0)
+    img[:, :, 10:14, 20:24] = 0.6  # a 4x4 square: columns 20..23, rows 10..13
+    assert content_box(img, -1.0).tolist() == [[20, 23, 10, 13]]
+    # Content moves right by 3 px and up by 2 px per frame (backward-warp shift = minus that).
+    t = torch.arange(T, dtype=torch.float32)
+    shift = torch.stack([-3 * t, 2 * t]).view(1, 2, T, 1, 1)
+    folded = bounce_shifts(shift, img, -1.0)
+    # By hand: x may move by -20..8, y by -10..18. Right: 0 3 6 then 9 -> 8 - 1 = 7, 12 -> 4, 15 -> 1,
+    # 18 -> -2, 21 -> -5. Up: 0 -2 ... -10 lands on the wall, then -12 -> -8, -14 -> -6.
+    assert (-folded[0, 0].flatten()).tolist() == [0, 3, 6, 7, 4, 1, -2, -5]
+    assert (-folded[0, 1].flatten()).tolist() == [0, -2, -4, -6, -8, -10, -8, -6]
+    moved = warp_frames(img + 1, folded.expand(-1, -1, -1, size, size), "zeros") - 1
+    for k in range(T):  # all of the square, in the folded place
+        dx, dy = int(-folded[0, 0, k]), int(-folded[0, 1, k])
+        expected = torch.full((3, size, size), -1.0)
+        expected[:, 10 + dy : 14 + dy, 20 + dx : 24 + dx] = 0.6
+        torch.testing.assert_close(moved[0, :, k], expected, atol=1e-6, rtol=0)
+    # Content spanning the whole frame has no walls: its shifts are left alone.
+    full = torch.rand(1, 3, size, size)
+    torch.testing.assert_close(bounce_shifts(shift, full, -1.0), shift)
+
+
 def test_warping_generator_starts_with_small_steps_that_depend_on_the_motion_latent():
     # Near a copy of the reference (steps well under a pixel), but not exactly: zero steps would pass no
     # gradient back to z_v, and the movement encoder would never learn the motion.
@@ -404,15 +536,20 @@ class _RampModel:
         self.size = size
         self.seen_refs: list[torch.Tensor] = []
         self.decoded_refs: list[torch.Tensor | None] = []
+        self.motion_given: list[torch.Tensor] = []
 
     def prior(self, batch, generator=None, device=None, standard=False):
         return torch.zeros(batch, 1), torch.zeros(batch, 1, 1)
+
+    def next_motion(self, z_x, z_v, generator=None, device=None, standard=False, temperature=1.0):
+        self.motion_given.append(z_x.clone())
+        return torch.zeros(z_x.shape[0], 1, 1)
 
     def encode_content(self, frame):
         self.seen_refs.append(frame.clone())
         return frame.mean(dim=(1, 2, 3))[:, None], torch.zeros(frame.shape[0], 1)
 
-    def decode(self, z_x, z_v, ref=None):
+    def decode(self, z_x, z_v, ref=None, warp=None):
         self.decoded_refs.append(None if ref is None else ref.clone())
         start = torch.zeros(z_x.shape[0], 3, self.size, self.size) if ref is None else ref
         steps = 0.01 * torch.arange(self.cfg.frames, dtype=start.dtype)
@@ -436,6 +573,10 @@ def test_recall_chain_conditions_each_clip_on_the_previous_reference_frame(ref_i
         assert torch.allclose(seen, torch.full_like(seen, expected))
         assert torch.equal(seen, decoded)
         clip_start = expected
+    # Each fresh motion latent was drawn given the content latent of that clip's reference frame.
+    assert len(model.motion_given) == len(model.seen_refs)
+    for seen, given in zip(model.seen_refs, model.motion_given):
+        torch.testing.assert_close(given, seen.mean(dim=(1, 2, 3))[:, None])
     # Ground truth of the ramp: clip j starts at 0.01 * r * j, frame k of the chain is 0.01 * k everywhere,
     # because the next clip's frame 0 sits on frame r of the previous one.
     ramp = 0.01 * torch.arange(40, dtype=video.dtype)
@@ -450,8 +591,8 @@ def test_recall_chain_with_the_real_model_continues_from_the_reference_frame():
     clips = []
     real_decode = model.decode
 
-    def spy(z_x, z_v, ref=None):
-        out = real_decode(z_x, z_v, ref)
+    def spy(z_x, z_v, ref=None, warp=None):
+        out = real_decode(z_x, z_v, ref, warp)
         clips.append(out)
         return out
 
@@ -515,6 +656,35 @@ def test_a_few_training_steps_lower_the_reconstruction_loss():
     assert trainer.step_count == 40
     assert np.mean([h["rec"] for h in history[-5:]]) < np.mean([h["rec"] for h in history[:5]])
     assert after < 0.9 * before, (before, after)
+
+
+def test_image_warmup_trains_only_the_content_path_and_sharpens_the_first_frame():
+    from vmt.longgen.data import ClipSource, moving_digits
+    from vmt.longgen.train import Trainer, TrainSettings, train_steps
+
+    cfg = preset("cpu")
+    source = ClipSource(list(moving_digits(32, 16, cfg.size, seed=1)), [f"v{i}" for i in range(32)])
+    held = ClipSource(list(moving_digits(8, 8, cfg.size, seed=99)), [f"h{i}" for i in range(8)])
+    frames = held.sample(16, cfg.frames, np.random.default_rng(0))[:, :, 0]
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, TrainSettings(batch_size=8, lr=1e-3, image_warmup=150))
+    model = trainer.model
+    content_path = {n for n, _ in model.named_parameters()
+                    if n.startswith(("content_encoder.", "generator.to_image.", "generator.first.spatial.")) or
+                    (n.startswith("generator.blocks.") and ".spatial." in n)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def image_l1() -> float:
+        with torch.no_grad():
+            return float((model.generator.image(model.encode_content(frames)[0]) - frames).abs().mean())
+
+    black = float((frames + 1).abs().mean())
+    start = image_l1()
+    train_steps(trainer, source, 150, seed=0)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == content_path
+    end = image_l1()
+    assert end < min(0.5 * start, 0.8 * black), (start, end, black)
 
 
 def _centre_of_ink(video: torch.Tensor) -> torch.Tensor:

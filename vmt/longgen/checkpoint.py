@@ -68,9 +68,11 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _with_default_prior(model: EncGAN3, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Runs saved before the fitted sampling prior existed sample from N(0, I): the model's initial buffers."""
+    """Runs saved before the fitted sampling priors existed load with the model's initial ones: N(0, I), no
+    dependence of motion on content, no learned motion prior."""
     own = model.state_dict()
-    return {**{k: v for k, v in own.items() if k.startswith("prior_") and k not in state}, **state}
+    fill = {k: v for k, v in own.items() if k.startswith(("prior_", "motion_prior.")) and k not in state}
+    return {**fill, **state}
 
 
 def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

@@ -33,6 +33,7 @@ match any input the sampler gives, and long chains collapsed in eval mode.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -54,14 +55,50 @@ class GeneratorParts(NamedTuple):
     warped: torch.Tensor
 
 
+@dataclass(frozen=True)
+class WarpMode:
+    """How a warping generator moves the reference frame. whole_pixel: round the summed shifts to whole pixels
+    (a lossless copy). fill: the value of pixels moved in from outside the frame, in [-1, 1]; None mirrors
+    the frame at its borders.
+
+    Training uses the default (sub-pixel, mirrored): every shift gets a gradient, and content cannot leave the
+    canvas while the shifts do not yet know the motion. Long chains sample with `CHAIN_WARP`: a chain of 143
+    bilinear warps (1,000 frames) erases a digit's edges (benchmarks/longgen_warp_blur.py), and mirrored
+    borders fold content at the border into mirrored copies that the next clips carry on.
+    """
+
+    whole_pixel: bool = False
+    fill: float | None = None
+    # Reflect each frame's displacement at the walls so that the reference's content (pixels away from
+    # `fill`) stays inside the frame: an elastic bounce, the law of the moving-digits data. Needs a `fill`;
+    # content that fills the frame (faces) moves freely.
+    # Why: the shifts decoded from z_v are a few pixels off by the end of a clip (centre-of-ink error 3.6 px
+    # at frame 7 in reconstructions), chains add these errors up, and with a constant fill any content pushed
+    # over a border is gone for good: without it, digits left the frame one by one within ~200 frames.
+    bounce: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bounce and self.fill is None:
+            raise ValueError("WarpMode(bounce=True) needs a constant fill to tell content from background")
+
+
+TRAIN_WARP = WarpMode()
+# For content on a dark background, as the moving digits: whole pixels, black enters, content bounces.
+CHAIN_WARP = WarpMode(whole_pixel=True, fill=-1.0, bounce=True)
+
+
 def _sn(m: nn.Module) -> nn.Module:
     return spectral_norm(m)
 
 
-def warp_frames(image: torch.Tensor, flow: torch.Tensor, padding: str = "border") -> torch.Tensor:
+def warp_frames(image: torch.Tensor, flow: torch.Tensor, padding: str = "border",
+                fill: float = 0.0) -> torch.Tensor:
     """Backward-warp one image per sample by T flows: image (B, C, H, W), flow (B, 2, T, H, W) in pixels
     (channel 0: x, 1: y) -> (B, C, T, H, W) with out[t](p) = image(p + flow[t](p)), bilinear. Outside the
-    image, `padding` "border" repeats the edge pixels, "reflection" mirrors about their centres."""
+    image, `padding` "border" repeats the edge pixels, "reflection" mirrors about their centres, "constant"
+    reads `fill`."""
+    if padding == "constant":
+        return warp_frames(image - fill, flow, "zeros") + fill
     b, c, h, w = image.shape
     t = flow.shape[2]
     ys = torch.arange(h, dtype=flow.dtype, device=flow.device)
@@ -73,6 +110,39 @@ def warp_frames(image: torch.Tensor, flow: torch.Tensor, padding: str = "border"
     src = image[:, None].expand(-1, t, -1, -1, -1).reshape(b * t, c, h, w)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding, align_corners=True)
     return out.reshape(b, t, c, h, w).transpose(1, 2)
+
+
+def content_box(image: torch.Tensor, fill: float, threshold: float = 0.25) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 4) pixel bounds (x0, x1, y0, y1) of the pixels more than `threshold` from `fill`
+    in any channel; an image without such pixels gets the whole frame (then nothing can move it)."""
+    b, _, h, w = image.shape
+    on = (image - fill).abs().amax(1) > threshold  # (B, H, W)
+    bounds = []
+    for along, n in ((on.any(1), w), (on.any(2), h)):  # columns with content, rows with content
+        idx = torch.arange(n, device=image.device).expand(b, n)
+        first = torch.where(along, idx, n).amin(1)
+        last = torch.where(along, idx, -1).amax(1)
+        empty = ~along.any(1)
+        bounds += [torch.where(empty, 0, first), torch.where(empty, n - 1, last)]
+    return torch.stack(bounds, 1)
+
+
+def bounce_shifts(shift: torch.Tensor, image: torch.Tensor, fill: float) -> torch.Tensor:
+    """Fold backward-warp shifts (B, 2, T, 1, 1) (pixels, x then y; content moves by -shift) so that the
+    content box of `image` (B, C, H, W) stays in the frame: a displacement past a wall is reflected back,
+    as a ball bounces. Along an axis that the content spans, shifts are left as they are."""
+    b, _, h, w = image.shape
+    box = content_box(image, fill).to(shift.dtype)  # (B, 4)
+    out = []
+    for axis, size in ((0, w), (1, h)):
+        lo = -box[:, 2 * axis].view(b, 1, 1, 1)  # the content may move by lo..hi pixels
+        hi = (size - 1 - box[:, 2 * axis + 1]).view(b, 1, 1, 1)
+        span = hi - lo
+        y = torch.remainder(-shift[:, axis] - lo, (2 * span).clamp(min=1e-6))
+        moved = lo + torch.where(y > span, 2 * span - y, y)
+        # Content that spans the whole axis has no walls to bounce off: its shifts stay as they are.
+        out.append(torch.where(span > 0, -moved, shift[:, axis]))
+    return torch.stack(out, 1)
 
 
 def groups_for(c: int) -> int:
@@ -181,12 +251,16 @@ class Generator(nn.Module):
                 v = self.attention(v)
         return s, t, v
 
-    def forward(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None,
+                warp: WarpMode | None = None) -> torch.Tensor:
         """Video (B, 3, T, H, W) in [-1, 1]."""
-        return self.parts(z_x, z_v, ref).video
+        return self.parts(z_x, z_v, ref, warp).video
 
-    def parts(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None) -> GeneratorParts:
-        """The video and the pieces it is blended from (training puts losses on them)."""
+    def parts(self, z_x: torch.Tensor, z_v: torch.Tensor, ref: torch.Tensor | None = None,
+              warp: WarpMode | None = None) -> GeneratorParts:
+        """The video and the pieces it is blended from (training puts losses on them). `warp`: how the
+        reference is moved (warping generators only; default TRAIN_WARP)."""
+        warp = warp or TRAIN_WARP
         s, t, v = self.features(z_x, z_v)
         own = torch.tanh(self.to_image(s))
         base = own if ref is None else ref
@@ -207,7 +281,15 @@ class Generator(nn.Module):
             # way to cut L1 while the movement encoder did not yet know the direction (a digit in the wrong
             # place costs twice its area, a missing one once), and off the canvas the shift gets no gradient.
             # Mirrored, a warp keeps the content on the canvas, as the data's bounces do.
-            partner = warp_frames(base, shift.expand(-1, -1, -1, *out.shape[3:]), padding="reflection")
+            if warp.bounce:
+                shift = bounce_shifts(shift, base, warp.fill)
+            if warp.whole_pixel:
+                shift = shift.round()
+            flow = shift.expand(-1, -1, -1, *out.shape[3:])
+            if warp.fill is None:
+                partner = warp_frames(base, flow, padding="reflection")
+            else:
+                partner = warp_frames(base, flow, padding="constant", fill=warp.fill)
         video = partner + mask * (frames - partner)
         return GeneratorParts(video=video, image=own, mask=mask, warped=partner.expand_as(video))
 
@@ -216,7 +298,10 @@ class Generator(nn.Module):
         samples the reference at p + steps[1] + ... + steps[t], so content moves by minus that sum."""
         return self.to_shift(z_v.flatten(1)).view(-1, 2, self.cfg.frames) * self.shift_scale
 
-    def image(self, z_x: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
-        """The spatial stream's own first frame (B, 3, H, W) in [-1, 1] (the reference when there is none)."""
-        s, _, _ = self.features(z_x, z_v)
+    def image(self, z_x: torch.Tensor) -> torch.Tensor:
+        """The spatial stream's own first frame (B, 3, H, W) in [-1, 1] (the reference when there is none).
+        The spatial stream reads z_x alone, so this runs it without the temporal and video streams."""
+        s = self.first.spatial(z_x[:, :, None, None])
+        for block in self.blocks:
+            s = block.spatial(s)
         return torch.tanh(self.to_image(s))

@@ -12,23 +12,20 @@ from vmt.longgen.recall import recall_chain, resolve_ref_index, to_uint8_frames
 from vmt.runtime import make_generator
 
 
-def stream_frames(model: EncGAN3, num_frames: int, *, seed: int = 0, ref_index: int = -1,
-                  carry_motion: bool = False, standard_prior: bool = False) -> Iterator[np.ndarray]:
-    """Yield (t, H, W, 3) uint8 chunks (one per clip) of one long video; only one clip is alive at a time."""
+def stream_frames(model: EncGAN3, num_frames: int, *, seed: int = 0, **chain) -> Iterator[np.ndarray]:
+    """Yield (t, H, W, 3) uint8 chunks (one per clip) of one long video; only one clip is alive at a time.
+    `chain`: recall_chain's keywords (ref_index, carry_motion, standard_prior, motion_temperature, warp)."""
     model.eval()
     gen = make_generator(seed)
-    for chunk in recall_chain(model, num_frames, generator=gen, ref_index=ref_index, carry_motion=carry_motion,
-                              standard_prior=standard_prior):
+    for chunk in recall_chain(model, num_frames, generator=gen, **chain):
         yield to_uint8_frames(chunk[0])
 
 
 def write_long_video(model: EncGAN3, num_frames: int, write: Callable[[np.ndarray], None], *, seed: int = 0,
-                     ref_index: int = -1, carry_motion: bool = False, standard_prior: bool = False,
-                     on_clip: Callable[[int], None] | None = None) -> int:
+                     on_clip: Callable[[int], None] | None = None, **chain) -> int:
     """Stream a long sample into `write` (e.g. VideoWriter.write) clip by clip; returns the frame count."""
     n = 0
-    for chunk in stream_frames(model, num_frames, seed=seed, ref_index=ref_index, carry_motion=carry_motion,
-                               standard_prior=standard_prior):
+    for chunk in stream_frames(model, num_frames, seed=seed, **chain):
         write(chunk)
         n += len(chunk)
         if on_clip is not None:
