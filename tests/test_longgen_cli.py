@@ -110,8 +110,14 @@ def test_saved_runs_sample_from_a_fitted_prior_and_standard_prior_restores_n01(r
                       *([flag] if flag else []))
         assert res.exit_code == 0, res.output
         outs[flag], _ = read_video(out)
-        assert json.loads(out.with_suffix(".json").read_text())["params"]["standard_prior"] is bool(flag)
+        side = json.loads(out.with_suffix(".json").read_text())
+        assert side["params"]["standard_prior"] is bool(flag)
+        assert side["model"]["motion_prior"] == ("standard normal" if flag else "learned")
     assert not np.array_equal(outs[""], outs["--standard-prior"])
+    # Recall windows (2T - 1 frames) were there, so the run also carries a fitted motion prior and its fit.
+    assert state["motion_prior.fitted"].item() == 1
+    fit = json.loads((run_dir / "train.json").read_text())["motion_prior_fit"]
+    assert set(fit) == {"r2", "r2_linear"}
 
 
 def test_sample_without_model_uses_the_shipped_default(tmp_path):
@@ -171,6 +177,10 @@ def test_bad_inputs_exit_with_one_line_and_no_output(tmp_path):
     assert res.exit_code == 2 and "--pyramid-levels" in res.output and not (tmp_path / "r4").exists()
     res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r5"), "--mask-weight", "-1")
     assert res.exit_code == 2 and "--mask-weight" in res.output and not (tmp_path / "r5").exists()
+    res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r6"), "--image-warmup", "-5")
+    assert res.exit_code == 2 and "--image-warmup" in res.output and not (tmp_path / "r6").exists()
+    res = _invoke("sample", "-o", str(tmp_path / "t.mp4"), "--motion-temperature", "-0.5")
+    assert res.exit_code == 2 and "--motion-temperature" in res.output and not (tmp_path / "t.mp4").exists()
 
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes" / "longgen").glob("*.toml")))

@@ -232,7 +232,7 @@ def reconstruction_l1(model: EncGAN3, clips: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def fit_sampling_prior(model: EncGAN3, source, clips: int = 4096, seed: int = 0,
+def fit_sampling_prior(model: EncGAN3, source, clips: int = 2048, seed: int = 0,
                        motion_steps: int = 2000) -> dict[str, float]:
     """Fit the model's sampling priors (EncGAN3.fit_prior) to `clips` random training windows of two
     consecutive clips (2T - 1 frames), or of one clip where no video is that long (then no motion prior).
