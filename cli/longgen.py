@@ -11,6 +11,7 @@ from cli.common import (
     DebugOpt, DeviceOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console,
     resolve_params, run_guarded, status, step_progress,
 )
+from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
 
 HELP = """Long videos from a small video VAE-GAN (EncGAN3) run as a Markov chain of clips (REncGAN3).
 
@@ -18,7 +19,7 @@ The model is trained here, on your videos or on synthetic moving digits (no weig
 
 [bold]Examples[/]
 
-  vmt longgen train synthetic:digits -o runs/digits --preset cpu --steps 2000
+  vmt longgen train synthetic:digits -o runs/digits --recipe recipes/longgen/cpu-digits.toml
 
   vmt longgen sample --frames 1000 -o digits.mp4 --seed 3   # the shipped moving-digits model
 
@@ -51,11 +52,13 @@ frames) and train.json (the sidecar).
 
 [bold]Examples[/]
 
-  vmt longgen train synthetic:digits -o runs/digits --preset cpu --steps 1000
+  vmt longgen train synthetic:digits -o runs/digits --recipe recipes/longgen/cpu-digits.toml   # the shipped model
+
+  vmt longgen train synthetic:digits -o runs/quick --preset cpu --image-warmup 2000 --steps 2600
 
   vmt longgen train ~/videos -o runs/faces --preset paper --stride 2,3 --fps 25 --device cuda
 
-  vmt longgen train synthetic:digits -o runs/digits --steps 2000 --resume   # continue to step 2000
+  vmt longgen train synthetic:digits -o runs/quick --steps 4000 --resume   # continue to step 4000
 
 Presets: paper (64x64, 16 frames, base 64, F-SA; the G3AN/EncGAN3 size), cpu (32x32, 8 frames, trains in
 minutes on a CPU), tiny (16x16, for tests).
@@ -296,8 +299,8 @@ def sample(
                                                  "data's encodings when the run was saved.")] = False,
     motion_temperature: Annotated[float, typer.Option("--motion-temperature", help="Spread of each clip's fresh "
                                                       "motion around the motion predicted from the chain's "
-                                                      "state (0: the prediction, 1: the fitted spread; lower "
-                                                      "keeps digits on screen longer).")] = 0.5,
+                                                      "state (0: the prediction, 1: the fitted "
+                                                      "spread).")] = DEFAULT_MOTION_TEMPERATURE,
     subpixel: Annotated[bool, typer.Option("--subpixel", help="Move references by sub-pixel shifts with "
                                            "mirrored borders, as in training, instead of by whole pixels with "
                                            "black entering at the borders (resampling blurs long chains; "

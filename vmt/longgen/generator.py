@@ -114,7 +114,7 @@ def warp_frames(image: torch.Tensor, flow: torch.Tensor, padding: str = "border"
 
 def content_box(image: torch.Tensor, fill: float, threshold: float = 0.25) -> torch.Tensor:
     """(B, C, H, W) -> (B, 4) pixel bounds (x0, x1, y0, y1) of the pixels more than `threshold` from `fill`
-    in any channel; an image without such pixels gets the whole frame (then nothing can move it)."""
+    in any channel; an image without such pixels gets the whole frame (bounce_shifts then leaves it alone)."""
     b, _, h, w = image.shape
     on = (image - fill).abs().amax(1) > threshold  # (B, H, W)
     bounds = []

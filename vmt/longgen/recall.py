@@ -16,11 +16,8 @@ import numpy as np
 import torch
 
 from vmt.errors import VmtUsageError
+from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
 from vmt.longgen.generator import CHAIN_WARP, WarpMode
-
-
-# Measured on moving digits (README): lower keeps digits on screen longer, 1 is the fitted spread.
-DEFAULT_MOTION_TEMPERATURE = 0.5
 
 
 class ChainModel(Protocol):
