@@ -272,6 +272,20 @@ def test_chain_draws_motion_from_the_learned_prior_once_fitted():
     torch.testing.assert_close(std.flatten(1), eps)
 
 
+def test_videos_too_short_for_two_clips_fit_only_the_gaussian_priors():
+    from vmt.longgen.data import ClipSource, moving_digits
+    from vmt.longgen.train import fit_sampling_prior
+
+    model = _seeded_model("tiny")
+    T = model.cfg.frames
+    short = ClipSource(list(moving_digits(6, T, model.cfg.size, seed=2)), [f"v{i}" for i in range(6)])
+    assert fit_sampling_prior(model, short, clips=64) == {}
+    assert not model.motion_prior.is_fitted and model.prior_mix_weight.sum() > 0
+    longer = ClipSource(list(moving_digits(6, 2 * T - 1, model.cfg.size, seed=2)), [f"v{i}" for i in range(6)])
+    fit = fit_sampling_prior(model, longer, clips=64, motion_steps=20)
+    assert set(fit) == {"r2", "r2_linear"} and model.motion_prior.is_fitted
+
+
 def test_runs_saved_without_a_fitted_prior_load_with_the_standard_normal(tmp_path):
     from vmt.longgen.checkpoint import load_model, save_run
     from vmt.longgen.train import Trainer, TrainSettings
