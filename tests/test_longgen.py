@@ -190,7 +190,7 @@ def test_fitted_prior_matches_the_posterior_means_in_float64(monkeypatch):
 
 
 def test_mixture_prior_finds_known_clusters():
-    from vmt.longgen.model import mixture_fit
+    from vmt.longgen.gaussians import mixture_fit
 
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[4.0, 0.0, 0.0], [-4.0, 1.0, 0.0]])
