@@ -36,7 +36,7 @@ SPAN, TILE, WINDOW = 4, (3, 4), 21
 
 
 def make_inputs(device="cpu"):
-    from vmt.motion.synthetic import moving_fields_qk, region_labels
+    from vmt.testing.motion_fields import moving_fields_qk, region_labels
 
     labels = region_labels(H, W, "quads")
     vel = torch.tensor([[0.0, 1.0], [1.0, -1.0], [0.5, 0.25], [-0.75, 0.5]])  # integer and sub-token, tokens/frame
@@ -127,7 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    from vmt.motion.synthetic import true_flow, valid_mask
+    from vmt.testing.motion_fields import true_flow, valid_mask
 
     q, k, vel, labels = make_inputs(dev)
     rows = {}

@@ -32,7 +32,7 @@ def main() -> None:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
-    from vmt.backends.tiny import save_tiny_wan
+    from vmt.testing.tiny_wan import save_tiny_wan
     from vmt.backends.wan import WanBackend
     from vmt.generate import GenerationRequest, generate
 

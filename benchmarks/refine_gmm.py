@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from vmt.sampling.euler import sample_euler
-from vmt.sampling.gmm_flow import GaussianMixture, well_separated_mixture
+from vmt.testing.gmm_flow import GaussianMixture, well_separated_mixture
 from vmt.sampling.pnp import PredictPerturb, parse_plan
 from vmt.sampling.sigmas import flow_sigmas
 

@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from vmt.backends.tiny import build_tiny_wan
+    from vmt.testing.tiny_wan import build_tiny_wan
     from vmt.backends.wan import WanBackend
     from vmt.generate import GenerationRequest, generate
 

@@ -1,6 +1,6 @@
 """P&P on a learned video model, scored by physics: the residual of a tracked ball against constant acceleration.
 
-Trains a small flow-matching model (vmt.sampling.toy_video.ToyVideoFlow) on synthetic 16-frame 32x32 videos
+Trains a small flow-matching model (vmt.testing.toy_video.ToyVideoFlow) on synthetic 16-frame 32x32 videos
 of a ball thrown, falling and bouncing under gravity (fresh videos every step), then samples the same
 starting noise with: plain Euler; Euler with twice the steps (NFE x2); P&P with the published default plan
 scaled to the step count (tau 0.25); the same plan without the gate (tau 0). Each video is scored with
@@ -27,7 +27,7 @@ import torch
 from vmt.sampling.euler import sample_euler
 from vmt.sampling.pnp import DEFAULT_PLAN, Plan, PredictPerturb, parse_plan
 from vmt.sampling.sigmas import flow_sigmas
-from vmt.sampling.toy_video import BallWorld, ToyVideoFlow, ball_score, sample_balls, to_uint8_frames, train_flow
+from vmt.testing.toy_video import BallWorld, ToyVideoFlow, ball_score, sample_balls, to_uint8_frames, train_flow
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,7 +20,7 @@ def shared_data() -> Path:
 
 
 def _tiny(tmp_path_factory, kind: str) -> Path:
-    from vmt.backends.tiny import save_tiny_wan
+    from vmt.testing.tiny_wan import save_tiny_wan
 
     return save_tiny_wan(tmp_path_factory.mktemp(f"tiny-{kind}") / "model", kind)
 

@@ -16,7 +16,7 @@ from vmt.motion.amf import (
     windowed_amf,
 )
 from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
-from vmt.motion.synthetic import moving_fields_qk, region_labels, true_flow, valid_mask
+from vmt.testing.motion_fields import moving_fields_qk, region_labels, true_flow, valid_mask
 
 
 def test_pair_counts():

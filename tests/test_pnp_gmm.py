@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vmt.sampling.gmm_flow import GaussianMixture, well_separated_mixture
+from vmt.testing.gmm_flow import GaussianMixture, well_separated_mixture
 
 
 def _mixture_2d() -> GaussianMixture:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmt.sampling.toy_video import (
+from vmt.testing.toy_video import (
     BallWorld,
     ToyVideoFlow,
     ball_score,
