@@ -5,12 +5,26 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from cli import eval as eval_cli
 from cli import keypoints as predict_keypoints
 from cli import longgen, refine, transfer
+from cli.scaffold import main_standalone
+
+
+class VmtGroup(TyperGroup):
+    """The root command: usage errors (a bad flag value, a missing option) are one line on stderr, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        code = main_standalone(super(), args, prog_name or "vmt", complete_var=complete_var, **extra)
+        if standalone_mode:
+            raise SystemExit(code)
+        return code
+
 
 app = typer.Typer(
+    cls=VmtGroup,
     name="vmt",
     help="Inference-time video motion methods for flow-matching video generators (Wan2.1 / Wan2.2).\n\n"
     "Every output gets a JSON sidecar (out.mp4 -> out.json) with the parameters, model revision, versions, "

@@ -176,8 +176,29 @@ def test_hub_id_offline_not_cached_gives_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path), raising=False)
-    with pytest.raises(VmtError, match="cannot get model 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'"):
+    with pytest.raises(VmtError) as err:
         resolve_model("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    msg = str(err.value)
+    # Says what is wrong and every way out; nothing points to a traceback the user never sees.
+    assert "not in the local Hugging Face cache" in msg and "HF_HUB_OFFLINE" in msg, msg
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in msg and "--model" in msg, msg
+    assert "stacktrace" not in msg and "\n" not in msg, msg
+
+
+def test_geometry_from_config_checks_rotary_length_before_weights(tiny_t2v):
+    """The size limits come from the config files alone; a request past the rotary table is a usage error
+    naming the longest valid value (tiny Wan: rope_max_seq_len from its transformer config)."""
+    from vmt.backends.wan import WanGeometry, inspect_model
+
+    cfg = json.loads((tiny_t2v / "transformer" / "config.json").read_text())
+    _, geo = inspect_model(str(tiny_t2v))
+    assert geo == WanGeometry(4, 8, tuple(cfg["patch_size"]), cfg["rope_max_seq_len"], cfg["num_layers"])
+    n = cfg["rope_max_seq_len"]
+    geo.check_size(4 * (n - 1) + 1, 16, 16)  # exactly n latent frames: fits
+    with pytest.raises(VmtUsageError, match=f"covers {n} .*at most {4 * (n - 1) + 1}"):
+        geo.check_size(4 * n + 1, 16, 16)
+    with pytest.raises(VmtUsageError, match="--block 99 is outside"):
+        geo.check_block(99)
 
 
 def test_hub_id_served_from_cache_records_revision(tiny_t2v, monkeypatch, tmp_path):

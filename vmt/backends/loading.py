@@ -37,19 +37,33 @@ def _is_hub_id(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
 
 
+def _hub_failure(e: Exception) -> str:
+    """The hub client's error in one short clause (its messages point to tracebacks the user never sees)."""
+    text = " ".join(str(e).split())
+    for cut in (" Please check out the root cause", " To enable repo look-ups"):
+        text = text.split(cut)[0]
+    return f"{type(e).__name__}: {text[:200]}"
+
+
 def _download(model: str, revision: str | None) -> Path:
+    """The model's snapshot folder: from the hub cache if complete there, else downloaded into it."""
     from diffusers import DiffusionPipeline
 
+    try:  # the cache first: no network, no waiting on time-outs
+        return Path(DiffusionPipeline.download(model, revision=revision, local_files_only=True))
+    except Exception:  # the hub client raises many types; all mean "not (fully) cached"
+        pass
+    where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    fixes = (f"download it where the hub is reachable (`hf download {model}`) into the cache ({where}), or pass "
+             "a local diffusers folder with --model")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise VmtError(f"model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                       f"unset HF_HUB_OFFLINE to download it, {fixes}")
     try:
         return Path(DiffusionPipeline.download(model, revision=revision))
-    except Exception as e:  # the hub client raises many types; all mean "not obtainable"
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        how = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else f"{type(e).__name__}: {e}"
-        raise VmtError(
-            f"cannot get model {model!r} ({how}); download it where the hub is reachable "
-            f"(`hf download {model}`, cache {where}) or pass a local folder with --model"
-        ) from e
+    except Exception as e:
+        raise VmtError(f"model {model!r} is not in the local Hugging Face cache and could not be downloaded "
+                       f"({_hub_failure(e)}); {fixes}") from e
 
 
 def fingerprint_folder(folder: Path) -> str:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -38,6 +41,7 @@ class WanLoadOptions:
     revision: str | None = None
     batch_cfg: bool = True
     max_sequence_length: int = 512
+    resolved: ResolvedModel | None = None  # from `inspect_model`, to resolve the folder only once
 
 
 def _dtype_kwarg() -> str:
@@ -58,6 +62,81 @@ def _to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """(1, 3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
     x = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class WanGeometry:
+    """A Wan model's size rules, read from its config files alone (no weights): VAE factors, patch size,
+    rotary-embedding length, number of transformer blocks. Checks a request before minutes of loading."""
+
+    scale_temporal: int = 4
+    scale_spatial: int = 8
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    rope_max_seq_len: int = 1024
+    num_layers: int = 30
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> WanGeometry:
+        folder = Path(folder)
+
+        def config(name: str) -> dict:
+            f = folder / name / "config.json"
+            try:
+                return json.loads(f.read_text()) if f.is_file() else {}
+            except (OSError, json.JSONDecodeError) as e:
+                raise VmtError(f"cannot read {f}: {e}") from e
+
+        vae = config("vae")
+        tr = config("transformer") or config("transformer_2")
+        return cls(
+            scale_temporal=int(vae.get("scale_factor_temporal") or 4),
+            scale_spatial=int(vae.get("scale_factor_spatial") or 8),
+            patch_size=tuple(tr.get("patch_size") or (1, 2, 2)),
+            rope_max_seq_len=int(tr.get("rope_max_seq_len") or 1024),
+            num_layers=int(tr.get("num_layers") or 30),
+        )
+
+    def check_size(self, num_frames: int, height: int, width: int) -> None:
+        """Frames 4k+1, sides multiples of VAE factor x patch, and every token axis within the rotary table."""
+        st = self.scale_temporal
+        if num_frames < 1 or (num_frames - 1) % st:
+            lo = max(1, (num_frames - 1) // st * st + 1)
+            raise VmtUsageError(f"--num-frames {num_frames} is not of the form {st}k+1; use {lo} or {lo + st}")
+        mh, mw = self.scale_spatial * self.patch_size[1], self.scale_spatial * self.patch_size[2]
+        for name, v, m in (("--height", height, mh), ("--width", width, mw)):
+            if v < m or v % m:
+                lo = max(m, v // m * m)
+                raise VmtUsageError(f"{name} {v} must be a multiple of {m}; use {lo} or {lo + m}")
+        grid = self.token_grid(num_frames, height, width)
+        limits = (("--num-frames", num_frames, st * self.patch_size[0]), ("--height", height, mh),
+                  ("--width", width, mw))
+        for (name, v, per_token), tokens in zip(limits, grid):
+            if tokens > self.rope_max_seq_len:
+                most = self.rope_max_seq_len * per_token + (1 if name == "--num-frames" else 0) - per_token
+                raise VmtUsageError(f"{name} {v} gives {tokens} positions along that axis; this model's rotary "
+                                    f"embedding covers {self.rope_max_seq_len} (rope_max_seq_len): use at most "
+                                    f"{most}")
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(F, h, w) of the transformer's token grid for a video of this size."""
+        f = (num_frames - 1) // self.scale_temporal + 1
+        pt, ph, pw = self.patch_size
+        return f // pt, height // self.scale_spatial // ph, width // self.scale_spatial // pw
+
+    def check_block(self, block: int) -> None:
+        """A 0-based transformer block index that exists in this model."""
+        if not 0 <= block < self.num_layers:
+            raise VmtUsageError(f"--block {block} is outside this model's {self.num_layers} transformer blocks "
+                                f"(0..{self.num_layers - 1})")
+
+
+def inspect_model(model: str, revision: str | None = None) -> tuple[ResolvedModel, WanGeometry]:
+    """Resolve a Wan model (folder, or hub id through the cache) and read its geometry, loading no weights."""
+    resolved = resolve_model(model, revision)
+    if resolved.pipeline_class not in SUPPORTED_PIPELINES:
+        raise VmtError(f"model {model!r} is a {resolved.pipeline_class}; the Wan backend loads "
+                       f"{' or '.join(SUPPORTED_PIPELINES)} folders")
+    return resolved, WanGeometry.from_folder(resolved.folder)
 
 
 class WanBackend:
@@ -100,12 +179,7 @@ class WanBackend:
         dtype = resolve_dtype(options.dtype, device)
         if options.offload != "none" and device.type != "cuda":
             raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
-        resolved = resolve_model(model, options.revision)
-        if resolved.pipeline_class not in SUPPORTED_PIPELINES:
-            raise VmtError(
-                f"model {model!r} is a {resolved.pipeline_class}; the Wan backend loads "
-                f"{' or '.join(SUPPORTED_PIPELINES)} folders"
-            )
+        resolved = options.resolved or inspect_model(model, options.revision)[0]
         try:
             # The Wan VAE is kept in float32: its decode is visibly worse in half precision.
             pipe = DiffusionPipeline.from_pretrained(
@@ -146,24 +220,18 @@ class WanBackend:
         f = (num_frames - 1) // self.scale_temporal + 1
         return (batch, self.latent_channels, f, height // self.scale_spatial, width // self.scale_spatial)
 
+    @property
+    def geometry(self) -> WanGeometry:
+        main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+        return WanGeometry(self.scale_temporal, self.scale_spatial, self.patch_size,
+                           int(main.config.get("rope_max_seq_len", 1024)), int(main.config.num_layers))
+
     def check_size(self, num_frames: int, height: int, width: int) -> None:
-        st = self.scale_temporal
-        if num_frames < 1 or (num_frames - 1) % st:
-            lo = max(1, (num_frames - 1) // st * st + 1)
-            raise VmtUsageError(
-                f"--num-frames {num_frames} is not of the form {st}k+1; use {lo} or {lo + st}"
-            )
-        mh, mw = self.scale_spatial * self.patch_size[1], self.scale_spatial * self.patch_size[2]
-        for name, v, m in (("--height", height, mh), ("--width", width, mw)):
-            if v < m or v % m:
-                lo = max(m, v // m * m)
-                raise VmtUsageError(f"{name} {v} must be a multiple of {m}; use {lo} or {lo + m}")
+        self.geometry.check_size(num_frames, height, width)
 
     def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(F, h, w) of the transformer's token grid for a video of this size."""
-        _, _, f, h, w = self.latent_shape(num_frames, height, width)
-        pt, ph, pw = self.patch_size
-        return f // pt, h // ph, w // pw
+        return self.geometry.token_grid(num_frames, height, width)
 
     # ------------------------------------------------------------------ conditioning
     @property

@@ -1,16 +1,47 @@
-"""Outputs that are never half-written: write to a temporary file beside the target, then rename."""
+"""Outputs that are never half-written and never clobber what they should not.
+
+Every file is written to a hidden temporary beside its target and moved into place only when complete. The
+move either replaces the target (library default, and `--overwrite`) or is exclusive: a hard link that fails
+if the target appeared in the meantime (another run writing the same path), so no result is silently lost.
+The policy for a whole command is set once with `output_policy(overwrite=...)`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vmt.errors import VmtUsageError
+
+# True: the final move replaces an existing target; False: it refuses one (exclusive create).
+_REPLACE: contextvars.ContextVar[bool] = contextvars.ContextVar("vmt_replace_outputs", default=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files get the mode a plain open() would give them (0666 less the umask), not mkstemp's 0600: the output is
+# the input of the next tool in a pipeline, often run by another user or in a container.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+@contextlib.contextmanager
+def output_policy(overwrite: bool) -> Iterator[None]:
+    """Within the block, atomic writes replace existing targets only when `overwrite` is true."""
+    token = _REPLACE.set(overwrite)
+    try:
+        yield
+    finally:
+        _REPLACE.reset(token)
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -19,20 +50,26 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json") if p.suffix == ".json" else p.with_suffix(".json")
 
 
-def check_output_path(output: str | os.PathLike, overwrite: bool, *, sidecar: bool = True) -> Path:
+def check_output_path(output: str | os.PathLike, overwrite: bool, *, sidecar: bool = True,
+                      suffixes: Iterable[str] | None = None, what: str = "output") -> Path:
     """Validate an output path before any expensive work; raise VmtUsageError naming the fix.
 
-    Refuses an existing output (and its JSON sidecar) without `overwrite`, a missing or unwritable
-    folder, and a path that is a directory.
+    Refuses a suffix outside `suffixes` (when given), an existing output (and its JSON sidecar) without
+    `overwrite`, a missing or unwritable folder, and a path that is a directory.
     """
     p = Path(output)
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
-        raise VmtUsageError(f"output {p} is a directory; give a file path such as {p / 'out.mp4'}")
+        raise VmtUsageError(f"{what} {p} is a directory; give a file path such as {p / 'out.mp4'}")
+    if suffixes is not None:
+        allowed = sorted(set(suffixes))
+        if p.suffix.lower() not in allowed:
+            example = p.with_suffix(allowed[0]) if p.name else f"out{allowed[0]}"
+            raise VmtUsageError(f"{what} {p} must end in {' or '.join(allowed)} (e.g. {example})")
     if not parent.is_dir():
-        raise VmtUsageError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
+        raise VmtUsageError(f"{what} folder {parent} does not exist; create it first (mkdir -p {parent})")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise VmtUsageError(f"output folder {parent} is not writable; choose another -o/--output path")
+        raise VmtUsageError(f"{what} folder {parent} is not writable; choose another path")
     if not overwrite:
         for q in [p, sidecar_path(p)] if sidecar else [p]:
             if q.exists():
@@ -40,12 +77,62 @@ def check_output_path(output: str | os.PathLike, overwrite: bool, *, sidecar: bo
     return p
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `target` only on success.
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
 
+
+def check_not_inputs(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
+    """No output may be the same file as an input (resolved path or inode) or as another output.
+
+    `outputs` / `inputs` map a name for messages (a flag such as "-o" or "--json sidecar") to a path.
+    """
+    outs = [(name, Path(p)) for name, p in outputs.items() if p is not None]
+    for name, out in outs:
+        for in_name, src in inputs.items():
+            if src is not None and _same_file(out, Path(src)):
+                raise VmtUsageError(f"{name} {out} is the same file as the input {in_name} {src}; "
+                                    "write the output to another path (inputs are never replaced)")
+    for i, (name_a, a) in enumerate(outs):
+        for name_b, b in outs[i + 1:]:
+            if _same_file(a, b):
+                raise VmtUsageError(f"{name_a} {a} and {name_b} {b} are the same file; give them different paths")
+
+
+def _finalize(tmp: Path, target: Path, replace: bool | None) -> None:
+    """Move the finished temporary onto the target: replace it, or refuse one that exists (None: the policy)."""
+    os.chmod(tmp, _FILE_MODE)
+    if _REPLACE.get() if replace is None else replace:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # atomic create-if-absent: fails if another writer got there first
+    except FileExistsError:
+        raise VmtUsageError(f"{target} appeared while this run was writing it (another run?); it was left "
+                            "as it is. Pass --overwrite to replace it, or choose another path") from None
+    except OSError:
+        # Filesystems without hard links: best effort, still never replacing a file seen to exist.
+        if target.exists():
+            raise VmtUsageError(f"{target} appeared while this run was writing it; it was left as it is. Pass "
+                                "--overwrite to replace it") from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, replace: bool | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; move it onto `target` only on success.
+
+    `replace`: whether the move may replace an existing target; None follows `output_policy` (files a run
+    rewrites as it goes, such as checkpoints in a run folder, pass True).
     The temporary keeps the target's suffix so tools that infer a format from it (ffmpeg) still work.
-    On any exception, including KeyboardInterrupt, the temporary is removed and the target untouched.
+    On any exception, including KeyboardInterrupt and the CLI's SIGTERM/SIGHUP exception, the temporary is
+    removed and the target untouched.
     """
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}", dir=target.parent or ".")
@@ -53,15 +140,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        _finalize(tmp_path, target, replace)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write `data` as indented JSON to `path` atomically."""
+def write_json_atomic(path: str | os.PathLike, data: Any, *, replace: bool | None = None) -> Path:
+    """Write `data` as indented JSON to `path` atomically (`replace` as in `atomic_path`)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path

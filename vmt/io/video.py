@@ -18,6 +18,11 @@ import numpy as np
 from vmt.errors import VmtError, VmtUsageError
 from vmt.io.atomic import atomic_path
 
+# Containers looked for when a folder of videos is given (ffmpeg reads each).
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif", ".m4v", ".mpg", ".mpeg"})
+# Containers the H.264 writer produces (WebM cannot hold H.264; GIF is not a video codec).
+VIDEO_WRITE_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".m4v", ".avi"})
+
 
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary (imageio-ffmpeg's, or $IMAGEIO_FFMPEG_EXE)."""

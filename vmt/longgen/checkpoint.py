@@ -54,7 +54,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=True) as tmp:  # a run folder's files are rewritten at each checkpoint
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
@@ -131,7 +131,7 @@ def save_run(run_dir: Path, trainer, *, seed: int, data: str, extra: dict[str, A
         "step": trainer.step_count, "seed": seed, "data": data,
         "optimizer_groups": {"opt_g": groups_g, "opt_d": groups_d}, **(extra or {}),
     }
-    write_json_atomic(run_dir / "config.json", doc)
+    write_json_atomic(run_dir / "config.json", doc, replace=True)
 
 
 def load_model(model: str | Path | None, device=None) -> tuple[EncGAN3, dict[str, Any]]:

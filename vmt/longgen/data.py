@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from vmt.errors import VmtError, VmtUsageError
+from vmt.io.video import VIDEO_SUFFIXES
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
 SYNTHETIC_DIGITS = "synthetic:digits"
 
 
@@ -140,9 +140,9 @@ def list_videos(folder: str | Path) -> list[Path]:
         raise VmtUsageError(f"data folder {folder} not found; give a folder of videos or {SYNTHETIC_DIGITS}")
     if not folder.is_dir():
         raise VmtUsageError(f"{folder} is not a folder; give a folder of videos or {SYNTHETIC_DIGITS}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
-        raise VmtUsageError(f"data folder {folder} has no videos ({', '.join(VIDEO_EXTENSIONS)}); add some or use "
+        raise VmtUsageError(f"data folder {folder} has no videos ({', '.join(sorted(VIDEO_SUFFIXES))}); add some or use "
                             f"{SYNTHETIC_DIGITS}")
     return files
 

@@ -1,0 +1,413 @@
+"""The one path every command takes: recipe merged with typed conversion, every number, input and output
+validated before any heavy import, SIGTERM/SIGHUP handled like Ctrl-C, errors mapped to exit codes once.
+
+A command declares a `CommandSpec` (which parameters are input paths, which are outputs and of what kind,
+which numbers have which range) and calls `run_command(ctx, SPEC, locals(), body)`; `body(p)` receives the
+resolved parameters and makes one call into `vmt/`. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.display import console
+
+# Exit codes: 0 success, 1 runtime error, 2 usage error, 128 + N killed by signal N (130 Ctrl-C, 143 SIGTERM).
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+# Options that say how to run, not what to compute: never taken from a recipe.
+NOT_FROM_RECIPE = frozenset({"recipe", "output", "overwrite", "quiet", "debug"})
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM / SIGHUP, so that every `finally` (temporaries, ffmpeg) runs.
+
+    A BaseException like KeyboardInterrupt: library code that catches Exception does not swallow it.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def termination_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `Terminated` for the duration; a second signal during cleanup is ignored."""
+    fired = False
+
+    def handler(signum, frame):
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise Terminated(signum)
+
+    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    try:
+        previous = {s: signal.signal(getattr(signal, s), handler) for s in names}
+    except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(getattr(signal, s), h)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr, printed literally: bracketed text (ffmpeg's `[in#0 @ ...]`) is not markup."""
+    from rich.text import Text
+
+    line = " ".join(str(message).split())
+    console.print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True)
+
+
+def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
+    """Run a command body: user errors -> one line + their exit code; Ctrl-C -> 130; SIGTERM -> 143,
+    SIGHUP -> 129 (temporaries removed on the way out); bugs -> 1 with a hint to rerun with --debug."""
+    from vmt.errors import VmtError
+
+    with termination_signals():
+        try:
+            return fn()
+        except VmtError as e:
+            if debug:
+                console.print_exception()
+            print_error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: no output was written")
+            raise typer.Exit(130) from None
+        except Terminated as e:
+            name = signal.Signals(e.signum).name
+            console.print(f"[yellow]terminated[/] ({name}): no output was written")
+            raise typer.Exit(e.exit_code) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            print_error(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)")
+            raise typer.Exit(EXIT_RUNTIME) from None
+
+
+# ---------------------------------------------------------------- declarations
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: lo/hi bounds (None: unbounded), open or closed; inf only if `inf_ok`."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    inf_ok: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        return " and ".join(parts) or "finite"
+
+    def holds(self, v: float) -> bool:
+        if math.isnan(v) or (math.isinf(v) and not self.inf_ok):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+
+POSITIVE = Range(0, lo_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+UNIT = Range(0, 1)
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output parameter: a file with one of `suffixes` (and a JSON sidecar), or a folder."""
+
+    suffixes: frozenset[str] | None = None
+    sidecar: bool = True
+    folder: bool = False
+    stdout_ok: bool = False  # "-" writes to standard output
+
+
+def video_output() -> Output:
+    from vmt.io.video import VIDEO_WRITE_SUFFIXES
+
+    return Output(VIDEO_WRITE_SUFFIXES)
+
+
+NPZ_OUTPUT = Output(frozenset({".npz"}))
+JSON_REPORT = Output(frozenset({".json"}), sidecar=False, stdout_ok=True)
+RUN_FOLDER = Output(folder=True, sidecar=False)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """What the scaffold checks for one command before its body runs.
+
+    name: the recipe table and sidecar subcommand ("refine", "longgen-sample").
+    inputs: parameter -> "file" | "dir" | "any" (must exist, and be of that kind).
+    outputs: parameter -> Output.
+    ranges: parameter -> Range, for numbers beyond "finite" (every float must at least be finite).
+    """
+
+    name: str
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    outputs: Mapping[str, Output | Callable[[], Output]] = field(default_factory=dict)
+    ranges: Mapping[str, Range] = field(default_factory=dict)
+
+    def output(self, name: str) -> Output:
+        out = self.outputs[name]
+        return out() if callable(out) else out
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def _params_by_name(ctx: typer.Context) -> dict[str, Any]:
+    return {p.name: p for p in ctx.command.params if p.name}
+
+
+def flag(ctx: typer.Context, name: str) -> str:
+    """How the user writes parameter `name`: its long option (--guidance-scale) or its argument (REFERENCE)."""
+    param = _params_by_name(ctx).get(name)
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
+    if param is None:
+        return "--" + name.replace("_", "-")
+    if not opts:
+        return name.upper()
+    longs = [o for o in opts if o.startswith("--")]
+    return longs[0] if longs else opts[0]
+
+
+def param_types(ctx: typer.Context) -> dict[str, tuple[type, bool]]:
+    """Parameter name -> (base type, is a list), read from the command function's annotations."""
+    import types
+    import typing
+
+    fn = ctx.command.callback
+    hints = typing.get_type_hints(fn, include_extras=False) if fn is not None else {}
+    out = {}
+    for name, hint in hints.items():
+        is_list = False
+        for _ in range(3):  # peel Optional[...] and list[...]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            origin = typing.get_origin(hint)
+            if origin in (typing.Union, types.UnionType) and len(args) == 1:
+                hint = args[0]
+            elif origin is list and args:
+                hint, is_list = args[0], True
+        out[name] = (hint if isinstance(hint, type) else str, is_list)
+    return out
+
+
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string",
+               Path: "a path (string)"}
+
+
+def convert_recipe_value(base: type, is_list: bool, value: Any) -> Any:
+    """A recipe value in the option's own type; ValueError naming the expected type when it does not fit.
+
+    TOML values are typed, so nothing is coerced: "no" is not a boolean, 2.5 is not an integer.
+    """
+    if is_list:
+        if not isinstance(value, list):
+            raise ValueError(f"a list ({_TYPE_NAMES.get(base, 'a string')} each)")
+        return [convert_recipe_value(base, False, v) for v in value]
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(_TYPE_NAMES.get(base, "a string"))
+    return Path(value).expanduser() if base is Path else value
+
+
+def recipe_values(ctx: typer.Context, path: Path, command: str, allowed: set[str]) -> dict[str, Any]:
+    """Read a TOML recipe (keys at top level or under a [command] table) into typed parameter values."""
+    import tomllib
+
+    from vmt.errors import VmtUsageError
+
+    if path.is_dir():
+        raise VmtUsageError(f"--recipe {path} is a folder; give a .toml file or a recipe name (see `vmt recipes`)")
+    if not path.is_file():
+        raise VmtUsageError(f"recipe {path} not found; give a .toml file or a recipe name (see `vmt recipes`)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise VmtUsageError(f"recipe {path} is not valid TOML: {e}") from e
+    raw: dict[str, Any] = {}
+    for key, val in data.items():
+        if isinstance(val, dict):
+            if key in ("meta", "about"):
+                continue  # free-form description of the recipe
+            if key != command:
+                raise VmtUsageError(f"recipe {path} has a [{key}] table; this command (vmt {command}) reads "
+                                    f"[{command}] or top-level keys")
+            raw.update(val)
+        else:
+            raw[key] = val
+    types_ = param_types(ctx)
+    out = {}
+    for key, val in raw.items():
+        name = key.replace("-", "_")
+        if name not in allowed:
+            raise VmtUsageError(f"recipe {path}: unknown key {key!r} for `vmt {command}`; known keys: "
+                                + ", ".join(sorted(k.replace("_", "-") for k in allowed)))
+        try:
+            out[name] = convert_recipe_value(*types_.get(name, (str, False)), val)
+        except ValueError as e:
+            raise VmtUsageError(f"recipe {path}: {key} = {val!r} is not valid for {flag(ctx, name)}: expected "
+                                f"{e}") from None
+    return out
+
+
+def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], recipe: Path | None,
+                   not_from_recipe: frozenset[str] = NOT_FROM_RECIPE) -> dict[str, Any]:
+    """Merge a recipe into the parameters: recipe values replace defaults, command-line flags win."""
+    if recipe is None:
+        return dict(params)
+    allowed = {k for k in params if k not in not_from_recipe and k in _params_by_name(ctx)}
+    merged = dict(params)
+    for key, val in recipe_values(ctx, Path(recipe), command, allowed).items():
+        source = ctx.get_parameter_source(key)
+        # Compared by name: typer may ship its own copy of click's ParameterSource enum.
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            merged[key] = val
+    return merged
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check_numbers(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> None:
+    """Every float is finite (unless its Range allows inf) and every declared range holds."""
+    from vmt.errors import VmtUsageError
+
+    types_ = param_types(ctx)
+    for name, value in p.items():
+        rng = spec.ranges.get(name)
+        is_float = types_.get(name, (None,))[0] is float
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if rng is None:
+            if is_float and not math.isfinite(value):
+                raise VmtUsageError(f"{flag(ctx, name)} must be a finite number, got {value}")
+            continue
+        if not rng.holds(value):
+            raise VmtUsageError(f"{flag(ctx, name)} must be {rng.describe()}, got {value}")
+
+
+def check_paths(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> None:
+    """Inputs exist and are of their kind; outputs have a valid suffix, folder and overwrite state, and no
+    output (sidecars included) is an input or another output."""
+    from vmt.errors import VmtUsageError
+    from vmt.io.atomic import check_not_inputs, check_output_path, sidecar_path
+
+    inputs: dict[str, Path] = {}
+    for name, kind in spec.inputs.items():
+        values = p.get(name)
+        values = values if isinstance(values, list) else [values]
+        for i, v in enumerate(x for x in values if x is not None):
+            path, f = Path(v).expanduser(), flag(ctx, name)
+            label = f"{f} {path}" if f.startswith("-") else str(path)
+            if not path.exists():
+                raise VmtUsageError(f"{label} not found; check the path")
+            if kind == "file" and path.is_dir():
+                raise VmtUsageError(f"{label} is a folder; give a file")
+            if kind == "dir" and not path.is_dir():
+                raise VmtUsageError(f"{label} is a file; give a folder")
+            inputs[f if i == 0 else f"{f} #{i + 1}"] = path
+    if p.get("recipe") is not None and Path(p["recipe"]).is_file():
+        inputs["--recipe"] = Path(p["recipe"])
+    outputs: dict[str, Path] = {}
+    files: list[tuple[str, Path, Output]] = []
+    for name in spec.outputs:
+        v = p.get(name)
+        out, f = spec.output(name), flag(ctx, name)
+        if v is None or (out.stdout_ok and str(v) == "-"):
+            continue
+        path = Path(v).expanduser()
+        outputs[f] = path
+        if out.folder:
+            if path.exists() and not path.is_dir():
+                raise VmtUsageError(f"{f} {path} is a file; give a folder to write the run into")
+            continue
+        files.append((f, path, out))
+        if out.sidecar:
+            outputs[f"{f} sidecar"] = sidecar_path(path)
+    check_not_inputs(outputs, inputs)  # first: "pass --overwrite" would be the wrong advice for an input
+    for f, path, out in files:
+        check_output_path(path, bool(p.get("overwrite", False)), sidecar=out.sidecar, suffixes=out.suffixes,
+                          what=f)
+
+
+# ---------------------------------------------------------------- the command path
+
+
+def run_command(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any],
+                body: Callable[[dict[str, Any]], Any]) -> Any:
+    """Resolve, validate and run one command. `params` are the command function's locals()."""
+    from vmt.io.atomic import output_policy
+
+    params = {k: v for k, v in params.items() if k != "ctx"}
+
+    def go() -> Any:
+        p = resolve_params(ctx, spec.name, params, params.get("recipe"),
+                           NOT_FROM_RECIPE | frozenset(spec.outputs))
+        check_numbers(ctx, spec, p)
+        check_paths(ctx, spec, p)
+        with output_policy(bool(p.get("overwrite", False))):
+            return body(p)
+
+    return run_guarded(go, bool(params.get("debug", False)))
+
+
+def main_standalone(command: Any, args: list[str] | None, prog_name: str | None, **extra: Any) -> int:
+    """Run the root command; usage errors become one line on stderr (exit 2); returns the exit code."""
+    try:
+        rv = command.main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    except typer.TyperException as e:  # typer's click: UsageError, BadParameter, NoSuchOption, ...
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare `vmt refine`: its help, as --help shows it
+            text = ctx.get_help() if ctx is not None else ""
+            if text:
+                typer.echo(text)
+            return 0
+        msg = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
+        if ctx is not None:
+            msg += f" (see `{ctx.command_path} --help`)"
+        print_error(msg)
+        return getattr(e, "exit_code", EXIT_USAGE)
+    return rv if isinstance(rv, int) else 0
