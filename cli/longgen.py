@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DebugOpt, DeviceOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console,
-    resolve_params, run_guarded, status, step_progress,
+    DebugOpt, DeviceOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console, status,
+    step_progress,
+)
+from cli.scaffold import (
+    AT_LEAST_1, NON_NEGATIVE, POSITIVE, RUN_FOLDER, CommandSpec, run_command, video_output,
 )
 from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
 
@@ -123,9 +126,19 @@ def train(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _train(ctx, params), debug)
+    run_command(ctx, TRAIN_SPEC, locals(), _train)
+
+
+TRAIN_SPEC = CommandSpec(
+    "longgen-train", outputs={"output": RUN_FOLDER},
+    ranges={"steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE, "kl_weight": NON_NEGATIVE,
+            "adv_weight": NON_NEGATIVE, "image_warmup": NON_NEGATIVE, "adv_warmup": NON_NEGATIVE,
+            "mask_weight": NON_NEGATIVE, "pyramid_levels": AT_LEAST_1, "fps": POSITIVE, "max_frames": AT_LEAST_1,
+            "sample_every": NON_NEGATIVE, "save_every": NON_NEGATIVE},
+)
+_MODEL_FLAGS = ("preset", "size", "attention", "signed_motion", "warp")
+_SETTING_FLAGS = ("batch_size", "lr", "kl_weight", "adv_weight", "image_warmup", "adv_warmup", "mask_weight",
+                  "pyramid_levels", "recall")
 
 
 def _parse_strides(text: str) -> tuple[int, ...]:
@@ -140,56 +153,49 @@ def _parse_strides(text: str) -> tuple[int, ...]:
     return vals
 
 
-def _train(ctx: typer.Context, params: dict) -> None:
+def _model_config(p: dict):
+    from vmt.longgen.config import preset as get_preset
+
+    cfg = get_preset(p["preset"])
+    overrides = {k: p[k] for k in ("size", "attention", "signed_motion", "warp") if p[k] is not None}
+    return cfg.with_(**overrides) if overrides else cfg
+
+
+def _train(p) -> None:
     from vmt.errors import VmtUsageError
 
-    p = resolve_params(ctx, "longgen-train", params, params["recipe"])
-    run_dir = Path(p["output"])
-    for key in ("steps", "batch_size"):
-        if p[key] < 1:
-            raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
-    if p["lr"] <= 0 or min(p["kl_weight"], p["adv_weight"], p["adv_warmup"], p["mask_weight"],
-                           p["image_warmup"]) < 0:
-        raise VmtUsageError("--lr must be > 0 and --kl-weight/--adv-weight/--adv-warmup/--mask-weight/"
-                            "--image-warmup >= 0")
-    if p["pyramid_levels"] < 1:
-        raise VmtUsageError(f"--pyramid-levels must be >= 1 (1: plain L1), got {p['pyramid_levels']}")
+    run_dir = p["output"]
     strides = _parse_strides(p["stride"])
     has_run = (run_dir / "config.json").exists()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise VmtUsageError(f"{run_dir} is a file; -o takes a run folder")
     if has_run and not (p["resume"] or p["overwrite"]):
         raise VmtUsageError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
                             "start over")
     if p["resume"] and not has_run:
         raise VmtUsageError(f"--resume: {run_dir} holds no run (no config.json); drop --resume to start one")
-    if not run_dir.parent.is_dir():
-        raise VmtUsageError(f"folder {run_dir.parent} does not exist; create it first (mkdir -p {run_dir.parent})")
 
     import torch
 
-    from vmt.longgen.checkpoint import resume_trainer, save_run
-    from vmt.longgen.config import preset as get_preset
+    from vmt.longgen.checkpoint import read_meta, resume_trainer
+    from vmt.longgen.config import LongGenConfig
     from vmt.longgen.data import open_source
-    from vmt.longgen.train import Trainer, TrainSettings, fit_sampling_prior, train_steps
+    from vmt.longgen.train import Trainer, TrainSettings, resume_conflicts, saved_settings, train_run
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory, resolve_device
 
-    cfg = get_preset(p["preset"])
-    if p["size"] is not None:
-        cfg = cfg.with_(size=p["size"])
-    if p["attention"] is not None:
-        cfg = cfg.with_(attention=p["attention"])
-    if p["signed_motion"] is not None:
-        cfg = cfg.with_(signed_motion=p["signed_motion"])
-    if p["warp"] is not None:
-        cfg = cfg.with_(warp=p["warp"])
+    if p["resume"]:  # the run's own settings; a given flag that differs is an error, not a silent reset
+        meta = read_meta(run_dir)
+        given = {k: p[k] for k in (*_SETTING_FLAGS, "seed") if k in p.given}
+        bad = resume_conflicts(meta, given)
+        if bad:
+            raise VmtUsageError(f"--resume: {run_dir} was trained with other settings: " + "; ".join(bad)
+                                + ". Drop these flags (a resumed run keeps its settings) or start a new -o folder")
+        settings, p["seed"] = saved_settings(meta), meta.get("seed", p["seed"])
+        cfg = _model_config(p) if p.given & set(_MODEL_FLAGS) else LongGenConfig.from_dict(meta["model"])
+    else:
+        settings = TrainSettings(**{k: p[k] for k in _SETTING_FLAGS})
+        cfg = _model_config(p)
     dev = resolve_device(p["device"])
     torch.manual_seed(p["seed"])
-    settings = TrainSettings(batch_size=p["batch_size"], lr=p["lr"], kl_weight=p["kl_weight"],
-                             adv_weight=p["adv_weight"], recall=p["recall"], adv_warmup=p["adv_warmup"],
-                             mask_weight=p["mask_weight"], pyramid_levels=p["pyramid_levels"],
-                             image_warmup=p["image_warmup"])
     timer = Timer(sync_cuda=dev.type == "cuda")
     trainer = Trainer(cfg, settings, dev)
     if p["resume"]:  # before reading data: a mismatching run should fail fast
@@ -200,71 +206,20 @@ def _train(ctx: typer.Context, params: dict) -> None:
         source = open_source(p["data"], cfg.size, strides=strides, fps=p["fps"], max_frames=p["max_frames"],
                              seed=p["seed"])
         source.check(trainer.window)
-    run_dir.mkdir(exist_ok=True)
-    (run_dir / "samples").mkdir(exist_ok=True)
-    todo = p["steps"] - trainer.step_count
-    last: dict[str, float] = {}
-
-    prior_fit: dict[str, float] = {}
-
-    def checkpoint() -> None:
-        with timer.stage("fit_prior"):  # so that every saved run samples from where its decoder was trained
-            prior_fit.update(fit_sampling_prior(trainer.model, source, seed=p["seed"]))
-        save_run(run_dir, trainer, seed=p["seed"], data=p["data"])
-
-    with step_progress(todo, "training", p["quiet"]) as advance, timer.stage("train"):
-        while trainer.step_count < p["steps"]:
-            chunk = _next_stop(trainer.step_count, p["steps"], p["sample_every"], p["save_every"])
-            for logs in train_steps(trainer, source, chunk, seed=p["seed"]):
-                last = logs
-                advance(**{k: f"{v:.3f}" for k, v in logs.items()})
-            s = trainer.step_count
-            if p["sample_every"] and s % p["sample_every"] == 0 or s == p["steps"]:
-                write_sample_grid(trainer.model, run_dir / "samples" / f"step_{s:06d}.png", seed=p["seed"])
-            if p["save_every"] and s % p["save_every"] == 0 or s == p["steps"]:
-                checkpoint()
+    with step_progress(p["steps"] - trainer.step_count, "training", p["quiet"]) as advance:
+        out = train_run(run_dir, trainer, source, steps=p["steps"], seed=p["seed"], data=p["data"],
+                        sample_every=p["sample_every"], save_every=p["save_every"], timer=timer,
+                        on_step=lambda logs: advance(**{k: f"{v:.3f}" for k, v in logs.items()}))
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+    resolved.update(settings.to_dict())
     doc = build_sidecar(command_line(), "longgen train", resolved, output=run_dir,
                         model={"config": cfg.to_dict(), "parameters": sum(q.numel() for q in trainer.model.parameters())},
-                        timings=timer.stages, compute={"steps": trainer.step_count, "batch_size": p["batch_size"]},
-                        memory=peak_memory(dev),
-                        extra={"final_losses": last, "videos": len(source.videos), "motion_prior_fit": prior_fit})
-    write_sidecar(run_dir / "train.mp4", doc)  # -> RUN_DIR/train.json
+                        timings=timer.stages, compute={"steps": trainer.step_count, "batch_size": settings.batch_size},
+                        memory=peak_memory(dev), extra={**out, "videos": len(source.videos)})
+    write_sidecar(run_dir / "train.mp4", doc, replace=True)  # -> RUN_DIR/train.json, rewritten on --resume
     if not p["quiet"]:
         console.print(f"[green]trained[/] {run_dir} to step {trainer.step_count} "
-                      + "  ".join(f"{k}={v:.3f}" for k, v in last.items()))
-
-
-def _next_stop(step: int, total: int, every_a: int, every_b: int) -> int:
-    """Steps until the next sample/save point or the end."""
-    stops = [total]
-    for every in (every_a, every_b):
-        if every:
-            stops.append((step // every + 1) * every)
-    return min(stops) - step
-
-
-def write_sample_grid(model, path: Path, *, seed: int, rows: int = 6) -> Path:
-    """PNG of `rows` prior samples (one per row, frames left to right), written atomically."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from vmt.io.atomic import atomic_path
-    from vmt.runtime import make_generator
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        z_x, z_v = model.prior(rows, make_generator(seed))
-        video = model.decode(z_x, z_v, None)  # (B, 3, T, H, W)
-    model.train(was_training)
-    x = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    b, c, t, h, w = x.shape
-    grid = x.permute(0, 3, 2, 4, 1).reshape(b * h, t * w, c).numpy()
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(grid)).save(tmp, format="PNG")
-    return path
+                      + "  ".join(f"{k}={v:.3f}" for k, v in out["final_losses"].items()))
 
 
 SAMPLE_HELP = """Sample a long video: clip after clip, each conditioned on a frame of the previous one.
@@ -312,24 +267,15 @@ def sample(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _sample(ctx, params), debug)
+    run_command(ctx, SAMPLE_SPEC, locals(), _sample)
 
 
-def _sample(ctx: typer.Context, params: dict) -> None:
-    from vmt.errors import VmtUsageError
-    from vmt.io.atomic import check_output_path
+SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"model": "dir"}, outputs={"output": video_output},
+                          ranges={"frames": AT_LEAST_1, "fps": POSITIVE, "motion_temperature": NON_NEGATIVE})
 
-    p = resolve_params(ctx, "longgen-sample", params, params["recipe"])
-    output = check_output_path(p["output"], p["overwrite"])
-    if p["frames"] < 1:
-        raise VmtUsageError(f"--frames must be >= 1, got {p['frames']}")
-    if p["fps"] <= 0:
-        raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
-    if not p["motion_temperature"] >= 0:
-        raise VmtUsageError(f"--motion-temperature must be >= 0 (0: no noise, 1: the fitted spread), got "
-                            f"{p['motion_temperature']}")
+
+def _sample(p) -> None:
+    output = p["output"]
 
     from vmt.io.video import VideoWriter
     from vmt.longgen.checkpoint import load_model, resolve_run_dir
@@ -398,16 +344,15 @@ def reconstruct(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _reconstruct(ctx, params), debug)
+    run_command(ctx, RECON_SPEC, locals(), _reconstruct)
 
 
-def _reconstruct(ctx: typer.Context, params: dict) -> None:
-    from vmt.io.atomic import check_output_path
+RECON_SPEC = CommandSpec("longgen-reconstruct", inputs={"video": "file", "model": "dir"},
+                         outputs={"output": video_output}, ranges={"fps": POSITIVE, "max_frames": AT_LEAST_1})
 
-    p = resolve_params(ctx, "longgen-reconstruct", params, params["recipe"])
-    output = check_output_path(p["output"], p["overwrite"])
+
+def _reconstruct(p) -> None:
+    output = p["output"]
 
     import numpy as np
 

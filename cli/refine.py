@@ -9,12 +9,14 @@ import typer
 
 from cli.common import (
     DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
-    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow,
-    resolve_params, run_guarded, status, step_progress,
+    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow, status,
+    step_progress,
 )
 from cli.refine_options import (
-    CertainFractionOpt, PlanOpt, PNormOpt, TauOpt, check_refine_params, make_pnp, pnp_progress, refine_summary,
+    PNP_RANGES, CertainFractionOpt, PlanOpt, PNormOpt, TauOpt, check_refine_params, make_pnp, pnp_progress,
+    refine_summary,
 )
+from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, run_command, video_output
 
 HELP = reflow("""Generate a video from a text prompt (or an image) with a Wan model, refining the early (motion)
 steps with Predict-and-Perturb: at a fixed noise level the model re-noises and re-denoises its own clean
@@ -76,40 +78,37 @@ def refine(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _run(ctx, params), debug)
+    run_command(ctx, SPEC, locals(), _run)
 
 
-def _run(ctx: typer.Context, params: dict) -> None:
-    from vmt.errors import VmtUsageError
-    from vmt.io.atomic import check_output_path
+SPEC = CommandSpec(
+    "refine", inputs={"image": "file"}, outputs={"output": video_output},
+    ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "guidance_scale_2": NON_NEGATIVE,
+            "shift": POSITIVE, "fps": POSITIVE, **PNP_RANGES},
+)
 
-    p = resolve_params(ctx, "refine", params, params["recipe"])
-    output = check_output_path(p["output"], p["overwrite"])
-    if p["steps"] < 1:
-        raise VmtUsageError(f"--steps must be >= 1, got {p['steps']}")
-    if p["guidance_scale"] < 0:
-        raise VmtUsageError(f"--guidance-scale must be >= 0, got {p['guidance_scale']}")
-    if p["fps"] <= 0:
-        raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
-    if p["image"] is not None and not Path(p["image"]).is_file():
-        raise VmtUsageError(f"--image {p['image']} not found")
-    check_wan_size(p["num_frames"], p["height"], p["width"])
+
+def _run(p: dict) -> None:
+    from vmt.backends.wan import WanGeometry
+
+    WanGeometry().check_size(p["num_frames"], p["height"], p["width"])  # Wan2.1's rules, before any model
     pnp_plan = check_refine_params(p, p["steps"])
     quiet_libraries(p["debug"])
 
-    from vmt.backends.wan import WanBackend, WanLoadOptions
+    from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
     from vmt.generate import GenerationRequest, generate
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory
 
+    output = p["output"]
     timer = Timer()
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        resolved, geometry = inspect_model(p["model"], p["revision"])
+        geometry.check_size(p["num_frames"], p["height"], p["width"])  # before minutes of loading weights
         backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
             device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"],
+            revision=p["revision"], resolved=resolved,
         ))
     timer.sync_cuda = backend.device.type == "cuda"
     image = None
@@ -148,15 +147,3 @@ def _run(ctx: typer.Context, params: dict) -> None:
                       f"NFE {c.nfe} ({c.nfe / req.steps:.2f}x), DiT passes {c.dit_forward}, "
                       f"denoise {timer.stages.get('denoise', 0):.1f}s")
 
-
-def check_wan_size(num_frames: int, height: int, width: int, temporal: int = 4, spatial: int = 16) -> None:
-    """Early size check with Wan's factors (before a model is loaded); the backend re-checks exactly."""
-    from vmt.errors import VmtUsageError
-
-    if num_frames < 1 or (num_frames - 1) % temporal:
-        lo = max(1, (num_frames - 1) // temporal * temporal + 1)
-        raise VmtUsageError(f"--num-frames {num_frames} is not of the form {temporal}k+1; use {lo} or {lo + temporal}")
-    for name, v in (("--height", height), ("--width", width)):
-        if v < spatial or v % spatial:
-            lo = max(spatial, v // spatial * spatial)
-            raise VmtUsageError(f"{name} {v} must be a multiple of {spatial}; use {lo} or {lo + spatial}")

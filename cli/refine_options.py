@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.scaffold import Range
+
 PANEL = "Refinement"
+
+# Numbers the scaffold checks before any work (the library re-checks what it is given: check_gate).
+PNP_RANGES = {"tau": Range(0, inf_ok=True), "certain_fraction": Range(0, 1, lo_open=True),
+              "p_norm": Range(1, inf_ok=True)}
 
 PlanOpt = Annotated[str, typer.Option("--plan", help="P&P inner iterations per outer step: \"FIRST-LAST:K,...\" "
                                       "(0-based, inclusive), \"default\" (2-5:3,6-14:1) or \"none\" (plain Euler).",

@@ -184,11 +184,13 @@ class CommandSpec:
 # ---------------------------------------------------------------- recipes
 
 
-def _params_by_name(ctx: typer.Context) -> dict[str, Any]:
-    return {p.name: p for p in ctx.command.params if p.name}
+def _params_by_name(ctx: Any) -> dict[str, Any]:
+    """`ctx`: a typer Context, or a command object itself."""
+    cmd = getattr(ctx, "command", ctx)
+    return {p.name: p for p in cmd.params if p.name}
 
 
-def flag(ctx: typer.Context, name: str) -> str:
+def flag(ctx: Any, name: str) -> str:
     """How the user writes parameter `name`: its long option (--guidance-scale) or its argument (REFERENCE)."""
     param = _params_by_name(ctx).get(name)
     opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
@@ -200,12 +202,12 @@ def flag(ctx: typer.Context, name: str) -> str:
     return longs[0] if longs else opts[0]
 
 
-def param_types(ctx: typer.Context) -> dict[str, tuple[type, bool]]:
+def param_types(ctx: Any) -> dict[str, tuple[type, bool]]:
     """Parameter name -> (base type, is a list), read from the command function's annotations."""
     import types
     import typing
 
-    fn = ctx.command.callback
+    fn = getattr(ctx, "command", ctx).callback
     hints = typing.get_type_hints(fn, include_extras=False) if fn is not None else {}
     out = {}
     for name, hint in hints.items():
@@ -248,7 +250,7 @@ def convert_recipe_value(base: type, is_list: bool, value: Any) -> Any:
     return Path(value).expanduser() if base is Path else value
 
 
-def recipe_values(ctx: typer.Context, path: Path, command: str, allowed: set[str]) -> dict[str, Any]:
+def recipe_values(ctx: Any, path: Path, command: str, allowed: set[str]) -> dict[str, Any]:
     """Read a TOML recipe (keys at top level or under a [command] table) into typed parameter values."""
     import tomllib
 
@@ -288,19 +290,50 @@ def recipe_values(ctx: typer.Context, path: Path, command: str, allowed: set[str
     return out
 
 
+class Params(dict):
+    """Resolved parameter values; `given` names those set on the command line or by the recipe (not defaults)."""
+
+    given: frozenset[str] = frozenset()
+
+
+def _from_default(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    # Compared by name: typer ships its own copy of click's ParameterSource enum.
+    return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
+
+
 def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], recipe: Path | None,
-                   not_from_recipe: frozenset[str] = NOT_FROM_RECIPE) -> dict[str, Any]:
+                   not_from_recipe: frozenset[str] = NOT_FROM_RECIPE) -> Params:
     """Merge a recipe into the parameters: recipe values replace defaults, command-line flags win."""
-    if recipe is None:
-        return dict(params)
-    allowed = {k for k in params if k not in not_from_recipe and k in _params_by_name(ctx)}
-    merged = dict(params)
-    for key, val in recipe_values(ctx, Path(recipe), command, allowed).items():
-        source = ctx.get_parameter_source(key)
-        # Compared by name: typer may ship its own copy of click's ParameterSource enum.
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            merged[key] = val
+    merged = Params(params)
+    given = {k for k in params if not _from_default(ctx, k)}
+    if recipe is not None:
+        allowed = {k for k in params if k not in not_from_recipe and k in _params_by_name(ctx)}
+        for key, val in recipe_values(ctx, Path(recipe), command, allowed).items():
+            if _from_default(ctx, key):
+                merged[key] = val
+                given.add(key)
+    merged.given = frozenset(given)
     return merged
+
+
+def find_command(path: str) -> Any:
+    """The command object of `vmt PATH` ("refine", "longgen train")."""
+    from typer.main import get_command
+
+    from cli.main import app
+
+    cmd = get_command(app)
+    for part in path.split():
+        cmd = cmd.commands[part]
+    return cmd
+
+
+def load_recipe(path: Path, command: str) -> dict[str, Any]:
+    """A recipe's typed values for `vmt COMMAND` ("longgen train"), checked against its real options."""
+    cmd = find_command(command)
+    allowed = {k for k in _params_by_name(cmd) if k not in NOT_FROM_RECIPE}
+    return recipe_values(cmd, Path(path), command.replace(" ", "-"), allowed)
 
 
 # ---------------------------------------------------------------- validation

@@ -25,12 +25,11 @@ from cli.common import (
     console,
     quiet_libraries,
     reflow,
-    resolve_params,
-    run_guarded,
     status,
     step_progress,
 )
 from cli.refine_options import (
+    PNP_RANGES,
     CertainFractionOpt,
     PlanOpt,
     PNormOpt,
@@ -40,6 +39,7 @@ from cli.refine_options import (
     pnp_progress,
     refine_summary,
 )
+from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, Range, run_command, video_output
 
 HELP = reflow("""Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
 
@@ -153,9 +153,15 @@ def transfer(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _run(ctx, params), debug)
+    run_command(ctx, SPEC, locals(), _run)
+
+
+SPEC = CommandSpec(
+    "transfer", inputs={"reference": "file"}, outputs={"output": video_output},
+    ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "shift": POSITIVE, "fps": POSITIVE,
+            "strength": Range(0, 1, lo_open=True), "temperature": POSITIVE, "lr": POSITIVE, "lr_end": POSITIVE,
+            "amf_weight": NON_NEGATIVE, "window_weight": NON_NEGATIVE, **PNP_RANGES},
+)
 
 
 def parse_tile(text: str) -> tuple[int, int]:
@@ -171,21 +177,12 @@ def parse_tile(text: str) -> tuple[int, int]:
     return th, tw
 
 
-def _run(ctx: typer.Context, params: dict) -> None:
-    from cli.refine import check_wan_size
+def _run(p: dict) -> None:
+    from vmt.backends.wan import WanGeometry
     from vmt.errors import VmtUsageError
-    from vmt.io.atomic import check_output_path
 
-    p = resolve_params(ctx, "transfer", params, params["recipe"])
-    output = check_output_path(p["output"], p["overwrite"])
-    ref_path = Path(p["reference"])
-    if not ref_path.is_file():
-        raise VmtUsageError(f"reference video {ref_path} not found; check the path")
-    if p["fps"] is not None and p["fps"] <= 0:
-        raise VmtUsageError(f"--fps must be positive, got {p['fps']}")
-    if p["guidance_scale"] < 0:
-        raise VmtUsageError(f"--guidance-scale must be >= 0, got {p['guidance_scale']}")
-    check_wan_size(5, p["height"], p["width"])
+    output, ref_path = p["output"], Path(p["reference"])
+    WanGeometry().check_size(5, p["height"], p["width"])  # Wan2.1's rules, before any model
 
     from vmt.motion.guidance import GuidanceConfig
     from vmt.transfer import MIN_FRAMES, TransferRequest, sdedit_sigmas
@@ -206,9 +203,8 @@ def _run(ctx: typer.Context, params: dict) -> None:
     pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
     quiet_libraries(p["debug"])
 
-    from vmt.backends.wan import WanBackend, WanLoadOptions
+    from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
     from vmt.io.video import write_video
-    from vmt.motion.capture import check_block
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory
     from vmt.transfer import load_reference
@@ -218,14 +214,15 @@ def _run(ctx: typer.Context, params: dict) -> None:
     with timer.stage("read_reference"):
         frames, ref_fps = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        resolved, geometry = inspect_model(p["model"], p["revision"])
+        geometry.check_block(cfg.block)  # before minutes of loading weights
         backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
             device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"],
+            revision=p["revision"], resolved=resolved,
         ))
     if backend.is_i2v:
         raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
                             "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    check_block(backend.transformer_at(1.0), cfg.block)
     timer.sync_cuda = backend.device.type == "cuda"
     req = TransferRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -107,33 +106,26 @@ def test_inner_loop_evaluates_at_the_outer_sigma():
     assert v.sigmas == expected
 
 
-def _refine_params() -> set[str]:
-    from cli.common import _NOT_FROM_RECIPE
-    from cli.refine import refine
-
-    return {k for k in inspect.signature(refine).parameters if k not in _NOT_FROM_RECIPE and k != "ctx"}
-
-
 @pytest.mark.parametrize("name, nfe", [
     ("default.toml", 71), ("wan2.1-t2v-1.3b.toml", 71), ("wan2.2-a14b-t2v.toml", 60),
     ("wan2.2-a14b-i2v.toml", 63), ("nfe-x2.toml", 100),
 ])
 def test_recipes_load_with_cli_option_names_and_give_published_nfe(name, nfe):
-    from cli.common import load_recipe
+    from cli.scaffold import load_recipe
 
-    r = load_recipe(RECIPES / name, "refine", _refine_params())
+    r = load_recipe(RECIPES / name, "refine")
     assert parse_plan(r["plan"]).validate(r["steps"]).nfe(r["steps"]) == nfe
 
 
 def test_recipe_values_match_the_published_setups():
-    from cli.common import load_recipe
+    from cli.scaffold import load_recipe
 
-    t2v = load_recipe(RECIPES / "wan2.2-a14b-t2v.toml", "refine", _refine_params())
+    t2v = load_recipe(RECIPES / "wan2.2-a14b-t2v.toml", "refine")
     assert (t2v["steps"], t2v["height"], t2v["width"], t2v["num_frames"]) == (40, 480, 832, 81)
     assert (t2v["guidance_scale"], t2v["guidance_scale_2"], t2v["tau"]) == (4.0, 3.0, 0.2)
-    i2v = load_recipe(RECIPES / "wan2.2-a14b-i2v.toml", "refine", _refine_params())
+    i2v = load_recipe(RECIPES / "wan2.2-a14b-i2v.toml", "refine")
     assert (i2v["guidance_scale"], i2v["tau"], i2v["steps"]) == (3.5, 0.0, 40)
-    assert load_recipe(RECIPES / "default.toml", "refine", _refine_params())["tau"] == 0.25
+    assert load_recipe(RECIPES / "default.toml", "refine")["tau"] == 0.25
 
 
 # ----------------------------------------------------------------------------- identities and the gate

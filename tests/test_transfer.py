@@ -278,13 +278,12 @@ def test_cli_recipe_keys_match_options(tmp_path):
     import inspect
     from pathlib import Path
 
-    from cli.common import load_recipe
+    from cli.scaffold import load_recipe
     from cli.transfer import transfer as command
 
-    allowed = set(inspect.signature(command).parameters) - {"ctx"}
     root = Path(__file__).resolve().parents[1] / "recipes" / "transfer"
-    fast = load_recipe(root / "fastvmt-wan2.1-1.3b.toml", "transfer", allowed)
-    base = load_recipe(root / "ditflow-baseline.toml", "transfer", allowed)
+    fast = load_recipe(root / "fastvmt-wan2.1-1.3b.toml", "transfer")
+    base = load_recipe(root / "ditflow-baseline.toml", "transfer")
     assert fast["window"] == 21 and fast["reuse_interval"] == 3 and fast["tile"] == "3x4" and fast["block"] == 14
     assert base["amf"] == "global" and base["reuse_interval"] == 1 and base["inner_steps"] == 5
     assert base["lr"] == 2e-3 and base["lr_end"] == 1e-3

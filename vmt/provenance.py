@@ -43,6 +43,6 @@ def build_sidecar(
     return doc
 
 
-def write_sidecar(output: Path, doc: dict[str, Any]) -> Path:
-    """Write the sidecar next to `output` (out.mp4 -> out.json), atomically."""
-    return write_json_atomic(sidecar_path(output), doc)
+def write_sidecar(output: Path, doc: dict[str, Any], *, replace: bool | None = None) -> Path:
+    """Write the sidecar next to `output` (out.mp4 -> out.json), atomically (`replace` as in atomic_path)."""
+    return write_json_atomic(sidecar_path(output), doc, replace=replace)

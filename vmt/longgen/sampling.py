@@ -68,3 +68,25 @@ def reconstruct_frames(model: EncGAN3, frames: np.ndarray, *, recall: bool = Fal
         if start + n >= total:
             return
         start += r
+
+
+def write_sample_grid(model: EncGAN3, path, *, seed: int, rows: int = 6):
+    """PNG of `rows` prior samples (one per row, frames left to right), written atomically (replacing)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from vmt.io.atomic import atomic_path
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        z_x, z_v = model.prior(rows, make_generator(seed))
+        video = model.decode(z_x, z_v, None)  # (B, 3, T, H, W)
+    model.train(was_training)
+    x = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    b, c, t, h, w = x.shape
+    grid = x.permute(0, 3, 2, 4, 1).reshape(b * h, t * w, c).numpy()
+    with atomic_path(path, replace=True) as tmp:
+        Image.fromarray(np.ascontiguousarray(grid)).save(tmp, format="PNG")
+    return Path(path)

@@ -245,3 +245,61 @@ def fit_sampling_prior(model: EncGAN3, source, clips: int = 2048, seed: int = 0,
         length = T
     windows = source.sample(clips, length, np.random.default_rng([seed, 7]))
     return model.fit_prior(windows, motion_steps=motion_steps, seed=seed)
+
+
+# Settings that may differ when a run is resumed: how long and where it runs, and what data it reads. Everything
+# else (model sizes, optimiser and loss settings, seed) is the run's own, read from its config.json.
+RESUMABLE = frozenset({"steps", "sample_every", "save_every", "device", "data", "stride", "fps", "max_frames"})
+
+
+def saved_settings(meta: dict) -> TrainSettings:
+    """The TrainSettings a run was saved with (fields it predates keep their defaults)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainSettings)}
+    return TrainSettings(**{k: v for k, v in meta.get("train", {}).items() if k in names})
+
+
+def resume_conflicts(meta: dict, requested: dict) -> list[str]:
+    """Requested settings that differ from the run's (`requested`: name -> value of the settings given)."""
+    saved = {**saved_settings(meta).to_dict(), **meta.get("model", {}), "seed": meta.get("seed")}
+    return [f"{k} {v!r} (the run has {saved[k]!r})" for k, v in requested.items()
+            if k in saved and k not in RESUMABLE and saved[k] != v]
+
+
+def _next_stop(step: int, total: int, *every: int) -> int:
+    """Steps until the next sample/save point or the end."""
+    return min([total] + [(step // e + 1) * e for e in every if e]) - step
+
+
+def train_run(run_dir, trainer: Trainer, source, *, steps: int, seed: int, data: str, sample_every: int = 250,
+              save_every: int = 250, on_step=None, timer=None) -> dict:
+    """Train `trainer` on `source` up to step `steps`, writing into `run_dir`: sample grids every
+    `sample_every` steps, and checkpoints (with the sampling priors fitted to that decoder) every
+    `save_every` and at the end. Returns {"final_losses", "motion_prior_fit"}."""
+    import contextlib
+    from pathlib import Path
+
+    from vmt.longgen.checkpoint import save_run
+    from vmt.longgen.sampling import write_sample_grid
+
+    run_dir = Path(run_dir)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    stage = timer.stage if timer is not None else (lambda name: contextlib.nullcontext())
+    last: dict[str, float] = {}
+    prior_fit: dict[str, float] = {}
+    with stage("train"):
+        while trainer.step_count < steps:
+            chunk = _next_stop(trainer.step_count, steps, sample_every, save_every)
+            for logs in train_steps(trainer, source, chunk, seed=seed):
+                last = logs
+                if on_step is not None:
+                    on_step(logs)
+            s = trainer.step_count
+            if sample_every and s % sample_every == 0 or s == steps:
+                write_sample_grid(trainer.model, run_dir / "samples" / f"step_{s:06d}.png", seed=seed)
+            if save_every and s % save_every == 0 or s == steps:
+                with stage("fit_prior"):  # every saved run samples from where its decoder was trained
+                    prior_fit.update(fit_sampling_prior(trainer.model, source, seed=seed))
+                save_run(run_dir, trainer, seed=seed, data=data)
+    return {"final_losses": last, "motion_prior_fit": prior_fit}
