@@ -65,3 +65,20 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def check_not_inputs(outputs: list[str | os.PathLike | None], inputs: list[str | os.PathLike]) -> None:
+    """Refuse (VmtUsageError) an output that is one of the inputs: the same resolved path, or the same file
+    through another name (same inode). Run before any work, so an input is never overwritten."""
+    ins = [Path(i) for i in inputs]
+    resolved = {i.resolve(): i for i in ins}
+    for out in outputs:
+        if out is None or str(out) == "-":
+            continue
+        o = Path(out)
+        hit = resolved.get(o.resolve())
+        if hit is None and o.exists():
+            hit = next((i for i in ins if i.exists() and os.path.samefile(o, i)), None)
+        if hit is not None:
+            raise VmtUsageError(f"output {o} is the input {hit}; writing it would destroy that input: choose "
+                                "another output path")

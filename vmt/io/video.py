@@ -18,6 +18,9 @@ import numpy as np
 from vmt.errors import VmtError, VmtUsageError
 from vmt.io.atomic import atomic_path
 
+# File suffixes vmt treats as video (folders of inputs are filtered by them).
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif", ".m4v", ".mpg", ".mpeg"})
+
 
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary (imageio-ffmpeg's, or $IMAGEIO_FFMPEG_EXE)."""
