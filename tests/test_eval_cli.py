@@ -272,6 +272,8 @@ def test_outputs_never_inputs_json_stdout_and_result_line(small, tmp_path):
     assert doc["subcommand"] == "temporal" and doc["inputs"]["videos"] == [str(video)]
     assert not (tmp_path / "-").exists() and not Path("-").exists()
     assert "result: pass" in r.stderr and "warp_error=" in r.stderr
+    r = vmt("eval", "temporal", video, "-q", "--flow-preset", "fast")
+    assert r.exit_code == 0 and r.output.strip().startswith("result: pass")  # --quiet: only the result line
 
 
 def test_per_file_failures_honour_skip_bad_and_seams_real_module(tmp_path):
@@ -373,3 +375,32 @@ def test_motion_fidelity_separates_real_clips(shared_data):
     assert mf(v[0][:30], v[1][:30]) < thr and mf(v[1][:30], v[2][:30]) < thr
     runner, _ = read_video(shared_data / "reference" / "runner_640x368_81f.mp4", max_frames=30)
     assert mf(runner, runner[::-1]) < 0  # time reversal of a pan: opposite motion
+
+
+def test_tables_full_width_without_terminal(small, tmp_path):
+    """CliRunner is no terminal: long names print whole in the per-input table, whatever $COLUMNS says."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    long_name = "a_rather_long_generated_video_name_from_a_parameter_sweep_seed_0000012345.mp4"
+    for name in (long_name, "b.mp4"):
+        (folder / name).write_bytes((small / "a.mp4").read_bytes())
+    r = runner.invoke(app, ["eval", "temporal", str(folder), "--flow-preset", "fast"], env={"COLUMNS": "60"})
+    assert r.exit_code == 0, r.output
+    assert long_name in r.output and "result: pass" in r.output
+
+
+def test_video_input_tracked_keypoints_score_the_forecast(shared_data, tmp_path):
+    """`run` on a video saves the tracked keypoints beside the forecast; with --backtest they are the truth."""
+    video = sorted((shared_data / "voxceleb").glob("*.mp4"))[0]
+    pred = tmp_path / "pred.npz"
+    r = vmt("predict-keypoints", "run", video, "-o", pred, "--samples", "3", "--no-refine", "--backtest",
+            "--horizon", "4", "-q")
+    assert r.exit_code == 0, r.output
+    tracked = tmp_path / "pred.keypoints.npz"
+    kp = np.load(tracked)
+    assert kp["names"].tolist() == [video.name] and int(kp["lengths"][0]) == len(kp["value"])
+    assert np.load(pred)["start"].tolist() == [len(kp["value"]) - 4]
+    r = vmt("eval", "keypoints", tracked, pred, "--k", "2", "--json", tmp_path / "kp.json")
+    assert r.exit_code == 0, r.output
+    m = {k: v["value"] for k, v in json.loads((tmp_path / "kp.json").read_text())["metrics"].items()}
+    assert m["windows"] == 1 and m["ade_best"] <= m["ade_mean"] and m["zero_velocity_ade"] >= 0

@@ -251,3 +251,22 @@ def test_constant_acceleration_residual_closed_form():
     bumped = constant_acceleration_residual(t, p + np.stack([np.zeros(5), e], 1))
     assert bumped.rms_px == pytest.approx(0.7 / np.sqrt(5), rel=1e-9)
     assert bumped.acceleration == pytest.approx((-0.5, 1.0), abs=1e-9)
+
+
+def test_physics_ball_over_real_background(shared_data):
+    """A falling ball (g = 0.3 px/frame^2) composited over a still frame of a real clip (texture the median
+    background must keep); the real clips themselves have no single compact moving object: no trajectory."""
+    from vmt.io.video import read_video
+
+    clip, _ = read_video(sorted((shared_data / "voxceleb").glob("*.mp4"))[0], max_frames=16)
+    g = 0.3
+    yy, xx = np.mgrid[0:256, 0:256]
+    frames = np.repeat(clip[:1], 16, 0).copy()
+    for k in range(16):
+        x, y = 40 + 9.0 * k, 30 + 2.0 * k + 0.5 * g * k * k
+        frames[k][(xx - x) ** 2 + (yy - y) ** 2 <= 36] = (255, 40, 40)
+    fit = physics_residual(frames).fit
+    # a hard-edged disc: its centroid moves in pixel-quantised jumps of a few tenths of a pixel
+    assert fit.acceleration[1] == pytest.approx(g, abs=0.01) and fit.rms_px < 0.4
+    r = physics_residual(clip)
+    assert r.fit is None and "no trajectory" in r.reason
