@@ -352,7 +352,6 @@ def _distribution(kind: str, p: dict) -> None:
     import numpy as np
 
     from vmt.errors import VmtUsageError
-    from vmt.io.video import read_video
     from vmt.metrics import detectors as D
     from vmt.metrics.frechet import frechet_distance_features
     from vmt.runtime import resolve_device
@@ -367,15 +366,10 @@ def _distribution(kind: str, p: dict) -> None:
     gen_only, feats, probs = set(gen) - set(real), {}, []
 
     def features(path: Path) -> dict:
-        if kind == "fvd":
-            frames, _ = read_video(path, max_frames=p["num_frames"] if p["clips"] == "first" else None)
-            x = D.i3d_clips(frames, num_frames=p["num_frames"], size=p["size"], clips=p["clips"])
-        else:
-            frames, _ = read_video(path, max_frames=p["max_frames"])
-            x = D.inception_frames(frames, stride=p["stride"])
-            if p["inception_score"] and path in gen_only:
-                probs.extend(det.probabilities(c) for c in x.split(p["batch_size"]))
-        feats[path] = D.batched_features(det, [x], p["batch_size"])
+        feats[path] = D.video_features(
+            path, det, kind, num_frames=p.get("num_frames", 16), size=p.get("size", 224), clips=p.get("clips", "first"),
+            stride=p.get("stride", 1), max_frames=p.get("max_frames"), batch_size=p["batch_size"],
+            probabilities=probs if kind == "fid" and p["inception_score"] and path in gen_only else None)
         return {"samples": len(feats[path])}
 
     unit = "clips" if kind == "fvd" else "frames"

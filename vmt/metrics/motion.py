@@ -28,6 +28,7 @@ reference and generated shift, averaged over steps where both move, says whether
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,12 +251,26 @@ def pair_videos(refs: list, gens: list) -> list[tuple]:
     return [(by_stem[Path(g).stem], g) for g in gens]
 
 
+@functools.lru_cache(maxsize=1)
+def _read_reference(path: str, max_frames: int | None, stamp: tuple[int, int]) -> np.ndarray:
+    """The last reference read, kept: one reference is usually scored against many generated videos
+    (`stamp`: the file's mtime and size, so a changed file is read again)."""
+    from vmt.io.video import read_video
+
+    frames, _ = read_video(path, max_frames=max_frames)
+    frames.setflags(write=False)
+    return frames
+
+
 def score_pair(ref_path, gen_path, *, grid: int = 40, fb_threshold: float = 1.0, min_motion: float = 1e-3,
                max_frames: int | None = None) -> dict:
     """Per-pair report row of `vmt eval motion` (the generated video is resized to the reference size)."""
     from vmt.io.video import read_video
 
-    rf, _ = read_video(ref_path, max_frames=max_frames)
+    import os
+
+    st = os.stat(ref_path)
+    rf = _read_reference(str(ref_path), max_frames, (st.st_mtime_ns, st.st_size))
     gf, _ = read_video(gen_path, max_frames=max_frames, size=rf.shape[1:3])
     mf = motion_fidelity(rf, gf, grid=grid, fb_threshold=fb_threshold, min_motion=min_motion)
     dc = direction_check(rf, gf)
