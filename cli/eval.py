@@ -1,8 +1,13 @@
-"""`vmt eval`: the papers' metrics as one command, with JSON reports and a baseline regression gate."""
+"""`vmt eval`: the papers' metrics as one command, with JSON reports and a baseline regression gate.
+
+Metric logic lives in vmt.metrics (each module's `score_*` builds a report row, `summarize` the report's
+metrics; vmt.metrics.report builds reports and runs the gate); this module parses options, runs the rows with
+a progress bar and prints."""
 
 from __future__ import annotations
 
 import glob
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,40 +38,44 @@ HELP = """Score videos with the metrics of the papers vmt implements; print a ta
 
   vmt eval fvd real/ gen/ --i3d i3d.pt --baseline fvd.json --tolerance fvd=5%   # exit 1 on regression
 
-Inputs (REAL, GEN, VIDEO...) are a video file, a folder of videos, or a quoted glob. Unreadable videos are
-listed with their error and the run exits 1 unless [bold]--skip-bad[/] is given. Reports follow the
-versioned schema vmt.eval/1; a report is a valid [bold]--baseline[/] for a later run.
+Inputs (REAL, GEN, VIDEO...) are a video file, a folder of videos, or a quoted glob (an existing path is
+taken as it is, even with [ ] in its name). A file that fails (unreadable, or a metric that crashes on it) is
+listed with its error; the run then exits 3 unless [bold]--skip-bad[/] is given. Reports follow the versioned
+schema vmt.eval/1 and record the inputs' content hashes; a report is a valid [bold]--baseline[/] for a later run
+of the same subcommand on the same inputs with the same parameters (anything else is refused unless
+[bold]--allow-different-inputs[/]).
+
+[bold]Exit codes[/]: 0 pass; 1 regression against --baseline; 2 usage error (bad option, unusable baseline,
+an output that is an input); 3 runtime error (unreadable inputs without --skip-bad, a metric that failed).
 """
 
-def _para(text: str) -> str:
-    """Join wrapped lines of each paragraph (rich keeps single newlines); lines that start with two spaces
-    (examples) stay as they are."""
-    out = []
-    for block in text.strip("\n").split("\n\n"):
-        lines = block.split("\n")
-        if any(ln.startswith("  ") for ln in lines):
-            out.append("\n\n".join(ln for ln in lines))
-        else:
-            out.append(" ".join(ln.strip() for ln in lines))
-    return "\n\n".join(out)
-
-
-app = typer.Typer(name="eval", help=_para(HELP), no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(name="eval", help=None, no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif", ".m4v", ".mpg", ".mpeg"}
+
+def _para(text: str) -> str:
+    from cli.common import reflow
+
+    return reflow(text)
+
+
+app.info.help = _para(HELP)
 
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.eval/1) to this "
-                                              "file.", rich_help_panel="Report")]
-BaselineOpt = Annotated[Path | None, typer.Option("--baseline", help="A previous --json report: exit 1 when a "
-                                                  "metric is worse than there by more than its tolerance.",
+                                              "file; '-' writes it to stdout.", rich_help_panel="Report")]
+BaselineOpt = Annotated[Path | None, typer.Option("--baseline", help="A previous --json report of the same "
+                                                  "subcommand, inputs and parameters: exit 1 when a metric is "
+                                                  "worse than there by more than its tolerance.",
                                                   rich_help_panel="Report")]
 ToleranceOpt = Annotated[list[str] | None, typer.Option("--tolerance", "-t", help="NAME=VALUE (absolute) or "
                                                         "NAME=VALUE% (of the baseline); repeatable; '*=2%' sets "
                                                         "the default (0: any worsening fails).",
                                                         rich_help_panel="Report")]
-SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Exit 0 even if some inputs were unreadable "
-                                          "(they are still listed and reported).", rich_help_panel="Report")]
+AllowDiffOpt = Annotated[bool, typer.Option("--allow-different-inputs", help="Compare with a baseline made on "
+                                            "other inputs (content) or parameters (recorded in the report).",
+                                            rich_help_panel="Report")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Exit 0 even if some inputs failed (they are "
+                                          "still listed and reported).", rich_help_panel="Report")]
 MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="Use at most this many frames of each "
                                                   "video.")]
 
@@ -74,77 +83,156 @@ MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="Use at m
 # ---------------------------------------------------------------- shared plumbing
 
 def expand_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its video files, sorted) or a glob -> paths. No match is a usage error."""
+    """A file, a folder (its video files, sorted) or a glob -> paths. An existing path is taken literally
+    (names may contain glob characters); no match is a usage error."""
     from vmt.errors import VmtUsageError
+    from vmt.io.video import VIDEO_SUFFIXES
 
     p = Path(spec).expanduser()
     if p.is_dir():
-        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_EXTS)
+        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES)
         if not files:
-            raise VmtUsageError(f"folder {p} has no video files ({', '.join(sorted(VIDEO_EXTS))})")
+            raise VmtUsageError(f"folder {p} has no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
         return files
+    if p.exists():
+        return [p]
     if any(c in spec for c in "*?["):
         files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
         if not files:
             raise VmtUsageError(f"no files match {spec!r}")
         return files
-    if not p.exists():
-        raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
-    return [p]
+    raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
 
 
-class Gate:
-    """Report options of a subcommand: validated before any work, applied at the end."""
+def guarded(body: Callable[[], Any], debug: bool) -> Any:
+    """run_guarded with eval's exit codes: usage errors 2, regressions 1 (typer.Exit), anything else that
+    fails (a VmtError or a crash) 3, never 1."""
+    from vmt.errors import VmtError, VmtUsageError
+    from vmt.metrics.report import EvalRuntimeError
 
-    def __init__(self, json_out: Path | None, baseline: Path | None, tolerance: list[str] | None,
-                 skip_bad: bool, overwrite: bool, quiet: bool):
-        from vmt.io.atomic import check_output_path
-        from vmt.metrics.report import load_report, parse_tolerances
+    def wrapped() -> Any:
+        try:
+            return body()
+        except (VmtUsageError, EvalRuntimeError, typer.Exit, KeyboardInterrupt):
+            raise
+        except VmtError as e:
+            raise EvalRuntimeError(str(e)) from e
+        except Exception as e:
+            if debug:
+                raise
+            raise EvalRuntimeError(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)") from e
 
-        self.json_out = check_output_path(json_out, overwrite, sidecar=False) if json_out else None
-        self.baseline_path = baseline
-        self.baseline = load_report(baseline) if baseline else None
-        self.tolerances = parse_tolerances(tolerance or [])
-        if self.tolerances and self.baseline is None:
-            from vmt.errors import VmtUsageError
+    return run_guarded(wrapped, debug)
 
-            raise VmtUsageError("--tolerance needs --baseline FILE (a previous --json report) to compare with")
-        self.skip_bad = skip_bad
-        self.quiet = quiet
+
+class EvalRun:
+    """One `vmt eval` run: report options validated and the baseline checked before any work, items scored
+    with per-file errors collected, report written and gated at the end."""
+
+    def __init__(self, subcommand: str, p: dict, inputs: dict[str, list[Path]], *, skip_bad: bool = False):
+        from vmt.errors import VmtUsageError
+        from vmt.io.atomic import check_not_inputs, check_output_path
+        from vmt.metrics.report import check_comparable, input_digests, load_report, parse_tolerances
+
+        self.subcommand, self.p, self.inputs = subcommand, p, inputs
+        self.quiet, self.skip_bad = p["quiet"], skip_bad
         self.t0 = time.perf_counter()
+        json_out, baseline = p.get("json_out"), p.get("baseline")
+        all_inputs = [x for paths in inputs.values() for x in paths]
+        named = {str(x): Path(x) for x in all_inputs}
+        if baseline is not None:
+            named["--baseline"] = Path(baseline)
+        if json_out is not None and str(json_out) != "-":
+            check_not_inputs({"--json": Path(json_out)}, named)
+            check_output_path(json_out, p["overwrite"], sidecar=False, suffixes={".json"}, what="--json")
+        self.json_out = json_out
+        self.tolerances = parse_tolerances(p.get("tolerance") or [])
+        if self.tolerances and baseline is None:
+            raise VmtUsageError("--tolerance needs --baseline FILE (a previous --json report) to compare with")
+        self.params = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+        self.digests = input_digests({k: [str(x) for x in v] for k, v in inputs.items()})
+        self.baseline_path, self.baseline, self.problems = baseline, None, []
+        if baseline is not None:
+            self.baseline = load_report(baseline)
+            stub = {"subcommand": subcommand, "params": self.params, "input_digests": self.digests}
+            self.problems = check_comparable(stub, self.baseline, bool(p.get("allow_different_inputs")))
 
-    def finish(self, subcommand: str, metrics: dict[str, float], *, params: dict, inputs: dict,
-               items: list[dict], errors: list[dict], units: dict[str, str] | None = None,
-               item_columns: list[str] | None = None) -> None:
+    def score(self, paths: list, fn: Callable[[Any], dict], description: str) -> tuple[list[dict], list[dict]]:
+        """Rows {"name", "path", "metrics": fn(path)}; any exception from one input is that input's error."""
+        items, errors = [], []
+        with step_progress(len(paths), description, self.quiet or len(paths) < 2) as advance:
+            for x in paths:
+                path = x[-1] if isinstance(x, tuple) else x
+                try:
+                    row = {"name": Path(path).name, "path": str(path), "metrics": fn(x)}
+                    if isinstance(x, tuple):
+                        row["reference"] = str(x[0])
+                    items.append(row)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:
+                    msg = str(e) if isinstance(e, (ValueError,)) or type(e).__module__.startswith("vmt") \
+                        else f"{type(e).__name__}: {e}"
+                    errors.append({"path": str(path), "error": msg})
+                advance(file=Path(path).name)
+        if not items:
+            from vmt.metrics.report import EvalRuntimeError
+
+            first = f": {errors[0]['path']}: {errors[0]['error']}" if errors else ""
+            raise EvalRuntimeError(f"no input could be scored{first}")
+        return items, errors
+
+    def finish(self, metrics: dict[str, Any], items: list[dict], errors: list[dict], *,
+               units: dict[str, str] | None = None, columns: list[str] | None = None,
+               headline: str | None = None) -> None:
         from vmt.io.atomic import write_json_atomic
         from vmt.metrics.report import attach_baseline, build_report, compare
 
-        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
-        report = build_report(subcommand, metrics, command=command_line(), params=params, inputs=inputs,
-                              items=items, errors=errors, units=units,
+        report = build_report(self.subcommand, metrics, command=command_line(), params=self.params,
+                              inputs={k: [str(x) for x in v] for k, v in self.inputs.items()}, items=items,
+                              errors=errors, units=units, digests=self.digests,
                               timings={"total": round(time.perf_counter() - self.t0, 3)})
         checks = compare(report, self.baseline, self.tolerances) if self.baseline is not None else []
         if self.baseline is not None:
             attach_baseline(report, self.baseline_path, checks)
+            report["baseline"]["not_comparable"] = self.problems
+        out = console  # without a terminal it prints at full width (cli.display)
         if not self.quiet:
-            _print_tables(subcommand, report, item_columns or [])
+            _print_tables(out, self.subcommand, report, columns or [])
+            for it in items:
+                if it["metrics"].get("reason"):
+                    out.print(f"[yellow]note:[/] {it['name']}: {it['metrics']['reason']}")
+            if checks:
+                _print_checks(out, checks)
+            for pr in self.problems:
+                out.print(f"[yellow]warning:[/] baseline not comparable: {pr} (--allow-different-inputs)")
         if errors:
-            console.print(f"[bold red]{len(errors)} unreadable input(s):[/]")
+            out.print(f"[bold red]{len(errors)} input(s) failed:[/]")
             for e in errors:
-                console.print(f"  [red]{e['path']}[/]: {e['error']}")
+                out.print(f"  [red]{e['path']}[/]: {e['error']}")
         if self.json_out is not None:
-            write_json_atomic(self.json_out, report)
-            if not self.quiet:
-                console.print(f"[green]wrote[/] {self.json_out}")
+            if str(self.json_out) == "-":
+                import json
+
+                sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+                sys.stdout.flush()
+            else:
+                write_json_atomic(self.json_out, report)
+                if not self.quiet:
+                    out.print(f"[green]wrote[/] {self.json_out}")
         regressed = [c for c in checks if c.regressed]
-        if checks and not self.quiet:
-            _print_checks(checks)
-        if regressed:
-            console.print("[bold red]regression:[/] " + ", ".join(f"{c.name} ({c.reason})" for c in regressed))
-            raise typer.Exit(1)
+        key = headline or next(iter(metrics))
+        value = report["metrics"][key]["value"]
+        summary = f"vmt eval {self.subcommand}: {key}={_fmt(value)} ({len(items)} scored"
+        summary += f", {len(errors)} failed)" if errors else ")"
         if errors and not self.skip_bad:
-            console.print("[bold red]error:[/] some inputs could not be read (pass --skip-bad to accept that)")
+            out.print(f"[bold red]result: ERROR[/] {summary}; pass --skip-bad to accept failed inputs")
+            raise typer.Exit(3)
+        if regressed:
+            out.print(f"[bold red]result: REGRESSION[/] {summary}: "
+                      + ", ".join(f"{c.name} ({c.reason})" for c in regressed))
             raise typer.Exit(1)
+        out.print(f"[green]result: pass[/] {summary}" + (f", {len(checks)} baseline checks ok" if checks else ""))
 
 
 def _fmt(v: Any) -> str:
@@ -155,66 +243,49 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _print_tables(subcommand: str, report: dict, item_columns: list[str]) -> None:
+def _print_tables(out, subcommand: str, report: dict, item_columns: list[str]) -> None:
     from rich.table import Table
 
     items = report["items"]
     if len(items) > 1 and item_columns:
         t = Table(title=f"vmt eval {subcommand}: per input", title_justify="left")
-        t.add_column("input")
+        t.add_column("input", no_wrap=True)
         for c in item_columns:
-            t.add_column(c, justify="right")
+            t.add_column(c, justify="right", no_wrap=True)
         for it in items:
             t.add_row(it["name"], *[_fmt(it["metrics"].get(c)) for c in item_columns])
-        console.print(t)
+        out.print(t)
     t = Table(title=f"vmt eval {subcommand}", title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("metric", no_wrap=True)
+    t.add_column("value", justify="right", no_wrap=True)
     t.add_column("better")
     for name, m in report["metrics"].items():
         t.add_row(name, _fmt(m["value"]) + (f" {m['unit']}" if m.get("unit") else ""), m["better"] or "")
-    console.print(t)
+    out.print(t)
 
 
-def _print_checks(checks) -> None:
+def _print_checks(out, checks) -> None:
     from rich.table import Table
 
     t = Table(title="baseline comparison", title_justify="left")
     for c in ("metric", "baseline", "current", "tolerance", "status"):
-        t.add_column(c, justify="right" if c in ("baseline", "current") else "left")
+        t.add_column(c, justify="right" if c in ("baseline", "current") else "left", no_wrap=True)
     for c in checks:
         status = f"[red]REGRESSED[/] {c.reason}" if c.regressed else "[green]ok[/]"
         t.add_row(c.name, _fmt(c.baseline), _fmt(c.current), c.tolerance, status)
-    console.print(t)
+    out.print(t)
 
 
-def for_each(paths: list[Path], fn: Callable[[Path], Any], description: str, quiet: bool):
-    """Run fn on every path with a progress bar; per-file errors (VmtError) are collected, not raised."""
-    from vmt.errors import VmtError
-
-    results, errors = [], []
-    with step_progress(len(paths), description, quiet or len(paths) < 2) as advance:
-        for p in paths:
-            try:
-                results.append((p, fn(p)))
-            except VmtError as e:
-                errors.append({"path": str(p), "error": str(e)})
-            advance(file=p.name)
-    return results, errors
+def _videos(specs: list[str]) -> list[Path]:
+    return [q for spec in specs for q in expand_inputs(spec)]
 
 
-def _no_results(what: str, errors: list[dict]):
-    from vmt.errors import VmtError
+def _check_range(p: dict, **bounds: int) -> None:
+    from vmt.errors import VmtUsageError
 
-    first = f": {errors[0]['path']}: {errors[0]['error']}" if errors else ""
-    return VmtError(f"no readable {what}{first}")
-
-
-def _mean(values) -> float:
-    import numpy as np
-
-    v = [x for x in values if x is not None]
-    return float(np.nanmean(v)) if v else float("nan")
+    for key, lo in bounds.items():
+        if p.get(key) is not None and p[key] < lo:
+            raise VmtUsageError(f"--{key.replace('_', '-')} must be >= {lo}, got {p[key]}")
 
 
 # ---------------------------------------------------------------- fvd / fid
@@ -238,10 +309,11 @@ def fvd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per detector call.")] = 8,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _distribution("fvd", params), debug)
+    guarded(lambda: _distribution("fvd", params), debug)
 
 
 @app.command("fid", no_args_is_help=True, help=_para("""Per-frame FID (and IS of the generated frames) between two
@@ -263,74 +335,55 @@ def fid(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Frames per detector call.")] = 32,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _distribution("fid", params), debug)
+    guarded(lambda: _distribution("fid", params), debug)
 
 
 def _distribution(kind: str, p: dict) -> None:
-    from vmt.errors import VmtUsageError
-
-    gate = Gate(p["json_out"], p["baseline"], p["tolerance"], p["skip_bad"], p["overwrite"], p["quiet"])
-    if p["batch_size"] < 1:
-        raise VmtUsageError(f"--batch-size must be >= 1, got {p['batch_size']}")
-    real, gen = expand_inputs(p["real"]), expand_inputs(p["gen"])
     import numpy as np
 
-    from vmt.io.video import read_video
+    from vmt.errors import VmtUsageError
     from vmt.metrics import detectors as D
     from vmt.metrics.frechet import frechet_distance_features
     from vmt.runtime import resolve_device
 
+    _check_range(p, batch_size=1, num_frames=1, size=8, stride=1)
+    if kind == "fvd" and p["clips"] not in ("first", "all"):
+        raise VmtUsageError(f"--clips must be 'first' or 'all', got {p['clips']!r}")
+    real, gen = expand_inputs(p["real"]), expand_inputs(p["gen"])
+    run = EvalRun(kind, p, {"real": real, "gen": gen}, skip_bad=p["skip_bad"])
     dev = str(resolve_device(p["device"]))
-    if kind == "fvd":
-        if p["num_frames"] < 1 or p["size"] < 8:
-            raise VmtUsageError("--num-frames must be >= 1 and --size >= 8")
-        if p["clips"] not in ("first", "all"):
-            raise VmtUsageError(f"--clips must be 'first' or 'all', got {p['clips']!r}")
-        det = D.load_detector(D.I3D, p["i3d"], dev)
-        max_frames = p["num_frames"] if p["clips"] == "first" else None
+    det = D.load_detector(D.I3D if kind == "fvd" else D.INCEPTION, p.get("i3d") or p.get("inception"), dev)
+    gen_only, feats, probs = set(gen) - set(real), {}, []
 
-        def feats(path: Path) -> np.ndarray:
-            frames, _ = read_video(path, max_frames=max_frames)
-            return D.batched_features(det, [D.i3d_clips(frames, num_frames=p["num_frames"], size=p["size"],
-                                                        clips=p["clips"])], p["batch_size"])
-    else:
-        if p["stride"] < 1:
-            raise VmtUsageError(f"--stride must be >= 1, got {p['stride']}")
-        det = D.load_detector(D.INCEPTION, p["inception"], dev)
-        probs: list[np.ndarray] = []
+    def features(path: Path) -> dict:
+        feats[path] = D.video_features(
+            path, det, kind, num_frames=p.get("num_frames", 16), size=p.get("size", 224), clips=p.get("clips", "first"),
+            stride=p.get("stride", 1), max_frames=p.get("max_frames"), batch_size=p["batch_size"],
+            probabilities=probs if kind == "fid" and p["inception_score"] and path in gen_only else None)
+        return {"samples": len(feats[path])}
 
-        def feats(path: Path) -> np.ndarray:
-            frames, _ = read_video(path, max_frames=p["max_frames"])
-            x = D.inception_frames(frames, stride=p["stride"])
-            if p["inception_score"] and path in gen_set:
-                probs.extend(det.probabilities(c) for c in x.split(p["batch_size"]))
-            return D.batched_features(det, [x], p["batch_size"])
-
-    gen_set = set(gen) - set(real)
-    sets, errors = {}, []
+    unit = "clips" if kind == "fvd" else "frames"
+    items, errors = [], []
     for name, paths in (("real", real), ("gen", gen)):
-        res, err = for_each(paths, feats, f"{kind} {name}", p["quiet"])
+        it, err = run.score(paths, features, f"{kind} {name}")
+        items += [dict(i, set=name) for i in it]
         errors += err
-        if not res:
-            raise _no_results(f"{name} videos", err)
-        sets[name] = np.concatenate([f for _, f in res])
+    sets = {n: np.concatenate([feats[Path(i["path"])] for i in items if i["set"] == n]) for n in ("real", "gen")}
     for name, f in sets.items():
         if len(f) < 2:
-            raise VmtUsageError(f"{kind.upper()} needs at least 2 {'clips' if kind == 'fvd' else 'frames'} per "
-                                f"set; the {name} set gave {len(f)}")
-    value = frechet_distance_features(sets["real"], sets["gen"])
-    metrics = {kind: value, f"n_real_{'clips' if kind == 'fvd' else 'frames'}": len(sets["real"]),
-               f"n_gen_{'clips' if kind == 'fvd' else 'frames'}": len(sets["gen"])}
+            raise VmtUsageError(f"{kind.upper()} needs at least 2 {unit} per set; the {name} set gave {len(f)}")
+    metrics = {kind: frechet_distance_features(sets["real"], sets["gen"]), f"n_real_{unit}": len(sets["real"]),
+               f"n_gen_{unit}": len(sets["gen"])}
     if kind == "fid" and p["inception_score"]:
         if not probs:
             raise VmtUsageError("--is scores the generated frames; give GEN videos that are not also in REAL")
         metrics["is"] = D.inception_score(np.concatenate(probs))[0]
-    det_path = str(det.path)
-    gate.finish(kind, metrics, params=p | {"detector": det_path},
-                inputs={"real": [str(x) for x in real], "gen": [str(x) for x in gen]}, items=[], errors=errors)
+    run.params["detector"] = str(det.path)
+    run.finish(metrics, items, errors)
 
 
 # ---------------------------------------------------------------- motion
@@ -339,9 +392,13 @@ def _distribution(kind: str, p: dict) -> None:
 and a global direction check.
 
 Weight-free: a grid of first-frame points tracked with pyramidal Lucas-Kanade (forward-backward checked);
-per-step unit displacements; per track pair the mean cosine; score = symmetric Chamfer mean of best matches
-(1 same motion, -1 reversed, ~0 unrelated). The direction check compares per-frame global shifts from
-phase correlation and flags reversed motion.
+tracks that move (RMS step >= --min-motion frame diagonals a frame) are compared by the cosine of their
+displacement sequences; reference and generated tracks are matched one to one (weighted by how much each
+moves), unmatched tracks count 0. 1: the same motion (a video against itself: exactly 1); ~0: unrelated
+motion (real unrelated clips: median 0.03, 95th percentile below 0.65, see benchmarks/metrics.py); < 0:
+opposite motion. `best_match` is the published form (each generated track's best reference match), which
+rates unrelated motion well above 0. The direction check compares per-frame global shifts from phase
+correlation and flags reversed motion. A static reference has no score (the reason is reported).
 
 GEN may be several videos: each is compared with REF; if REF is a folder too, videos are paired by file name.
 Generated videos are resized to the reference size.
@@ -355,81 +412,46 @@ def motion(
     grid: Annotated[int, typer.Option("--grid", help="Tracked points along the longer side.")] = 40,
     fb_threshold: Annotated[float, typer.Option("--fb-threshold", help="Forward-backward error (pixels) "
                                                 "that drops a track.")] = 1.0,
-    min_displacement: Annotated[float, typer.Option("--min-displacement", help="Steps shorter than this "
-                                                    "(pixels) count as no motion.")] = 0.1,
+    min_motion: Annotated[float, typer.Option("--min-motion", help="RMS step (frame diagonals per frame) below "
+                                              "which a track is static and left out.")] = 1e-3,
     max_frames: MaxFramesOpt = None,
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _motion(params), debug)
+    guarded(lambda: _motion(params), debug)
 
 
 def _motion(p: dict) -> None:
-    from vmt.errors import VmtUsageError
+    from vmt.metrics import motion as M
 
-    gate = Gate(p["json_out"], p["baseline"], p["tolerance"], p["skip_bad"], p["overwrite"], p["quiet"])
-    if p["grid"] < 2:
-        raise VmtUsageError(f"--grid must be >= 2, got {p['grid']}")
+    _check_range(p, grid=2, max_frames=2)
     refs, gens = expand_inputs(p["ref"]), expand_inputs(p["gen"])
-    if len(refs) == 1:
-        pairs = [(refs[0], g) for g in gens]
-    else:
-        by_stem = {r.stem: r for r in refs}
-        missing = [g.name for g in gens if g.stem not in by_stem]
-        if missing:
-            raise VmtUsageError(f"no reference with the same name for {', '.join(missing[:5])}; with a folder of "
-                                "references, generated videos are paired by file name")
-        pairs = [(by_stem[g.stem], g) for g in gens]
-    from vmt.io.video import read_video
-    from vmt.metrics.motion import direction_check, motion_fidelity
-
-    cache: dict[Path, Any] = {}
-
-    def score(pair_gen: Path):
-        r = pair_of[pair_gen]
-        if r not in cache:
-            cache[r] = read_video(r, max_frames=p["max_frames"])[0]
-        rf = cache[r]
-        gf, _ = read_video(pair_gen, max_frames=p["max_frames"], size=rf.shape[1:3])
-        mf = motion_fidelity(rf, gf, grid=p["grid"], fb_threshold=p["fb_threshold"],
-                             min_displacement=p["min_displacement"])
-        dc = direction_check(rf, gf)
-        return r, mf, dc
-
-    pair_of = {g: r for r, g in pairs}
-    res, errors = for_each([g for _, g in pairs], score, "motion", p["quiet"])
-    if not res:
-        raise _no_results("video pairs", errors)
-    items = []
-    for g, (r, mf, dc) in res:
-        items.append({"name": g.name, "reference": str(r), "metrics": {
-            "motion_fidelity": mf.score, "direction_cosine": dc.cosine, "direction": dc.verdict,
-            "tracks_ref": mf.tracks_ref, "tracks_gen": mf.tracks_gen, "steps": mf.steps,
-            "ref_speed_px": dc.ref_speed_px, "gen_speed_px": dc.gen_speed_px}})
-    metrics = {
-        "motion_fidelity": _mean(i["metrics"]["motion_fidelity"] for i in items),
-        "direction_cosine": _mean(i["metrics"]["direction_cosine"] for i in items),
-        "reversed_pairs": sum(i["metrics"]["direction"] == "reversed" for i in items),
-        "pairs": len(items),
-    }
+    pairs = M.pair_videos(refs, gens)
+    run = EvalRun("motion", p, {"ref": refs, "gen": gens}, skip_bad=p["skip_bad"])
+    items, errors = run.score(pairs, lambda rg: M.score_pair(
+        *rg, grid=p["grid"], fb_threshold=p["fb_threshold"], min_motion=p["min_motion"],
+        max_frames=p["max_frames"]), "motion")
     for it in items:
         if it["metrics"]["direction"] == "reversed" and not p["quiet"]:
             console.print(f"[yellow]warning:[/] {it['name']}: global motion is reversed relative to "
                           f"{Path(it['reference']).name} (cosine {it['metrics']['direction_cosine']:.2f})")
-    gate.finish("motion", metrics, params=p, inputs={"ref": [str(r) for r in refs], "gen": [str(g) for g in gens]},
-                items=items, errors=errors,
-                item_columns=["motion_fidelity", "direction_cosine", "direction", "tracks_ref", "tracks_gen"])
+    run.finish(M.summarize(items), items, errors, headline="motion_fidelity",
+               columns=["motion_fidelity", "best_match", "direction_cosine", "direction", "tracks_ref", "tracks_gen"])
 
 
 # ---------------------------------------------------------------- temporal
 
 @app.command("temporal", no_args_is_help=True, help=_para("""Temporal consistency of videos: flow-warping error with
-an occlusion mask (DIS optical flow, forward-backward consistency), consecutive-frame SSIM and PSNR.
+an occlusion mask (DIS optical flow, forward-backward consistency), consecutive-frame SSIM and PSNR, VBench's
+temporal flickering and dynamic degree (weight-free).
 
 Warping error: mean over frame pairs of the squared RGB error ([0,1] scale) between frame t and frame t+1
 warped back by the flow, over non-occluded pixels (lower is steadier). PSNR of identical frames is capped at
-100 dB.
+100 dB. flicker: VBench's (255 - mean |frame t+1 - frame t|) / 255 (1: no change). dynamic_degree: the
+fraction of videos VBench calls dynamic (enough frame pairs whose top-5% flow exceeds 6 px at a 256-pixel short
+side); VBench uses RAFT flow, vmt uses DIS, which underestimates very large or textureless motion.
 
 [bold]Examples[/]  vmt eval temporal out.mp4
            vmt eval temporal outputs/ --json temporal.json
@@ -440,47 +462,38 @@ def temporal(
                                              "medium.")] = "medium",
     max_frames: MaxFramesOpt = None,
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _temporal(params), debug)
+    guarded(lambda: _temporal(params), debug)
 
 
 def _temporal(p: dict) -> None:
     from vmt.errors import VmtUsageError
+    from vmt.metrics import temporal as T
 
-    gate = Gate(p["json_out"], p["baseline"], p["tolerance"], p["skip_bad"], p["overwrite"], p["quiet"])
     if p["flow_preset"] not in ("ultrafast", "fast", "medium"):
         raise VmtUsageError(f"--flow-preset must be ultrafast, fast or medium, got {p['flow_preset']!r}")
-    paths = [q for spec in p["videos"] for q in expand_inputs(spec)]
-    from vmt.io.video import read_video
-    from vmt.metrics.temporal import temporal_consistency
-
-    def score(path: Path):
-        frames, _ = read_video(path, max_frames=p["max_frames"])
-        return temporal_consistency(frames, flow_preset=p["flow_preset"])
-
-    res, errors = for_each(paths, score, "temporal", p["quiet"])
-    if not res:
-        raise _no_results("videos", errors)
-    items = [{"name": path.name, "path": str(path), "metrics": {
-        "warp_error": tc.warp_error, "ssim": tc.ssim, "psnr": tc.psnr, "valid_fraction": tc.valid_fraction,
-        "pairs": tc.pairs}} for path, tc in res]
-    metrics = {k: _mean(i["metrics"][k] for i in items) for k in ("warp_error", "ssim", "psnr", "valid_fraction")}
-    metrics["videos"] = len(items)
-    gate.finish("temporal", metrics, params=p, inputs={"videos": [str(x) for x in paths]}, items=items,
-                errors=errors, units={"psnr": "dB"},
-                item_columns=["warp_error", "ssim", "psnr", "valid_fraction"])
+    paths = _videos(p["videos"])
+    run = EvalRun("temporal", p, {"videos": paths}, skip_bad=p["skip_bad"])
+    items, errors = run.score(paths, lambda x: T.score_video(x, flow_preset=p["flow_preset"],
+                                                            max_frames=p["max_frames"]), "temporal")
+    run.finish(T.summarize(items), items, errors, units={"psnr": "dB"}, headline="warp_error",
+               columns=["warp_error", "ssim", "psnr", "flicker", "dynamic"])
 
 
 # ---------------------------------------------------------------- physics
 
 @app.command("physics", no_args_is_help=True, help=_para("""Physics residual: how far a moving object's tracked
-trajectory is from a constant-acceleration law (free fall, projectile), in pixels.
+trajectory is from a constant-acceleration law (free fall, projectile), in frame diagonals (physics_rms) and
+pixels.
 
-The object is the part of each frame that differs from the static background (per-pixel temporal median)
-by more than --threshold levels; its position is the difference-weighted centroid. Use --start/--end to
-score a segment between bounces.
+The object is the largest connected part of each frame that differs from the static background (per-pixel
+temporal median) by more than --threshold levels, counted only when it is one compact object; its position is
+the difference-weighted centroid. A video where no such object is found in most frames (noise, a moving
+camera, nothing moving) has no trajectory: it is reported as such (no_trajectory), never as a small residual.
+Use --start/--end to score a segment between bounces.
 
 [bold]Example[/]  vmt eval physics falling_ball.mp4 --json physics.json
 """))
@@ -492,124 +505,68 @@ def physics(
     end: Annotated[int | None, typer.Option("--end", help="End frame (exclusive) of the segment.")] = None,
     max_frames: MaxFramesOpt = None,
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _physics(params), debug)
+    guarded(lambda: _physics(params), debug)
 
 
 def _physics(p: dict) -> None:
-    gate = Gate(p["json_out"], p["baseline"], p["tolerance"], p["skip_bad"], p["overwrite"], p["quiet"])
-    paths = [q for spec in p["videos"] for q in expand_inputs(spec)]
-    from vmt.io.video import read_video
-    from vmt.metrics.physics import physics_residual
+    from vmt.metrics import physics as P
 
-    def score(path: Path):
-        frames, _ = read_video(path, max_frames=p["max_frames"])
-        return physics_residual(frames, threshold=p["threshold"], start=p["start"], end=p["end"])
-
-    res, errors = for_each(paths, score, "physics", p["quiet"])
-    if not res:
-        raise _no_results("videos", errors)
-    items = [{"name": path.name, "path": str(path), "metrics": {
-        "physics_rms_px": r.rms_px, "physics_max_px": r.max_px, "accel_x": r.acceleration[0],
-        "accel_y": r.acceleration[1], "frames_used": r.frames_used}} for path, r in res]
-    metrics = {k: _mean(i["metrics"][k] for i in items) for k in ("physics_rms_px", "physics_max_px")}
-    metrics["videos"] = len(items)
-    gate.finish("physics", metrics, params=p, inputs={"videos": [str(x) for x in paths]}, items=items,
-                errors=errors, units={"physics_rms_px": "px", "physics_max_px": "px"},
-                item_columns=["physics_rms_px", "physics_max_px", "accel_x", "accel_y", "frames_used"])
+    paths = _videos(p["videos"])
+    run = EvalRun("physics", p, {"videos": paths}, skip_bad=p["skip_bad"])
+    items, errors = run.score(paths, lambda x: P.score_video(x, threshold=p["threshold"], start=p["start"],
+                                                            end=p["end"], max_frames=p["max_frames"]), "physics")
+    run.finish(P.summarize(items), items, errors, units={"physics_rms_px": "px"}, headline="physics_rms",
+               columns=["trajectory", "physics_rms", "physics_rms_px", "accel_x", "accel_y", "frames_found"])
 
 
-# ---------------------------------------------------------------- keypoints / seams (modules of other issues)
+# ---------------------------------------------------------------- keypoints
 
-def _optional(module: str, what: str):
-    import importlib
+@app.command("keypoints", no_args_is_help=True, help=_para("""Score keypoint forecasts of `vmt predict-keypoints
+run --backtest` against the keypoint file they forecast.
 
-    from vmt.errors import VmtError
+TRUTH: the keypoint .npz vmt reads (names, lengths, value (frames, K, 2) [, jacobian]). PRED: what `run`
+writes (names, value (S, N, H, K, 2), start (S,): each sequence's first forecast frame). Positions only, in
+the files' coordinates. Metrics (means over windows): ADE/FDE as the mean over the N samples and the best of
+N, MAE of the best K samples, APD of those K, APD/MAE, the energy distance (V-statistic) between the true
+futures and all samples; and the same errors for zero-velocity and constant-velocity forecasts of the same
+windows, the trivial answers to beat.
 
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise VmtError(f"`vmt eval {what}` needs {module}, which this vmt installation does not include; "
-                           "update vmt") from e
-        raise
-
-
-def _load_array(path: Path, keys: tuple[str, ...], what: str):
-    import numpy as np
-
-    from vmt.errors import VmtUsageError
-
-    if not path.is_file():
-        raise VmtUsageError(f"{what} file {path} not found")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise VmtUsageError(f"cannot read {what} file {path} as .npy/.npz: {e}") from e
-    if isinstance(data, np.ndarray):
-        return data.astype(np.float64)
-    names = list(data.files)
-    for k in keys:
-        if k in names:
-            return data[k].astype(np.float64)
-    if len(names) == 1:
-        return data[names[0]].astype(np.float64)
-    raise VmtUsageError(f"{what} file {path} has arrays {', '.join(names)}; name one of them {' or '.join(keys)}")
-
-
-@app.command("keypoints", no_args_is_help=True, help=_para("""Stochastic keypoint forecasts against ground truth:
-MAE of the best K of N samples, APD of the kept samples, APD/MAE, ADE/FDE, and the energy distance
-(V-statistic) between ground-truth futures and all samples.
-
-GT: .npy/.npz array (S, H, D) (sequences, future steps, values; key 'gt'). PRED: (S, N, H, D) samples
-(key 'samples').
-
-[bold]Example[/]  vmt eval keypoints gt.npz pred.npz --k 5 --json kp.json
+[bold]Example[/]  vmt predict-keypoints run kp.npz -o pred.npz --backtest
+           vmt eval keypoints kp.npz pred.npz --k 5 --json kp.json
 """))
 def keypoints(
-    gt: Annotated[Path, typer.Argument(help="Ground truth (S, H, D) .npy/.npz.", show_default=False)],
-    pred: Annotated[Path, typer.Argument(help="Samples (S, N, H, D) .npy/.npz.", show_default=False)],
+    truth: Annotated[Path, typer.Argument(help="Keypoint file (names, lengths, value).", show_default=False)],
+    pred: Annotated[Path, typer.Argument(help="`predict-keypoints run` output.", show_default=False)],
     k: Annotated[int, typer.Option("--k", help="Best K of the N samples for MAE and APD.")] = 5,
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _keypoints(params), debug)
+    guarded(lambda: _keypoints(params), debug)
 
 
 def _keypoints(p: dict) -> None:
-    import numpy as np
-
     from vmt.errors import VmtUsageError
+    from vmt.metrics.forecast import evaluate_forecasts
 
-    gate = Gate(p["json_out"], p["baseline"], p["tolerance"], False, p["overwrite"], p["quiet"])
-    gt = _load_array(p["gt"], ("gt",), "ground-truth")
-    samples = _load_array(p["pred"], ("samples", "pred"), "prediction")
-    if gt.ndim != 3 or samples.ndim != 4 or samples.shape[0] != gt.shape[0] or samples.shape[2:] != gt.shape[1:]:
-        raise VmtUsageError(f"shapes do not fit: ground truth {gt.shape} must be (S, H, D) and samples "
-                            f"{samples.shape} (S, N, H, D)")
-    if not 1 <= p["k"] <= samples.shape[1]:
-        raise VmtUsageError(f"--k must be between 1 and the {samples.shape[1]} samples, got {p['k']}")
-    fc = _optional("vmt.metrics.forecast", "keypoints")
-    mae, kept = fc.best_of_k_mae(gt, samples, p["k"])
-    kept = np.asarray(kept)
-    chosen = np.take_along_axis(samples, kept[:, :, None, None], axis=1)
-    apd = fc.apd(chosen)
-    ade, fde = fc.ade_fde(gt, samples)
-    from vmt.metrics.energy import energy_distance
-
-    s, n = samples.shape[:2]
-    ed = energy_distance(gt.reshape(s, -1), samples.reshape(s * n, -1), statistic="V")
-    metrics = {"mae_best_k": float(mae), "apd": float(apd), "apd_mae": float(apd) / float(mae) if mae else float("nan"),
-               "ade": float(ade), "fde": float(fde), "energy_distance": ed, "sequences": s, "samples": n}
-    gate.finish("keypoints", metrics, params=p, inputs={"gt": str(p["gt"]), "pred": str(p["pred"])}, items=[],
-                errors=[])
+    for role in ("truth", "pred"):
+        if not Path(p[role]).is_file():
+            raise VmtUsageError(f"{role} file {p[role]} not found")
+    run = EvalRun("keypoints", p, {"truth": [p["truth"]], "pred": [p["pred"]]})
+    metrics, items = evaluate_forecasts(p["truth"], p["pred"], p["k"])
+    run.finish(metrics, items, [], headline="ade_best",
+               columns=["ade_best", "fde_best", "mae_best_k", "apd", "zero_velocity_ade", "constant_velocity_ade"])
 
 
-@app.command("seams", no_args_is_help=True, help=_para("""Seam score of long videos made of clips: the temporal
-metrics at clip boundaries compared with inside clips.
+# ---------------------------------------------------------------- seams
+
+@app.command("seams", no_args_is_help=True, help=_para("""Seam score of long videos made of clips: the mean
+frame change at clip boundaries divided by the mean change inside clips (1: seamless).
 
 [bold]Example[/]  vmt eval seams long.mp4 --clip-length 16 --json seams.json
 """))
@@ -619,31 +576,22 @@ def seams(
                                              "every N frames).", show_default=False)] = 0,
     max_frames: MaxFramesOpt = None,
     json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
-    skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    run_guarded(lambda: _seams(params), debug)
+    guarded(lambda: _seams(params), debug)
 
 
 def _seams(p: dict) -> None:
     from vmt.errors import VmtUsageError
+    from vmt.metrics import seams as S
 
     if p["clip_length"] < 2:
         raise VmtUsageError("--clip-length N is required (frames per clip, >= 2)")
-    gate = Gate(p["json_out"], p["baseline"], p["tolerance"], p["skip_bad"], p["overwrite"], p["quiet"])
-    paths = [q for spec in p["videos"] for q in expand_inputs(spec)]
-    mod = _optional("vmt.metrics.seams", "seams")
-    from vmt.io.video import read_video
-
-    def score(path: Path) -> dict:
-        frames, _ = read_video(path, max_frames=p["max_frames"])
-        return mod.seam_score(frames, p["clip_length"])
-
-    res, errors = for_each(paths, score, "seams", p["quiet"])
-    if not res:
-        raise _no_results("videos", errors)
-    items = [{"name": path.name, "path": str(path), "metrics": d} for path, d in res]
-    numeric = [k for k, v in items[0]["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    metrics = {k: _mean(i["metrics"].get(k) for i in items) for k in numeric}
-    gate.finish("seams", metrics, params=p, inputs={"videos": [str(x) for x in paths]}, items=items,
-                errors=errors, item_columns=numeric[:6])
+    paths = _videos(p["videos"])
+    run = EvalRun("seams", p, {"videos": paths}, skip_bad=p["skip_bad"])
+    items, errors = run.score(paths, lambda x: S.score_video(x, clip_length=p["clip_length"],
+                                                            max_frames=p["max_frames"]), "seams")
+    run.finish(S.summarize(items), items, errors, headline="seam_score",
+               columns=["seam_score", "boundary_change", "inside_change", "boundaries"])

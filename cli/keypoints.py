@@ -57,7 +57,9 @@ INPUT is a keypoint .npz (same format as `train`) or a video: keypoints then com
 (Shi-Tomasi corners + pyramidal Lucas-Kanade; needs the keypoints extra: pip install 'vmt\\[keypoints]'). These are not FOMM
 keypoints: a model trained on FOMM keypoints will forecast them only roughly.
 Output pred.npz: `names`, `value` (S, N, H, K, 2), `jacobian` (S, N, H, K, 2, 2) when the model has them,
-`context`, `horizon`; same coordinates as the input. A JSON sidecar records everything.
+`context`, `horizon`, and with --backtest `start` (S,): the frame of each input sequence where its forecast
+begins (`vmt eval keypoints INPUT pred.npz` scores it); same coordinates as the input. Keypoints tracked from a
+video are saved beside it as PRED.keypoints.npz (the input format). A JSON sidecar records everything.
 
 --refine (default) runs GRU-SNF: a Metropolis-Hastings chain after each flow block's inverse, annealed
 from the prior to the GRU head's prediction (whole-vector acceptance by default; --acceptance element is the
@@ -228,6 +230,9 @@ def run(
     source: Annotated[Path | None, typer.Option("--source", help="Image or video whose last frame --render draws "
                                                 "on for keypoint-file input (default: grey canvas).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward batch.")] = 16,
+    backtest: Annotated[bool, typer.Option("--backtest", help="Forecast the last --horizon frames of each "
+                                           "sequence from the --context frames before them (not past the end), "
+                                           "so `vmt eval keypoints INPUT pred.npz` can score the forecast.")] = False,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
@@ -253,6 +258,8 @@ def _run(ctx: typer.Context, params: dict) -> None:
         raise VmtUsageError(f"-o {output}: predictions are written as .npz; use e.g. {output.with_suffix('.npz')}")
     if p["render"] is not None:
         check_output_path(p["render"], p["overwrite"], sidecar=False)
+    if Path(p["input"]).suffix.lower() in VIDEO_SUFFIXES:
+        check_output_path(output.with_name(output.stem + ".keypoints.npz"), p["overwrite"], sidecar=False)
     for key in ("samples", "mcmc_steps", "batch"):
         if p[key] < 1:
             raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
@@ -307,8 +314,13 @@ def _run(ctx: typer.Context, params: dict) -> None:
         else:
             seqs = load_sequences(p["input"])
     check_layout(cfg, seqs.layout, str(p["input"]))
-    check_context(seqs, context)
-    contexts = np.stack([s[-context:] for s in seqs.flat])
+    if p["backtest"]:
+        check_context(seqs, context + horizon)
+        starts = np.asarray([len(s) - horizon for s in seqs.flat], dtype=np.int64)
+    else:
+        check_context(seqs, context)
+        starts = np.asarray([len(s) for s in seqs.flat], dtype=np.int64)
+    contexts = np.stack([s[st - context : st] for s, st in zip(seqs.flat, starts)])
     opts = SampleOptions(samples=p["samples"], feedback=p["feedback"], refine=p["refine"],
                          mcmc_steps=p["mcmc_steps"], step_size=p["step_size"],
                          elementwise=p["acceptance"] == "element")
@@ -321,7 +333,16 @@ def _run(ctx: typer.Context, params: dict) -> None:
         from vmt.io.atomic import atomic_path
 
         with atomic_path(output) as tmp:
-            save_predictions(tmp, seqs.names, pred, seqs.layout, context, horizon)
+            save_predictions(tmp, seqs.names, pred, seqs.layout, context, horizon,
+                             start=starts if p["backtest"] else None)
+        if is_video:  # the tracked keypoints, in the input format: the truth `vmt eval keypoints` reads
+            from vmt.keypoints.data import save_sequences
+
+            tracked = output.with_name(output.stem + ".keypoints.npz")
+            pos_t, jac_t = seqs.layout.unflatten(seqs.flat[0])
+            with atomic_path(tracked) as tmp:
+                with open(tmp, "wb") as fh:
+                    save_sequences(fh, seqs.names, [pos_t], None if jac_t is None else [jac_t])
         rendered = None
         if p["render"] is not None:
             from vmt.io.video import write_video

@@ -152,3 +152,4 @@ def write_json_atomic(path: str | os.PathLike, data: Any, *, replace: bool | Non
     with atomic_path(path, replace=replace) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+

@@ -170,13 +170,19 @@ def denormalise(x: np.ndarray, lo: np.ndarray, rng: np.ndarray) -> np.ndarray:
 
 
 def save_predictions(path: str | os.PathLike, names: list[str], flat: np.ndarray, layout: Layout,
-                     context: int, horizon: int) -> None:
-    """Write `run` predictions: flat (S, N, H, dim) -> value (S, N, H, K, 2) [+ jacobian (S, N, H, K, 2, 2)]."""
+                     context: int, horizon: int, start: np.ndarray | None = None) -> None:
+    """Write `run` predictions: flat (S, N, H, dim) -> value (S, N, H, K, 2) [+ jacobian (S, N, H, K, 2, 2)].
+
+    start (S,): index in each input sequence of the first forecast frame (context = the `context` frames
+    before it), so `vmt eval keypoints` aligns forecasts with the truth; recorded only when it lies inside
+    the input (a forecast past the end has no truth)."""
     value, jac = layout.unflatten(flat)
     arrays = {"names": np.asarray(names), "value": value.astype(np.float32),
               "context": np.asarray(context, dtype=np.int64), "horizon": np.asarray(horizon, dtype=np.int64)}
     if jac is not None:
         arrays["jacobian"] = jac.astype(np.float32)
+    if start is not None:
+        arrays["start"] = np.asarray(start, dtype=np.int64)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 

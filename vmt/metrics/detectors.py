@@ -197,3 +197,22 @@ def inception_score(probs: np.ndarray, splits: int = 1) -> tuple[float, float]:
         scores.append(float(np.exp(kl.mean())))
     return float(np.mean(scores)), float(np.std(scores))
 
+
+
+def video_features(path, detector: Detector, kind: str, *, num_frames: int = I3D_FRAMES, size: int = I3D_SIZE,
+                   clips: str = "first", stride: int = 1, max_frames: int | None = None, batch_size: int = 8,
+                   probabilities: list | None = None) -> np.ndarray:
+    """Detector features of one video file for FVD (`kind="fvd"`: I3D clips) or FID (`"fid"`: Inception
+    frames, every `stride`-th). With `probabilities` (a list), FID also appends the class probabilities of
+    each batch (for the Inception Score)."""
+    from vmt.io.video import read_video
+
+    if kind == "fvd":
+        frames, _ = read_video(path, max_frames=num_frames if clips == "first" else None)
+        x = i3d_clips(frames, num_frames=num_frames, size=size, clips=clips)
+    else:
+        frames, _ = read_video(path, max_frames=max_frames)
+        x = inception_frames(frames, stride=stride)
+        if probabilities is not None:
+            probabilities.extend(detector.probabilities(c) for c in x.split(batch_size))
+    return batched_features(detector, [x], batch_size)

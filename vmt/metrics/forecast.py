@@ -68,3 +68,97 @@ def crps(gt: np.ndarray, samples: np.ndarray) -> float:
     coef = (2 * np.arange(n) - n + 1)[:, None]
     term2 = 2 * (coef * srt).sum(0) / (n * n)     # E|X - X'| over all N^2 pairs
     return float((term1 - 0.5 * term2).mean())
+
+
+# ---------------------------------------------------------------- scoring `predict-keypoints run` output
+
+def _window_errors(gt: np.ndarray, samples: np.ndarray) -> dict[str, float]:
+    """Errors of samples (N, H, K, 2) against gt (H, K, 2): ADE/FDE as the mean over samples and the best
+    of the N (each minimised separately), and the MAE per element of the best sample."""
+    d = np.linalg.norm(samples.astype(np.float64) - gt.astype(np.float64)[None], axis=-1)  # (N, H, K)
+    ade, fde = d.mean(axis=(1, 2)), d[:, -1].mean(axis=1)
+    return {"ade_mean": float(ade.mean()), "ade_best": float(ade.min()), "fde_mean": float(fde.mean()),
+            "fde_best": float(fde.min()), "mae": float(sample_mae(gt, samples).min())}
+
+
+def baselines(truth: np.ndarray, start: int, horizon: int) -> dict[str, np.ndarray]:
+    """Deterministic forecasts of truth (T, K, 2) from the frames before `start`: zero velocity (the last
+    context frame repeated) and constant velocity (its last step extrapolated); each (1, H, K, 2)."""
+    last = truth[start - 1].astype(np.float64)
+    vel = last - truth[start - 2].astype(np.float64)
+    steps = np.arange(1, horizon + 1, dtype=np.float64)[:, None, None]
+    return {"zero_velocity": np.repeat(last[None], horizon, 0)[None],
+            "constant_velocity": (last[None] + steps * vel[None])[None]}
+
+
+def load_forecast(pred_path) -> dict[str, np.ndarray]:
+    """Read what `vmt predict-keypoints run` writes: names (S,), value (S, N, H, K, 2), context, horizon and
+    start (S,): the truth frame index of each sequence's first forecast frame."""
+    from vmt.errors import VmtUsageError
+
+    try:
+        data = np.load(pred_path, allow_pickle=False)
+        arrays = {k: data[k] for k in data.files}
+    except Exception as e:
+        raise VmtUsageError(f"{pred_path} is not a readable npz file ({type(e).__name__}: {e})") from e
+    missing = [k for k in ("names", "value", "start") if k not in arrays]
+    if "start" in missing and "names" in arrays and "value" in arrays:
+        raise VmtUsageError(f"{pred_path} records no forecast window (no `start` array): it continues past the end "
+                            "of its input, so there is no truth to score it against; rerun `vmt predict-keypoints "
+                            "run ... --backtest` to forecast the last --horizon frames of each sequence instead")
+    if missing:
+        raise VmtUsageError(f"{pred_path} lacks {', '.join(missing)}; give the .npz `vmt predict-keypoints run` "
+                            "writes (names, value (S, N, H, K, 2), start)")
+    v = arrays["value"]
+    if v.ndim != 5 or v.shape[-1] != 2 or len(v) != len(arrays["names"]) or len(arrays["start"]) != len(v):
+        raise VmtUsageError(f"{pred_path}: value {v.shape}, names {arrays['names'].shape}, start "
+                            f"{arrays['start'].shape}; expected value (S, N, H, K, 2) with S names and S starts")
+    return arrays
+
+
+def evaluate_forecasts(truth_path, pred_path, k: int = 5) -> tuple[dict, list[dict]]:
+    """Score a `predict-keypoints run` file against the keypoint file it forecast (positions only, in the
+    file's coordinates). Returns (report metrics, per-sequence rows); metrics are means over windows, the
+    energy distance (V-statistic) is between the set of true futures and the set of all samples."""
+    from vmt.errors import VmtUsageError
+    from vmt.keypoints.data import load_sequences
+
+    seqs = load_sequences(truth_path)
+    pred = load_forecast(pred_path)
+    value = pred["value"]
+    s_n, n, h, kp = value.shape[:4]
+    if not 1 <= k <= n:
+        raise VmtUsageError(f"--k must be between 1 and the {n} samples, got {k}")
+    if kp != seqs.layout.num_kp:
+        raise VmtUsageError(f"{pred_path} has {kp} keypoints, {truth_path} has {seqs.layout.num_kp}")
+    index = {name: i for i, name in enumerate(seqs.names)}
+    rows, gts, zero, const = [], [], [], []
+    for i, name in enumerate(str(x) for x in pred["names"]):
+        if name not in index:
+            raise VmtUsageError(f"sequence {name!r} of {pred_path} is not in {truth_path}")
+        truth, _ = seqs.layout.unflatten(seqs.flat[index[name]])
+        st = int(pred["start"][i])
+        if st < 2 or st + h > len(truth):
+            raise VmtUsageError(f"sequence {name!r}: the forecast covers frames {st}..{st + h - 1} but the truth "
+                                f"has frames 0..{len(truth) - 1} (and 2 context frames are needed)")
+        gt, samples = truth[st:st + h], value[i]
+        m = _window_errors(gt, samples)
+        m["mae_best_k"], kept = best_k(gt, samples, k)
+        m["apd"] = apd(samples[kept])
+        base = baselines(truth, st, h)
+        for b, fc in base.items():
+            e = _window_errors(gt, fc)
+            m.update({f"{b}_ade": e["ade_mean"], f"{b}_fde": e["fde_mean"], f"{b}_mae": e["mae"]})
+        rows.append({"name": name, "start": st, "metrics": m})
+        gts.append(gt.reshape(-1))
+        zero.append(base["zero_velocity"].reshape(-1))
+        const.append(base["constant_velocity"].reshape(-1))
+    keys = [x for x in rows[0]["metrics"] if x != "mae"]
+    metrics = {x: float(np.mean([r["metrics"][x] for r in rows])) for x in keys}
+    metrics["apd_mae"] = metrics["apd"] / metrics["mae_best_k"] if metrics["mae_best_k"] > 0 else float("nan")
+    gts_a = np.stack(gts)
+    metrics["energy_distance"] = energy_distance(gts_a, value.reshape(s_n * n, -1))
+    metrics["zero_velocity_energy_distance"] = energy_distance(gts_a, np.stack(zero))
+    metrics["constant_velocity_energy_distance"] = energy_distance(gts_a, np.stack(const))
+    metrics.update(windows=s_n, samples=n, horizon=h)
+    return metrics, rows

@@ -6,6 +6,7 @@ Schema `vmt.eval/1`:
      "metrics": {name: {"value": float | null, "better": "lower" | "higher" | null, "unit": str}},
      "items": [{"name", "metrics": {name: value}}],     # per file or per pair
      "errors": [{"path", "error"}],                     # unreadable inputs (listed, never hidden)
+     "input_digests": {role: [sha256, ...]},            # input contents: a baseline must match them
      "baseline": {"path", "checked": [...], "regressions": [...]} | null,
      "versions", "timings_s"}
 Non-finite values are written as null. A reader accepts any `vmt.eval/1.x` (same major version).
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtError, VmtUsageError
 
 SCHEMA = "vmt.eval/1"
 
@@ -32,7 +33,9 @@ BETTER: dict[str, str] = {
     "mae_best_k": "lower", "apd": "higher", "apd_mae": "higher", "ade": "lower", "fde": "lower",
     "motion_fidelity": "higher", "direction_cosine": "higher", "reversed_pairs": "lower",
     "warp_error": "lower", "ssim": "higher", "psnr": "higher",
-    "physics_rms_px": "lower", "physics_max_px": "lower",
+    "physics_rms": "lower", "physics_max": "lower", "flicker": "higher", "no_trajectory": "lower",
+    "ade_mean": "lower", "fde_mean": "lower", "ade_best": "lower", "fde_best": "lower",
+    "seam_score": "lower",
 }
 
 
@@ -54,7 +57,8 @@ def clean(value: Any) -> Any:
 def build_report(subcommand: str, metrics: dict[str, float], *, command: list[str] | None = None,
                  params: dict | None = None, inputs: dict | None = None, items: list[dict] | None = None,
                  errors: list[dict] | None = None, units: dict[str, str] | None = None,
-                 timings: dict[str, float] | None = None) -> dict:
+                 timings: dict[str, float] | None = None, digests: dict | None = None) -> dict:
+    """The report document (see the module docstring); `digests`: sha256 of each input by role."""
     from vmt.runtime import versions
 
     units = units or {}
@@ -68,6 +72,7 @@ def build_report(subcommand: str, metrics: dict[str, float], *, command: list[st
         "metrics": {k: {"value": v, "better": BETTER.get(k), "unit": units.get(k, "")} for k, v in metrics.items()},
         "items": items or [],
         "errors": errors or [],
+        "input_digests": digests or {},
         "baseline": None,
         "versions": versions(),
         "timings_s": timings or {},
@@ -170,3 +175,79 @@ def attach_baseline(report: dict, path: str | Path, checks: list[Check]) -> dict
                                 "regressions": [c.name for c in checks if c.regressed]})
     return report
 
+
+
+# ---------------------------------------------------------------- the gate: exit codes, comparability
+
+EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+
+
+class EvalRuntimeError(VmtError):
+    """A failure while computing metrics (unreadable inputs without --skip-bad, a crash): exit code 3, so
+    that CI can tell it from a regression (1)."""
+
+    exit_code = EXIT_RUNTIME
+
+
+# Parameters that say how a run reports, not what it computes: never compared with a baseline's.
+REPORT_PARAMS = {"json_out", "baseline", "tolerance", "skip_bad", "overwrite", "quiet", "debug",
+                 "allow_different_inputs", "device", "batch_size", "detector"}
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content (hex): what makes two runs' inputs the same, whatever their paths."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_digests(inputs: dict[str, Any]) -> dict[str, list[str]]:
+    """{role: path or [paths]} -> {role: [sha256, ...]} in the same order."""
+    out = {}
+    for role, paths in inputs.items():
+        out[role] = [file_digest(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    return out
+
+
+def compared_params(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in REPORT_PARAMS}
+
+
+def comparability_problems(report: dict, baseline: dict) -> list[str]:
+    """Why a baseline is not comparable with this run: another subcommand, other input contents, other
+    parameters (empty when comparable)."""
+    problems = []
+    if baseline.get("subcommand") != report.get("subcommand"):
+        problems.append(f"the baseline is a `vmt eval {baseline.get('subcommand')}` report, this run is "
+                        f"`vmt eval {report.get('subcommand')}`")
+        return problems
+    base_dig = baseline.get("input_digests")
+    if not isinstance(base_dig, dict):
+        problems.append("the baseline records no input content hashes (made by an older vmt)")
+    elif base_dig != report.get("input_digests"):
+        roles = sorted(r for r in set(base_dig) | set(report.get("input_digests", {}))
+                       if base_dig.get(r) != report.get("input_digests", {}).get(r))
+        problems.append(f"the inputs differ in content ({', '.join(roles)})")
+    mine, theirs = compared_params(report.get("params", {})), compared_params(baseline.get("params", {}))
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in ("ref", "gen",
+                  "real", "videos", "truth", "pred", "gt"))
+    if diff:
+        problems.append("parameters differ: " + ", ".join(f"{k}={theirs.get(k)!r} there, {mine.get(k)!r} here"
+                                                         for k in diff))
+    return problems
+
+
+def check_comparable(report: dict, baseline: dict, allow_different_inputs: bool) -> list[str]:
+    """Raise VmtUsageError when the baseline is not comparable, unless allowed; return the problems (which
+    the report records when allowed). Another subcommand is never allowed."""
+    problems = comparability_problems(report, baseline)
+    if problems and baseline.get("subcommand") != report.get("subcommand"):
+        raise VmtUsageError(f"baseline not comparable: {problems[0]}")
+    if problems and not allow_different_inputs:
+        raise VmtUsageError("baseline not comparable: " + "; ".join(problems)
+                            + " (pass --allow-different-inputs to compare anyway)")
+    return problems

@@ -54,3 +54,24 @@ def seam_profile(frames, boundaries: Sequence[int]) -> dict[str, float]:
     at[np.asarray(list(boundaries), int) - 1] = True
     return {"seam_score": seam_score(frames, boundaries), "boundary_change": float(steps[at].mean()),
             "inside_change": float(steps[~at].mean())}
+
+
+def score_video(path, *, clip_length: int, max_frames: int | None = None) -> dict:
+    """Per-video report row of `vmt eval seams`: clips of `clip_length` frames back to back (boundaries at
+    clip_length, 2 clip_length, ...)."""
+    from vmt.io.video import read_video
+
+    frames, _ = read_video(path, max_frames=max_frames)
+    boundaries = list(range(clip_length, len(frames), clip_length))
+    if not boundaries:
+        raise ValueError(f"{len(frames)} frames hold no boundary of clips of {clip_length} frames")
+    out = seam_profile(frames, boundaries)
+    out["boundaries"] = len(boundaries)
+    return out
+
+
+def summarize(items: list[dict]) -> dict:
+    ms = [i["metrics"] for i in items]
+    out = {k: float(np.mean([m[k] for m in ms])) for k in ("seam_score", "boundary_change", "inside_change")}
+    out["videos"] = len(ms)
+    return out
