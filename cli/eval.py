@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.scaffold import check_finite
 from cli.common import (
     DebugOpt,
     DeviceOpt,
@@ -104,13 +105,14 @@ def expand_inputs(spec: str) -> list[Path]:
     raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
 
 
-def guarded(body: Callable[[], Any], debug: bool) -> Any:
+def guarded(body: Callable[[], Any], debug: bool, params: dict[str, Any]) -> Any:
     """run_guarded with eval's exit codes: usage errors 2, regressions 1 (typer.Exit), anything else that
-    fails (a VmtError or a crash) 3, never 1."""
+    fails (a VmtError or a crash) 3, never 1. Every number in `params` must be finite."""
     from vmt.errors import VmtError, VmtUsageError
     from vmt.metrics.report import EvalRuntimeError
 
     def wrapped() -> Any:
+        check_finite(params)
         try:
             return body()
         except (VmtUsageError, EvalRuntimeError, typer.Exit, KeyboardInterrupt):
@@ -313,7 +315,7 @@ def fvd(
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _distribution("fvd", params), debug)
+    guarded(lambda: _distribution("fvd", params), debug, params)
 
 
 @app.command("fid", no_args_is_help=True, help=_para("""Per-frame FID (and IS of the generated frames) between two
@@ -339,7 +341,7 @@ def fid(
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _distribution("fid", params), debug)
+    guarded(lambda: _distribution("fid", params), debug, params)
 
 
 def _distribution(kind: str, p: dict) -> None:
@@ -420,7 +422,7 @@ def motion(
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _motion(params), debug)
+    guarded(lambda: _motion(params), debug, params)
 
 
 def _motion(p: dict) -> None:
@@ -466,7 +468,7 @@ def temporal(
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _temporal(params), debug)
+    guarded(lambda: _temporal(params), debug, params)
 
 
 def _temporal(p: dict) -> None:
@@ -509,7 +511,7 @@ def physics(
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _physics(params), debug)
+    guarded(lambda: _physics(params), debug, params)
 
 
 def _physics(p: dict) -> None:
@@ -547,7 +549,7 @@ def keypoints(
     debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _keypoints(params), debug)
+    guarded(lambda: _keypoints(params), debug, params)
 
 
 def _keypoints(p: dict) -> None:
@@ -580,7 +582,7 @@ def seams(
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     params = dict(locals())
-    guarded(lambda: _seams(params), debug)
+    guarded(lambda: _seams(params), debug, params)
 
 
 def _seams(p: dict) -> None:

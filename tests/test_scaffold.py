@@ -107,6 +107,14 @@ BAD = [
     (["longgen", "train", "synthetic:digits", "-o", "W/run", "--adv-weight", "-1"], "--adv-weight must be"),
     (["longgen", "train", "synthetic:digits", "-o", "W/run", "--mask-weight", "nan"], "--mask-weight must be"),
     (["longgen", "train", "synthetic:digits", "-o", "W/run", "--fps", "0"], "--fps must be"),
+    # eval: inputs, outputs, numbers
+    (["eval", "temporal", "W/missing.mp4"], "not found"),
+    (["eval", "temporal", "W/ref.mp4", "--json", "W/ref.mp4", "--overwrite"], "same file as the input"),
+    (["eval", "temporal", "W/ref.mp4", "--json", "W/report.txt"], "must end in .json"),
+    (["eval", "temporal", "W/ref.mp4", "--json", "W/nodir/r.json"], "does not exist"),
+    (["eval", "motion", "W/ref.mp4", "W/ref.mp4", "--fb-threshold", "nan"], "--fb-threshold must be"),
+    (["eval", "motion", "W/ref.mp4", "W/ref.mp4", "--min-motion", "inf"], "--min-motion must be"),
+    (["eval", "physics", "W/ref.mp4", "--threshold", "nan"], "--threshold must be"),
     # typer's own parse errors are one line too
     (["refine", "-p", "x", "-o", "W/o.mp4", "--steps", "ten"], "--steps"),
     (["refine", "-p", "x"], "missing option"),
@@ -192,12 +200,24 @@ def _run_and_signal(cmd: list[str], sig: int, ready, timeout: float = 180) -> tu
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", *cmd], cwd=ROOT, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, env=env, text=True)
     deadline = time.time() + timeout
-    while not ready() and time.time() < deadline and proc.poll() is None:
+    while not ready(proc) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
     return proc.returncode, err
+
+
+def _has_child(proc) -> bool:
+    """The process has started a child (ffmpeg decoding or encoding): it is past imports and set-up."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == proc.pid:
+            return True
+    return False
 
 
 def _hidden_part(folder: Path) -> bool:
@@ -209,7 +229,7 @@ def test_signal_during_longgen_streaming_removes_the_partial_video(tmp_path, sig
     """Frames stream to ffmpeg as clips are made: the hidden temporary exists mid-run and is removed."""
     out = tmp_path / "long.mp4"
     rc, err = _run_and_signal(["longgen", "sample", "--frames", "1000000", "-o", str(out), "--device", "cpu"],
-                              sig, lambda: _hidden_part(tmp_path))
+                              sig, lambda proc: _hidden_part(tmp_path))
     assert rc == code, err
     assert "Traceback" not in err and "no output was written" in err
     assert list(tmp_path.iterdir()) == []
@@ -220,7 +240,7 @@ def test_sigterm_during_refine_sampling_exits_143_and_writes_nothing(tiny_t2v, t
     started = time.time()
     rc, err = _run_and_signal(["refine", "-p", "x", "--model", str(tiny_t2v), "-o", str(out), "--num-frames", "9",
                                "--height", "32", "--width", "32", "--steps", "100000", "--device", "cpu"],
-                              signal.SIGTERM, lambda: time.time() - started > 12)
+                              signal.SIGTERM, lambda proc: time.time() - started > 12)
     assert rc == 143, err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -234,8 +254,22 @@ def test_sigterm_during_transfer_guidance_exits_143_and_writes_nothing(tiny_t2v,
     rc, err = _run_and_signal(["transfer", str(ref), "-p", "x", "--model", str(tiny_t2v), "-o",
                                str(tmp_path / "o.mp4"), "--height", "32", "--width", "32", "--steps", "1000",
                                "--guided-steps", "1000", "--window", "1", "--tile", "1x1", "--block", "1", "--device", "cpu"],
-                              signal.SIGTERM, lambda: time.time() - started > 12)
+                              signal.SIGTERM, lambda proc: time.time() - started > 12)
     assert rc == 143, err
+    assert snapshot(tmp_path) == before
+
+
+def test_sigterm_during_eval_over_a_folder_exits_143_and_writes_no_report(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(12):
+        write_video(clips / f"c{i:02d}.mp4", rng.integers(0, 255, (30, 64, 64, 3), dtype=np.uint8), fps=10)
+    before = snapshot(tmp_path)
+    rc, err = _run_and_signal(["eval", "temporal", str(clips), "--json", str(tmp_path / "r.json")],
+                              signal.SIGTERM, _has_child)
+    assert rc == 143, err
+    assert "Traceback" not in err
     assert snapshot(tmp_path) == before
 
 
