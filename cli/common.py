@@ -29,8 +29,9 @@ VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling/--no-vae-tiling", help
                                             "(bounded memory at large sizes).", rich_help_panel="Runtime")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; fixes the result on the same device and "
                                       "dtype.", rich_help_panel="Runtime")]
-RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="TOML recipe of parameter values; flags given "
-                                                "on the command line override it.", rich_help_panel="Runtime")]
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A shipped recipe by name (see `vmt recipes`) or "
+                                                "a TOML file of parameter values; flags given on the command "
+                                                "line override it.", rich_help_panel="Runtime")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file; a JSON sidecar with the same "
                                          "stem records how it was made.", rich_help_panel="Output")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.",

@@ -44,7 +44,7 @@ are held out for the validation loss; the best-validation weights are kept as mo
 
   vmt predict-keypoints train fomm_kp_dev.npz -o kp_model --val-identities id10283,id10284
 
-  vmt predict-keypoints train kp.npz -o kp_model --recipe recipes/predict-keypoints/vox-10-14.toml
+  vmt predict-keypoints train kp.npz -o kp_model --recipe vox-10-14
 
   vmt predict-keypoints train kp.npz -o kp_model --resume        # continue an interrupted run
 

@@ -22,7 +22,7 @@ The model is trained here, on your videos or on synthetic moving digits (no weig
 
 [bold]Examples[/]
 
-  vmt longgen train synthetic:digits -o runs/digits --recipe recipes/longgen/cpu-digits.toml
+  vmt longgen train synthetic:digits -o runs/digits --recipe cpu-digits
 
   vmt longgen sample --frames 1000 -o digits.mp4 --seed 3   # the shipped moving-digits model
 
@@ -55,7 +55,7 @@ frames) and train.json (the sidecar).
 
 [bold]Examples[/]
 
-  vmt longgen train synthetic:digits -o runs/digits --recipe recipes/longgen/cpu-digits.toml   # the shipped model
+  vmt longgen train synthetic:digits -o runs/digits --recipe cpu-digits   # the shipped model
 
   vmt longgen train synthetic:digits -o runs/quick --preset cpu --image-warmup 2000 --steps 2600
 

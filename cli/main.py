@@ -58,6 +58,31 @@ app.command("refine", help=refine.HELP, no_args_is_help=True,
 app.command("transfer", help=transfer.HELP, no_args_is_help=True,
             short_help="Motion transfer from a reference video (FastVMT windowed AMF guidance).")(transfer.transfer)
 app.add_typer(longgen.app, name="longgen", help=longgen.HELP)
+
+
+@app.command("recipes", short_help="List the recipes shipped with vmt (use one with --recipe NAME).")
+def recipes() -> None:
+    """List the recipes shipped with vmt: the settings of published setups. Pass one to its command with
+    --recipe NAME; flags given on the command line override its values. In a terminal: a table; in a pipe:
+    one line per recipe (command, name, path, about; tab-separated)."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from vmt.recipes import list_recipes
+
+    if not sys.stdout.isatty():
+        for r in list_recipes():
+            typer.echo(f"{r.family}\t{r.name}\t{r.path}\t{r.about}")
+        return
+    table = Table(title="vmt recipes (use: vmt COMMAND --recipe NAME)", title_justify="left")
+    for col in ("name", "command", "about"):
+        table.add_column(col)
+    for r in list_recipes():
+        table.add_row(r.name, f"vmt {r.family}", r.about)
+    Console().print(table)
+
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
 app.add_typer(eval_cli.app, name="eval")
 

@@ -30,10 +30,10 @@ estimate K times (forward passes only), and an uncertainty gate keeps voxels tha
 
   vmt refine --prompt "..." --plan "2-5:3,6-14:1" --tau 0.25 -o fox.mp4
 
-  vmt refine --recipe recipes/refine/wan2.2-a14b-t2v.toml --prompt "..." -o out.mp4
+  vmt refine --recipe wan2.2-a14b-t2v --prompt "..." -o out.mp4
 
   vmt refine --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --image first.png --prompt "..." \\
-      --recipe recipes/refine/wan2.2-a14b-i2v.toml -o clip.mp4
+      --recipe wan2.2-a14b-i2v -o clip.mp4
 
 Plans: FIRST-LAST:K items, 0-based inclusive outer steps, K extra model evaluations each (NFE = steps +
 sum of K; the default adds 21 to 50 steps, 1.42x). `--plan default` (the default) is the published

@@ -305,11 +305,14 @@ def _from_default(ctx: typer.Context, name: str) -> bool:
 def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], recipe: Path | None,
                    not_from_recipe: frozenset[str] = NOT_FROM_RECIPE) -> Params:
     """Merge a recipe into the parameters: recipe values replace defaults, command-line flags win."""
+    from vmt.recipes import find_recipe
+
     merged = Params(params)
     given = {k for k in params if not _from_default(ctx, k)}
     if recipe is not None:
+        merged["recipe"] = path = find_recipe(recipe, command)
         allowed = {k for k in params if k not in not_from_recipe and k in _params_by_name(ctx)}
-        for key, val in recipe_values(ctx, Path(recipe), command, allowed).items():
+        for key, val in recipe_values(ctx, path, command, allowed).items():
             if _from_default(ctx, key):
                 merged[key] = val
                 given.add(key)

@@ -53,7 +53,7 @@ of --block) matches the reference's, then sampling goes on with ordinary CFG.
   vmt transfer dance.mp4 --prompt "a robot dancing on a stage" -o robot.mp4
 
   vmt transfer ref.mp4 --prompt "..." -o base.mp4 \\
-      --recipe recipes/transfer/ditflow-baseline.toml
+      --recipe ditflow-baseline
 
   vmt transfer ref.mp4 --prompt "..." -o exact.mp4 \\
       --amf global --reuse-interval 1                    # slow, exact AMF

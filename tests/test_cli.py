@@ -186,18 +186,24 @@ def test_image_to_video_end_to_end(tiny_i2v, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["model"]["pipeline"] == "WanImageToVideoPipeline"
 
 
-def test_internal_error_is_one_line_without_debug_and_traceback_with(tiny_t2v, tmp_path, monkeypatch):
-    import vmt.generate
+def test_internal_error_is_one_line_without_debug_and_traceback_with(tiny_t2v, tmp_path):
+    """A real failure that is no user mistake: a model folder whose VAE statistics have the wrong length
+    loads, then breaks inside generation (RuntimeError). One line and exit 1; --debug shows the traceback."""
+    import shutil
 
-    def boom(*a, **k):
-        raise RuntimeError("synthetic failure")
-
-    monkeypatch.setattr(vmt.generate, "generate", boom)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_t2v, broken)
+    cfg_path = broken / "vae" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["latents_mean"], cfg["latents_std"] = [0.0] * 3, [1.0] * 3
+    cfg_path.write_text(json.dumps(cfg))
     out = tmp_path / "o.mp4"
-    res = invoke("refine", "--prompt", "x", "--model", tiny_t2v, "-o", out, *SMALL)
-    assert_clean_error(res, 1, "synthetic failure", out)
-    res = invoke("refine", "--prompt", "x", "--model", tiny_t2v, "-o", out, *SMALL, "--debug")
+    res = invoke("refine", "--prompt", "x", "--model", broken, "-o", out, *SMALL)
+    assert_clean_error(res, 1, "rerun with --debug", out)
+    assert "RuntimeError" in error_line(res)
+    res = invoke("refine", "--prompt", "x", "--model", broken, "-o", out, *SMALL, "--debug")
     assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
+    assert not out.exists()
 
 
 def test_sigint_during_generation_leaves_no_output(tiny_t2v, tmp_path):

@@ -294,3 +294,28 @@ def test_longgen_train_creates_missing_parents_and_resume_keeps_the_runs_setting
     assert saved["train"]["batch_size"] == 2 and saved["train"]["adv_warmup"] == 5
     train_doc = json.loads((run / "train.json").read_text())
     assert train_doc["params"]["batch_size"] == 2 and train_doc["compute"]["batch_size"] == 2
+
+
+def test_recipes_ship_with_the_package_and_are_taken_by_name(tiny_t2v, tmp_path):
+    """`vmt recipes` lists every shipped recipe with its line; `--recipe NAME` works from any folder and its
+    values reach the run (sidecar); a recipe of another command or an unknown name is a clear usage error."""
+    import vmt
+
+    res = invoke("recipes")
+    assert res.exit_code == 0
+    rows = [line.split("\t") for line in res.stdout.strip().splitlines()]
+    shipped = sorted((Path(vmt.__file__).parent / "recipes").glob("*/*.toml"))
+    assert sorted(Path(r[2]) for r in rows) == shipped and len(shipped) >= 10
+    assert all(r[3] for r in rows)  # every recipe says what it is
+    assert ["transfer", "fastvmt-wan2.1-1.3b"] in [r[:2] for r in rows]
+    out = tmp_path / "o.mp4"
+    res = invoke("refine", "-p", "x", "--model", tiny_t2v, "-o", out, "--recipe", "nfe-x2", "--steps", "2",
+                 "--num-frames", "5", "--height", "16", "--width", "16", "--quiet")
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["params"]["plan"] == "none" and doc["params"]["steps"] == 2  # recipe value, flag wins
+    assert doc["params"]["recipe"].endswith("vmt/recipes/refine/nfe-x2.toml")
+    res = invoke("refine", "-p", "x", "-o", tmp_path / "b.mp4", "--recipe", "ditflow-baseline")
+    assert_usage_error(res, "recipe 'ditflow-baseline' is for `vmt transfer`")
+    res = invoke("refine", "-p", "x", "-o", tmp_path / "b.mp4", "--recipe", "no-such")
+    assert_usage_error(res, "shipped for this command: default, nfe-x2")

@@ -1,0 +1,63 @@
+"""Recipes shipped with vmt: TOML files of published setups, one folder per command family
+(refine, transfer, longgen, predict-keypoints). `--recipe NAME` finds one here; `vmt recipes` lists them."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmt.errors import VmtUsageError
+
+RECIPES_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # file stem, what `--recipe NAME` takes
+    family: str  # the folder: refine | transfer | longgen | predict-keypoints
+    path: Path
+    about: str  # one line from its [meta] table
+
+
+def _about(path: Path) -> str:
+    try:
+        meta = tomllib.loads(path.read_text()).get("meta", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    for key in ("about", "description", "notes", "note", "source"):
+        if isinstance(meta.get(key), str):
+            return " ".join(meta[key].split())
+    return ""
+
+
+def list_recipes() -> list[Recipe]:
+    """Every shipped recipe, sorted by family and name."""
+    return [Recipe(p.stem, p.parent.name, p, _about(p)) for p in sorted(RECIPES_DIR.glob("*/*.toml"))]
+
+
+def family(command: str) -> str:
+    """The recipe folder of a command: "longgen-train" -> "longgen", "predict-keypoints-run" -> ..."""
+    for fam in ("predict-keypoints", "longgen"):
+        if command.startswith(fam):
+            return fam
+    return command
+
+
+def find_recipe(spec: str | Path, command: str) -> Path:
+    """`spec` as a path if it looks like one (exists, has a folder or a .toml suffix), else the shipped recipe
+    of that name for `command`'s family; an unknown name is a usage error listing the names there are."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.exists() or "/" in text or path.suffix == ".toml":
+        return path
+    recipes = list_recipes()
+    mine = [r for r in recipes if r.family == family(command) and r.name == text]
+    if mine:
+        return mine[0].path
+    other = [r for r in recipes if r.name == text]
+    if other:
+        raise VmtUsageError(f"recipe {text!r} is for `vmt {other[0].family}`, not `vmt {command.replace('-', ' ')}`")
+    names = ", ".join(r.name for r in recipes if r.family == family(command)) or "none"
+    raise VmtUsageError(f"no recipe file or shipped recipe named {text!r}; shipped for this command: {names} "
+                        "(see `vmt recipes`)")
