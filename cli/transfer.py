@@ -117,6 +117,9 @@ def transfer(
                                       rich_help_panel=_G)] = 3e-3,
     lr_end: Annotated[float, typer.Option("--lr-end", help="Learning rate at the last inner step (linear).",
                                           rich_help_panel=_G)] = 2.1e-3,
+    lr_decay: Annotated[str, typer.Option("--lr-decay", help="inner: lr -> lr-end across each step's inner "
+                                          "steps (FastVMT) | outer: constant within a step, decaying across "
+                                          "the guided steps (DiTFlow).", rich_help_panel=_G)] = "inner",
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (weight decay 0.01) | adam.",
                                            rich_help_panel=_G)] = "adamw",
     loss: Annotated[str, typer.Option("--loss", help="fastvmt: distance-weighted AMF loss + window loss | "
@@ -196,7 +199,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
         amf=p["amf"], block=p["block"], span=p["span"], tile=parse_tile(p["tile"]), window=p["window"],
         temperature=p["temperature"], head_mode=p["head_mode"], guided_steps=p["guided_steps"],
         inner_steps=p["inner_steps"], reuse_interval=p["reuse_interval"], lr=p["lr"], lr_end=p["lr_end"],
-        optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
+        lr_decay=p["lr_decay"], optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
         ref_amf=p["ref_amf"], ref_argmax=p["ref_argmax"], truncate=p["truncate"],
     )
     cfg.validate()

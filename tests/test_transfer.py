@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from tests.conftest import moving_pattern
 from vmt.motion.capture import QKCaptureProcessor, capture_forward, qk_capture, reduce_heads
-from vmt.motion.guidance import GuidanceConfig, MotionGuidance, lr_schedule, optimise_latent
+from vmt.motion.guidance import GuidanceConfig, MotionGuidance, lr_schedule, optimise_latent, step_lrs
 
 SIZE = 64  # 64x64 px -> 8x8 latent -> 4x4 tokens on the tiny Wan
 SMALL = dict(block=1, span=3, tile=(2, 2), window=3)
@@ -188,6 +188,37 @@ def test_lr_schedule_linear():
     s = lr_schedule(3e-3, 2.1e-3, 10)
     assert s[0] == 3e-3 and abs(s[-1] - 2.1e-3) < 1e-15
     assert np.allclose(np.diff(s), -1e-4)
+
+
+def test_lr_decay_sequences_fastvmt_and_ditflow():
+    # FastVMT: 3e-3 - 1e-4 * k over the 10 inner steps, restarted at every guided step.
+    fast = GuidanceConfig()
+    for g in (0, 5, 9):
+        assert np.allclose(lr_schedule(*step_lrs(fast, g), fast.inner_steps), [3e-3 - 1e-4 * k for k in range(10)])
+    # DiTFlow: constant within a step; guided step g of 10 runs at linspace(2e-3, 1e-3, 11)[g] = 2e-3 - 1e-4 g.
+    dit = GuidanceConfig(lr=2e-3, lr_end=1e-3, lr_decay="outer", inner_steps=5, guided_steps=10)
+    for g in range(10):
+        lrs = lr_schedule(*step_lrs(dit, g), dit.inner_steps)
+        assert np.allclose(lrs, [2e-3 - 1e-4 * g] * 5, rtol=0, atol=1e-15)
+
+
+def test_ditflow_lr_reaches_the_optimiser(backend):
+    """The learning rates the optimiser ran with, read back from it, across three guided steps of a transfer."""
+    from vmt.transfer import TransferRequest, transfer
+
+    ref = moving_pattern(9, SIZE, SIZE, dx=4, dy=2)
+    cfg = GuidanceConfig(**SMALL, amf="global", loss="ditflow", ref_amf="clean", ref_argmax=True,
+                         optimizer="adam", guided_steps=3, inner_steps=2, reuse_interval=1, lr=2e-3, lr_end=1e-3,
+                         lr_decay="outer")
+    out = transfer(backend, ref, TransferRequest(prompt="a cat", height=SIZE, width=SIZE, steps=3), cfg,
+                   decode=False)
+    got = [h["lr"] for h in out.guidance]
+    want = [[2e-3] * 2, [2e-3 - 1e-3 / 3] * 2, [2e-3 - 2e-3 / 3] * 2]  # linspace(2e-3, 1e-3, 4)[:3]
+    assert np.allclose(got, want, rtol=1e-5, atol=0)
+    inner = GuidanceConfig(**SMALL, guided_steps=2, inner_steps=3, lr=3e-3, lr_end=1e-3)
+    out = transfer(backend, ref, TransferRequest(prompt="a cat", height=SIZE, width=SIZE, steps=2), inner,
+                   decode=False)
+    assert np.allclose([h["lr"] for h in out.guidance], [[3e-3, 2e-3, 1e-3]] * 2, rtol=1e-5, atol=0)
 
 
 def test_guidance_counts_dit_calls_per_guided_step(backend):

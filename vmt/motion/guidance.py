@@ -3,7 +3,9 @@
 At each of the first `guided_steps` outer steps (sigma s):
   1. reference AMF: the reference latent re-noised to s with a fixed noise, z_ref_s = (1 - s) z_ref + s eps',
      through the DiT with the empty prompt, no gradients (FastVMT); or once from the clean latent (DiTFlow);
-  2. `inner_steps` of AdamW (fresh each outer step, lr linear from lr to lr_end) on the latent z itself,
+  2. `inner_steps` of AdamW (fresh each outer step) on the latent z itself, with the learning rate
+     linear from lr to lr_end across the inner steps (FastVMT, `lr_decay="inner"`) or constant within a step
+     and linear across the guided steps (DiTFlow, `lr_decay="outer"`),
      loss = amf_weight * L_AMF + window_weight * L_window (FastVMT) or DiTFlow's masked MSE;
      gradient reuse: the DiT runs forward+backward only every `reuse_interval` inner steps, the steps in
      between reuse the cached gradient;
@@ -28,6 +30,7 @@ AMF_MODES = ("windowed", "global")
 LOSSES = ("fastvmt", "ditflow")
 REF_MODES = ("per-step", "clean")
 OPTIMIZERS = ("adamw", "adam")
+LR_DECAYS = ("inner", "outer")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class GuidanceConfig:
     reuse_interval: int = 3
     lr: float = 3e-3
     lr_end: float = 2.1e-3
+    lr_decay: str = "inner"
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     loss: str = "fastvmt"
@@ -65,6 +69,7 @@ class GuidanceConfig:
         need(self.amf in AMF_MODES, f"--amf {self.amf!r}: use one of {', '.join(AMF_MODES)}")
         need(self.loss in LOSSES, f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         need(self.ref_amf in REF_MODES, f"--ref-amf {self.ref_amf!r}: use one of {', '.join(REF_MODES)}")
+        need(self.lr_decay in LR_DECAYS, f"--lr-decay {self.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
         need(self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         need(self.head_mode in HEAD_MODES, f"--head-mode {self.head_mode!r}: use one of {', '.join(HEAD_MODES)}")
         need(self.span >= 1, f"--span must be >= 1, got {self.span}")
@@ -105,12 +110,27 @@ def lr_schedule(lr: float, lr_end: float, steps: int) -> list[float]:
     return [lr + (lr_end - lr) * k / (steps - 1) for k in range(steps)]
 
 
+def step_lrs(cfg: GuidanceConfig, guided_index: int) -> tuple[float, float]:
+    """(first, last) inner-step learning rate of guided step `guided_index` (0-based).
+
+    "inner" (FastVMT): lr -> lr_end across the inner steps, restarted at every guided step.
+    "outer" (DiTFlow): constant within a step; across the guided steps g = 0..G-1 it is
+    lr + (lr_end - lr) * g / G, DiTFlow's linspace(lr, lr_end, G + 1)[g] (its guidance range 50 -> 40 holds
+    G + 1 = 11 timesteps of which the first G = 10 are guided, so lr_end itself is never used).
+    """
+    if cfg.lr_decay == "outer":
+        a = cfg.lr + (cfg.lr_end - cfg.lr) * guided_index / max(cfg.guided_steps, 1)
+        return a, a
+    return cfg.lr, cfg.lr_end
+
+
 @dataclass
 class OptimResult:
     z: torch.Tensor
     losses: list[float]  # loss at each evaluated inner step, before that step's update
     evaluated: list[int]  # inner steps where the loss and gradient were computed
     extra: list[dict] = field(default_factory=list)  # what loss_fn reported at each evaluation
+    lrs: list[float] = field(default_factory=list)  # the learning rate each inner step ran with
 
 
 def optimise_latent(
@@ -133,6 +153,7 @@ def optimise_latent(
     losses: list[float] = []
     evaluated: list[int] = []
     extra: list[dict] = []
+    used: list[float] = []
     grad: torch.Tensor | None = None
     for step in range(inner_steps):
         if step % reuse_interval == 0:
@@ -146,7 +167,8 @@ def optimise_latent(
             group["lr"] = lrs[step]
         z.grad = grad.clone()
         opt.step()
-    return OptimResult(z.detach(), losses, evaluated, extra)
+        used.append(float(opt.param_groups[0]["lr"]))
+    return OptimResult(z.detach(), losses, evaluated, extra, used)
 
 
 @contextmanager
@@ -263,15 +285,16 @@ class MotionGuidance:
         with self._stage("reference_amf"):
             ref = self.reference_amf(state.sigma)
         model = self.backend.transformer_at(float(state.sigma))
+        lr, lr_end = step_lrs(cfg, state.index)
         with self._stage("guidance"), frozen(model):
             res = optimise_latent(
-                state.z, lambda z: self.loss(z, state.sigma, ref), inner_steps=cfg.inner_steps, lr=cfg.lr,
-                lr_end=cfg.lr_end, reuse_interval=cfg.reuse_interval, optimizer=cfg.optimizer,
+                state.z, lambda z: self.loss(z, state.sigma, ref), inner_steps=cfg.inner_steps, lr=lr,
+                lr_end=lr_end, reuse_interval=cfg.reuse_interval, optimizer=cfg.optimizer,
                 weight_decay=cfg.weight_decay,
             )
         amf_losses = [e["amf_loss"] for e in res.extra]
         rec = {"amf_loss": amf_losses, "final_amf_loss": amf_losses[-1], "total_loss": res.losses,
-               "evaluated_inner_steps": res.evaluated}
+               "evaluated_inner_steps": res.evaluated, "lr": [float(f"{v:.6g}") for v in res.lrs]}
         if "window_loss" in res.extra[-1]:
             rec["window_loss"] = [e["window_loss"] for e in res.extra]
         if "at_border" in res.extra[-1]:
