@@ -208,6 +208,9 @@ def _run(ctx: typer.Context, params: dict) -> None:
     sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
     pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
     quiet_libraries(p["debug"])
+    from vmt.transfer import check_block_for_model
+
+    check_block_for_model(p["model"], cfg.block, p["revision"])  # before any weights load
 
     from vmt.backends.wan import WanBackend, WanLoadOptions
     from vmt.io.video import write_video
@@ -264,7 +267,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
                           "width": p["width"]},
                 "reference": {"path": str(ref_path), "frames_used": len(frames), "fps": ref_fps},
                 "token_grid": list(result.grid),
-                "guidance": {"config": cfg.as_dict(), "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
+                "guidance": {"config": result.config, "adjusted": result.adjustments, "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
                              "steps": result.guidance},
                 # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
                 "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))

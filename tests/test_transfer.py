@@ -358,7 +358,7 @@ def test_cli_refine_composes_with_guidance(tiny_t2v, tmp_path):
     assert doc_plain["pnp"] is None and doc_none["pnp"]["plan"] == "none"
 
 
-@pytest.mark.parametrize("case", ["short", "unreadable", "window", "block", "missing", "plan", "tau"])
+@pytest.mark.parametrize("case", ["short", "unreadable", "tile", "block", "missing", "plan", "tau"])
 def test_cli_bad_input_clear_error_no_output(tiny_t2v, tmp_path, case):
     args = list(SMALL_CLI)
     ref = tmp_path / "ref.mp4"
@@ -380,9 +380,9 @@ def test_cli_bad_input_clear_error_no_output(tiny_t2v, tmp_path, case):
             want, code = "--tau must be >= 0", 2
     else:
         _ref_file(tmp_path)
-        if case == "window":
-            args[args.index("--window") + 1] = "5"
-            want, code = "--window 5 is larger than the 4x4 token grid", 2
+        if case == "tile":
+            args[args.index("--tile") + 1] = "0x2"
+            want, code = "--tile '0x2' must be positive", 2
         else:
             args[args.index("--block") + 1] = "7"
             want, code = "--block 7 is out of range", 2
@@ -393,3 +393,41 @@ def test_cli_bad_input_clear_error_no_output(tiny_t2v, tmp_path, case):
     assert want in " ".join(r.output.split())
     assert not out.exists() and not out.with_suffix(".json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "ref.mp4"] == []
+
+
+@pytest.mark.parametrize("height,width,grid,window,tile", [(240, 416, [15, 26], 15, "3x4"),
+                                                           (32, 48, [2, 3], 2, "2x3")])
+def test_cli_default_window_and_tile_fit_small_outputs(tiny_t2v, tmp_path, height, width, grid, window, tile):
+    """The published window (21) and tiles (3x4) at sizes whose token grid is smaller: clamped, run, recorded."""
+    ref = _ref_file(tmp_path)
+    out = tmp_path / "out.mp4"
+    r = CliRunner().invoke(app, ["transfer", str(ref), "--prompt", "a cat", "-o", str(out), "--model",
+                                 str(tiny_t2v), "--device", "cpu", "--quiet", "--block", "1", "--height", str(height),
+                                 "--width", str(width), "--num-frames", "9", "--steps", "2", "--guided-steps", "1",
+                                 "--inner-steps", "2"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["token_grid"] == [3, *grid]
+    assert doc["guidance"]["config"]["window"] == window and doc["guidance"]["config"]["tile"] == tile
+    assert doc["params"]["window"] == 21 and doc["params"]["tile"] == "3x4"  # what was asked stays recorded
+    assert len(doc["guidance"]["adjusted"]) == (1 if tile == "3x4" else 2)
+    err = r.stderr if hasattr(r, "stderr") else r.output
+    assert err.count("--window 21 is larger than") == 1
+
+
+def test_cli_block_beyond_model_fails_before_weights_load(tiny_t2v, tmp_path):
+    """With the transformer's weights made unreadable, a bad --block is still the usage error: it is checked
+    from config.json before anything loads."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_t2v, model)
+    for f in (model / "transformer").glob("*.safetensors"):
+        f.write_bytes(b"not weights")
+    ref = _ref_file(tmp_path)
+    out = tmp_path / "out.mp4"
+    r = CliRunner().invoke(app, ["transfer", str(ref), "--prompt", "x", "-o", str(out), "--model", str(model),
+                                 "--device", "cpu", "--quiet", *SMALL_CLI[:-2], "--block", "2"])
+    assert r.exit_code == 2, r.output
+    assert "--block 2 is out of range: this model has 2 blocks" in " ".join(r.output.split())
+    assert not out.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ class TransferResult:
     steps: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     grid: tuple[int, int, int] = (0, 0, 0)
+    config: dict = field(default_factory=dict)  # the guidance configuration that ran (window/tile as clamped)
+    adjustments: list[str] = field(default_factory=list)  # what was clamped to the token grid, and why
 
 
 def load_reference(path: str | Path, num_frames: int, height: int, width: int,
@@ -93,6 +96,23 @@ def sdedit_sigmas(steps: int, shift: float, strength: float) -> torch.Tensor:
     return shift_sigma(u, shift).to(torch.float32)
 
 
+def check_block_for_model(model: str, block: int, revision: str | None = None) -> None:
+    """Raise VmtUsageError if `block` is not a block of every transformer of `model` (hub id or folder),
+    reading only the configs (no weights load); a model whose configs give no count is left to the loader."""
+    from vmt.backends.loading import resolve_model, transformer_layers
+
+    layers = transformer_layers(resolve_model(model, revision).folder)
+    if layers:
+        n = min(layers.values())
+        if not 0 <= block < n:
+            raise VmtUsageError(f"--block {block} is out of range: this model has {n} blocks; use 0..{n - 1} "
+                                f"(the release uses 14 of Wan2.1-1.3B's 30)")
+
+
+def _stderr(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr)
+
+
 def transfer(
     backend,
     reference: np.ndarray,
@@ -102,10 +122,13 @@ def transfer(
     on_step: Callable[[StepState], None] | None = None,
     decode: bool = True,
     timer: Timer | None = None,
+    notify: Callable[[str], None] | None = _stderr,
 ) -> TransferResult:
     """Generate a video with `req.prompt` that moves like `reference` (T, H, W, 3) uint8 at the output size.
 
     `interventions` run after the motion guidance in the same loop (e.g. Predict-and-Perturb's `step`).
+    A window or tile larger than the token grid is clamped to it (`GuidanceConfig.fit_grid`); `notify`
+    (default: stderr) hears about it once, and the result's `config` / `adjustments` record it.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -116,7 +139,9 @@ def transfer(
         raise VmtUsageError(f"reference frames are {w}x{h}, expected {req.width}x{req.height}; use load_reference")
     backend.check_size(t_frames, req.height, req.width)
     grid = backend.token_grid(t_frames, req.height, req.width)
-    cfg.check_grid(grid, (req.height, req.width))
+    cfg, adjustments = cfg.fit_grid(grid, (req.height, req.width))
+    if adjustments and notify is not None:
+        notify("; ".join(adjustments))
     sigmas = sdedit_sigmas(req.steps, req.shift, req.strength)
 
     with timer.stage("encode_reference"):
@@ -138,4 +163,4 @@ def transfer(
     st = timer.stages
     st["sampling"] = round(st.pop("denoise") - st.get("reference_amf", 0.0) - st.get("guidance", 0.0), 4)
     return TransferResult(z, frames, [float(s) for s in sigmas], guidance.history, records, dict(timer.stages),
-                          grid)
+                          grid, cfg.as_dict(), adjustments)

@@ -114,3 +114,16 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
         raise VmtUsageError(f"--model {model!r} is neither an existing folder nor a hub id like 'org/name'")
     cls, components = check_components(folder)
     return ResolvedModel(model, folder, source, rev, fingerprint_folder(folder), cls, components)
+
+
+def transformer_layers(folder: Path) -> dict[str, int]:
+    """Block count of each transformer component of a model folder, from its config.json (`num_layers`),
+    read without loading any weights: {"transformer": 30} (two-expert Wan2.2: also "transformer_2")."""
+    out = {}
+    for name in ("transformer", "transformer_2"):
+        cfg = folder / name / "config.json"
+        if cfg.is_file():
+            n = json.loads(cfg.read_text()).get("num_layers")
+            if isinstance(n, int):
+                out[name] = n
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -83,19 +83,37 @@ class GuidanceConfig:
         need(self.block >= 0, f"--block must be >= 0, got {self.block}")
 
     def check_grid(self, grid: tuple[int, int, int], size: tuple[int, int] | None = None) -> None:
-        """Raise VmtUsageError if the window or tile does not fit the (F, h, w) token grid."""
-        f, h, w = grid
-        where = f" (output {size[1]}x{size[0]} px)" if size else ""
+        """Raise VmtUsageError if the (F, h, w) token grid has too few frames for motion. A window or tile
+        larger than the grid is not an error: `fit_grid` clamps it."""
+        f = grid[0]
         if f < 2:
             raise VmtUsageError(f"the clip has {f} latent frame{'s' * (f != 1)}; motion transfer needs >= 2 "
                                 "(at least 5 video frames)")
-        if self.amf == "windowed":
-            if self.window > min(h, w):
-                raise VmtUsageError(f"--window {self.window} is larger than the {h}x{w} token grid{where}; "
-                                    f"use --window {min(h, w)} or less, or a larger --height/--width")
-            if self.tile[0] > h or self.tile[1] > w:
-                raise VmtUsageError(f"--tile {self.tile[0]}x{self.tile[1]} is larger than the {h}x{w} token "
-                                    f"grid{where}; use a smaller --tile")
+
+    def fit_grid(self, grid: tuple[int, int, int], size: tuple[int, int] | None = None
+                 ) -> tuple[GuidanceConfig, list[str]]:
+        """The configuration that runs on the (F, h, w) token grid, and one note per clamped value.
+
+        The window side is clamped to min(h, w) and the tile to (min(th, h), min(tw, w)): the published
+        defaults (window 21, tiles 3x4) are sized for the 30x52 grid of 480x832 and must not make smaller
+        outputs fail. A window as large as the grid is the global AMF for that pair (every key of frame j).
+        """
+        self.check_grid(grid, size)
+        _, h, w = grid
+        if self.amf != "windowed":
+            return self, []
+        where = f" (output {size[1]}x{size[0]} px)" if size else ""
+        notes = []
+        window = min(self.window, h, w)
+        if window != self.window:
+            notes.append(f"--window {self.window} is larger than the {h}x{w} token grid{where}; using {window}")
+        tile = (min(self.tile[0], h), min(self.tile[1], w))
+        if tile != tuple(self.tile):
+            notes.append(f"--tile {self.tile[0]}x{self.tile[1]} is larger than the {h}x{w} token grid{where}; "
+                         f"using {tile[0]}x{tile[1]}")
+        if not notes:
+            return self, []
+        return replace(self, window=window, tile=tile), notes
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -209,7 +227,7 @@ class MotionGuidance:
     def __init__(self, backend, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref, ref_noise: torch.Tensor,
                  grid: tuple[int, int, int], timer=None):
         cfg.validate()
-        cfg.check_grid(grid)
+        cfg, self.adjustments = cfg.fit_grid(grid)  # what runs: window and tile clamped to the grid
         self.backend, self.cfg = backend, cfg
         self.z_ref, self.cond, self.cond_ref, self.ref_noise = z_ref, cond, cond_ref, ref_noise
         self.grid = grid
