@@ -21,6 +21,23 @@ CertainFractionOpt = Annotated[float, typer.Option("--certain-fraction", help="S
 PNormOpt = Annotated[float, typer.Option("--p-norm", help="Norm of the gate's change over channels "
                                          "(||dx0||_p / channels).", rich_help_panel=PANEL)]
 
+SAMPLING = "Sampling parity"
+GridOpt = Annotated[str, typer.Option("--grid", help="model: step through the model folder's own scheduler grid "
+                                      "and feed its timesteps (the releases) | euler: diffusers' FlowMatchEuler "
+                                      "grid, timesteps 1000*sigma.", rich_help_panel=SAMPLING)]
+NoiseOpt = Annotated[str, typer.Option("--noise", help="pipeline: start latent and P&P perturbations from one "
+                                       "generator on the execution device (the release's draws for a seed) | "
+                                       "portable: start noise drawn on the CPU (same on any device).",
+                                       rich_help_panel=SAMPLING)]
+ArithmeticOpt = Annotated[str, typer.Option("--arithmetic", help="float32: cast the velocity to float32 before "
+                                            "the update | release: sigma*v in the model dtype (bf16) before "
+                                            "adding to the float32 latent, as the release.",
+                                            rich_help_panel=SAMPLING)]
+CfgRuleOpt = Annotated[str, typer.Option("--cfg-rule", help="diffusers: CFG on iff --guidance-scale > 1 (the "
+                                         "release; two-expert models then use each expert's scale) | per-expert: "
+                                         "each expert applies CFG when its own scale != 1.",
+                                         rich_help_panel=SAMPLING)]
+
 
 def resolve_plan(text: str, steps: int):
     """The P&P plan for a `steps`-step schedule. The keyword "default" is clipped to the schedule; an

@@ -31,7 +31,11 @@ from cli.common import (
     step_progress,
 )
 from cli.refine_options import (
+    ArithmeticOpt,
     CertainFractionOpt,
+    CfgRuleOpt,
+    GridOpt,
+    NoiseOpt,
     PlanOpt,
     PNormOpt,
     TauOpt,
@@ -144,6 +148,10 @@ def transfer(
     tau: TauOpt = 0.25,
     certain_fraction: CertainFractionOpt = 0.999,
     p_norm: PNormOpt = 1.0,
+    grid: GridOpt = "euler",
+    noise: NoiseOpt = "pipeline",
+    arithmetic: ArithmeticOpt = "float32",
+    cfg_rule: CfgRuleOpt = "diffusers",
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
@@ -236,7 +244,7 @@ def _run(ctx: typer.Context, params: dict) -> None:
     req = TransferRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],
         steps=p["steps"], shift=p["shift"], guidance_scale=p["guidance_scale"], strength=p["strength"],
-        seed=p["seed"],
+        seed=p["seed"], grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"],
     )
 
     # P&P replaces the Euler update of its steps; the guidance (a before-step hook) still runs first.

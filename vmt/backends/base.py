@@ -34,6 +34,7 @@ class Conditioning:
     first_frame_mask: torch.Tensor | None = None
     guidance_scale: float = 5.0
     guidance_scale_2: float | None = None
+    cfg_rule: str = "diffusers"  # "diffusers": CFG on iff guidance_scale > 1 (both experts); "per-expert"
     extra: dict = field(default_factory=dict)
 
     def with_(self, **changes) -> Conditioning:

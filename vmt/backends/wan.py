@@ -18,6 +18,7 @@ from vmt.runtime import resolve_device, resolve_dtype
 
 SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
 OFFLOAD_MODES = ("none", "model", "sequential")
+CFG_RULES = ("diffusers", "per-expert")
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,18 @@ class WanBackend:
         return self.pipe._execution_device
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 5.0,
-                      guidance_scale_2: float | None = None) -> Conditioning:
+                      guidance_scale_2: float | None = None, cfg_rule: str = "diffusers") -> Conditioning:
+        """cfg_rule "diffusers": CFG is on when guidance_scale > 1 (diffusers' pipelines and the P&P release;
+        a two-expert model then applies each expert's scale, and guidance_scale <= 1 turns CFG off for both
+        experts whatever guidance_scale_2 is). "per-expert": each expert applies CFG when its own scale != 1."""
         if guidance_scale_2 is not None and self.boundary_ratio is None:
             raise VmtUsageError("--guidance-scale-2 applies only to two-expert models (Wan2.2 A14B)")
-        cfg = guidance_scale > 1.0 or (guidance_scale_2 or 0.0) > 1.0
+        if cfg_rule not in CFG_RULES:
+            raise VmtUsageError(f"--cfg-rule {cfg_rule!r}: use one of {', '.join(CFG_RULES)}")
+        if cfg_rule == "diffusers":
+            cfg = guidance_scale > 1.0
+        else:
+            cfg = guidance_scale > 1.0 or (guidance_scale_2 or 0.0) > 1.0
         with torch.no_grad():
             pos, neg = self.pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
@@ -184,7 +193,7 @@ class WanBackend:
         neg = neg.to(self.dtype) if neg is not None else None
         g2 = guidance_scale_2 if guidance_scale_2 is not None else (
             guidance_scale if self.boundary_ratio is not None else None)
-        return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2)
+        return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2, cfg_rule=cfg_rule)
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
                            width: int) -> Conditioning:
@@ -215,16 +224,18 @@ class WanBackend:
         return cond.with_(latent_condition=condition, image_embeds=image_embeds)
 
     # ------------------------------------------------------------------ the model
-    def transformer_at(self, sigma: float):
-        t = float(sigma) * self.num_train_timesteps
+    def transformer_at(self, sigma: float, timestep: torch.Tensor | float | None = None):
+        """The expert for this step: by its timestep (`timestep`, e.g. the model scheduler's integer one, or
+        num_train_timesteps * sigma) against boundary_ratio * num_train_timesteps, as diffusers decides."""
+        t = float(sigma) * self.num_train_timesteps if timestep is None else float(timestep)
         if self.pipe.transformer is None:
             return self.pipe.transformer_2
         if self.boundary_ratio is None or self.pipe.transformer_2 is None:
             return self.pipe.transformer
         return self.pipe.transformer if t >= self.boundary_ratio * self.num_train_timesteps else self.pipe.transformer_2
 
-    def _guidance_at(self, sigma: float, cond: Conditioning) -> float:
-        model = self.transformer_at(sigma)
+    def _guidance_at(self, sigma: float, cond: Conditioning, timestep=None) -> float:
+        model = self.transformer_at(sigma, timestep)
         if model is self.pipe.transformer_2 and self.pipe.transformer is not None:
             return cond.guidance_scale_2 if cond.guidance_scale_2 is not None else cond.guidance_scale
         return cond.guidance_scale
@@ -246,22 +257,31 @@ class WanBackend:
             x = z
         return x.to(self.dtype), t.expand(b)
 
-    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Guided velocity v = v_u + g (v_c - v_u) at sigma, float32, shape of z."""
+    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
+                 timestep: torch.Tensor | None = None, upcast: bool = True) -> torch.Tensor:
+        """Guided velocity v = v_u + g (v_c - v_u) at sigma, shape of z.
+
+        timestep: what the transformer is fed (0-dim; default num_train_timesteps * sigma, float).
+        upcast: return float32 (default); False keeps the transformer's dtype, so that the sampler's
+        `sigma * v` and `(s_next - s) * v` are computed in that dtype before meeting the float32 latent, as
+        the P&P release and diffusers' pipelines do in bf16.
+        """
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        t = (sigma * self.num_train_timesteps).to(z.device)
-        model = self.transformer_at(float(sigma))
-        g = self._guidance_at(float(sigma), cond)
+        t = (sigma * self.num_train_timesteps if timestep is None else torch.as_tensor(timestep)).to(z.device)
+        model = self.transformer_at(float(sigma), t)
+        g = self._guidance_at(float(sigma), cond, t)
         x, ts = self.model_input(z, t, cond)
-        use_cfg = cond.negative_embeds is not None and g != 1.0
+        # diffusers' rule: once CFG is on, every step runs both branches, even at scale 1
+        use_cfg = cond.negative_embeds is not None and (g != 1.0 or cond.cfg_rule == "diffusers")
         kw = {}
         if cond.image_embeds is not None:
             kw["encoder_hidden_states_image"] = cond.image_embeds
         self.counts.nfe += 1
         if not use_cfg:
             self.counts.dit_forward += 1
-            return model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.prompt_embeds,
-                         return_dict=False, **kw)[0].float()
+            v = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.prompt_embeds,
+                      return_dict=False, **kw)[0]
+            return v.float() if upcast else v
         self.counts.dit_forward += 2
         if self.options.batch_cfg:
             kw2 = {k: torch.cat([v, v]) for k, v in kw.items()}
@@ -274,12 +294,25 @@ class WanBackend:
                         return_dict=False, **kw)[0]
             v_u = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.negative_embeds,
                         return_dict=False, **kw)[0]
-        return (v_u + g * (v_c - v_u)).float()
+        v = v_u + g * (v_c - v_u)
+        return v.float() if upcast else v
 
     def sigmas(self, steps: int, shift: float | None = None) -> torch.Tensor:
         from vmt.sampling.sigmas import flow_sigmas
 
         return flow_sigmas(steps, self.default_shift if shift is None else shift, self.num_train_timesteps)
+
+    def schedule(self, steps: int, shift: float | None = None, grid: str = "model", strength: float = 1.0):
+        """The grid to step through (vmt.sampling.sigmas.Schedule): "model" is the folder's own scheduler
+        (sigmas and integer timesteps; `shift` overrides its flow_shift), "euler" diffusers' FlowMatchEuler
+        grid with float timesteps 1000 * sigma (strength < 1 is only for "model"; see model_schedule)."""
+        from vmt.sampling.sigmas import GRIDS, Schedule, model_schedule
+
+        if grid not in GRIDS:
+            raise VmtUsageError(f"--grid {grid!r}: use one of {', '.join(GRIDS)}")
+        if grid == "model":
+            return model_schedule(self.pipe.scheduler, steps, shift, strength)
+        return Schedule(self.sigmas(steps, shift), None, "euler")
 
     def finalize(self, z: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The latent to decode: TI2V pastes the given first-frame latent back."""

@@ -225,13 +225,14 @@ class MotionGuidance:
     name = "motion_guidance"
 
     def __init__(self, backend, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref, ref_noise: torch.Tensor,
-                 grid: tuple[int, int, int], timer=None):
+                 grid: tuple[int, int, int], timer=None, timestep_of: Callable | None = None):
         cfg.validate()
         cfg, self.adjustments = cfg.fit_grid(grid)  # what runs: window and tile clamped to the grid
         self.backend, self.cfg = backend, cfg
         self.z_ref, self.cond, self.cond_ref, self.ref_noise = z_ref, cond, cond_ref, ref_noise
         self.grid = grid
         self.timer = timer
+        self.timestep_of = timestep_of  # sigma -> the transformer's timestep (model grid); None: 1000 * sigma
         self.history: list[dict] = []
         self._clean_ref = None
         for s in (1.0, 0.0):  # every expert that can run a guided step must have the block
@@ -247,7 +248,8 @@ class MotionGuidance:
     def _qk(self, z: torch.Tensor, sigma: torch.Tensor, cond, backward: bool):
         """Capture (head-reduced) q/k of latent z at sigma; counts one DiT forward (and one backward)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        t = (sigma * self.backend.num_train_timesteps).to(z.device)
+        t = sigma * self.backend.num_train_timesteps if self.timestep_of is None else self.timestep_of(sigma)
+        t = torch.as_tensor(t).to(z.device)
         model = self.backend.transformer_at(float(sigma))
         x, ts = self.backend.model_input(z, t, cond)
         kw = {}

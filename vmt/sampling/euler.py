@@ -41,6 +41,9 @@ class Intervention(Protocol):
     def step(self, state: StepState, velocity: VelocityFn) -> torch.Tensor | None:
         """The latent at sigma_next, replacing the plain Euler update."""
 
+    # Optional: `bind_noise(generator)` receives the run's generator when the run draws all its noise from
+    # one stream (generate's noise mode "pipeline"); an intervention that draws noise continues it.
+
 
 def euler_step(z: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """One Euler step of the flow ODE: z + (sigma_next - sigma) * v."""
