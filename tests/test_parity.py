@@ -14,11 +14,11 @@ REQ = dict(prompt="a fox in the snow", negative_prompt="low quality", num_frames
            seed=3)
 
 
-def _folder_scheduler(folder, steps):
+def _folder_scheduler(folder, steps, **overrides):
     """The folder's scheduler as diffusers loads it, after set_timesteps: the release's grid."""
     from diffusers import UniPCMultistepScheduler
 
-    sch = UniPCMultistepScheduler.from_pretrained(str(folder), subfolder="scheduler")
+    sch = UniPCMultistepScheduler.from_pretrained(str(folder), subfolder="scheduler", **overrides)
     sch.set_timesteps(steps, device="cpu")
     return sch
 
@@ -154,3 +154,27 @@ def test_pipeline_noise_and_release_arithmetic_replay_the_release(tiny_t2v, dtyp
                                                      "arithmetic": "float32"}),
                        [PredictPerturb(parse_plan("1:2,2:1"), tau=0.0, certain_fraction=1.0)], decode=False).latents
         assert not torch.equal(f32, ours)
+
+
+def test_transfer_model_grid_starts_part_way_on_the_folder_grid(tiny_t2v):
+    """grid "model" for transfer: the folder scheduler's last int(steps * strength) steps (diffusers' video-to-
+    video rule); the guidance's and the loop's transformer calls get that scheduler's integer timesteps."""
+    from tests.conftest import moving_pattern
+    from vmt.motion.guidance import GuidanceConfig
+    from vmt.transfer import TransferRequest, transfer
+
+    backend = WanBackend.from_pretrained(str(tiny_t2v), WanLoadOptions(device="cpu", dtype="float32"))
+    sch = _folder_scheduler(tiny_t2v, 4, flow_shift=7.0)  # TransferRequest's shift 7 overrides the folder's 3
+    seen: list[torch.Tensor] = []
+    hook = _record_timesteps(backend.pipe.transformer, seen)
+    cfg = GuidanceConfig(block=1, span=2, tile=(2, 2), window=3, guided_steps=1, inner_steps=1)
+    try:
+        res = transfer(backend, moving_pattern(9, 64, 64), TransferRequest(
+            prompt="a cat", height=64, width=64, steps=4, strength=0.75, guidance_scale=1.0, grid="model"),
+            cfg, decode=False)
+    finally:
+        hook.remove()
+    assert res.sigmas == sch.sigmas[1:].tolist()  # 3 of 4 steps
+    # step 0: reference forward + one guided forward, then the step's own velocity; steps 1, 2: velocity
+    want = [sch.timesteps[1]] * 3 + [sch.timesteps[2], sch.timesteps[3]]
+    assert [int(t) for t in seen] == [int(t) for t in want]
