@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 class ArchBackend:
-    """The parts of WanBackend the guidance uses, over a bare transformer (no VAE or text encoder needed)."""
+    """The parts of the FlowBackend protocol the guidance uses, over a bare transformer (no VAE or text
+    encoder needed)."""
 
     def __init__(self, transformer, dtype):
         from vmt.backends.base import ComputeCounts
@@ -36,11 +38,25 @@ class ArchBackend:
         self.num_train_timesteps = 1000
         self.counts = ComputeCounts()
 
-    def transformer_at(self, sigma):
-        return self.transformer
+    def check_block(self, block):
+        from vmt.motion.capture import check_block
 
-    def model_input(self, z, t, cond):
-        return z.to(self.dtype), t.expand(z.shape[0])
+        check_block(self.transformer, block)
+
+    def capture_qk(self, z, sigma, cond, block, *, timestep=None, stop=True, backward=False):
+        from vmt.motion.capture import capture_forward
+
+        t = torch.as_tensor(sigma, dtype=torch.float32) * 1000 if timestep is None else timestep
+        q, k, _ = capture_forward(self.transformer, block, stop=stop, hidden_states=z.to(self.dtype),
+                                  timestep=t.to(z.device).expand(z.shape[0]),
+                                  encoder_hidden_states=cond.prompt_embeds)
+        self.counts.dit_forward += 1
+        self.counts.dit_backward += int(backward)
+        return q, k
+
+    @contextmanager
+    def frozen(self):
+        yield  # build() already froze the weights
 
 
 def build(dtype, device):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -433,3 +434,71 @@ def test_cli_block_beyond_model_fails_before_weights_load(tiny_t2v, tmp_path):
     assert r.exit_code == 2, r.output
     assert "--block 2 is out of range: this model has 2 blocks" in " ".join(r.output.split())
     assert not out.exists()
+
+
+class _ToyBackend:
+    """A second backend with no transformer at all: q = k = the latent's channels per token (one head). Only
+    the FlowBackend protocol's attention methods exist, so the guidance cannot lean on WanBackend."""
+
+    num_train_timesteps = 1000
+
+    def __init__(self):
+        from vmt.backends.base import ComputeCounts
+
+        self.counts = ComputeCounts()
+        self.frozen_calls = 0
+
+    def check_block(self, block):
+        if block != 0:
+            from vmt.errors import VmtUsageError
+
+            raise VmtUsageError(f"--block {block} is out of range: this model has 1 block")
+
+    def capture_qk(self, z, sigma, cond, block, *, timestep=None, stop=True, backward=False):
+        tokens = z.flatten(2).transpose(1, 2)[:, :, None, :]  # (B, S, 1, C)
+        self.counts.dit_forward += 1
+        self.counts.dit_backward += int(backward)
+        return tokens, tokens
+
+    @contextmanager
+    def frozen(self):
+        self.frozen_calls += 1
+        yield
+
+
+def test_guidance_runs_on_any_backend_through_the_protocol():
+    from vmt.errors import VmtUsageError
+    from vmt.sampling.euler import StepState
+
+    be = _ToyBackend()
+    g = torch.Generator().manual_seed(0)
+    z_ref = torch.randn(1, 8, 3, 4, 4, generator=g)
+    cfg = GuidanceConfig(block=0, span=2, tile=(2, 2), window=3, guided_steps=1, inner_steps=6, reuse_interval=1,
+                         lr=0.05, lr_end=0.05)
+    guid = MotionGuidance(be, cfg, z_ref, None, None, torch.randn(z_ref.shape, generator=g), (3, 4, 4))
+    state = StepState(0, 2, torch.tensor(0.5), torch.tensor(0.0), torch.randn(z_ref.shape, generator=g))
+    with torch.no_grad():
+        z = guid.before_step(state, None)
+    losses = state.record["guidance"]["amf_loss"]
+    assert losses[-1] < losses[0] and not torch.equal(z, state.z)
+    assert be.counts.dit_forward == 1 + 6 and be.counts.dit_backward == 6 and be.frozen_calls == 1
+    with pytest.raises(VmtUsageError, match="--block 3"):
+        MotionGuidance(be, GuidanceConfig(block=3), z_ref, None, None, z_ref, (3, 4, 4))
+
+
+def test_two_interventions_replacing_one_step_is_an_error():
+    from vmt.errors import VmtError
+    from vmt.sampling.euler import sample_euler
+
+    class Replace:
+        def __init__(self, name):
+            self.name = name
+
+        def step(self, state, velocity):
+            return state.z * 0
+
+    sigmas = torch.tensor([1.0, 0.5, 0.0])
+    v = lambda z, s: z  # noqa: E731
+    assert torch.equal(sample_euler(v, torch.ones(2), sigmas, [Replace("a")]), torch.zeros(2))
+    with pytest.raises(VmtError, match="'a' and 'b' both replace the update of step 0"):
+        sample_euler(v, torch.ones(2), sigmas, [Replace("a"), Replace("b")])

@@ -106,7 +106,7 @@ def generate(
     with timer.stage("encode_prompt"):
         cond = backend.encode_prompt(req.prompt, req.negative_prompt, req.guidance_scale, req.guidance_scale_2,
                                      cfg_rule=req.cfg_rule)
-    if req.image is not None or getattr(backend, "is_i2v", False):
+    if req.image is not None or backend.is_i2v:
         if req.image is None:
             from vmt.errors import VmtUsageError
 
@@ -114,7 +114,7 @@ def generate(
         with timer.stage("encode_image"):
             cond = backend.condition_on_image(cond, req.image, req.num_frames, req.height, req.width)
     schedule = backend.schedule(req.steps, req.shift, req.grid)
-    device = backend.execution_device if hasattr(backend, "execution_device") else backend.device
+    device = backend.execution_device
     shape = backend.latent_shape(req.num_frames, req.height, req.width)
     z, gen = start_noise(shape, req.seed, device, req.noise)
     if gen is not None:
@@ -163,7 +163,7 @@ def run_loop(
     if not isinstance(schedule, Schedule):
         schedule = Schedule(schedule, None, "euler")
     sigmas = schedule.sigmas.to(z.device)
-    timestep_at = schedule.timestep_lookup(getattr(backend, "num_train_timesteps", 1000))
+    timestep_at = schedule.timestep_lookup(backend.num_train_timesteps)
     upcast = arithmetic != "release"
     records: list[dict] = []
 
@@ -179,7 +179,7 @@ def run_loop(
 
     with timer.stage("denoise"):
         z = sample_euler(velocity, z, sigmas, interventions, callback)
-        z = backend.finalize(z, cond) if hasattr(backend, "finalize") else z
+        z = backend.finalize(z, cond)
     frames = None
     if decode:
         with timer.stage("decode"):

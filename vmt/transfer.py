@@ -185,7 +185,7 @@ def transfer(
     s0 = float(sigmas[0])
     z = (1 - s0) * z_ref + s0 * eps  # SDEdit start from the noised reference
 
-    timestep_at = schedule.timestep_lookup(getattr(backend, "num_train_timesteps", 1000))
+    timestep_at = schedule.timestep_lookup(backend.num_train_timesteps)
     guidance = MotionGuidance(backend, cfg, z_ref, cond, cond_ref, eps_ref, grid, timer=timer,
                               timestep_of=timestep_at if schedule.timesteps is not None else None)
     z, frames, records = run_loop(backend, z, schedule, cond, [guidance, *interventions], on_step,

@@ -6,6 +6,7 @@ transformer(s), VAE) and its prompt/image encoding, but runs its own sampling lo
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,6 +314,59 @@ class WanBackend:
         if grid == "model":
             return model_schedule(self.pipe.scheduler, steps, shift, strength)
         return Schedule(self.sigmas(steps, shift), None, "euler")
+
+    # ------------------------------------------------------------------ attention access (interventions)
+    def num_blocks(self) -> int:
+        """Transformer blocks of the smallest expert (every expert can run a guided step)."""
+        from vmt.motion.capture import num_blocks
+
+        return min(num_blocks(m) for m in self._transformers())
+
+    def check_block(self, block: int) -> None:
+        """Raise VmtUsageError unless `block` is a block of every expert."""
+        from vmt.motion.capture import check_block
+
+        for m in self._transformers():
+            check_block(m, block)
+
+    def _transformers(self) -> list:
+        return [m for m in (self.pipe.transformer, self.pipe.transformer_2) if m is not None]
+
+    def capture_qk(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, block: int, *,
+                   timestep: torch.Tensor | None = None, stop: bool = True, backward: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, S, H, D) of self-attention `block` (after norm and RoPE) of the expert at sigma, for latent
+        z with cond's positive branch only (no CFG). stop: end the forward after that block (later blocks
+        cannot change its q/k). Differentiable with respect to z when grad is enabled. Counts one DiT forward,
+        and one backward when `backward` (the caller then backpropagates through q/k)."""
+        from vmt.motion.capture import capture_forward
+
+        sigma = torch.as_tensor(sigma, dtype=torch.float32)
+        t = (sigma * self.num_train_timesteps if timestep is None else torch.as_tensor(timestep)).to(z.device)
+        model = self.transformer_at(float(sigma), t)
+        x, ts = self.model_input(z, t, cond)
+        kw = {}
+        if cond.image_embeds is not None:
+            kw["encoder_hidden_states_image"] = cond.image_embeds
+        q, k, _ = capture_forward(model, block, stop=stop, hidden_states=x, timestep=ts,
+                                  encoder_hidden_states=cond.prompt_embeds, **kw)
+        self.counts.dit_forward += 1
+        if backward:
+            self.counts.dit_backward += 1
+        return q, k
+
+    @contextmanager
+    def frozen(self):
+        """No weight gradients while an intervention differentiates through the model (only latents are
+        optimised); the flags are restored afterwards, also on errors."""
+        flags = [(p, p.requires_grad) for m in self._transformers() for p in m.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, f in flags:
+                p.requires_grad_(f)
 
     def finalize(self, z: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The latent to decode: TI2V pastes the given first-frame latent back."""

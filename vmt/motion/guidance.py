@@ -16,14 +16,13 @@ Guided forwards stop after the capture block (`truncate`): later blocks cannot c
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from vmt.errors import VmtUsageError
 from vmt.motion.amf import all_pairs, global_amf, window_pairs, windowed_amf
-from vmt.motion.capture import HEAD_MODES, capture_forward, check_block, reduce_heads
+from vmt.motion.capture import HEAD_MODES, reduce_heads
 from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
 
 AMF_MODES = ("windowed", "global")
@@ -189,19 +188,6 @@ def optimise_latent(
     return OptimResult(z.detach(), losses, evaluated, extra, used)
 
 
-@contextmanager
-def frozen(module: torch.nn.Module):
-    """Turn off requires_grad on a module's parameters (only the latent is optimised); restore afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
 def compute_amf(qk_q: torch.Tensor, qk_k: torch.Tensor, scale: float, cfg: GuidanceConfig, hard: bool = False):
     """AMF of one latent's (F, h, w, D) q/k under cfg: (flow (P, S, 2), pairs, window_keys or None, at_border)."""
     if cfg.amf == "windowed" and not hard:
@@ -214,7 +200,7 @@ def compute_amf(qk_q: torch.Tensor, qk_k: torch.Tensor, scale: float, cfg: Guida
 
 
 class MotionGuidance:
-    """The intervention. `backend` is a WanBackend-like object (transformer_at, model_input, counts).
+    """The intervention, on any FlowBackend (it uses the protocol's `capture_qk`, `check_block`, `frozen`).
 
     z_ref: (1, C, F, h, w) normalised reference latent. cond: the prompt's conditioning (the guided forward
     uses its positive branch only). cond_ref: the empty prompt's. ref_noise: eps' for the re-noised reference
@@ -235,8 +221,7 @@ class MotionGuidance:
         self.timestep_of = timestep_of  # sigma -> the transformer's timestep (model grid); None: 1000 * sigma
         self.history: list[dict] = []
         self._clean_ref = None
-        for s in (1.0, 0.0):  # every expert that can run a guided step must have the block
-            check_block(backend.transformer_at(s), cfg.block)
+        backend.check_block(cfg.block)  # every expert that can run a guided step must have the block
 
     def _stage(self, name: str):
         if self.timer is None:
@@ -246,20 +231,10 @@ class MotionGuidance:
         return self.timer.stage(name)
 
     def _qk(self, z: torch.Tensor, sigma: torch.Tensor, cond, backward: bool):
-        """Capture (head-reduced) q/k of latent z at sigma; counts one DiT forward (and one backward)."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        t = sigma * self.backend.num_train_timesteps if self.timestep_of is None else self.timestep_of(sigma)
-        t = torch.as_tensor(t).to(z.device)
-        model = self.backend.transformer_at(float(sigma))
-        x, ts = self.backend.model_input(z, t, cond)
-        kw = {}
-        if cond.image_embeds is not None:
-            kw["encoder_hidden_states_image"] = cond.image_embeds
-        q, k, _ = capture_forward(model, self.cfg.block, stop=self.cfg.truncate, hidden_states=x, timestep=ts,
-                                  encoder_hidden_states=cond.prompt_embeds, **kw)
-        self.backend.counts.dit_forward += 1
-        if backward:
-            self.backend.counts.dit_backward += 1
+        """Capture (head-reduced) q/k of latent z at sigma through the backend (it counts its passes)."""
+        t = None if self.timestep_of is None else self.timestep_of(sigma)
+        q, k = self.backend.capture_qk(z, sigma, cond, self.cfg.block, timestep=t, stop=self.cfg.truncate,
+                                       backward=backward)
         r = reduce_heads(q, k, self.grid, self.cfg.head_mode, self.cfg.temperature)
         return r.q[0], r.k[0], r.scale
 
@@ -304,9 +279,8 @@ class MotionGuidance:
             return None
         with self._stage("reference_amf"):
             ref = self.reference_amf(state.sigma)
-        model = self.backend.transformer_at(float(state.sigma))
         lr, lr_end = step_lrs(cfg, state.index)
-        with self._stage("guidance"), frozen(model):
+        with self._stage("guidance"), self.backend.frozen():
             res = optimise_latent(
                 state.z, lambda z: self.loss(z, state.sigma, ref), inner_steps=cfg.inner_steps, lr=lr,
                 lr_end=lr_end, reuse_interval=cfg.reuse_interval, optimizer=cfg.optimizer,

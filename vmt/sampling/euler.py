@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from vmt.errors import VmtError
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(z (B, C, F, h, w), sigma 0-dim) -> guided velocity, shape of z. Each call is one NFE."""
 
@@ -71,12 +73,16 @@ def sample_euler(
                 new = hook(state, velocity) if hook else None
                 if new is not None:
                     state.z = new.detach()
-            z_next = None
+            z_next, by = None, None
             for iv in interventions:
                 hook = getattr(iv, "step", None)
-                z_next = hook(state, velocity) if hook else None
-                if z_next is not None:
-                    break
+                new = hook(state, velocity) if hook else None
+                if new is None:
+                    continue
+                if by is not None:  # two updates of one step cannot both be taken; neither is silently dropped
+                    raise VmtError(f"interventions {by!r} and {getattr(iv, 'name', type(iv).__name__)!r} both "
+                                   f"replace the update of step {i}; give each step to one of them")
+                z_next, by = new, getattr(iv, "name", type(iv).__name__)
             if z_next is None:
                 z_next = euler_step(state.z, velocity(state.z, state.sigma), state.sigma, state.sigma_next)
             if callback is not None:
