@@ -51,11 +51,16 @@ def resolve_plan(text: str, steps: int):
 
 
 def check_refine_params(p: dict[str, Any], steps: int):
-    """Validate --plan/--tau/--certain-fraction/--p-norm in the resolved params `p`; returns the plan."""
+    """Validate --plan/--tau/--certain-fraction/--p-norm (and the sampling modes --grid/--noise/--arithmetic/
+    --cfg-rule) in the resolved params `p`; returns the plan."""
     from vmt.sampling.pnp import check_gate
 
     plan = resolve_plan(p["plan"], steps)
     check_gate(p["tau"], p["certain_fraction"], p["p_norm"])
+    if "grid" in p:  # before any model loads
+        from vmt.generate import check_modes
+
+        check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
     return plan
 
 

@@ -178,3 +178,27 @@ def test_transfer_model_grid_starts_part_way_on_the_folder_grid(tiny_t2v):
     # step 0: reference forward + one guided forward, then the step's own velocity; steps 1, 2: velocity
     want = [sch.timesteps[1]] * 3 + [sch.timesteps[2], sch.timesteps[3]]
     assert [int(t) for t in seen] == [int(t) for t in want]
+
+
+def test_cli_refine_parity_options_reach_out_json_and_bad_values_fail_early(tiny_t2v, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "a.mp4"
+    args = ["refine", "--model", str(tiny_t2v), "--prompt", "a ball", "--num-frames", "9", "--height", "32",
+            "--width", "32", "--steps", "3", "--plan", "1:1", "--quiet", "--device", "cpu"]
+    r = CliRunner().invoke(app, [*args, "--grid", "euler", "--noise", "portable", "--arithmetic", "release",
+                                 "--cfg-rule", "per-expert", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert (doc["params"]["grid"], doc["params"]["noise"], doc["params"]["arithmetic"],
+            doc["params"]["cfg_rule"]) == ("euler", "portable", "release", "per-expert")
+    from vmt.sampling.sigmas import flow_sigmas
+
+    assert doc["sigmas"] == flow_sigmas(3, 3.0).tolist()  # the folder's flow_shift 3 on the Euler grid
+    bad = tmp_path / "b.mp4"
+    r = CliRunner().invoke(app, [*args, "--grid", "unipc", "-o", str(bad), "--model", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "--grid 'unipc': use one of model, euler" in " ".join(r.output.split())
