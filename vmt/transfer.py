@@ -10,9 +10,9 @@ intervention (plus any other interventions, e.g. Predict-and-Perturb) -> decode.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-import sys
 from pathlib import Path
 
 import numpy as np
