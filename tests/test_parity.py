@@ -202,3 +202,54 @@ def test_cli_refine_parity_options_reach_out_json_and_bad_values_fail_early(tiny
     bad = tmp_path / "b.mp4"
     r = CliRunner().invoke(app, [*args, "--grid", "unipc", "-o", str(bad), "--model", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "--grid 'unipc': use one of model, euler" in " ".join(r.output.split())
+
+
+def test_i2v_pipeline_noise_replays_the_i2v_release(tiny_i2v):
+    """I2V (the release's I2V script: seed 42, tau 0): the start latent comes from diffusers' own
+    prepare_latents with the generator (the image is encoded without drawing), the perturbations continue
+    the same generator, the condition is concatenated at every evaluation."""
+    import numpy as np
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from vmt.sampling.pnp import PredictPerturb, parse_plan
+
+    torch.set_num_threads(1)
+    img = (np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)
+    backend = WanBackend.from_pretrained(str(tiny_i2v), WanLoadOptions(device="cpu", dtype="float32",
+                                                                       batch_cfg=False))
+    plan = {1: 2, 2: 1}
+    req = dict(REQ, seed=42, image=img, guidance_scale=3.5, grid="model", noise="pipeline", arithmetic="release")
+    ours = generate(backend, GenerationRequest(**req), [PredictPerturb(parse_plan("1:2,2:1"), tau=0.0,
+                                                                       certain_fraction=1.0)], decode=False).latents
+    pipe = backend.pipe
+    sch = _folder_scheduler(tiny_i2v, REQ["steps"])
+    gen = torch.Generator("cpu").manual_seed(42)
+    x = torch.from_numpy(img).float().div(127.5).sub(1).permute(2, 0, 1)[None]  # the pixels vmt encodes
+    with torch.no_grad():
+        pos, neg = pipe.encode_prompt(prompt=REQ["prompt"], negative_prompt=REQ["negative_prompt"],
+                                      do_classifier_free_guidance=True, max_sequence_length=512, device="cpu")
+        z, cond = pipe.prepare_latents(x, 1, backend.latent_channels, 32, 32, 9, torch.float32,
+                                       torch.device("cpu"), gen, None)
+
+        def v_of(lat, t):
+            inp = torch.cat([lat, cond], dim=1)
+            c = pipe.transformer(hidden_states=inp, timestep=t.expand(1), encoder_hidden_states=pos,
+                                 return_dict=False)[0]
+            u = pipe.transformer(hidden_states=inp, timestep=t.expand(1), encoder_hidden_states=neg,
+                                 return_dict=False)[0]
+            return u + 3.5 * (c - u)
+
+        for i, t in enumerate(sch.timesteps):
+            s, s_next = sch.sigmas[i], sch.sigmas[i + 1]
+            v = v_of(z, t)
+            x0, zn = z - s * v, z + (s_next - s) * v
+            for _ in range(plan.get(i, 0)):
+                eps = randn_tensor(z.shape, generator=gen, device=torch.device("cpu"), dtype=torch.float32)
+                zt = (1.0 - s) * x0 + s * eps
+                v = v_of(zt, t)
+                x0, zn = zt - s * v, zt + (s_next - s) * v
+            z = zn
+    torch.testing.assert_close(ours, z, rtol=0, atol=0)
+    portable = generate(backend, GenerationRequest(**{**req, "noise": "portable"}),
+                        [PredictPerturb(parse_plan("1:2,2:1"), tau=0.0, certain_fraction=1.0)], decode=False).latents
+    assert (portable - z).abs().max() > 1e-2
