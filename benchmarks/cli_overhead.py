@@ -51,7 +51,7 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
         req = GenerationRequest(prompt="a fox", negative_prompt="blur", steps=STEPS, guidance_scale=5.0,
-                                shift=3.0, seed=0, **SIZE)
+                                shift=3.0, seed=0, grid="euler", **SIZE)  # diffusers runs FlowMatchEuler
 
         def run_vmt():
             generate(backend, req)

@@ -61,9 +61,9 @@ def main() -> None:
     model_velocity = backend.velocity
     in_model = [0.0]
 
-    def timed_velocity(z, sigma, cond):
+    def timed_velocity(z, sigma, cond, **kw):
         t0 = time.perf_counter()
-        out = model_velocity(z, sigma, cond)
+        out = model_velocity(z, sigma, cond, **kw)
         in_model[0] += time.perf_counter() - t0
         return out
 

@@ -13,8 +13,8 @@ from cli.common import (
     step_progress,
 )
 from cli.refine_options import (
-    PNP_RANGES, CertainFractionOpt, PlanOpt, PNormOpt, TauOpt, check_refine_params, make_pnp, pnp_progress,
-    refine_summary,
+    PNP_RANGES, ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
+    check_refine_params, make_pnp, pnp_progress, refine_summary,
 )
 from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, run_command, video_output
 
@@ -66,6 +66,10 @@ def refine(
     tau: TauOpt = 0.25,
     certain_fraction: CertainFractionOpt = 0.999,
     p_norm: PNormOpt = 1.0,
+    grid: GridOpt = "model",
+    noise: NoiseOpt = "pipeline",
+    arithmetic: ArithmeticOpt = "float32",
+    cfg_rule: CfgRuleOpt = "diffusers",
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
@@ -118,7 +122,8 @@ def _run(p: dict) -> None:
     req = GenerationRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], image=image, num_frames=p["num_frames"],
         height=p["height"], width=p["width"], steps=p["steps"], guidance_scale=p["guidance_scale"],
-        guidance_scale_2=p["guidance_scale_2"], shift=p["shift"], seed=p["seed"],
+        guidance_scale_2=p["guidance_scale_2"], shift=p["shift"], seed=p["seed"], grid=p["grid"],
+        noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"],
     )
     pnp = make_pnp(pnp_plan, p, sync_cuda=timer.sync_cuda)
 

@@ -27,6 +27,23 @@ CertainFractionOpt = Annotated[float, typer.Option("--certain-fraction", help="S
 PNormOpt = Annotated[float, typer.Option("--p-norm", help="Norm of the gate's change over channels "
                                          "(||dx0||_p / channels).", rich_help_panel=PANEL)]
 
+SAMPLING = "Sampling parity"
+GridOpt = Annotated[str, typer.Option("--grid", help="model: step through the model folder's own scheduler grid "
+                                      "and feed its timesteps (the releases) | euler: diffusers' FlowMatchEuler "
+                                      "grid, timesteps 1000*sigma.", rich_help_panel=SAMPLING)]
+NoiseOpt = Annotated[str, typer.Option("--noise", help="pipeline: start latent and P&P perturbations from one "
+                                       "generator on the execution device (the release's draws for a seed) | "
+                                       "portable: start noise drawn on the CPU (same on any device).",
+                                       rich_help_panel=SAMPLING)]
+ArithmeticOpt = Annotated[str, typer.Option("--arithmetic", help="float32: cast the velocity to float32 before "
+                                            "the update | release: sigma*v in the model dtype (bf16) before "
+                                            "adding to the float32 latent, as the release.",
+                                            rich_help_panel=SAMPLING)]
+CfgRuleOpt = Annotated[str, typer.Option("--cfg-rule", help="diffusers: CFG on iff --guidance-scale > 1 (the "
+                                         "release; two-expert models then use each expert's scale) | per-expert: "
+                                         "each expert applies CFG when its own scale != 1.",
+                                         rich_help_panel=SAMPLING)]
+
 
 def resolve_plan(text: str, steps: int):
     """The P&P plan for a `steps`-step schedule. The keyword "default" is clipped to the schedule; an
@@ -40,11 +57,16 @@ def resolve_plan(text: str, steps: int):
 
 
 def check_refine_params(p: dict[str, Any], steps: int):
-    """Validate --plan/--tau/--certain-fraction/--p-norm in the resolved params `p`; returns the plan."""
+    """Validate --plan/--tau/--certain-fraction/--p-norm (and the sampling modes --grid/--noise/--arithmetic/
+    --cfg-rule) in the resolved params `p`; returns the plan."""
     from vmt.sampling.pnp import check_gate
 
     plan = resolve_plan(p["plan"], steps)
     check_gate(p["tau"], p["certain_fraction"], p["p_norm"])
+    if "grid" in p:  # before any model loads
+        from vmt.generate import check_modes
+
+        check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
     return plan
 
 

@@ -30,7 +30,11 @@ from cli.common import (
 )
 from cli.refine_options import (
     PNP_RANGES,
+    ArithmeticOpt,
     CertainFractionOpt,
+    CfgRuleOpt,
+    GridOpt,
+    NoiseOpt,
     PlanOpt,
     PNormOpt,
     TauOpt,
@@ -117,6 +121,9 @@ def transfer(
                                       rich_help_panel=_G)] = 3e-3,
     lr_end: Annotated[float, typer.Option("--lr-end", help="Learning rate at the last inner step (linear).",
                                           rich_help_panel=_G)] = 2.1e-3,
+    lr_decay: Annotated[str, typer.Option("--lr-decay", help="inner: lr -> lr-end across each step's inner "
+                                          "steps (FastVMT) | outer: constant within a step, decaying across "
+                                          "the guided steps (DiTFlow).", rich_help_panel=_G)] = "inner",
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (weight decay 0.01) | adam.",
                                            rich_help_panel=_G)] = "adamw",
     loss: Annotated[str, typer.Option("--loss", help="fastvmt: distance-weighted AMF loss + window loss | "
@@ -141,6 +148,10 @@ def transfer(
     tau: TauOpt = 0.25,
     certain_fraction: CertainFractionOpt = 0.999,
     p_norm: PNormOpt = 1.0,
+    grid: GridOpt = "euler",
+    noise: NoiseOpt = "pipeline",
+    arithmetic: ArithmeticOpt = "float32",
+    cfg_rule: CfgRuleOpt = "diffusers",
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
@@ -193,7 +204,7 @@ def _run(p: dict) -> None:
         amf=p["amf"], block=p["block"], span=p["span"], tile=parse_tile(p["tile"]), window=p["window"],
         temperature=p["temperature"], head_mode=p["head_mode"], guided_steps=p["guided_steps"],
         inner_steps=p["inner_steps"], reuse_interval=p["reuse_interval"], lr=p["lr"], lr_end=p["lr_end"],
-        optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
+        lr_decay=p["lr_decay"], optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
         ref_amf=p["ref_amf"], ref_argmax=p["ref_argmax"], truncate=p["truncate"],
     )
     cfg.validate()
@@ -227,7 +238,7 @@ def _run(p: dict) -> None:
     req = TransferRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],
         steps=p["steps"], shift=p["shift"], guidance_scale=p["guidance_scale"], strength=p["strength"],
-        seed=p["seed"],
+        seed=p["seed"], grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"],
     )
 
     # P&P replaces the Euler update of its steps; the guidance (a before-step hook) still runs first.
@@ -258,7 +269,7 @@ def _run(p: dict) -> None:
                           "width": p["width"]},
                 "reference": {"path": str(ref_path), "frames_used": len(frames), "fps": ref_fps},
                 "token_grid": list(result.grid),
-                "guidance": {"config": cfg.as_dict(), "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
+                "guidance": {"config": result.config, "adjusted": result.adjustments, "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
                              "steps": result.guidance},
                 # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
                 "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))

@@ -99,7 +99,7 @@ def test_motion_difference_larger_than_window_inside_a_tile_is_flagged():
     gets them right), and at_border flags most of them while no correctly measured query is flagged."""
     f, h, w, d = 3, 12, 40, 128
     xs = torch.arange(w)[None].expand(h, w)
-    labels = (xs >= 10).long()  # the tile of columns 8..11 straddles the boundary, its centre (col 9) is left
+    labels = (xs >= 10).long()  # the tile of columns 8..11 straddles the boundary, its centre (col 10) moves
     vel = torch.tensor([[0.0, 0.0], [0.0, 9.0]])
     q, k = moving_fields_qk(f, h, w, d, vel, labels, sharpness=14.0, seed=2)
     res = windowed_amf(q, k, span=2, tile=(3, 4), window=7)
@@ -107,7 +107,7 @@ def test_motion_difference_larger_than_window_inside_a_tile_is_flagged():
     truth = true_flow(res.pairs, vel, labels)
     ok = valid_mask(res.pairs, vel, labels, margin=1.0) & (res.pairs[:, 0] != res.pairs[:, 1])[:, None]
     straddle = torch.zeros(h, w, dtype=torch.bool)
-    straddle[:, 10:12] = True
+    straddle[:, 8:10] = True  # the still queries of that tile
     lost = ok & straddle.flatten()[None]
     rest = ok & ~straddle.flatten()[None]
     assert lost.sum() >= 10 and rest.sum() > 100
@@ -131,8 +131,8 @@ def test_window_always_inside_grid_without_duplicates(h, w, l):
     assert ys.min() >= 0 and ys.max() < h and xs.min() >= 0 and xs.max() < w
     keys = (ys[:, :, None] * w + xs[:, None, :]).reshape(len(centre), -1).sort(-1).values  # flat key indices
     assert keys.shape[1] == l * l and bool((keys[:, 1:] > keys[:, :-1]).all())  # l^2 distinct keys
-    # the window covers the (rounded, grid-clamped) centre: as centred as the grid allows
-    r = torch.round(centre).long()
+    # the window covers the (truncated, grid-clamped) centre: as centred as the grid allows
+    r = torch.trunc(centre).long()
     ry, rx = r[:, 0].clamp(0, h - 1), r[:, 1].clamp(0, w - 1)
     assert bool(((ys[:, 0] <= ry) & (ry <= ys[:, -1]) & (xs[:, 0] <= rx) & (rx <= xs[:, -1])).all())
     # and exactly centred wherever the grid leaves room
@@ -153,9 +153,22 @@ def test_window_offsets_in_amf_are_inside_grid_at_corners():
     assert res.flow.shape == (len(res.pairs), h * w, 2)
 
 
-def test_tile_centres_cover_partial_tiles():
+def test_tile_centres_as_release_and_partial_tiles():
+    # Release rule: rows th // 2, th + th // 2, ...; columns tw // 2, ... (3x4 tiles: rows 1, 4; columns 2, 6).
+    # The partial last row of tiles (row 6 only) and column of tiles (columns 8, 9) use their own size: 6, 9.
     c = tile_centres(7, 10, (3, 4))
-    assert c.tolist() == [[1, 1], [1, 5], [1, 8], [4, 1], [4, 5], [4, 8], [6, 1], [6, 5], [6, 8]]
+    assert c.tolist() == [[1, 2], [1, 6], [1, 9], [4, 2], [4, 6], [4, 9], [6, 2], [6, 6], [6, 9]]
+    # Even tile sizes take the lower/right middle token (the release's tw // 2), odd ones the middle.
+    assert tile_centres(4, 4, (2, 2)).tolist() == [[1, 1], [1, 3], [3, 1], [3, 3]]
+    assert tile_centres(30, 52, (3, 4))[:2].tolist() == [[1, 2], [1, 6]]
+
+
+def test_window_centre_truncated_as_release():
+    # Soft-argmax centres (y, x) -> window start = trunc(centre) - l // 2, then clamped into the grid.
+    centre = torch.tensor([[2.7, 5.5], [4.5, 6.99], [0.4, 9.6], [8.9, 1.0]])
+    start = window_start_from_centre(centre, 3, 10, 10)
+    # by hand: trunc -> (2, 5), (4, 6), (0, 9), (8, 1); minus 1; clamp to [0, 7]
+    assert start.tolist() == [[1, 4], [3, 5], [0, 7], [7, 0]]
 
 
 def test_windowed_rejects_window_larger_than_grid():
@@ -201,7 +214,8 @@ def test_losses_hand_computed():
     ref = torch.zeros(3, 2, 2)
     gen = torch.zeros(3, 2, 2)
     gen[2, 1, 0] = 2.0  # one entry off by 2 on the d = 3 pair
-    assert abs(float(weighted_amf_loss(ref, gen, w)) - 0.8 * 4 / 12) < 1e-6
+    # squared norm over a pair's S x 2 entries, weighted, mean over the 3 pairs
+    assert abs(float(weighted_amf_loss(ref, gen, w)) - 0.8 * 4 / 3) < 1e-6
     ref2 = torch.zeros(1, 3, 2)
     ref2[0, 0] = torch.tensor([0.0, 1.0])  # only token 0 moves (along x only)
     gen2 = torch.full((1, 3, 2), 5.0)
@@ -210,7 +224,59 @@ def test_losses_hand_computed():
     wk = torch.zeros(4, 1, 2)
     wk[2] = torch.tensor([[1.0, 3.0]])  # pairs (0,0) (0,1) (0,2) (1,2): frame 0 has j = 1, 2
     wp = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 2]])
-    assert abs(float(window_consistency_loss(wk, wp)) - (1 + 9) / 2) < 1e-6
+    # frame 0: one consecutive change (j = 1 -> 2) of one tile, L2 norm over the 2 slots: sqrt(1 + 9);
+    # frame 1 has a single j and no term
+    assert abs(float(window_consistency_loss(wk, wp)) - 10 ** 0.5) < 1e-6
+
+
+def _weighted_amf_reference(ref, gen, w) -> float:
+    """The spec's formula in float64 loops: (1 / P) sum_p w_p sum_{s, c} (ref - gen)^2."""
+    total = 0.0
+    for p in range(ref.shape[0]):
+        sq = sum((float(ref[p, s, c]) - float(gen[p, s, c])) ** 2 for s in range(ref.shape[1]) for c in range(2))
+        total += float(w[p]) * sq
+    return total / ref.shape[0]
+
+
+def _window_reference(wk, pairs) -> float:
+    """The release's formula in float64 loops: per frame i with >= 2 windows j > i (sorted by j), the mean over
+    (consecutive j, tile) of sqrt(sum over slots of the squared change); then the mean over those frames."""
+    terms = []
+    for i in sorted({int(a) for a in pairs[:, 0]}):
+        js = sorted((int(b), n) for n, (a, b) in enumerate(pairs.tolist()) if a == i and b > i)
+        if len(js) < 2:
+            continue
+        norms = []
+        for (_, n0), (_, n1) in zip(js[:-1], js[1:]):
+            for t in range(wk.shape[1]):
+                norms.append(sum((float(wk[n1, t, m]) - float(wk[n0, t, m])) ** 2 for m in range(wk.shape[2])) ** 0.5)
+        terms.append(sum(norms) / len(norms))
+    return sum(terms) / len(terms)
+
+
+def test_fastvmt_losses_match_float64_references_and_gradients():
+    torch.manual_seed(3)
+    pairs = window_pairs(6, 4)
+    p, s = len(pairs), 10
+    ref, gen = torch.randn(p, s, 2), torch.randn(p, s, 2, requires_grad=True)
+    w = distance_weights(pairs, 4)
+    loss = weighted_amf_loss(ref, gen, w)
+    assert abs(float(loss.detach()) - _weighted_amf_reference(ref, gen.detach(), w)) < 1e-4 * float(loss.detach())
+    loss.backward()
+    # d/d gen of (1/P) w_p ||ref - gen||^2 = -2 w_p (ref - gen) / P, by hand
+    want = -2.0 * w.double()[:, None, None] * (ref.double() - gen.detach().double()) / p
+    torch.testing.assert_close(gen.grad.double(), want, rtol=1e-5, atol=1e-7)
+    wk = torch.randn(p, 3, 9, requires_grad=True)
+    lw = window_consistency_loss(wk, pairs)
+    assert abs(float(lw.detach()) - _window_reference(wk.detach(), pairs)) < 1e-5 * float(lw.detach())
+    # gradient against central differences of the float64 reference, on a few entries
+    lw.backward()
+    base = wk.detach().double()
+    for idx in [(1, 0, 0), (2, 2, 5), (7, 1, 8)]:
+        e = torch.zeros_like(base)
+        e[idx] = 1e-4
+        fd = (_window_reference(base + e, pairs) - _window_reference(base - e, pairs)) / 2e-4
+        assert abs(float(wk.grad[idx]) - fd) < 1e-3
 
 
 @pytest.mark.parametrize("h,w", [(4, 5), (5, 4)])

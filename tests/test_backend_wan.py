@@ -15,8 +15,9 @@ from vmt.errors import VmtError, VmtUsageError
 from vmt.generate import GenerationRequest, generate
 from vmt.sampling.sigmas import flow_sigmas
 
+# grid "euler": these compare with WanPipeline driven by FlowMatchEuler (the folder ships UniPC)
 REQ = dict(prompt="a fox in the snow", negative_prompt="blurry", num_frames=9, height=32, width=32, steps=4,
-           guidance_scale=4.0, shift=5.0, seed=7)
+           guidance_scale=4.0, shift=5.0, seed=7, grid="euler")
 
 
 def _diffusers_latents(folder, **overrides):
@@ -61,6 +62,20 @@ def test_two_expert_latents_equal_diffusers_and_use_both_experts(tiny_t2v_2exper
     # A different low-noise guidance scale must change the result (the second scale is really used).
     other = generate(backend, GenerationRequest(**REQ, guidance_scale_2=6.0), decode=False).latents
     assert (other - ours).abs().max() > 1e-3
+
+
+def test_two_expert_cfg_off_below_one_as_diffusers(tiny_t2v_2expert):
+    """guidance_scale <= 1 turns CFG off for both experts (diffusers and the P&P release), whatever
+    guidance_scale_2 is; the per-expert rule applies the low-noise expert's CFG instead."""
+    backend = WanBackend.from_pretrained(str(tiny_t2v_2expert))
+    req = {**REQ, "guidance_scale": 1.0}
+    ours = generate(backend, GenerationRequest(**req, guidance_scale_2=3.0), decode=False).latents
+    assert backend.counts.dit_forward == REQ["steps"]  # one pass per step: no CFG anywhere
+    ref = _diffusers_latents(tiny_t2v_2expert, guidance_scale=1.0, guidance_scale_2=3.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    per = generate(backend, GenerationRequest(**req, guidance_scale_2=3.0, cfg_rule="per-expert"),
+                   decode=False).latents
+    assert (per - ours).abs().max() > 1e-3
 
 
 def test_sigma_grid_is_diffusers_flow_match_euler():
@@ -197,7 +212,7 @@ def test_geometry_from_config_checks_rotary_length_before_weights(tiny_t2v):
     geo.check_size(4 * (n - 1) + 1, 16, 16)  # exactly n latent frames: fits
     with pytest.raises(VmtUsageError, match=f"covers {n} .*at most {4 * (n - 1) + 1}"):
         geo.check_size(4 * n + 1, 16, 16)
-    with pytest.raises(VmtUsageError, match="--block 99 is outside"):
+    with pytest.raises(VmtUsageError, match="--block 99 is out of range"):
         geo.check_block(99)
 
 

@@ -162,7 +162,7 @@ def test_block_beyond_the_model_is_an_error_before_weights_load(tiny_t2v, world)
     n_blocks = json.loads((tiny_t2v / "transformer" / "config.json").read_text())["num_layers"]
     res = invoke("transfer", world / "ref.mp4", "-p", "x", "-o", world / "o.mp4", "--model", tiny_t2v,
                  "--block", n_blocks, "--window", "1", "--tile", "1x1", *SMALL[:6])
-    assert_usage_error(res, f"--block {n_blocks} is outside this model's {n_blocks} transformer blocks")
+    assert_usage_error(res, f"--block {n_blocks} is out of range: this model has {n_blocks} blocks")
 
 
 def test_rotary_limit_of_the_loaded_model_comes_from_its_config(tiny_t2v, world):

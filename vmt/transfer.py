@@ -10,6 +10,7 @@ intervention (plus any other interventions, e.g. Predict-and-Perturb) -> decode.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from vmt.motion.guidance import GuidanceConfig, MotionGuidance
 from vmt.runtime import Timer, make_generator
 from vmt.generate import run_loop
 from vmt.sampling.euler import Intervention, StepState
-from vmt.sampling.sigmas import shift_sigma
+from vmt.sampling.sigmas import Schedule, shift_sigma
 
 MIN_FRAMES = 5  # two latent frames: the least that has motion
 
@@ -40,6 +41,15 @@ class TransferRequest:
     guidance_scale: float = 5.8
     strength: float = 0.75
     seed: int = 42
+    grid: str = "euler"  # "euler": the release's own SDEdit grid (sdedit_sigmas); "model": the folder's scheduler
+    noise: str = "pipeline"  # "pipeline": the release's draws; "portable": one CPU stream (any device)
+    arithmetic: str = "float32"  # "release": sigma * v in the transformer's dtype (see WanBackend.velocity)
+    cfg_rule: str = "diffusers"
+
+    def validate(self) -> None:
+        from vmt.generate import check_modes
+
+        check_modes(grid=self.grid, noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule)
 
     def params(self) -> dict:
         return asdict(self)
@@ -54,6 +64,8 @@ class TransferResult:
     steps: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     grid: tuple[int, int, int] = (0, 0, 0)
+    config: dict = field(default_factory=dict)  # the guidance configuration that ran (window/tile as clamped)
+    adjustments: list[str] = field(default_factory=list)  # what was clamped to the token grid, and why
 
 
 def load_reference(path: str | Path, num_frames: int, height: int, width: int,
@@ -93,6 +105,28 @@ def sdedit_sigmas(steps: int, shift: float, strength: float) -> torch.Tensor:
     return shift_sigma(u, shift).to(torch.float32)
 
 
+def transfer_noise(shape: tuple[int, ...], seed: int, device: torch.device, mode: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps, eps') float32 on `device`: the SDEdit start noise and the reference's fixed re-noising noise.
+
+    "pipeline" (the FastVMT release): eps from a CPU generator seeded `seed`, eps' from a fresh generator
+    seeded `seed` on `device` (the release re-draws it so at every guided step; on a CPU run eps' = eps).
+    "portable": both from one CPU stream, in that order (the same pair on any device).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    gen = make_generator(seed)
+    eps = randn_tensor(shape, generator=gen, device=device, dtype=torch.float32)
+    if mode == "pipeline":
+        gen = torch.Generator(device).manual_seed(int(seed))
+    eps_ref = randn_tensor(shape, generator=gen, device=device, dtype=torch.float32)
+    return eps, eps_ref
+
+
+def _stderr(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr)
+
+
 def transfer(
     backend,
     reference: np.ndarray,
@@ -102,40 +136,49 @@ def transfer(
     on_step: Callable[[StepState], None] | None = None,
     decode: bool = True,
     timer: Timer | None = None,
+    notify: Callable[[str], None] | None = _stderr,
 ) -> TransferResult:
     """Generate a video with `req.prompt` that moves like `reference` (T, H, W, 3) uint8 at the output size.
 
     `interventions` run after the motion guidance in the same loop (e.g. Predict-and-Perturb's `step`).
+    A window or tile larger than the token grid is clamped to it (`GuidanceConfig.fit_grid`); `notify`
+    (default: stderr) hears about it once, and the result's `config` / `adjustments` record it.
     """
-    from diffusers.utils.torch_utils import randn_tensor
-
     timer = timer or Timer(sync_cuda=backend.device.type == "cuda")
+    req.validate()
     cfg.validate()
     t_frames, h, w = reference.shape[:3]
     if (h, w) != (req.height, req.width):
         raise VmtUsageError(f"reference frames are {w}x{h}, expected {req.width}x{req.height}; use load_reference")
     backend.check_size(t_frames, req.height, req.width)
     grid = backend.token_grid(t_frames, req.height, req.width)
-    cfg.check_grid(grid, (req.height, req.width))
-    sigmas = sdedit_sigmas(req.steps, req.shift, req.strength)
+    cfg, adjustments = cfg.fit_grid(grid, (req.height, req.width))
+    if adjustments and notify is not None:
+        notify("; ".join(adjustments))
+    sdedit_sigmas(req.steps, req.shift, req.strength)  # validates steps and strength
+    if req.grid == "model":
+        schedule = backend.schedule(req.steps, req.shift, "model", strength=req.strength)
+    else:
+        schedule = Schedule(sdedit_sigmas(req.steps, req.shift, req.strength), None, "euler")
+    sigmas = schedule.sigmas
 
     with timer.stage("encode_reference"):
         z_ref = backend.encode_video(reference).float()  # (1, C, F, h, w)
     with timer.stage("encode_prompt"):
-        cond = backend.encode_prompt(req.prompt, req.negative_prompt, req.guidance_scale)
+        cond = backend.encode_prompt(req.prompt, req.negative_prompt, req.guidance_scale, cfg_rule=req.cfg_rule)
         cond_ref = backend.encode_prompt("", "", 1.0)  # the reference branch: empty prompt, no CFG
     device = z_ref.device
-    gen = make_generator(req.seed)
-    eps = randn_tensor(z_ref.shape, generator=gen, device=device, dtype=torch.float32)
-    eps_ref = randn_tensor(z_ref.shape, generator=gen, device=device, dtype=torch.float32)
+    eps, eps_ref = transfer_noise(z_ref.shape, req.seed, device, req.noise)
     s0 = float(sigmas[0])
     z = (1 - s0) * z_ref + s0 * eps  # SDEdit start from the noised reference
 
-    guidance = MotionGuidance(backend, cfg, z_ref, cond, cond_ref, eps_ref, grid, timer=timer)
-    z, frames, records = run_loop(backend, z, sigmas.to(device), cond, [guidance, *interventions], on_step,
-                                  decode, timer)
+    timestep_at = schedule.timestep_lookup(backend.num_train_timesteps)
+    guidance = MotionGuidance(backend, cfg, z_ref, cond, cond_ref, eps_ref, grid, timer=timer,
+                              timestep_of=timestep_at if schedule.timesteps is not None else None)
+    z, frames, records = run_loop(backend, z, schedule, cond, [guidance, *interventions], on_step,
+                                  decode, timer, arithmetic=req.arithmetic)
     # The loop's time minus the guidance's own stages is the ordinary sampling.
     st = timer.stages
     st["sampling"] = round(st.pop("denoise") - st.get("reference_amf", 0.0) - st.get("guidance", 0.0), 4)
     return TransferResult(z, frames, [float(s) for s in sigmas], guidance.history, records, dict(timer.stages),
-                          grid)
+                          grid, cfg.as_dict(), adjustments)

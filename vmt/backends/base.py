@@ -34,6 +34,7 @@ class Conditioning:
     first_frame_mask: torch.Tensor | None = None
     guidance_scale: float = 5.0
     guidance_scale_2: float | None = None
+    cfg_rule: str = "diffusers"  # "diffusers": CFG on iff guidance_scale > 1 (both experts); "per-expert"
     extra: dict = field(default_factory=dict)
 
     def with_(self, **changes) -> Conditioning:
@@ -60,6 +61,12 @@ class FlowBackend(Protocol):
     device: torch.device
     dtype: torch.dtype
     counts: ComputeCounts
+    is_i2v: bool  # needs a first frame (condition_on_image) to generate
+    num_train_timesteps: int  # timestep = num_train_timesteps * sigma unless a schedule gives its own
+
+    @property
+    def execution_device(self) -> torch.device:
+        """Where latents live and noise is drawn (the accelerator also under CPU offload)."""
 
     def latent_shape(self, num_frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
         """Shape (B, C, F, h, w) of the latent of a video of num_frames x height x width."""
@@ -78,11 +85,33 @@ class FlowBackend(Protocol):
     ) -> Conditioning:
         """Add first-frame conditioning from an image (H, W, 3) uint8 already sized to (height, width)."""
 
-    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Guided velocity at sigma (0-dim tensor); counts one NFE. Differentiable when grad is enabled."""
+    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
+                 timestep: torch.Tensor | None = None, upcast: bool = True) -> torch.Tensor:
+        """Guided velocity at sigma (0-dim tensor); counts one NFE. Differentiable when grad is enabled.
+        timestep: what the model is fed (default num_train_timesteps * sigma); upcast=False returns the
+        model's dtype (the release's arithmetic), True float32."""
 
     def sigmas(self, steps: int, shift: float | None = None) -> torch.Tensor:
         """Sigma grid (steps + 1,), from ~1 down to 0, float32."""
+
+    def schedule(self, steps: int, shift: float | None = None, grid: str = "model", strength: float = 1.0):
+        """The vmt.sampling.sigmas.Schedule (sigmas and the timesteps the model is fed) of grid "model" (the
+        model's own scheduler) or "euler"."""
+
+    def finalize(self, z: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The latent to decode after the loop (e.g. a given first frame pasted back); z itself if nothing."""
+
+    def check_block(self, block: int) -> None:
+        """Raise VmtUsageError unless `block` indexes a transformer block of every expert."""
+
+    def capture_qk(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, block: int, *,
+                   timestep: torch.Tensor | None = None, stop: bool = True, backward: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention q, k (B, S, H, D) of `block` for latent z at sigma (positive branch, no CFG), from a
+        forward that may stop after that block; differentiable in z; counts its own DiT passes."""
+
+    def frozen(self):
+        """Context manager: no weight gradients while an intervention backpropagates to the latent."""
 
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         """Frames (T, H, W, 3) uint8 -> normalised latent (1, C, F, h, w) (posterior mode)."""

@@ -128,3 +128,4 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
         raise VmtUsageError(f"--model {model!r} is neither an existing folder nor a hub id like 'org/name'")
     cls, components = check_components(folder)
     return ResolvedModel(model, folder, source, rev, fingerprint_folder(folder), cls, components)
+

@@ -6,6 +6,7 @@ transformer(s), VAE) and its prompt/image encoding, but runs its own sampling lo
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import json
@@ -21,6 +22,7 @@ from vmt.runtime import resolve_device, resolve_dtype
 
 SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
 OFFLOAD_MODES = ("none", "model", "sequential")
+CFG_RULES = ("diffusers", "per-expert")
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,15 @@ class WanGeometry:
                 raise VmtError(f"cannot read {f}: {e}") from e
 
         vae = config("vae")
-        tr = config("transformer") or config("transformer_2")
+        experts = [c for c in (config("transformer"), config("transformer_2")) if c]
+        tr = experts[0] if experts else {}
         return cls(
             scale_temporal=int(vae.get("scale_factor_temporal") or 4),
             scale_spatial=int(vae.get("scale_factor_spatial") or 8),
             patch_size=tuple(tr.get("patch_size") or (1, 2, 2)),
             rope_max_seq_len=int(tr.get("rope_max_seq_len") or 1024),
-            num_layers=int(tr.get("num_layers") or 30),
+            # every expert that may run a guided step must have the block
+            num_layers=min((int(c.get("num_layers") or 30) for c in experts), default=30),
         )
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
@@ -126,8 +130,8 @@ class WanGeometry:
     def check_block(self, block: int) -> None:
         """A 0-based transformer block index that exists in this model."""
         if not 0 <= block < self.num_layers:
-            raise VmtUsageError(f"--block {block} is outside this model's {self.num_layers} transformer blocks "
-                                f"(0..{self.num_layers - 1})")
+            raise VmtUsageError(f"--block {block} is out of range: this model has {self.num_layers} blocks; use "
+                                f"0..{self.num_layers - 1} (the release uses 14 of Wan2.1-1.3B's 30)")
 
 
 def inspect_model(model: str, revision: str | None = None) -> tuple[ResolvedModel, WanGeometry]:
@@ -222,9 +226,10 @@ class WanBackend:
 
     @property
     def geometry(self) -> WanGeometry:
-        main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+        experts = self._transformers()
         return WanGeometry(self.scale_temporal, self.scale_spatial, self.patch_size,
-                           int(main.config.get("rope_max_seq_len", 1024)), int(main.config.num_layers))
+                           int(experts[0].config.get("rope_max_seq_len", 1024)),
+                           min(int(m.config.num_layers) for m in experts))
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
         self.geometry.check_size(num_frames, height, width)
@@ -239,10 +244,18 @@ class WanBackend:
         return self.pipe._execution_device
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 5.0,
-                      guidance_scale_2: float | None = None) -> Conditioning:
+                      guidance_scale_2: float | None = None, cfg_rule: str = "diffusers") -> Conditioning:
+        """cfg_rule "diffusers": CFG is on when guidance_scale > 1 (diffusers' pipelines and the P&P release;
+        a two-expert model then applies each expert's scale, and guidance_scale <= 1 turns CFG off for both
+        experts whatever guidance_scale_2 is). "per-expert": each expert applies CFG when its own scale != 1."""
         if guidance_scale_2 is not None and self.boundary_ratio is None:
             raise VmtUsageError("--guidance-scale-2 applies only to two-expert models (Wan2.2 A14B)")
-        cfg = guidance_scale > 1.0 or (guidance_scale_2 or 0.0) > 1.0
+        if cfg_rule not in CFG_RULES:
+            raise VmtUsageError(f"--cfg-rule {cfg_rule!r}: use one of {', '.join(CFG_RULES)}")
+        if cfg_rule == "diffusers":
+            cfg = guidance_scale > 1.0
+        else:
+            cfg = guidance_scale > 1.0 or (guidance_scale_2 or 0.0) > 1.0
         with torch.no_grad():
             pos, neg = self.pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
@@ -252,7 +265,7 @@ class WanBackend:
         neg = neg.to(self.dtype) if neg is not None else None
         g2 = guidance_scale_2 if guidance_scale_2 is not None else (
             guidance_scale if self.boundary_ratio is not None else None)
-        return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2)
+        return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2, cfg_rule=cfg_rule)
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
                            width: int) -> Conditioning:
@@ -283,16 +296,18 @@ class WanBackend:
         return cond.with_(latent_condition=condition, image_embeds=image_embeds)
 
     # ------------------------------------------------------------------ the model
-    def transformer_at(self, sigma: float):
-        t = float(sigma) * self.num_train_timesteps
+    def transformer_at(self, sigma: float, timestep: torch.Tensor | float | None = None):
+        """The expert for this step: by its timestep (`timestep`, e.g. the model scheduler's integer one, or
+        num_train_timesteps * sigma) against boundary_ratio * num_train_timesteps, as diffusers decides."""
+        t = float(sigma) * self.num_train_timesteps if timestep is None else float(timestep)
         if self.pipe.transformer is None:
             return self.pipe.transformer_2
         if self.boundary_ratio is None or self.pipe.transformer_2 is None:
             return self.pipe.transformer
         return self.pipe.transformer if t >= self.boundary_ratio * self.num_train_timesteps else self.pipe.transformer_2
 
-    def _guidance_at(self, sigma: float, cond: Conditioning) -> float:
-        model = self.transformer_at(sigma)
+    def _guidance_at(self, sigma: float, cond: Conditioning, timestep=None) -> float:
+        model = self.transformer_at(sigma, timestep)
         if model is self.pipe.transformer_2 and self.pipe.transformer is not None:
             return cond.guidance_scale_2 if cond.guidance_scale_2 is not None else cond.guidance_scale
         return cond.guidance_scale
@@ -314,22 +329,31 @@ class WanBackend:
             x = z
         return x.to(self.dtype), t.expand(b)
 
-    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Guided velocity v = v_u + g (v_c - v_u) at sigma, float32, shape of z."""
+    def velocity(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
+                 timestep: torch.Tensor | None = None, upcast: bool = True) -> torch.Tensor:
+        """Guided velocity v = v_u + g (v_c - v_u) at sigma, shape of z.
+
+        timestep: what the transformer is fed (0-dim; default num_train_timesteps * sigma, float).
+        upcast: return float32 (default); False keeps the transformer's dtype, so that the sampler's
+        `sigma * v` and `(s_next - s) * v` are computed in that dtype before meeting the float32 latent, as
+        the P&P release and diffusers' pipelines do in bf16.
+        """
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        t = (sigma * self.num_train_timesteps).to(z.device)
-        model = self.transformer_at(float(sigma))
-        g = self._guidance_at(float(sigma), cond)
+        t = (sigma * self.num_train_timesteps if timestep is None else torch.as_tensor(timestep)).to(z.device)
+        model = self.transformer_at(float(sigma), t)
+        g = self._guidance_at(float(sigma), cond, t)
         x, ts = self.model_input(z, t, cond)
-        use_cfg = cond.negative_embeds is not None and g != 1.0
+        # diffusers' rule: once CFG is on, every step runs both branches, even at scale 1
+        use_cfg = cond.negative_embeds is not None and (g != 1.0 or cond.cfg_rule == "diffusers")
         kw = {}
         if cond.image_embeds is not None:
             kw["encoder_hidden_states_image"] = cond.image_embeds
         self.counts.nfe += 1
         if not use_cfg:
             self.counts.dit_forward += 1
-            return model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.prompt_embeds,
-                         return_dict=False, **kw)[0].float()
+            v = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.prompt_embeds,
+                      return_dict=False, **kw)[0]
+            return v.float() if upcast else v
         self.counts.dit_forward += 2
         if self.options.batch_cfg:
             kw2 = {k: torch.cat([v, v]) for k, v in kw.items()}
@@ -342,12 +366,78 @@ class WanBackend:
                         return_dict=False, **kw)[0]
             v_u = model(hidden_states=x, timestep=ts, encoder_hidden_states=cond.negative_embeds,
                         return_dict=False, **kw)[0]
-        return (v_u + g * (v_c - v_u)).float()
+        v = v_u + g * (v_c - v_u)
+        return v.float() if upcast else v
 
     def sigmas(self, steps: int, shift: float | None = None) -> torch.Tensor:
         from vmt.sampling.sigmas import flow_sigmas
 
         return flow_sigmas(steps, self.default_shift if shift is None else shift, self.num_train_timesteps)
+
+    def schedule(self, steps: int, shift: float | None = None, grid: str = "model", strength: float = 1.0):
+        """The grid to step through (vmt.sampling.sigmas.Schedule): "model" is the folder's own scheduler
+        (sigmas and integer timesteps; `shift` overrides its flow_shift), "euler" diffusers' FlowMatchEuler
+        grid with float timesteps 1000 * sigma (strength < 1 is only for "model"; see model_schedule)."""
+        from vmt.sampling.sigmas import GRIDS, Schedule, model_schedule
+
+        if grid not in GRIDS:
+            raise VmtUsageError(f"--grid {grid!r}: use one of {', '.join(GRIDS)}")
+        if grid == "model":
+            return model_schedule(self.pipe.scheduler, steps, shift, strength)
+        return Schedule(self.sigmas(steps, shift), None, "euler")
+
+    # ------------------------------------------------------------------ attention access (interventions)
+    def num_blocks(self) -> int:
+        """Transformer blocks of the smallest expert (every expert can run a guided step)."""
+        from vmt.motion.capture import num_blocks
+
+        return min(num_blocks(m) for m in self._transformers())
+
+    def check_block(self, block: int) -> None:
+        """Raise VmtUsageError unless `block` is a block of every expert."""
+        from vmt.motion.capture import check_block
+
+        for m in self._transformers():
+            check_block(m, block)
+
+    def _transformers(self) -> list:
+        return [m for m in (self.pipe.transformer, self.pipe.transformer_2) if m is not None]
+
+    def capture_qk(self, z: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, block: int, *,
+                   timestep: torch.Tensor | None = None, stop: bool = True, backward: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, S, H, D) of self-attention `block` (after norm and RoPE) of the expert at sigma, for latent
+        z with cond's positive branch only (no CFG). stop: end the forward after that block (later blocks
+        cannot change its q/k). Differentiable with respect to z when grad is enabled. Counts one DiT forward,
+        and one backward when `backward` (the caller then backpropagates through q/k)."""
+        from vmt.motion.capture import capture_forward
+
+        sigma = torch.as_tensor(sigma, dtype=torch.float32)
+        t = (sigma * self.num_train_timesteps if timestep is None else torch.as_tensor(timestep)).to(z.device)
+        model = self.transformer_at(float(sigma), t)
+        x, ts = self.model_input(z, t, cond)
+        kw = {}
+        if cond.image_embeds is not None:
+            kw["encoder_hidden_states_image"] = cond.image_embeds
+        q, k, _ = capture_forward(model, block, stop=stop, hidden_states=x, timestep=ts,
+                                  encoder_hidden_states=cond.prompt_embeds, **kw)
+        self.counts.dit_forward += 1
+        if backward:
+            self.counts.dit_backward += 1
+        return q, k
+
+    @contextmanager
+    def frozen(self):
+        """No weight gradients while an intervention differentiates through the model (only latents are
+        optimised); the flags are restored afterwards, also on errors."""
+        flags = [(p, p.requires_grad) for m in self._transformers() for p in m.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, f in flags:
+                p.requires_grad_(f)
 
     def finalize(self, z: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The latent to decode: TI2V pastes the given first-frame latent back."""

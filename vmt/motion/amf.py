@@ -156,24 +156,27 @@ def tile_layout(h: int, w: int, tile: tuple[int, int]) -> tuple[int, int]:
 
 
 def tile_centres(h: int, w: int, tile: tuple[int, int], device=None) -> torch.Tensor:
-    """(T, 2) integer (y, x) of each tile's centre token; a partial tile's centre is that of its own tokens."""
+    """(T, 2) integer (y, x) of each tile's centre token: offset n // 2 into the tile's n rows (columns), as
+    the FastVMT release places it (th // 2, tw // 2: the lower/right of the two middle tokens for an even
+    size). A partial tile at the grid's edge (the release has none) uses its own token count n."""
     th, tw = tile
     ty, tx = tile_layout(h, w, tile)
-    cy = torch.tensor([(a * th + min(h, a * th + th) - 1) // 2 for a in range(ty)], device=device)
-    cx = torch.tensor([(b * tw + min(w, b * tw + tw) - 1) // 2 for b in range(tx)], device=device)
+    cy = torch.tensor([a * th + (min(h, a * th + th) - a * th) // 2 for a in range(ty)], device=device)
+    cx = torch.tensor([b * tw + (min(w, b * tw + tw) - b * tw) // 2 for b in range(tx)], device=device)
     yy, xx = torch.meshgrid(cy, cx, indexing="ij")
     return torch.stack([yy.flatten(), xx.flatten()], dim=-1)
 
 
 def window_start_from_centre(centre: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """Top-left (y, x) of an l x l window centred (rounded) at `centre` (..., 2), clamped inside the grid.
+    """Top-left (y, x) of an l x l window centred at `centre` (..., 2), clamped inside the grid.
 
-    Clamping the centre (equivalently the start to [0, h - l]) keeps the window whole and free of duplicated
+    The centre is truncated to a whole token, as the release does (its soft-argmax centres are >= 0, so this
+    is the floor). Clamping the centre (equivalently the start to [0, h - l]) keeps the window whole and free of duplicated
     keys at edges and corners; clamping each key index separately (the reference release) duplicates keys.
     """
     if window > h or window > w:
         raise ValueError(f"window {window} does not fit in the {h}x{w} token grid")
-    start = torch.round(centre).long() - window // 2
+    start = torch.trunc(centre).long() - window // 2
     return torch.stack([start[..., 0].clamp(0, h - window), start[..., 1].clamp(0, w - window)], dim=-1)
 
 
@@ -475,7 +478,7 @@ def windowed_amf(
         ni = len(inter)
         centres = tile_centres(h, w, tile, dev)  # (T, 2)
         centre_idx = centres[:, 0] * w + centres[:, 1]
-        # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then rounded). The
+        # Coarse: each tile centre over all keys of frame j -> window centre (soft-argmax, then truncated). The
         # window is chosen, not learnt, so no graph is built here. One matmul per key frame: the pairs sharing
         # it (up to span - 1) stack their centre queries against that frame's keys, a view of k (no copy).
         centre = torch.empty((ni, n_tiles, 2), dtype=acc, device=dev)

@@ -3,7 +3,9 @@
 At each of the first `guided_steps` outer steps (sigma s):
   1. reference AMF: the reference latent re-noised to s with a fixed noise, z_ref_s = (1 - s) z_ref + s eps',
      through the DiT with the empty prompt, no gradients (FastVMT); or once from the clean latent (DiTFlow);
-  2. `inner_steps` of AdamW (fresh each outer step, lr linear from lr to lr_end) on the latent z itself,
+  2. `inner_steps` of AdamW (fresh each outer step) on the latent z itself, with the learning rate
+     linear from lr to lr_end across the inner steps (FastVMT, `lr_decay="inner"`) or constant within a step
+     and linear across the guided steps (DiTFlow, `lr_decay="outer"`),
      loss = amf_weight * L_AMF + window_weight * L_window (FastVMT) or DiTFlow's masked MSE;
      gradient reuse: the DiT runs forward+backward only every `reuse_interval` inner steps, the steps in
      between reuse the cached gradient;
@@ -14,20 +16,20 @@ Guided forwards stop after the capture block (`truncate`): later blocks cannot c
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from vmt.errors import VmtUsageError
 from vmt.motion.amf import all_pairs, global_amf, window_pairs, windowed_amf
-from vmt.motion.capture import HEAD_MODES, capture_forward, check_block, reduce_heads
+from vmt.motion.capture import HEAD_MODES, reduce_heads
 from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
 
 AMF_MODES = ("windowed", "global")
 LOSSES = ("fastvmt", "ditflow")
 REF_MODES = ("per-step", "clean")
 OPTIMIZERS = ("adamw", "adam")
+LR_DECAYS = ("inner", "outer")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class GuidanceConfig:
     reuse_interval: int = 3
     lr: float = 3e-3
     lr_end: float = 2.1e-3
+    lr_decay: str = "inner"
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     loss: str = "fastvmt"
@@ -65,6 +68,7 @@ class GuidanceConfig:
         need(self.amf in AMF_MODES, f"--amf {self.amf!r}: use one of {', '.join(AMF_MODES)}")
         need(self.loss in LOSSES, f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         need(self.ref_amf in REF_MODES, f"--ref-amf {self.ref_amf!r}: use one of {', '.join(REF_MODES)}")
+        need(self.lr_decay in LR_DECAYS, f"--lr-decay {self.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
         need(self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         need(self.head_mode in HEAD_MODES, f"--head-mode {self.head_mode!r}: use one of {', '.join(HEAD_MODES)}")
         need(self.span >= 1, f"--span must be >= 1, got {self.span}")
@@ -78,19 +82,37 @@ class GuidanceConfig:
         need(self.block >= 0, f"--block must be >= 0, got {self.block}")
 
     def check_grid(self, grid: tuple[int, int, int], size: tuple[int, int] | None = None) -> None:
-        """Raise VmtUsageError if the window or tile does not fit the (F, h, w) token grid."""
-        f, h, w = grid
-        where = f" (output {size[1]}x{size[0]} px)" if size else ""
+        """Raise VmtUsageError if the (F, h, w) token grid has too few frames for motion. A window or tile
+        larger than the grid is not an error: `fit_grid` clamps it."""
+        f = grid[0]
         if f < 2:
             raise VmtUsageError(f"the clip has {f} latent frame{'s' * (f != 1)}; motion transfer needs >= 2 "
                                 "(at least 5 video frames)")
-        if self.amf == "windowed":
-            if self.window > min(h, w):
-                raise VmtUsageError(f"--window {self.window} is larger than the {h}x{w} token grid{where}; "
-                                    f"use --window {min(h, w)} or less, or a larger --height/--width")
-            if self.tile[0] > h or self.tile[1] > w:
-                raise VmtUsageError(f"--tile {self.tile[0]}x{self.tile[1]} is larger than the {h}x{w} token "
-                                    f"grid{where}; use a smaller --tile")
+
+    def fit_grid(self, grid: tuple[int, int, int], size: tuple[int, int] | None = None
+                 ) -> tuple[GuidanceConfig, list[str]]:
+        """The configuration that runs on the (F, h, w) token grid, and one note per clamped value.
+
+        The window side is clamped to min(h, w) and the tile to (min(th, h), min(tw, w)): the published
+        defaults (window 21, tiles 3x4) are sized for the 30x52 grid of 480x832 and must not make smaller
+        outputs fail. A window as large as the grid is the global AMF for that pair (every key of frame j).
+        """
+        self.check_grid(grid, size)
+        _, h, w = grid
+        if self.amf != "windowed":
+            return self, []
+        where = f" (output {size[1]}x{size[0]} px)" if size else ""
+        notes = []
+        window = min(self.window, h, w)
+        if window != self.window:
+            notes.append(f"--window {self.window} is larger than the {h}x{w} token grid{where}; using {window}")
+        tile = (min(self.tile[0], h), min(self.tile[1], w))
+        if tile != tuple(self.tile):
+            notes.append(f"--tile {self.tile[0]}x{self.tile[1]} is larger than the {h}x{w} token grid{where}; "
+                         f"using {tile[0]}x{tile[1]}")
+        if not notes:
+            return self, []
+        return replace(self, window=window, tile=tile), notes
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -105,12 +127,27 @@ def lr_schedule(lr: float, lr_end: float, steps: int) -> list[float]:
     return [lr + (lr_end - lr) * k / (steps - 1) for k in range(steps)]
 
 
+def step_lrs(cfg: GuidanceConfig, guided_index: int) -> tuple[float, float]:
+    """(first, last) inner-step learning rate of guided step `guided_index` (0-based).
+
+    "inner" (FastVMT): lr -> lr_end across the inner steps, restarted at every guided step.
+    "outer" (DiTFlow): constant within a step; across the guided steps g = 0..G-1 it is
+    lr + (lr_end - lr) * g / G, DiTFlow's linspace(lr, lr_end, G + 1)[g] (its guidance range 50 -> 40 holds
+    G + 1 = 11 timesteps of which the first G = 10 are guided, so lr_end itself is never used).
+    """
+    if cfg.lr_decay == "outer":
+        a = cfg.lr + (cfg.lr_end - cfg.lr) * guided_index / max(cfg.guided_steps, 1)
+        return a, a
+    return cfg.lr, cfg.lr_end
+
+
 @dataclass
 class OptimResult:
     z: torch.Tensor
     losses: list[float]  # loss at each evaluated inner step, before that step's update
     evaluated: list[int]  # inner steps where the loss and gradient were computed
     extra: list[dict] = field(default_factory=list)  # what loss_fn reported at each evaluation
+    lrs: list[float] = field(default_factory=list)  # the learning rate each inner step ran with
 
 
 def optimise_latent(
@@ -133,6 +170,7 @@ def optimise_latent(
     losses: list[float] = []
     evaluated: list[int] = []
     extra: list[dict] = []
+    used: list[float] = []
     grad: torch.Tensor | None = None
     for step in range(inner_steps):
         if step % reuse_interval == 0:
@@ -146,20 +184,8 @@ def optimise_latent(
             group["lr"] = lrs[step]
         z.grad = grad.clone()
         opt.step()
-    return OptimResult(z.detach(), losses, evaluated, extra)
-
-
-@contextmanager
-def frozen(module: torch.nn.Module):
-    """Turn off requires_grad on a module's parameters (only the latent is optimised); restore afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
+        used.append(float(opt.param_groups[0]["lr"]))
+    return OptimResult(z.detach(), losses, evaluated, extra, used)
 
 
 def compute_amf(qk_q: torch.Tensor, qk_k: torch.Tensor, scale: float, cfg: GuidanceConfig, hard: bool = False):
@@ -174,7 +200,7 @@ def compute_amf(qk_q: torch.Tensor, qk_k: torch.Tensor, scale: float, cfg: Guida
 
 
 class MotionGuidance:
-    """The intervention. `backend` is a WanBackend-like object (transformer_at, model_input, counts).
+    """The intervention, on any FlowBackend (it uses the protocol's `capture_qk`, `check_block`, `frozen`).
 
     z_ref: (1, C, F, h, w) normalised reference latent. cond: the prompt's conditioning (the guided forward
     uses its positive branch only). cond_ref: the empty prompt's. ref_noise: eps' for the re-noised reference
@@ -185,17 +211,17 @@ class MotionGuidance:
     name = "motion_guidance"
 
     def __init__(self, backend, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref, ref_noise: torch.Tensor,
-                 grid: tuple[int, int, int], timer=None):
+                 grid: tuple[int, int, int], timer=None, timestep_of: Callable | None = None):
         cfg.validate()
-        cfg.check_grid(grid)
+        cfg, self.adjustments = cfg.fit_grid(grid)  # what runs: window and tile clamped to the grid
         self.backend, self.cfg = backend, cfg
         self.z_ref, self.cond, self.cond_ref, self.ref_noise = z_ref, cond, cond_ref, ref_noise
         self.grid = grid
         self.timer = timer
+        self.timestep_of = timestep_of  # sigma -> the transformer's timestep (model grid); None: 1000 * sigma
         self.history: list[dict] = []
         self._clean_ref = None
-        for s in (1.0, 0.0):  # every expert that can run a guided step must have the block
-            check_block(backend.transformer_at(s), cfg.block)
+        backend.check_block(cfg.block)  # every expert that can run a guided step must have the block
 
     def _stage(self, name: str):
         if self.timer is None:
@@ -205,19 +231,10 @@ class MotionGuidance:
         return self.timer.stage(name)
 
     def _qk(self, z: torch.Tensor, sigma: torch.Tensor, cond, backward: bool):
-        """Capture (head-reduced) q/k of latent z at sigma; counts one DiT forward (and one backward)."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        t = (sigma * self.backend.num_train_timesteps).to(z.device)
-        model = self.backend.transformer_at(float(sigma))
-        x, ts = self.backend.model_input(z, t, cond)
-        kw = {}
-        if cond.image_embeds is not None:
-            kw["encoder_hidden_states_image"] = cond.image_embeds
-        q, k, _ = capture_forward(model, self.cfg.block, stop=self.cfg.truncate, hidden_states=x, timestep=ts,
-                                  encoder_hidden_states=cond.prompt_embeds, **kw)
-        self.backend.counts.dit_forward += 1
-        if backward:
-            self.backend.counts.dit_backward += 1
+        """Capture (head-reduced) q/k of latent z at sigma through the backend (it counts its passes)."""
+        t = None if self.timestep_of is None else self.timestep_of(sigma)
+        q, k = self.backend.capture_qk(z, sigma, cond, self.cfg.block, timestep=t, stop=self.cfg.truncate,
+                                       backward=backward)
         r = reduce_heads(q, k, self.grid, self.cfg.head_mode, self.cfg.temperature)
         return r.q[0], r.k[0], r.scale
 
@@ -262,16 +279,16 @@ class MotionGuidance:
             return None
         with self._stage("reference_amf"):
             ref = self.reference_amf(state.sigma)
-        model = self.backend.transformer_at(float(state.sigma))
-        with self._stage("guidance"), frozen(model):
+        lr, lr_end = step_lrs(cfg, state.index)
+        with self._stage("guidance"), self.backend.frozen():
             res = optimise_latent(
-                state.z, lambda z: self.loss(z, state.sigma, ref), inner_steps=cfg.inner_steps, lr=cfg.lr,
-                lr_end=cfg.lr_end, reuse_interval=cfg.reuse_interval, optimizer=cfg.optimizer,
+                state.z, lambda z: self.loss(z, state.sigma, ref), inner_steps=cfg.inner_steps, lr=lr,
+                lr_end=lr_end, reuse_interval=cfg.reuse_interval, optimizer=cfg.optimizer,
                 weight_decay=cfg.weight_decay,
             )
         amf_losses = [e["amf_loss"] for e in res.extra]
         rec = {"amf_loss": amf_losses, "final_amf_loss": amf_losses[-1], "total_loss": res.losses,
-               "evaluated_inner_steps": res.evaluated}
+               "evaluated_inner_steps": res.evaluated, "lr": [float(f"{v:.6g}") for v in res.lrs]}
         if "window_loss" in res.extra[-1]:
             rec["window_loss"] = [e["window_loss"] for e in res.extra]
         if "at_border" in res.extra[-1]:

@@ -13,9 +13,14 @@ def distance_weights(pairs: torch.Tensor, span: int, w_min: float = 0.8) -> torc
 
 
 def weighted_amf_loss(ref: torch.Tensor, gen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """mean over pairs, tokens and (dy, dx) of w_p * (ref - gen)^2; ref, gen: (P, S, 2); ref is detached."""
-    sq = (ref.detach() - gen).pow(2)
-    return (weights.to(sq)[:, None, None] * sq).mean()
+    """mean_p w_p * ||ref[p] - gen[p]||^2, the squared norm over all S x 2 entries of a pair (the spec and the
+    FastVMT release); ref, gen: (P, S, 2) in tokens; weights (P,); ref is detached. Scalar in tokens^2.
+
+    The sum (not the mean) over entries keeps the gradients 2S times larger than a plain MSE, far above
+    AdamW's eps (1e-8), as the published learning rates expect.
+    """
+    sq = (ref.detach() - gen).pow(2).sum(dim=(1, 2))  # (P,)
+    return (weights.to(sq) * sq).mean()
 
 
 def masked_amf_loss(ref: torch.Tensor, gen: torch.Tensor) -> torch.Tensor:
@@ -33,8 +38,9 @@ def window_consistency_loss(window_keys: torch.Tensor, pairs: torch.Tensor) -> t
     """Corresponding-window loss on the generation.
 
     window_keys: (P, T, l*l) channel-mean keys of each tile's window, for pairs (P, 2). For each frame i, the
-    windows of j = i+1, i+2, ... are compared consecutively: mean squared change between j and j+1; then the
-    mean over the frames i that have at least two such windows. Zero if none has.
+    windows of j = i+1, i+2, ... are compared consecutively: the L2 norm, over the window's l*l slots, of the
+    change between j and j+1, averaged over (consecutive j, tile); then the mean over the frames i that have
+    at least two such windows (as the FastVMT release computes it, in float32 or wider). Zero if none has.
     """
     terms = []
     for i in torch.unique(pairs[:, 0]).tolist():
@@ -42,8 +48,8 @@ def window_consistency_loss(window_keys: torch.Tensor, pairs: torch.Tensor) -> t
         if len(sel) < 2:
             continue
         order = sel[torch.argsort(pairs[sel, 1])]
-        wk = window_keys[order]  # (n_j, T, l2)
-        terms.append((wk[1:] - wk[:-1]).pow(2).mean())
+        wk = window_keys[order].to(torch.promote_types(window_keys.dtype, torch.float32))  # (n_j, T, l2)
+        terms.append(torch.linalg.vector_norm(wk[1:] - wk[:-1], ord=2, dim=-1).mean())
     if not terms:
         return window_keys.sum() * 0.0
     return torch.stack(terms).mean()

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from vmt.errors import VmtError
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(z (B, C, F, h, w), sigma 0-dim) -> guided velocity, shape of z. Each call is one NFE."""
 
@@ -41,6 +43,9 @@ class Intervention(Protocol):
     def step(self, state: StepState, velocity: VelocityFn) -> torch.Tensor | None:
         """The latent at sigma_next, replacing the plain Euler update."""
 
+    # Optional: `bind_noise(generator)` receives the run's generator when the run draws all its noise from
+    # one stream (generate's noise mode "pipeline"); an intervention that draws noise continues it.
+
 
 def euler_step(z: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """One Euler step of the flow ODE: z + (sigma_next - sigma) * v."""
@@ -68,12 +73,16 @@ def sample_euler(
                 new = hook(state, velocity) if hook else None
                 if new is not None:
                     state.z = new.detach()
-            z_next = None
+            z_next, by = None, None
             for iv in interventions:
                 hook = getattr(iv, "step", None)
-                z_next = hook(state, velocity) if hook else None
-                if z_next is not None:
-                    break
+                new = hook(state, velocity) if hook else None
+                if new is None:
+                    continue
+                if by is not None:  # two updates of one step cannot both be taken; neither is silently dropped
+                    raise VmtError(f"interventions {by!r} and {getattr(iv, 'name', type(iv).__name__)!r} both "
+                                   f"replace the update of step {i}; give each step to one of them")
+                z_next, by = new, getattr(iv, "name", type(iv).__name__)
             if z_next is None:
                 z_next = euler_step(state.z, velocity(state.z, state.sigma), state.sigma, state.sigma_next)
             if callback is not None:

@@ -215,10 +215,18 @@ class PredictPerturb:
         # ms per inner iteration, measurable next to a DiT pass. Results are thus reproducible per device.
         self.seed = int(seed) + 0x5EED
         self._generators: dict[str, torch.Generator] = {}
+        self._shared: torch.Generator | None = None
         self.sync_cuda = sync_cuda
         self.steps: list[dict] = []
 
+    def bind_noise(self, generator: torch.Generator) -> None:
+        """Draw the perturbations from the run's own generator (continuing the start latent's stream, the
+        release's order) instead of this intervention's seed + 0x5EED generators."""
+        self._shared = generator
+
     def generator(self, device: torch.device) -> torch.Generator:
+        if self._shared is not None:
+            return self._shared
         key = str(device)
         if key not in self._generators:
             self._generators[key] = torch.Generator(device).manual_seed(self.seed)
