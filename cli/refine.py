@@ -141,8 +141,9 @@ def _run(p: dict) -> None:
         doc = build_sidecar(
             command_line(), "refine", resolved, output=output, model=backend.describe(),
             timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
-            extra={"sigmas": result.sigmas, "video": {"frames": int(len(result.frames)), "fps": p["fps"],
-                                                      "height": p["height"], "width": p["width"]},
+            extra={"sigmas": result.sigmas, "timesteps": result.timesteps,
+                   "video": {"frames": int(len(result.frames)), "fps": p["fps"], "height": p["height"],
+                             "width": p["width"]},
                    "pnp": pnp_doc, "steps": result.steps},
         )
         write_sidecar(output, doc)

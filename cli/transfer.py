@@ -103,7 +103,7 @@ def transfer(
     tile: Annotated[str, typer.Option("--tile", help="Windowed AMF: query tile HxW in tokens (coarse stage).",
                                       rich_help_panel=_G)] = "3x4",
     window: Annotated[int, typer.Option("--window", help="Windowed AMF: side of the key window in tokens "
-                                        "(fine stage; must fit the H/16 x W/16 token grid).",
+                                        "(fine stage; clamped to the H/16 x W/16 token grid, where it is global attention).",
                                         rich_help_panel=_G)] = 21,
     temperature: Annotated[float, typer.Option("--temperature", help="AMF softmax temperature tau in "
                                                "softmax(tau q.k / sqrt(D)).", rich_help_panel=_G)] = 1.0,
@@ -212,6 +212,9 @@ def _run(p: dict) -> None:
     cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
     sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
     pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
+    from vmt.generate import check_modes
+
+    check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
     quiet_libraries(p["debug"])
 
     from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model

@@ -253,3 +253,26 @@ def test_i2v_pipeline_noise_replays_the_i2v_release(tiny_i2v):
     portable = generate(backend, GenerationRequest(**{**req, "noise": "portable"}),
                         [PredictPerturb(parse_plan("1:2,2:1"), tau=0.0, certain_fraction=1.0)], decode=False).latents
     assert (portable - z).abs().max() > 1e-2
+
+
+def test_refine_sidecar_records_the_model_grids_timesteps(tiny_t2v, tmp_path):
+    """With the default grid, out.json carries the integer timesteps the transformer received: the folder
+    scheduler's own after set_timesteps (read here straight from the folder with diffusers)."""
+    import json
+
+    import diffusers
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    cls_name = json.loads((tiny_t2v / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    sched = getattr(diffusers, cls_name).from_pretrained(tiny_t2v / "scheduler")
+    sched.set_timesteps(3)
+    out = tmp_path / "a.mp4"
+    r = CliRunner().invoke(app, ["refine", "--model", str(tiny_t2v), "--prompt", "a ball", "--num-frames", "5",
+                                 "--height", "16", "--width", "16", "--steps", "3", "--plan", "none", "--quiet",
+                                 "--device", "cpu", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["timesteps"] == [float(t) for t in sched.timesteps]
+    assert doc["sigmas"][:-1] == [float(s) for s in sched.sigmas[:-1]]
