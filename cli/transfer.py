@@ -207,7 +207,6 @@ def _run(p: dict) -> None:
         lr_decay=p["lr_decay"], optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
         ref_amf=p["ref_amf"], ref_argmax=p["ref_argmax"], truncate=p["truncate"],
     )
-    cfg.validate()
     # Token grid from the resolution (Wan: VAE /8, patch 2); the backend re-checks with its own factors.
     cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
     sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength

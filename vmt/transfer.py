@@ -146,7 +146,6 @@ def transfer(
     """
     timer = timer or Timer(sync_cuda=backend.device.type == "cuda")
     req.validate()
-    cfg.validate()
     t_frames, h, w = reference.shape[:3]
     if (h, w) != (req.height, req.width):
         raise VmtUsageError(f"reference frames are {w}x{h}, expected {req.width}x{req.height}; use load_reference")

@@ -59,6 +59,9 @@ class GuidanceConfig:
     truncate: bool = True
     chunk: int = 8
 
+    def __post_init__(self) -> None:
+        self.validate()  # once, where the configuration is made: every holder of one has a valid one
+
     def validate(self) -> None:
         """Raise VmtUsageError naming the option and its valid range."""
         def need(ok: bool, msg: str) -> None:
@@ -212,7 +215,6 @@ class MotionGuidance:
 
     def __init__(self, backend, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref, ref_noise: torch.Tensor,
                  grid: tuple[int, int, int], timer=None, timestep_of: Callable | None = None):
-        cfg.validate()
         cfg, self.adjustments = cfg.fit_grid(grid)  # what runs: window and tile clamped to the grid
         self.backend, self.cfg = backend, cfg
         self.z_ref, self.cond, self.cond_ref, self.ref_noise = z_ref, cond, cond_ref, ref_noise
