@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -88,28 +89,51 @@ SPEC = CommandSpec(
 )
 
 
-def _run(p: dict) -> None:
+def check_job(p: dict):
+    """Checks of one job that need no model: Wan2.1's size rules and the P&P plan. Returns the plan."""
     from vmt.backends.wan import WanGeometry
 
     WanGeometry().check_size(p["num_frames"], p["height"], p["width"])  # Wan2.1's rules, before any model
-    pnp_plan = check_refine_params(p, p["steps"])
-    quiet_libraries(p["debug"])
+    return check_refine_params(p, p["steps"])
 
+
+def check_model_job(p: dict, geometry, plan) -> None:
+    """Checks of one job against the model's config (no weights)."""
+    geometry.check_size(p["num_frames"], p["height"], p["width"])
+
+
+def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
+    """Resolve the model, check its geometry (before minutes of loading weights), load it."""
     from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
+
+    resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
+    if geometry_check is not None:
+        geometry_check(geometry)
+    return WanBackend.from_pretrained(p["model"], WanLoadOptions(
+        device=device or p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+        revision=p["revision"], resolved=resolved,
+    ))
+
+
+def estimate(p: dict, plan, geometry) -> dict:
+    """Planned model evaluations of one job: NFE (no early exit) and DiT passes (two per NFE with CFG)."""
+    nfe = plan.nfe(p["steps"])
+    cfg = p["guidance_scale"] > 1.0 or (p["guidance_scale_2"] or 0.0) > 1.0
+    return {"steps": p["steps"], "nfe": nfe, "dit_forward": nfe * (2 if cfg else 1), "dit_backward": 0,
+            "cfg_branches": 2 if cfg else 1, "tokens": math.prod(geometry.token_grid(
+                p["num_frames"], p["height"], p["width"]))}
+
+
+def run_job(backend, p: dict, pnp_plan, timer, progress=None, report: bool = True,
+            sidecar_extra: dict | None = None) -> dict:
+    """One video on a loaded backend: generate, write the video and its sidecar. The single command and every
+    job of a batch run this. `progress(total, description)` gives the step bar; returns the compute counts."""
     from vmt.generate import GenerationRequest, generate
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory
+    from vmt.runtime import peak_memory
 
     output = p["output"]
-    timer = Timer()
-    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        resolved, geometry = inspect_model(p["model"], p["revision"])
-        geometry.check_size(p["num_frames"], p["height"], p["width"])  # before minutes of loading weights
-        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"], resolved=resolved,
-        ))
     timer.sync_cuda = backend.device.type == "cuda"
     image = None
     if p["image"] is not None:
@@ -125,7 +149,8 @@ def _run(p: dict) -> None:
     def on_step(state) -> None:
         advance(sigma=f"{float(state.sigma):.3f}", **pnp_progress(state))
 
-    with step_progress(req.steps, "denoising", p["quiet"]) as advance:
+    progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
+    with progress(req.steps, "denoising") as advance:
         result = generate(backend, req, interventions=[pnp] if pnp else [], on_step=on_step, timer=timer)
     with timer.stage("write"):
         write_video(output, result.frames, p["fps"])
@@ -138,12 +163,25 @@ def _run(p: dict) -> None:
             timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
             extra={"sigmas": result.sigmas, "video": {"frames": int(len(result.frames)), "fps": p["fps"],
                                                       "height": p["height"], "width": p["width"]},
-                   "pnp": pnp_doc, "steps": result.steps},
+                   "pnp": pnp_doc, "steps": result.steps, **(sidecar_extra or {})},
         )
         write_sidecar(output, doc)
-    if not p["quiet"]:
+    if report and not p["quiet"]:
         c = backend.counts
         console.print(f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}) "
                       f"NFE {c.nfe} ({c.nfe / req.steps:.2f}x), DiT passes {c.dit_forward}, "
                       f"denoise {timer.stages.get('denoise', 0):.1f}s")
+    return backend.counts.as_dict()
 
+
+def _run(p: dict) -> None:
+    pnp_plan = check_job(p)
+    quiet_libraries(p["debug"])
+
+    from vmt.runtime import Timer
+
+    timer = Timer()
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        # Geometry checked from the config, before minutes of loading weights.
+        backend = load_backend(p, lambda g: g.check_size(p["num_frames"], p["height"], p["width"]))
+    run_job(backend, p, pnp_plan, timer)

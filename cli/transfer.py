@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -177,15 +178,15 @@ def parse_tile(text: str) -> tuple[int, int]:
     return th, tw
 
 
-def _run(p: dict) -> None:
+def check_job(p: dict):
+    """Checks of one job that need no model; returns (guidance config, P&P plan or None)."""
     from vmt.backends.wan import WanGeometry
     from vmt.errors import VmtUsageError
 
-    output, ref_path = p["output"], Path(p["reference"])
     WanGeometry().check_size(5, p["height"], p["width"])  # Wan2.1's rules, before any model
 
     from vmt.motion.guidance import GuidanceConfig
-    from vmt.transfer import MIN_FRAMES, TransferRequest, sdedit_sigmas
+    from vmt.transfer import MIN_FRAMES, sdedit_sigmas
 
     if p["num_frames"] < MIN_FRAMES:
         raise VmtUsageError(f"--num-frames {p['num_frames']} is too few; motion transfer needs >= {MIN_FRAMES}")
@@ -201,28 +202,63 @@ def _run(p: dict) -> None:
     cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
     sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
     pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
-    quiet_libraries(p["debug"])
+    return cfg, pnp_plan
 
+
+def check_model_job(p: dict, geometry, prepared) -> None:
+    """Checks of one job against the model's config (no weights)."""
+    geometry.check_block(prepared[0].block)
+
+
+def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
+    """Resolve the model, check its geometry (before minutes of loading weights), load it; a T2V model."""
     from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
-    from vmt.io.video import write_video
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory
-    from vmt.transfer import load_reference
-    from vmt.transfer import transfer as run_transfer
+    from vmt.errors import VmtUsageError
 
-    timer = Timer()
-    with timer.stage("read_reference"):
-        frames, ref_fps = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
-    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        resolved, geometry = inspect_model(p["model"], p["revision"])
-        geometry.check_block(cfg.block)  # before minutes of loading weights
-        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"], resolved=resolved,
-        ))
+    resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
+    if geometry_check is not None:
+        geometry_check(geometry)
+    backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
+        device=device or p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+        revision=p["revision"], resolved=resolved,
+    ))
     if backend.is_i2v:
         raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
                             "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    return backend
+
+
+def estimate(p: dict, prepared, geometry) -> dict:
+    """Planned model evaluations of one job: sampling NFE (no early exit), DiT forward and backward passes
+    (sampling: two per NFE with CFG; guidance: one reference forward per guided step, or one in all for a clean
+    reference, and a forward + backward at every --reuse-interval-th inner step)."""
+    cfg, plan = prepared
+    nfe = plan.nfe(p["steps"]) if plan is not None else p["steps"]
+    branches = 2 if p["guidance_scale"] > 1.0 else 1
+    guided = min(cfg.guided_steps, p["steps"])
+    grads = guided * math.ceil(cfg.inner_steps / cfg.reuse_interval)
+    refs = (1 if guided else 0) if cfg.ref_amf == "clean" else guided
+    frames = (p["num_frames"] - 1) // 4 * 4 + 1  # at most; a shorter reference gives fewer
+    return {"steps": p["steps"], "nfe": nfe, "dit_forward": nfe * branches + refs + grads, "dit_backward": grads,
+            "cfg_branches": branches, "tokens": math.prod(geometry.token_grid(frames, p["height"], p["width"]))}
+
+
+def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = True,
+            sidecar_extra: dict | None = None, reference=None) -> dict:
+    """One video on a loaded backend: transfer, write the video and its sidecar. The single command and every
+    job of a batch run this. `reference`: (frames, fps) already read, else read here. Returns compute counts."""
+    from vmt.io.video import write_video
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import peak_memory
+    from vmt.transfer import TransferRequest, load_reference
+    from vmt.transfer import transfer as run_transfer
+
+    cfg, pnp_plan = prepared
+    output, ref_path = p["output"], Path(p["reference"])
+    if reference is None:
+        with timer.stage("read_reference"):
+            reference = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
+    frames, ref_fps = reference
     timer.sync_cuda = backend.device.type == "cuda"
     req = TransferRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],
@@ -240,7 +276,8 @@ def _run(p: dict) -> None:
             info["amf"] = f"{g['amf_loss'][0]:.4g}->{g['final_amf_loss']:.4g}"
         advance(**info, **pnp_progress(state))
 
-    with step_progress(req.steps, "transfer", p["quiet"]) as advance:
+    progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
+    with progress(req.steps, "transfer") as advance:
         result = run_transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
                               timer=timer)
     out_fps = p["fps"] if p["fps"] is not None else ref_fps
@@ -263,10 +300,11 @@ def _run(p: dict) -> None:
                 # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
                 "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))
                         if p["refine"] else None),
+                **(sidecar_extra or {}),
             },
         )
         write_sidecar(output, doc)
-    if not p["quiet"]:
+    if report and not p["quiet"]:
         c = backend.counts
         st = timer.stages
         console.print(
@@ -274,3 +312,19 @@ def _run(p: dict) -> None:
             f"NFE {c.nfe}, DiT forward {c.dit_forward}, backward {c.dit_backward}; guidance {st.get('guidance', 0):.1f}s, "
             f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s"
         )
+    return backend.counts.as_dict()
+
+
+def _run(p: dict) -> None:
+    prepared = check_job(p)
+    quiet_libraries(p["debug"])
+
+    from vmt.runtime import Timer
+    from vmt.transfer import load_reference
+
+    timer = Timer()
+    with timer.stage("read_reference"):  # a bad reference fails before minutes of loading
+        reference = load_reference(Path(p["reference"]), p["num_frames"], p["height"], p["width"], p["fps"])
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        backend = load_backend(p, lambda g: check_model_job(p, g, prepared))
+    run_job(backend, p, prepared, timer, reference=reference)
