@@ -9,13 +9,18 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
+    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OverwriteOpt, QuietOpt,
     RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow, status,
     step_progress,
 )
 from cli.refine_options import (
     PNP_RANGES, CertainFractionOpt, PlanOpt, PNormOpt, TauOpt, check_refine_params, make_pnp, pnp_progress,
     refine_summary,
+)
+from cli.batch import (
+    BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
+    run_batch,
+    single_params,
 )
 from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, run_command, video_output
 
@@ -46,8 +51,9 @@ Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE
 
 def refine(
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.", show_default=False)],
-    output: OutputOpt,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="What the video shows (with --batch: the "
+                                               "default of jobs without one).", show_default=False)] = None,
+    output: BatchOutputOpt = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
     image: Annotated[Path | None, typer.Option("--image", help="First frame for image-to-video models "
                                                "(resized and centre-cropped to the output size).")] = None,
@@ -78,8 +84,16 @@ def refine(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    batch: BatchOpt = None,
+    seeds: SeedsOpt = None,
+    naming: NamingOpt = "index",
+    dry_run: DryRunOpt = False,
+    format: FormatOpt = "text",
 ) -> None:
-    run_command(ctx, SPEC, locals(), _run)
+    if is_batch(locals()):
+        run_batch(ctx, BATCH, locals())
+        return
+    run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
 SPEC = CommandSpec(
@@ -174,7 +188,8 @@ def run_job(backend, p: dict, pnp_plan, timer, progress=None, report: bool = Tru
     return backend.counts.as_dict()
 
 
-def _run(p: dict) -> None:
+def _run(p: dict, ctx) -> None:
+    require(ctx, p, ("prompt", "output"))
     pnp_plan = check_job(p)
     quiet_libraries(p["debug"])
 
@@ -185,3 +200,6 @@ def _run(p: dict) -> None:
         # Geometry checked from the config, before minutes of loading weights.
         backend = load_backend(p, lambda g: g.check_size(p["num_frames"], p["height"], p["width"]))
     run_job(backend, p, pnp_plan, timer)
+
+
+BATCH = BatchCommand(SPEC, check_job, check_model_job, load_backend, run_job, estimate, required=("prompt",))

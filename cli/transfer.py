@@ -15,7 +15,6 @@ from cli.common import (
     DtypeOpt,
     ModelOpt,
     OffloadOpt,
-    OutputOpt,
     OverwriteOpt,
     QuietOpt,
     RecipeOpt,
@@ -39,6 +38,11 @@ from cli.refine_options import (
     make_pnp,
     pnp_progress,
     refine_summary,
+)
+from cli.batch import (
+    BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
+    run_batch,
+    single_params,
 )
 from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, Range, run_command, video_output
 
@@ -75,10 +79,12 @@ _G = "Guidance"
 
 def transfer(
     ctx: typer.Context,
-    reference: Annotated[Path, typer.Argument(help="Reference video whose motion is transferred.",
-                                              show_default=False)],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the new video shows.", show_default=False)],
-    output: OutputOpt,
+    reference: Annotated[Path | None, typer.Argument(help="Reference video whose motion is transferred (with "
+                                                     "--batch: the default of jobs without one).",
+                                                     show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="What the new video shows (with --batch: "
+                                               "the default of jobs without one).", show_default=False)] = None,
+    output: BatchOutputOpt = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
     num_frames: Annotated[int, typer.Option("--num-frames", "-f", help="Most frames to take from the reference "
                                             "(cut to the largest 4k+1 available; >= 5).")] = 81,
@@ -153,8 +159,16 @@ def transfer(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    batch: BatchOpt = None,
+    seeds: SeedsOpt = None,
+    naming: NamingOpt = "index",
+    dry_run: DryRunOpt = False,
+    format: FormatOpt = "text",
 ) -> None:
-    run_command(ctx, SPEC, locals(), _run)
+    if is_batch(locals()):
+        run_batch(ctx, BATCH, locals())
+        return
+    run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
 SPEC = CommandSpec(
@@ -315,7 +329,8 @@ def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = Tru
     return backend.counts.as_dict()
 
 
-def _run(p: dict) -> None:
+def _run(p: dict, ctx) -> None:
+    require(ctx, p, ("reference", "prompt", "output"))
     prepared = check_job(p)
     quiet_libraries(p["debug"])
 
@@ -328,3 +343,6 @@ def _run(p: dict) -> None:
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
         backend = load_backend(p, lambda g: check_model_job(p, g, prepared))
     run_job(backend, p, prepared, timer, reference=reference)
+
+
+BATCH = BatchCommand(SPEC, check_job, check_model_job, load_backend, run_job, estimate, required=("prompt", "reference"))

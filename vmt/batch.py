@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,28 +391,6 @@ def write_manifest(path: Path, header: Mapping[str, Any], rows: Iterable[Mapping
             for row in rows:
                 f.write(json.dumps(dict(row), default=str) + "\n")
     return path
-
-
-@dataclass
-class JobClock:
-    """Measured job times, for the ETA of the jobs still to run."""
-
-    times: list[float] = field(default_factory=list)
-    _t0: float = 0.0
-
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def stop(self) -> float:
-        dt = time.perf_counter() - self._t0
-        self.times.append(dt)
-        return dt
-
-    def eta(self, remaining: int) -> float | None:
-        """Seconds for `remaining` jobs at the mean measured job time (None before the first job ends)."""
-        if not self.times:
-            return None
-        return remaining * sum(self.times) / len(self.times)
 
 
 # ---------------------------------------------------------------- plan estimates
