@@ -339,7 +339,7 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
                 code = e.exit_code if isinstance(e, Terminated) else 130
                 done = sum(r["status"] in ("done", "skipped") for r in rows.values())
                 console.print(f"[yellow]interrupted[/]: {done} of {len(plan.jobs)} jobs complete, the job in flight "
-                              f"({label}) was not written; run the same command again to resume")
+                              f"({label}) was not written; run the same command again to resume", soft_wrap=True)
                 raise typer.Exit(code) from None
             except Exception as e:  # one job's failure does not stop the others; exit 1 at the end
                 failed += 1

@@ -221,7 +221,7 @@ def test_sigterm_mid_batch_then_resume_runs_only_the_missing_jobs(tiny_t2v, tmp_
            "--device", "cpu"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while len(list(out.glob("*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
+    while len([p for p in out.glob("*.json") if not p.name.startswith(".")]) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGTERM)
