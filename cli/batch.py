@@ -152,6 +152,8 @@ def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
     for job in jobs:
         pj = Params({k: v for k, v in p.items() if k not in BATCH_OPTIONS})
         pj.update(job.values)
+        if out_dir is None:
+            require(ctx, pj, cmd.required)
         for name in cmd.required:
             if pj.get(name) is None:
                 raise VmtUsageError(f"{job.where(source)}: no {name}; give \"{name}\" on the line or "
