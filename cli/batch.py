@@ -320,36 +320,44 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
     load_s = round(time.perf_counter() - t0, 4)
     header["load_s"] = load_s
     failed = 0
-    with output_policy(bool(p["overwrite"])), BatchProgress(len(mine), p["quiet"]) as bar:
-        for job in mine:
-            _reset_counters(backend)
-            timer = Timer()
-            label = str(job.output)
-            t_job = time.perf_counter()
-            extra = {"batch": {"source": plan.source, "line": job.line, "job": job.index, "rank": ranks.rank,
-                               "world_size": ranks.world, "load_s_shared": load_s,
-                               "params": plan.keys[job.index]}}
-            try:
-                with job_files(job.output):
-                    counts = cmd.run_job(backend, job.params, plan.prepared[job.index], timer,
-                                         progress=bar.steps(job.output.name), report=False, sidecar_extra=extra)
-                rows[job.index] = manifest_row(job, "done", ranks.rank, seconds=round(time.perf_counter() - t_job, 4),
-                                               timings_s=timer.stages, compute=counts)
-            except (KeyboardInterrupt, Terminated) as e:
-                rows[job.index] = manifest_row(job, "interrupted", ranks.rank)
+    current = None  # the job in flight
+    try:
+        with output_policy(bool(p["overwrite"])), BatchProgress(len(mine), p["quiet"]) as bar:
+            for job in mine:
+                current = job
+                _reset_counters(backend)
+                timer = Timer()
+                label = str(job.output)
+                t_job = time.perf_counter()
+                extra = {"batch": {"source": plan.source, "line": job.line, "job": job.index, "rank": ranks.rank,
+                                   "world_size": ranks.world, "load_s_shared": load_s,
+                                   "params": plan.keys[job.index]}}
+                try:
+                    with job_files(job.output):
+                        counts = cmd.run_job(backend, job.params, plan.prepared[job.index], timer,
+                                             progress=bar.steps(job.output.name), report=False, sidecar_extra=extra)
+                    rows[job.index] = manifest_row(job, "done", ranks.rank,
+                                                   seconds=round(time.perf_counter() - t_job, 4),
+                                                   timings_s=timer.stages, compute=counts)
+                except Exception as e:  # one job's failure does not stop the others; exit 1 at the end
+                    failed += 1
+                    msg = str(e) if isinstance(e, VmtError) else f"{type(e).__name__}: {e}"
+                    rows[job.index] = manifest_row(job, "failed", ranks.rank, error=" ".join(msg.split()))
+                    print_error(f"{plan.source} line {job.line} ({label}): {msg}")
+                current = None
+                bar.finished(label, rows[job.index]["status"], time.perf_counter() - t_job)
                 save()
-                code = e.exit_code if isinstance(e, Terminated) else 130
-                done = sum(r["status"] in ("done", "skipped") for r in rows.values())
-                console.print(f"[yellow]interrupted[/]: {done} of {len(plan.jobs)} jobs complete, the job in flight "
-                              f"({label}) was not written; run the same command again to resume", soft_wrap=True)
-                raise typer.Exit(code) from None
-            except Exception as e:  # one job's failure does not stop the others; exit 1 at the end
-                failed += 1
-                msg = str(e) if isinstance(e, VmtError) else f"{type(e).__name__}: {e}"
-                rows[job.index] = manifest_row(job, "failed", ranks.rank, error=" ".join(msg.split()))
-                print_error(f"{plan.source} line {job.line} ({label}): {msg}")
-            bar.finished(label, rows[job.index]["status"], time.perf_counter() - t_job)
-            save()
+    except (KeyboardInterrupt, Terminated) as e:
+        # Whatever was running (a job, the manifest's rewrite): finished jobs stay, the one in flight is gone.
+        if current is not None:
+            rows[current.index] = manifest_row(current, "interrupted", ranks.rank)
+        save()
+        code = e.exit_code if isinstance(e, Terminated) else 130
+        done = sum(r["status"] in ("done", "skipped") for r in rows.values())
+        lost = f"the job in flight ({current.output}) was not written" if current is not None else "no job was lost"
+        console.print(f"[yellow]interrupted[/]: {done} of {len(plan.jobs)} jobs complete, {lost}; run the same "
+                      "command again to resume", soft_wrap=True)
+        raise typer.Exit(code) from None
     save(final=True)
     if not p["quiet"] and ranks.rank == 0:
         console.print(f"[green]batch[/]: {len(mine) - failed} written, {failed} failed, "

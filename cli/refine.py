@@ -41,9 +41,17 @@ estimate K times (forward passes only), and an uncertainty gate keeps voxels tha
   vmt refine --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --image first.png --prompt "..." \\
       --recipe wan2.2-a14b-i2v -o clip.mp4
 
+  vmt refine --batch prompts.txt --seeds 0-4 --naming vbench -o vbench/     # one model load, resumable
+
+  torchrun --nproc-per-node 8 -m cli.main refine --batch jobs.jsonl -o out/  # jobs split over 8 GPUs
+
 Plans: FIRST-LAST:K items, 0-based inclusive outer steps, K extra model evaluations each (NFE = steps +
 sum of K; the default adds 21 to 50 steps, 1.42x). `--plan default` (the default) is the published
 50-step plan; on schedules shorter than 15 steps it keeps only the steps that exist.
+
+Batches: --batch JOBS runs a .jsonl file (one job a line: prompt, seed, output, any option) or a prompt list
+with one model load; -o is then the output folder, with manifest.jsonl. Re-running resumes; --dry-run prints
+the plan (NFE, DiT passes, estimated GPU memory) without loading weights.
 
 Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE and patch size).
 """)

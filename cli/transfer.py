@@ -65,6 +65,8 @@ of --block) matches the reference's, then sampling goes on with ordinary CFG.
 
   vmt transfer ref.mp4 --prompt "..." -o refined.mp4 --refine   # + Predict-and-Perturb
 
+  vmt transfer --batch refs.jsonl -o out/ --naming "{reference}-{seed}.mp4"   # "reference" per line
+
 Defaults are the FastVMT release's for Wan2.1-T2V-1.3B: 480x832, up to 81 frames, 50 steps, shift 7,
 CFG 5.8, seed 42, strength 0.75, block 14, span 4, tiles 3x4, window 21, 10 guided x 10 inner steps, gradient
 reuse every 3, AdamW lr 3e-3 -> 2.1e-3. The output keeps the reference's frame rate unless --fps is given.
