@@ -242,7 +242,7 @@ def print_plan(plan: Plan, fmt: str, p: dict) -> None:
               "nfe": sum(r["nfe"] for r in todo), "dit_forward": sum(r["dit_forward"] for r in todo),
               "dit_backward": sum(r["dit_backward"] for r in todo), "model_loads": 1 if todo else 0}
     if fmt == "json":
-        doc = {"command": plan.jobs and p.get("_command"), "source": plan.source,
+        doc = {"command": p["_command"], "source": plan.source,
                "output_dir": None if plan.out_dir is None else str(plan.out_dir), "model": p["model"],
                "jobs": rows, "totals": totals, "gpu_memory_estimate": plan.memory}
         typer.echo(json.dumps(doc, indent=2, default=str))

@@ -156,6 +156,36 @@ def test_transfer_batch_per_job_references_equal_single_runs_and_the_plan(tiny_t
             (row["nfe"], row["dit_forward"], row["dit_backward"])
 
 
+def test_a_job_that_fails_at_run_time_is_recorded_and_the_others_run(tiny_t2v, tmp_path):
+    rng = np.random.default_rng(1)
+    write_video(tmp_path / "long.mp4", rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), fps=8)
+    write_video(tmp_path / "short.mp4", rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8), fps=8)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "x", "reference": "short.mp4"},
+                                                {"prompt": "y", "reference": "long.mp4"}])
+    res = invoke("transfer", "--batch", jobs, "-o", tmp_path / "out", "--model", tiny_t2v, "--height", "32",
+                 "--width", "32", "--steps", "2", "--guided-steps", "1", "--inner-steps", "1", "--window", "1",
+                 "--tile", "1x1", "--block", "1", "--device", "cpu", "--quiet")
+    assert res.exit_code == 1, res.output
+    assert "line 1" in res.stderr and "has 3 frames" in res.stderr and "Traceback" not in res.output
+    rows = manifest(tmp_path / "out")[1]
+    assert [r["status"] for r in rows] == ["failed", "done"] and "has 3 frames" in rows[0]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001.json", "0001.mp4", "manifest.jsonl"]
+
+
+def test_dry_run_of_a_single_run_checks_like_the_run_and_writes_nothing(tiny_t2v, tmp_path, loads):
+    out = tmp_path / "o.mp4"
+    res = invoke("refine", "-p", "a cat", "-o", out, "--model", tiny_t2v, *SMALL, "--plan", "2-3:2",
+                 "--steps", "4", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "NFE 8  DiT fwd 16 bwd 0" in res.stdout and "1 of 1 jobs to run" in res.stdout
+    assert list(tmp_path.iterdir()) == [] and loads == []
+    out.write_bytes(b"mine")
+    res = invoke("refine", "-p", "a cat", "-o", out, "--model", tiny_t2v, *SMALL, "--dry-run")
+    _assert_one_line_usage_error(res, "already exists; pass --overwrite")
+    res = invoke("refine", "-o", tmp_path / "p.mp4", "--model", tiny_t2v, *SMALL, "--dry-run")
+    _assert_one_line_usage_error(res, "missing option '--prompt'")
+
+
 BAD_FILES = [
     ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2: not valid JSON"),
     ('{"prompt": "a"}\n{"prompt": "b", "colour": 3}\n', "line 2: unknown key 'colour'"),
