@@ -86,9 +86,14 @@ class Plan:
 
 
 def require(ctx: typer.Context, p: dict, names: tuple[str, ...]) -> None:
-    """A single run needs these (a batch takes them per job): missing ones are a usage error."""
+    """A single run needs these (a batch takes them per job) and one process: else a usage error."""
+    from vmt.batch import ranks_from_env
     from vmt.errors import VmtUsageError
 
+    ranks = ranks_from_env()
+    if ranks.distributed:
+        raise VmtUsageError(f"launched as {ranks.world} processes (torchrun): a single run would write the same "
+                            "video in every one; give the jobs with --batch to split them over the processes")
     for name in names:
         if p.get(name) is None:
             f = flag(ctx, name)

@@ -302,6 +302,13 @@ def test_two_torchrun_ranks_write_the_same_files_as_one_process_and_one_manifest
     assert sidecar["batch"]["rank"] == 1 and sidecar["model"]["device"] == "cpu"
 
 
+def test_a_single_run_under_torchrun_is_refused(tiny_t2v, tmp_path):
+    res = CliRunner().invoke(app, ["refine", "-p", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_t2v),
+                                   *SMALL], env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    _assert_one_line_usage_error(res, "launched as 2 processes (torchrun)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_job_files_remove_a_video_whose_sidecar_was_never_written(tmp_path):
     from vmt.batch import job_files
 
