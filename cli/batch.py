@@ -307,7 +307,9 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
             write_manifest(manifest, header, sorted([*rows.values(), *pending], key=lambda r: r["job"]))
             return
         if final:
-            gathered = gather_rows(dist, list(rows.values()), ranks)
+            # Every rank knows the skipped jobs; rank 0 reports them, each rank the jobs it ran.
+            own = [r for r in rows.values() if r["status"] != "skipped" or ranks.rank == 0]
+            gathered = gather_rows(dist, own, ranks)
             if gathered is not None:
                 done = {r["job"] for r in gathered}
                 pending = [manifest_row(j, "pending") for j in plan.jobs if j.index not in done]

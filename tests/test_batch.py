@@ -301,6 +301,14 @@ def test_two_torchrun_ranks_write_the_same_files_as_one_process_and_one_manifest
     sidecar = json.loads((tmp_path / "two" / "0001.json").read_text())
     assert sidecar["batch"]["rank"] == 1 and sidecar["model"]["device"] == "cpu"
 
+    # Resume on two ranks: one job missing, one manifest line per job.
+    (tmp_path / "two" / "0003.mp4").unlink()
+    (tmp_path / "two" / "0003.json").unlink()
+    again = subprocess.run(two.args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["status"] for r in manifest(tmp_path / "two")[1]] == ["skipped"] * 3 + ["done", "skipped"]
+    assert (tmp_path / "two" / "0003.mp4").read_bytes() == (tmp_path / "one" / "0003.mp4").read_bytes()
+
 
 def test_a_single_run_under_torchrun_is_refused(tiny_t2v, tmp_path):
     res = CliRunner().invoke(app, ["refine", "-p", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_t2v),
