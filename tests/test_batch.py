@@ -346,3 +346,14 @@ def test_seeds_and_rank_shares():
     assert ranks_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Ranks(3, 4, 1)
     with pytest.raises(VmtUsageError):
         ranks_from_env({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_dry_run_weights_are_the_loaded_models_parameters(tiny_t2v):
+    """Weights counted from the files' headers (no load) = the parameters of the loaded components, at the
+    dtype they load in (the VAE stays float32)."""
+    from vmt.batch import weight_bytes
+
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_t2v))
+    counted = weight_bytes(tiny_t2v, "bfloat16")
+    for comp, per in (("transformer", 2), ("text_encoder", 2), ("vae", 4)):
+        assert counted[comp] == per * sum(p.numel() for p in getattr(pipe, comp).parameters()), comp
