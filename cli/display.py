@@ -73,3 +73,70 @@ def reflow(text: str) -> str:
     return "\n\n".join(out)
 
 
+
+
+class BatchProgress:
+    """Progress of a batch: an overall bar over the jobs (ETA from the measured job times) and a bar over the
+    steps of the job in flight. Without a terminal (CI logs, pipes) no bars: one line per finished job."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet, self.done = total, quiet, 0
+        self.times: list[float] = []
+        self.bars = not quiet and console.is_terminal
+        self._progress = None
+
+    def __enter__(self) -> BatchProgress:
+        if self.bars:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False,
+            )
+            self._progress.__enter__()
+            self._overall = self._progress.add_task("batch", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def eta(self) -> str:
+        if not self.times:
+            return "eta -"
+        s = (self.total - self.done) * sum(self.times) / len(self.times)
+        return f"eta {int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+    def steps(self, label: str):
+        """A `progress(total, description)` for the job body: a per-job bar (or nothing)."""
+
+        @contextmanager
+        def progress(total: int, description: str):
+            if self._progress is None:
+                yield lambda **kw: None
+                return
+            task = self._progress.add_task(f"{description} {label}", total=total, info="")
+
+            def advance(**fields: Any) -> None:
+                self._progress.update(task, advance=1, info="  ".join(f"{k}={v}" for k, v in fields.items()))
+
+            try:
+                yield advance
+            finally:
+                self._progress.remove_task(task)
+
+        return progress
+
+    def finished(self, label: str, status: str, seconds: float) -> None:
+        """A job ended (done or failed): advance the overall bar, or print its line."""
+        self.done += 1
+        self.times.append(seconds)
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.update(self._overall, advance=1, info=f"{self.eta()}  last {seconds:.1f}s")
+            if status != "done":
+                self._progress.console.print(f"[red]{status}[/] {label}")
+        else:
+            console.print(f"[{self.done}/{self.total}] {status} {label} in {seconds:.1f}s, {self.eta()}",
+                          soft_wrap=True)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
+    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OverwriteOpt, QuietOpt,
     RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow, status,
     step_progress,
 )
 from cli.refine_options import (
     PNP_RANGES, ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
     check_refine_params, make_pnp, pnp_progress, refine_summary,
+)
+from cli.batch import (
+    BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
+    run_batch, single_params,
 )
 from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, run_command, video_output
 
@@ -35,9 +40,17 @@ estimate K times (forward passes only), and an uncertainty gate keeps voxels tha
   vmt refine --model Wan-AI/Wan2.2-I2V-A14B-Diffusers --image first.png --prompt "..." \\
       --recipe wan2.2-a14b-i2v -o clip.mp4
 
+  vmt refine --batch prompts.txt --seeds 0-4 --naming vbench -o vbench/     # one model load, resumable
+
+  torchrun --nproc-per-node 8 -m cli.main refine --batch jobs.jsonl -o out/  # jobs split over 8 GPUs
+
 Plans: FIRST-LAST:K items, 0-based inclusive outer steps, K extra model evaluations each (NFE = steps +
 sum of K; the default adds 21 to 50 steps, 1.42x). `--plan default` (the default) is the published
 50-step plan; on schedules shorter than 15 steps it keeps only the steps that exist.
+
+Batches: --batch JOBS runs a .jsonl file (one job a line: prompt, seed, output, any option) or a prompt list
+with one model load; -o is then the output folder, with manifest.jsonl. Re-running resumes; --dry-run prints
+the plan (NFE, DiT passes, estimated GPU memory) without loading weights.
 
 Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE and patch size).
 """)
@@ -45,8 +58,9 @@ Sizes: --num-frames must be 4k+1 and --height/--width multiples of 16 (Wan's VAE
 
 def refine(
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.", show_default=False)],
-    output: OutputOpt,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="What the video shows (with --batch: the "
+                                               "default of jobs without one).", show_default=False)] = None,
+    output: BatchOutputOpt = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
     image: Annotated[Path | None, typer.Option("--image", help="First frame for image-to-video models "
                                                "(resized and centre-cropped to the output size).")] = None,
@@ -81,8 +95,16 @@ def refine(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    batch: BatchOpt = None,
+    seeds: SeedsOpt = None,
+    naming: NamingOpt = "index",
+    dry_run: DryRunOpt = False,
+    format: FormatOpt = "text",
 ) -> None:
-    run_command(ctx, SPEC, locals(), _run)
+    if is_batch(locals()):
+        run_batch(ctx, BATCH, locals())
+        return
+    run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
 SPEC = CommandSpec(
@@ -92,28 +114,51 @@ SPEC = CommandSpec(
 )
 
 
-def _run(p: dict) -> None:
+def check_job(p: dict):
+    """Checks of one job that need no model: Wan2.1's size rules and the P&P plan. Returns the plan."""
     from vmt.backends.wan import WanGeometry
 
     WanGeometry().check_size(p["num_frames"], p["height"], p["width"])  # Wan2.1's rules, before any model
-    pnp_plan = check_refine_params(p, p["steps"])
-    quiet_libraries(p["debug"])
+    return check_refine_params(p, p["steps"])
 
+
+def check_model_job(p: dict, geometry, plan) -> None:
+    """Checks of one job against the model's config (no weights)."""
+    geometry.check_size(p["num_frames"], p["height"], p["width"])
+
+
+def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
+    """Resolve the model, check its geometry (before minutes of loading weights), load it."""
     from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
+
+    resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
+    if geometry_check is not None:
+        geometry_check(geometry)
+    return WanBackend.from_pretrained(p["model"], WanLoadOptions(
+        device=device or p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+        revision=p["revision"], resolved=resolved,
+    ))
+
+
+def estimate(p: dict, plan, geometry) -> dict:
+    """Planned model evaluations of one job: NFE (no early exit) and DiT passes (two per NFE with CFG)."""
+    nfe = plan.nfe(p["steps"])
+    cfg = p["guidance_scale"] > 1.0 or (p["guidance_scale_2"] or 0.0) > 1.0
+    return {"steps": p["steps"], "nfe": nfe, "dit_forward": nfe * (2 if cfg else 1), "dit_backward": 0,
+            "cfg_branches": 2 if cfg else 1, "tokens": math.prod(geometry.token_grid(
+                p["num_frames"], p["height"], p["width"]))}
+
+
+def run_job(backend, p: dict, pnp_plan, timer, progress=None, report: bool = True,
+            sidecar_extra: dict | None = None) -> dict:
+    """One video on a loaded backend: generate, write the video and its sidecar. The single command and every
+    job of a batch run this. `progress(total, description)` gives the step bar; returns the compute counts."""
     from vmt.generate import GenerationRequest, generate
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory
+    from vmt.runtime import peak_memory
 
     output = p["output"]
-    timer = Timer()
-    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        resolved, geometry = inspect_model(p["model"], p["revision"])
-        geometry.check_size(p["num_frames"], p["height"], p["width"])  # before minutes of loading weights
-        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"], resolved=resolved,
-        ))
     timer.sync_cuda = backend.device.type == "cuda"
     image = None
     if p["image"] is not None:
@@ -130,7 +175,8 @@ def _run(p: dict) -> None:
     def on_step(state) -> None:
         advance(sigma=f"{float(state.sigma):.3f}", **pnp_progress(state))
 
-    with step_progress(req.steps, "denoising", p["quiet"]) as advance:
+    progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
+    with progress(req.steps, "denoising") as advance:
         result = generate(backend, req, interventions=[pnp] if pnp else [], on_step=on_step, timer=timer)
     with timer.stage("write"):
         write_video(output, result.frames, p["fps"])
@@ -144,12 +190,29 @@ def _run(p: dict) -> None:
             extra={"sigmas": result.sigmas, "timesteps": result.timesteps,
                    "video": {"frames": int(len(result.frames)), "fps": p["fps"], "height": p["height"],
                              "width": p["width"]},
-                   "pnp": pnp_doc, "steps": result.steps},
+                   "pnp": pnp_doc, "steps": result.steps, **(sidecar_extra or {})},
         )
         write_sidecar(output, doc)
-    if not p["quiet"]:
+    if report and not p["quiet"]:
         c = backend.counts
         console.print(f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}) "
                       f"NFE {c.nfe} ({c.nfe / req.steps:.2f}x), DiT passes {c.dit_forward}, "
                       f"denoise {timer.stages.get('denoise', 0):.1f}s")
+    return backend.counts.as_dict()
 
+
+def _run(p: dict, ctx) -> None:
+    require(ctx, p, ("prompt", "output"))
+    pnp_plan = check_job(p)
+    quiet_libraries(p["debug"])
+
+    from vmt.runtime import Timer
+
+    timer = Timer()
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        # Geometry checked from the config, before minutes of loading weights.
+        backend = load_backend(p, lambda g: g.check_size(p["num_frames"], p["height"], p["width"]))
+    run_job(backend, p, pnp_plan, timer)
+
+
+BATCH = BatchCommand(SPEC, check_job, check_model_job, load_backend, run_job, estimate, required=("prompt",))

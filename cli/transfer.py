@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,6 @@ from cli.common import (
     DtypeOpt,
     ModelOpt,
     OffloadOpt,
-    OutputOpt,
     OverwriteOpt,
     QuietOpt,
     RecipeOpt,
@@ -43,6 +43,11 @@ from cli.refine_options import (
     pnp_progress,
     refine_summary,
 )
+from cli.batch import (
+    BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
+    run_batch,
+    single_params,
+)
 from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, Range, run_command, video_output
 
 HELP = reflow("""Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
@@ -64,6 +69,8 @@ of --block) matches the reference's, then sampling goes on with ordinary CFG.
 
   vmt transfer ref.mp4 --prompt "..." -o refined.mp4 --refine   # + Predict-and-Perturb
 
+  vmt transfer --batch refs.jsonl -o out/ --naming "{reference}-{seed}.mp4"   # "reference" per line
+
 Defaults are the FastVMT release's for Wan2.1-T2V-1.3B: 480x832, up to 81 frames, 50 steps, shift 7,
 CFG 5.8, seed 42, strength 0.75, block 14, span 4, tiles 3x4, window 21, 10 guided x 10 inner steps, gradient
 reuse every 3, AdamW lr 3e-3 -> 2.1e-3. The output keeps the reference's frame rate unless --fps is given.
@@ -78,10 +85,12 @@ _G = "Guidance"
 
 def transfer(
     ctx: typer.Context,
-    reference: Annotated[Path, typer.Argument(help="Reference video whose motion is transferred.",
-                                              show_default=False)],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the new video shows.", show_default=False)],
-    output: OutputOpt,
+    reference: Annotated[Path | None, typer.Argument(help="Reference video whose motion is transferred (with "
+                                                     "--batch: the default of jobs without one).",
+                                                     show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="What the new video shows (with --batch: "
+                                               "the default of jobs without one).", show_default=False)] = None,
+    output: BatchOutputOpt = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
     num_frames: Annotated[int, typer.Option("--num-frames", "-f", help="Most frames to take from the reference "
                                             "(cut to the largest 4k+1 available; >= 5).")] = 81,
@@ -163,8 +172,16 @@ def transfer(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    batch: BatchOpt = None,
+    seeds: SeedsOpt = None,
+    naming: NamingOpt = "index",
+    dry_run: DryRunOpt = False,
+    format: FormatOpt = "text",
 ) -> None:
-    run_command(ctx, SPEC, locals(), _run)
+    if is_batch(locals()):
+        run_batch(ctx, BATCH, locals())
+        return
+    run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
 SPEC = CommandSpec(
@@ -188,15 +205,15 @@ def parse_tile(text: str) -> tuple[int, int]:
     return th, tw
 
 
-def _run(p: dict) -> None:
+def check_job(p: dict):
+    """Checks of one job that need no model; returns (guidance config, P&P plan or None)."""
     from vmt.backends.wan import WanGeometry
     from vmt.errors import VmtUsageError
 
-    output, ref_path = p["output"], Path(p["reference"])
     WanGeometry().check_size(5, p["height"], p["width"])  # Wan2.1's rules, before any model
 
     from vmt.motion.guidance import GuidanceConfig
-    from vmt.transfer import MIN_FRAMES, TransferRequest, sdedit_sigmas
+    from vmt.transfer import MIN_FRAMES, sdedit_sigmas
 
     if p["num_frames"] < MIN_FRAMES:
         raise VmtUsageError(f"--num-frames {p['num_frames']} is too few; motion transfer needs >= {MIN_FRAMES}")
@@ -214,28 +231,63 @@ def _run(p: dict) -> None:
     from vmt.generate import check_modes
 
     check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
-    quiet_libraries(p["debug"])
+    return cfg, pnp_plan
 
+
+def check_model_job(p: dict, geometry, prepared) -> None:
+    """Checks of one job against the model's config (no weights)."""
+    geometry.check_block(prepared[0].block)
+
+
+def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
+    """Resolve the model, check its geometry (before minutes of loading weights), load it; a T2V model."""
     from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
-    from vmt.io.video import write_video
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory
-    from vmt.transfer import load_reference
-    from vmt.transfer import transfer as run_transfer
+    from vmt.errors import VmtUsageError
 
-    timer = Timer()
-    with timer.stage("read_reference"):
-        frames, ref_fps = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
-    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        resolved, geometry = inspect_model(p["model"], p["revision"])
-        geometry.check_block(cfg.block)  # before minutes of loading weights
-        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"], resolved=resolved,
-        ))
+    resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
+    if geometry_check is not None:
+        geometry_check(geometry)
+    backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
+        device=device or p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+        revision=p["revision"], resolved=resolved,
+    ))
     if backend.is_i2v:
         raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
                             "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    return backend
+
+
+def estimate(p: dict, prepared, geometry) -> dict:
+    """Planned model evaluations of one job: sampling NFE (no early exit), DiT forward and backward passes
+    (sampling: two per NFE with CFG; guidance: one reference forward per guided step, or one in all for a clean
+    reference, and a forward + backward at every --reuse-interval-th inner step)."""
+    cfg, plan = prepared
+    nfe = plan.nfe(p["steps"]) if plan is not None else p["steps"]
+    branches = 2 if p["guidance_scale"] > 1.0 else 1
+    guided = min(cfg.guided_steps, p["steps"])
+    grads = guided * math.ceil(cfg.inner_steps / cfg.reuse_interval)
+    refs = (1 if guided else 0) if cfg.ref_amf == "clean" else guided
+    frames = (p["num_frames"] - 1) // 4 * 4 + 1  # at most; a shorter reference gives fewer
+    return {"steps": p["steps"], "nfe": nfe, "dit_forward": nfe * branches + refs + grads, "dit_backward": grads,
+            "cfg_branches": branches, "tokens": math.prod(geometry.token_grid(frames, p["height"], p["width"]))}
+
+
+def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = True,
+            sidecar_extra: dict | None = None, reference=None) -> dict:
+    """One video on a loaded backend: transfer, write the video and its sidecar. The single command and every
+    job of a batch run this. `reference`: (frames, fps) already read, else read here. Returns compute counts."""
+    from vmt.io.video import write_video
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import peak_memory
+    from vmt.transfer import TransferRequest, load_reference
+    from vmt.transfer import transfer as run_transfer
+
+    cfg, pnp_plan = prepared
+    output, ref_path = p["output"], Path(p["reference"])
+    if reference is None:
+        with timer.stage("read_reference"):
+            reference = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
+    frames, ref_fps = reference
     timer.sync_cuda = backend.device.type == "cuda"
     req = TransferRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],
@@ -253,7 +305,8 @@ def _run(p: dict) -> None:
             info["amf"] = f"{g['amf_loss'][0]:.4g}->{g['final_amf_loss']:.4g}"
         advance(**info, **pnp_progress(state))
 
-    with step_progress(req.steps, "transfer", p["quiet"]) as advance:
+    progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
+    with progress(req.steps, "transfer") as advance:
         result = run_transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
                               timer=timer)
     out_fps = p["fps"] if p["fps"] is not None else ref_fps
@@ -276,10 +329,11 @@ def _run(p: dict) -> None:
                 # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
                 "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))
                         if p["refine"] else None),
+                **(sidecar_extra or {}),
             },
         )
         write_sidecar(output, doc)
-    if not p["quiet"]:
+    if report and not p["quiet"]:
         c = backend.counts
         st = timer.stages
         console.print(
@@ -287,3 +341,23 @@ def _run(p: dict) -> None:
             f"NFE {c.nfe}, DiT forward {c.dit_forward}, backward {c.dit_backward}; guidance {st.get('guidance', 0):.1f}s, "
             f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s"
         )
+    return backend.counts.as_dict()
+
+
+def _run(p: dict, ctx) -> None:
+    require(ctx, p, ("reference", "prompt", "output"))
+    prepared = check_job(p)
+    quiet_libraries(p["debug"])
+
+    from vmt.runtime import Timer
+    from vmt.transfer import load_reference
+
+    timer = Timer()
+    with timer.stage("read_reference"):  # a bad reference fails before minutes of loading
+        reference = load_reference(Path(p["reference"]), p["num_frames"], p["height"], p["width"], p["fps"])
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        backend = load_backend(p, lambda g: check_model_job(p, g, prepared))
+    run_job(backend, p, prepared, timer, reference=reference)
+
+
+BATCH = BatchCommand(SPEC, check_job, check_model_job, load_backend, run_job, estimate, required=("prompt", "reference"))

@@ -1,0 +1,458 @@
+"""Batches of generation jobs: job files, output naming, resume decisions, manifests and the split over ranks.
+
+A batch is one model load and many jobs. A job is the command's resolved parameters with per-job values on
+top (prompt, seed, reference, any option that does not change how the model loads). This module knows nothing
+about the command line: the caller passes how to convert a value to an option's type and how to check a job,
+so that a job file is held to exactly the rules of a recipe and of the command line.
+
+    jobs = read_jobs("prompts.jsonl", JobSchema(...))
+    names = assign_outputs(jobs, out_dir, "{prompt}-{sample}.mp4", suffixes)
+    state = resume_state(out_dir / names[0], job_key(params))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmt.errors import VmtUsageError
+
+MANIFEST_NAME = "manifest.jsonl"
+NAMING_PRESETS = {"index": "{index:04d}.mp4", "vbench": "{prompt}-{sample}.mp4"}
+DEFAULT_NAMING = "index"
+NAME_FIELDS = ("index", "sample", "prompt", "seed", "reference")
+MAX_NAME_BYTES = 255  # one path component on common filesystems
+# Suffixes read as JSON Lines; anything else is a plain prompt list (one prompt a line).
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+@dataclass
+class Job:
+    """One job of a batch. `values`: typed per-job parameters from the job file (prompt, seed, options);
+    `line`: its 1-based line in the file (the message of every error names it); `name`: an explicit output
+    name from the file, or None for the naming template."""
+
+    index: int
+    line: int
+    values: dict[str, Any]
+    name: str | None = None
+    output: Path | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def where(self, source: str | Path) -> str:
+        return f"{source} line {self.line}"
+
+
+@dataclass(frozen=True)
+class JobSchema:
+    """What a job line may hold for one command.
+
+    convert(name, value) -> typed value, raising ValueError naming the expected type (the recipe conversion).
+    flag(name) -> how the user writes the option (--guidance-scale), for messages.
+    allowed: parameter names a job may set. fixed: names that are the same for the whole batch (the model
+    loads once) with the reason. paths: names whose relative values are read from the job file's folder.
+    """
+
+    command: str
+    convert: Callable[[str, Any], Any]
+    flag: Callable[[str], str]
+    allowed: frozenset[str]
+    fixed: Mapping[str, str] = field(default_factory=dict)
+    paths: frozenset[str] = frozenset()
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0-4" -> [0, 1, 2, 3, 4]; "1,5,9-10" -> [1, 5, 9, 10]. Seeds are non-negative and not repeated."""
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise VmtUsageError(f"--seeds {text!r}: expected seeds such as 0-4 or 1,5,9-10")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise VmtUsageError(f"--seeds {text!r}: range {a}-{b} goes backwards")
+        seeds.extend(range(a, b + 1))
+    if len(set(seeds)) != len(seeds):
+        raise VmtUsageError(f"--seeds {text!r} repeats a seed; every seed would write the same video")
+    return seeds
+
+
+def _job_line(obj: Any, lineno: int, source: Path, schema: JobSchema) -> tuple[dict[str, Any], str | None]:
+    """Typed values of one JSON object line (and its explicit output name)."""
+    where = f"{source} line {lineno}"
+    if not isinstance(obj, dict):
+        raise VmtUsageError(f"{where}: expected a JSON object such as {{\"prompt\": \"...\", \"seed\": 0}}, "
+                            f"got {type(obj).__name__}")
+    values: dict[str, Any] = {}
+    name = None
+    for key, val in obj.items():
+        pname = str(key).replace("-", "_")
+        if pname == "output":
+            if not isinstance(val, str) or not val:
+                raise VmtUsageError(f"{where}: output = {val!r} must be a file name (a string)")
+            name = val
+            continue
+        if pname in schema.fixed:
+            raise VmtUsageError(f"{where}: {key!r} cannot change per job ({schema.fixed[pname]}); give "
+                                f"{schema.flag(pname)} on the command line")
+        if pname not in schema.allowed:
+            known = ", ".join(sorted(["output", *(k.replace("_", "-") for k in schema.allowed)]))
+            raise VmtUsageError(f"{where}: unknown key {key!r} for `vmt {schema.command}`; known keys: {known}")
+        try:
+            value = schema.convert(pname, val)
+        except ValueError as e:
+            raise VmtUsageError(f"{where}: {key} = {val!r} is not valid for {schema.flag(pname)}: expected "
+                                f"{e}") from None
+        if pname in schema.paths and value is not None and not Path(value).is_absolute():
+            value = source.parent / value  # relative to the job file, wherever the command runs from
+        values[pname] = value
+    return values, name
+
+
+def read_jobs(path: str | Path, schema: JobSchema, seeds: Sequence[int] | None = None) -> list[Job]:
+    """Read a job file: JSON Lines (.jsonl, one object a line) or plain text (one prompt a line; lines
+    starting with # are comments). `seeds` (from --seeds) expands every line without its own seed into one
+    job per seed. Raises VmtUsageError naming the line."""
+    path = Path(path)
+    if path.is_dir():
+        raise VmtUsageError(f"--batch {path} is a folder; give a .jsonl or .txt job file")
+    if not path.is_file():
+        raise VmtUsageError(f"--batch {path} not found; check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise VmtUsageError(f"--batch {path} is not UTF-8 text: {e}") from None
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    rows: list[tuple[int, dict[str, Any], str | None]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or (not jsonl and line.startswith("#")):
+            continue
+        if jsonl:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise VmtUsageError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            values, name = _job_line(obj, lineno, path, schema)
+        else:
+            values, name = {"prompt": line}, None
+        rows.append((lineno, values, name))
+    if not rows:
+        raise VmtUsageError(f"--batch {path} has no jobs")
+    jobs: list[Job] = []
+    for lineno, values, name in rows:
+        if seeds and "seed" not in values:
+            if name is not None and len(seeds) > 1:
+                raise VmtUsageError(f"{path} line {lineno}: an explicit output name with --seeds would write "
+                                    f"{len(seeds)} videos to one file; add {{seed}} by removing \"output\" "
+                                    "(the naming template) or give each seed its own line")
+            jobs.extend(Job(len(jobs) + i, lineno, {**values, "seed": s}, name) for i, s in enumerate(seeds))
+        else:
+            jobs.append(Job(len(jobs), lineno, values, name))
+    return jobs
+
+
+# ---------------------------------------------------------------- naming
+
+
+def naming_template(naming: str | None) -> str:
+    """A preset name (index, vbench) or a template with {index} {sample} {prompt} {seed} {reference}."""
+    return NAMING_PRESETS.get(naming or DEFAULT_NAMING, naming or NAMING_PRESETS[DEFAULT_NAMING])
+
+
+def _safe_component(text: str) -> str:
+    """A prompt as one file name component: path separators and control characters become "_"."""
+    return "".join("_" if c in "/\\" or ord(c) < 32 else c for c in text).strip()
+
+
+def assign_outputs(jobs: list[Job], out_dir: Path, naming: str | None, source: str | Path) -> None:
+    """Set every job's output (out_dir / name) from its explicit name or the template; duplicates, names
+    with folders and over-long names are errors naming the lines. {sample} counts jobs per prompt (VBench's
+    index: prompt-0.mp4 ... prompt-4.mp4)."""
+    template = naming_template(naming)
+    per_prompt: dict[str, int] = {}
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        prompt = str(job.params.get("prompt", job.values.get("prompt", "")))
+        sample = per_prompt.get(prompt, 0)
+        per_prompt[prompt] = sample + 1
+        if job.name is not None:
+            name = job.name
+        else:
+            ref = job.params.get("reference") or job.values.get("reference")
+            fields = {"index": job.index, "sample": sample, "prompt": _safe_component(prompt),
+                      "seed": job.params.get("seed", job.values.get("seed")),
+                      "reference": Path(ref).stem if ref else ""}
+            try:
+                name = template.format(**fields)
+            except (KeyError, IndexError, ValueError) as e:
+                raise VmtUsageError(f"--naming {template!r}: {e!s} is not a field; use "
+                                    + ", ".join("{" + f + "}" for f in NAME_FIELDS)) from None
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise VmtUsageError(f"{job.where(source)}: output name {name!r} must be a file name inside the -o "
+                                "folder (no folders)")
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise VmtUsageError(f"{job.where(source)}: output name {name[:40]!r}... is {len(name.encode())} "
+                                f"bytes; file names hold at most {MAX_NAME_BYTES} (give \"output\" or --naming)")
+        if name in seen:
+            raise VmtUsageError(f"{job.where(source)}: output {name!r} is also the output of line "
+                                f"{seen[name].line}; give each job its own name (e.g. --naming "
+                                "\"{index}-{seed}.mp4\")")
+        seen[name] = job
+        job.output = out_dir / name
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def job_key(params: Mapping[str, Any], ignore: Iterable[str]) -> dict[str, Any]:
+    """The parameters that decide a job's result, as JSON values: what a resumed run compares."""
+    skip = set(ignore)
+    return {k: _plain(v) for k, v in sorted(params.items()) if k not in skip}
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """"todo" (no output yet), "done" (output and sidecar with the same parameters), "changed" (made with
+    other parameters: `detail` says which), "orphan" (one of output / sidecar without the other)."""
+
+    kind: str
+    detail: str = ""
+
+
+def _describe_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(set(old) | set(new), key=str)
+    diffs = [f"{k.replace('_', '-')} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    return shown or "same values"
+
+
+def resume_state(output: Path, key: Mapping[str, Any]) -> ResumeState:
+    """Whether the job that writes `output` with parameters `key` is already done."""
+    from vmt.io.atomic import sidecar_path
+
+    side = sidecar_path(output)
+    has_out, has_side = output.exists(), side.exists()
+    if not has_out and not has_side:
+        return ResumeState("todo")
+    if has_out != has_side:
+        present = output if has_out else side
+        return ResumeState("orphan", f"{present} exists without its {'sidecar' if has_out else 'video'}")
+    try:
+        doc = json.loads(side.read_text())
+        recorded = doc["batch"]["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ResumeState("changed", f"{side} was not written by a batch")
+    if recorded != dict(key):
+        return ResumeState("changed", _describe_diff(recorded, key))
+    return ResumeState("done")
+
+
+@contextlib.contextmanager
+def job_files(output: Path) -> Iterator[None]:
+    """A job writes its video and then its sidecar: if it stops between the two (Ctrl-C, SIGTERM, an error),
+    the video it wrote is removed, so that a job is either complete (both) or absent (neither)."""
+    from vmt.io.atomic import sidecar_path
+
+    def stamp(p: Path) -> tuple[int, int] | None:
+        try:
+            st = p.stat()
+            return st.st_ino, st.st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    before = stamp(output)
+    try:
+        yield
+    except BaseException:
+        after = stamp(output)
+        if after is not None and after != before and not sidecar_path(output).exists():
+            with contextlib.suppress(FileNotFoundError):
+                output.unlink()
+        raise
+
+
+# ---------------------------------------------------------------- ranks
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun launch (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def share(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's items: every world-th from its rank, so ranks get equal counts (+-1) in job order."""
+        return list(items[self.rank::self.world])
+
+
+def ranks_from_env(env: Mapping[str, str] | None = None) -> Ranks:
+    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun (and most launchers) set them."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError as e:
+        raise VmtUsageError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {e}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise VmtUsageError(f"RANK {rank} is outside WORLD_SIZE {world}")
+    return Ranks(rank, world, local)
+
+
+def rank_device(device: str, ranks: Ranks) -> str:
+    """--device auto under a launcher: this process's local GPU (cuda:LOCAL_RANK) when there is CUDA."""
+    if device != "auto" or not ranks.distributed:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
+        return f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
+    return "cpu"
+
+
+@contextlib.contextmanager
+def process_group(ranks: Ranks) -> Iterator[Any]:
+    """A gloo process group for the batch's bookkeeping (barrier, gathering manifest rows), or None for one
+    process. Gloo: the messages are small Python objects, and it works with and without GPUs. The timeout
+    is long: rank 0 waits at the end for the slowest rank's share of jobs."""
+    if not ranks.distributed:
+        yield None
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world,
+                                timeout=datetime.timedelta(hours=72))
+    try:
+        yield dist
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def gather_rows(dist: Any, rows: list[dict], ranks: Ranks) -> list[dict] | None:
+    """All ranks' manifest rows on rank 0 (None elsewhere); the rows of one process as they are."""
+    if dist is None:
+        return rows
+    out: list[list[dict]] | None = [[] for _ in range(ranks.world)] if ranks.rank == 0 else None
+    dist.gather_object(rows, out, dst=0)
+    if out is None:
+        return None
+    return sorted((r for part in out for r in part), key=lambda r: r["job"])
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def manifest_row(job: Job, status: str, rank: int = 0, **extra: Any) -> dict[str, Any]:
+    """One manifest line: job index and file line, output, status (done, skipped, failed, interrupted,
+    pending), the rank that ran it, seed and prompt, and what the job reported (timings, compute, error)."""
+    row = {"job": job.index, "line": job.line, "output": str(job.output), "status": status, "rank": rank,
+           "seed": job.params.get("seed"), "prompt": job.params.get("prompt")}
+    row.update(extra)
+    return row
+
+
+def write_manifest(path: Path, header: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """JSON Lines, atomically: a header line ({"batch": ...}) and one line per job in job order."""
+    from vmt.io.atomic import atomic_path
+
+    with atomic_path(path, replace=True) as tmp:
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"batch": dict(header)}, default=str) + "\n")
+            for row in rows:
+                f.write(json.dumps(dict(row), default=str) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- plan estimates
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    """Parameters in the .safetensors files of a component folder, from their headers (no tensor data)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__":
+                total += math.prod(info["shape"])
+    return total
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def weight_bytes(model_folder: Path, dtype: str) -> dict[str, int | None]:
+    """Bytes of each component's weights as loaded (the VAE stays float32), counted from the files' headers."""
+    per = DTYPE_BYTES.get(dtype, 4)
+    out: dict[str, int | None] = {}
+    for comp in ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae"):
+        folder = model_folder / comp
+        if folder.is_dir():
+            n = _safetensors_params(folder)
+            out[comp] = None if n is None else n * (4 if comp == "vae" else per)
+    return out
+
+
+def activation_bytes(tokens: int, dim: int, ffn_dim: int, text_tokens: int, branches: int, dtype: str) -> int:
+    """A rough peak of one transformer forward's activations: the block's input, attention output and FFN
+    intermediate per token, for `branches` (2 with batched CFG). Memory-efficient attention is assumed (no
+    token x token matrix). An estimate, not a measurement."""
+    per = DTYPE_BYTES.get(dtype, 4)
+    return branches * per * (tokens * (4 * dim + ffn_dim) + text_tokens * dim)
+
+
+def memory_estimate(model_folder: Path, dtype: str, offload: str, tokens: int, latent_numel: int,
+                    cfg_branches: int) -> dict[str, Any]:
+    """Estimated peak GPU memory of a job from the model's files (weights) and configs (activations)."""
+    weights = weight_bytes(model_folder, dtype)
+    known = {k: v for k, v in weights.items() if v is not None}
+    try:
+        tcfg = json.loads((model_folder / ("transformer" if (model_folder / "transformer").is_dir()
+                                           else "transformer_2") / "config.json").read_text())
+        dim = int(tcfg["num_attention_heads"]) * int(tcfg["attention_head_dim"])
+        ffn = int(tcfg["ffn_dim"])
+    except (OSError, ValueError, KeyError):
+        dim, ffn = 1536, 8960  # Wan2.1-1.3B
+    act = activation_bytes(tokens, dim, ffn, 512, cfg_branches, dtype) + 8 * latent_numel * 4
+    if offload == "none":
+        resident = sum(known.values())
+    else:  # model offload: the largest component at a time (sequential: less; reported the same, an upper bound)
+        resident = max(known.values(), default=0)
+    gib = 2**30
+    return {"weights_gib": {k: (None if v is None else round(v / gib, 3)) for k, v in weights.items()},
+            "activations_gib": round(act / gib, 3), "peak_gib": round((resident + act) / gib, 3),
+            "note": "weights from the model files' headers; activations a rough estimate"}
