@@ -289,12 +289,10 @@ def _check_run(p: dict) -> None:
 def _run(ctx: typer.Context, params: dict) -> None:
     p = resolve_params(ctx, "predict-keypoints", params, params["recipe"])
     _check_run(p)
-    import numpy as np
-
     from vmt.errors import VmtUsageError
     from vmt.keypoints import DEFAULT_MODEL_DIR
     from vmt.keypoints.model import SampleOptions, load_model
-    from vmt.keypoints.pipeline import forecast_input, parse_samples, render_forecast, write_forecast
+    from vmt.keypoints.pipeline import forecast_input, parse_samples, render_forecast, run_record, write_forecast
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory, resolve_device
 
@@ -322,18 +320,11 @@ def _run(ctx: typer.Context, params: dict) -> None:
                             fomm=fomm, samples=picks, preview=p["preview"])
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
     resolved.update(context=context, horizon=horizon, model=str(model_dir))
-    per_frame_ms = 1000 * timer.stages["predict"] / (horizon * len(fc.contexts))
-    acc = fc.stats.get("acceptance")
+    compute, extra = run_record(fc, timer.stages["predict"], horizon, opts, kp_file, p["render"], fomm is not None)
     write_sidecar(Path(p["output"]), build_sidecar(
         command_line(), "predict-keypoints run", resolved, output=Path(p["output"]), timings=timer.stages,
         model={"dir": str(model_dir), "config": doc["config"], "best_val_nll": doc.get("best_val_nll")},
-        memory=peak_memory(dev), compute={"sequences": len(fc.contexts), "samples": p["samples"],
-                                          "ms_per_predicted_frame": round(per_frame_ms, 3)},
-        extra={"keypoints_source": fc.source, "method": "GRU-SNF" if p["refine"] else "GRU-NF",
-               "mcmc_acceptance": None if acc is None else round(float(np.mean(acc)), 4),
-               "keypoints_file": kp_file and str(kp_file), "render": p["render"] and str(p["render"]),
-               "renderer": None if p["render"] is None else ("fomm" if fomm is not None else "preview")}))
+        memory=peak_memory(dev), compute=compute, extra=extra))
     if not p["quiet"]:
         console.print(f"[green]wrote[/] {p['output']} ({len(fc.contexts)} sequences x {p['samples']} samples x "
-                      f"{horizon} frames, {'GRU-SNF' if p['refine'] else 'GRU-NF'})"
-                      + "".join(f" and {x}" for x in (kp_file, p["render"]) if x))
+                      f"{horizon} frames, {extra['method']})" + "".join(f" and {x}" for x in (kp_file, p["render"]) if x))

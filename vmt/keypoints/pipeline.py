@@ -163,6 +163,21 @@ def forecast_input(net: GRUNF, doc: dict, model_dir: Path, input: Path, context:
     return Forecast(seqs, contexts, pred, source, frame, stats)
 
 
+def run_record(fc: Forecast, predict_seconds: float, horizon: int, opts: SampleOptions, kp_file: Path | None,
+               render: Path | None, fomm_used: bool) -> tuple[dict, dict]:
+    """The sidecar's `compute` and `extra` sections of a `run`."""
+    acc = fc.stats.get("acceptance")
+    per_frame_ms = 1000 * predict_seconds / (horizon * len(fc.contexts))
+    compute = {"sequences": len(fc.contexts), "samples": opts.samples,
+               "ms_per_predicted_frame": round(per_frame_ms, 3)}
+    extra = {"keypoints_source": fc.source, "method": "GRU-SNF" if opts.refine else "GRU-NF",
+             "mcmc_acceptance": None if acc is None else round(float(np.mean(acc)), 4),
+             "keypoints_file": None if kp_file is None else str(kp_file),
+             "render": None if render is None else str(render),
+             "renderer": None if render is None else ("fomm" if fomm_used else "preview")}
+    return compute, extra
+
+
 def keypoints_path(output: Path) -> Path:
     """Where `run` saves the keypoints it extracted from a video: pred.npz -> pred.keypoints.npz."""
     return output.with_name(f"{output.stem}.keypoints.npz")
