@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--ed-samples", type=int, default=25)
     ap.add_argument("--context", type=int, default=8)
     ap.add_argument("--horizon", type=int, default=16)
-    ap.add_argument("--folds-dir", type=Path, default=ROOT / "benchmarks" / "results" / "keypoints_loio")
+    ap.add_argument("--folds-dir", type=Path, default=ROOT / "runs" / "keypoints_loio")   # git-ignored
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keypoints.json")
     args = ap.parse_args()
