@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=16)
     ap.add_argument("--folds-dir", type=Path, default=ROOT / "runs" / "keypoints_loio")   # git-ignored
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--held-out", nargs="+", default=None, help="only these folds (default: every identity)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="evaluate this trained model on its own validation identities instead of LOIO training")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keypoints.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -116,17 +119,22 @@ def main() -> None:
     rows: dict[str, dict[str, list]] = {}
     eds: dict[str, list] = {}
     fold_info = []
-    for held in ids:
-        tr, te = split_by_identity(seqs, [held])
+    folds: list[list[str]] = [[i] for i in (args.held_out or ids)]
+    if args.model is not None:
+        folds = [load_model(args.model)[1]["data"]["val_identities"]]
+        if not folds[0]:
+            sys.exit(f"{args.model} has no validation identities: every shared face was trained on")
+    for held in folds:
+        tr, te = split_by_identity(seqs, held)
         test = make_windows(te, c + h, c + h)[0]
         damping = fit_damping(make_windows(tr, c + h, c + h)[0], c)
-        fold_info.append({"held_out": held, "windows": len(test), "damping": damping})
+        fold_info.append({"held_out": ",".join(held), "windows": len(test), "damping": damping})
         preds = {"zero velocity": velocity_forecast(test[:, :c], h, 0.0),
                  "constant velocity": velocity_forecast(test[:, :c], h, 1.0),
                  "damped velocity": velocity_forecast(test[:, :c], h, damping)}
-        for param in args.params:
-            folder = args.folds_dir / f"{param}{'' if augment else '-noaug'}-{args.steps}-{held}"
-            if args.retrain or not (folder / "model.safetensors").is_file():
+        for param in args.params if args.model is None else ["model"]:
+            folder = args.model or args.folds_dir / f"{param}{'' if augment else '-noaug'}-{args.steps}-{held[0]}"
+            if args.model is None and (args.retrain or not (folder / "model.safetensors").is_file()):
                 cfg = ModelConfig(context=c, horizon=h, param=param)
                 secs = train_fold(cfg, TrainConfig(steps=args.steps, eval_every=max(1, args.steps // 4)),
                                   tr.flat, folder, 4, augment)
@@ -151,15 +159,16 @@ def main() -> None:
         t["apd_over_mae"] = t["apd_best20"] / t["mae_best20"]
         table[label] = t
     head = f"{'method':30}" + "".join(f"{k:>12}" for k in cols)
-    print(f"LOIO {c}->{h} on unseen identities ({sum(f['windows'] for f in fold_info)} windows, "
-          f"{args.samples} samples, temperature {args.temperature}, seeds {args.seeds}, steps {args.steps}, "
-          f"augment {augment})")
+    what = (f"{args.model} on its validation identities {fold_info[0]['held_out']}" if args.model else
+            f"LOIO (steps {args.steps}, augment {augment}) on unseen identities")
+    print(f"{c}->{h}, {what} ({sum(f['windows'] for f in fold_info)} windows, {args.samples} samples, "
+          f"temperature {args.temperature}, seeds {args.seeds})")
     print(head)
     print("-" * len(head))
     for label, t in table.items():
         print(f"{label:30}" + "".join(f"{t[k]:12.4f}" for k in cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"context": c, "horizon": h, "samples": args.samples, "seeds": args.seeds,
+    args.out.write_text(json.dumps({"model": args.model and str(args.model), "context": c, "horizon": h, "samples": args.samples, "seeds": args.seeds,
                                     "temperature": args.temperature, "steps": args.steps, "augment": augment,
                                     "folds": fold_info, "table": table}, indent=2) + "\n")
     print(f"wrote {args.out}")
