@@ -167,6 +167,7 @@ def test_run_refuses_outputs_that_clobber_or_are_not_videos(trained, tmp_path):
         ([str(empty), "-o", str(tmp_path / "p.npz")], "is empty (0 bytes)"),
         ([str(text), "-o", str(tmp_path / "p.npz")], "not an .npz archive"),
         ([kp, "-o", str(tmp_path / "p.npz"), "--fomm", str(tmp_path / "none.pth")], "not found"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--fomm", kp, "--render", str(tmp_path / "v.mp4")], "pass --source"),
     ]
     for args, needle in cases:
         res = runner.invoke(app, ["predict-keypoints", "run", *args, "-m", m])

@@ -47,6 +47,9 @@ def check_run_paths(input: Path, output: Path, render: Path | None, source: Path
             raise VmtUsageError(f"{flag} {path} not found")
     if source is not None and source.suffix.lower() not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
         raise VmtUsageError(f"--source {source} is neither an image nor a video")
+    if fomm is not None and render is not None and source is None and not is_video(input):
+        raise VmtUsageError("--render with --fomm animates an image: pass --source face.png (keypoint-file input "
+                            "has no frame of its own)")
 
 
 def keypoint_source(doc: dict) -> str:
