@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--params", nargs="+", default=["residual", "minmax"])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--rollout", action="store_true", help="train on the head's fed-back predictions")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -133,9 +134,10 @@ def main() -> None:
                  "constant velocity": velocity_forecast(test[:, :c], h, 1.0),
                  "damped velocity": velocity_forecast(test[:, :c], h, damping)}
         for param in args.params if args.model is None else ["model"]:
-            folder = args.model or args.folds_dir / f"{param}{'' if augment else '-noaug'}-{args.steps}-{held[0]}"
+            tag = f"{param}{'' if augment else '-noaug'}{'-rollout' if args.rollout else ''}"
+            folder = args.model or args.folds_dir / f"{tag}-{args.steps}-{held[0]}"
             if args.model is None and (args.retrain or not (folder / "model.safetensors").is_file()):
-                cfg = ModelConfig(context=c, horizon=h, param=param)
+                cfg = ModelConfig(context=c, horizon=h, param=param, rollout=args.rollout)
                 secs = train_fold(cfg, TrainConfig(steps=args.steps, eval_every=max(1, args.steps // 4)),
                                   tr.flat, folder, 4, augment)
                 print(f"trained {folder.name} in {secs:.0f}s", flush=True)

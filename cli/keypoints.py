@@ -122,6 +122,10 @@ def train(
     param: Annotated[str, typer.Option("--param", help="residual: the flow models displacements from the last "
                                        "observed frame (untrained = zero velocity); minmax: the paper's "
                                        "per-window context min-max.")] = "residual",
+    rollout: Annotated[bool, typer.Option("--rollout/--teacher-forcing", help="After the context, condition the "
+                                          "training loss on the head's own fed-back predictions (what mean "
+                                          "feedback gives the GRU when sampling) instead of the true frames.")
+                       ] = False,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Mirror, affine jitter, time reversal "
                                           "and 0.8x/1.25x speed replays of the training windows.")] = True,
     fomm: Annotated[Path | None, typer.Option("--fomm", help="Videos as DATA: FOMM keypoints from this "
@@ -181,7 +185,7 @@ def _train(ctx: typer.Context, params: dict) -> None:
     timer, dev = Timer(), resolve_device(p["device"])
     with status("Reading keypoints...", p["quiet"]):
         seqs, kp_source = training_inputs(Path(p["data"]), p["video_fps"], _fomm(p, dev))
-    cfg = ModelConfig(num_kp=seqs.layout.num_kp, jacobian=seqs.layout.jacobian, param=p["param"],
+    cfg = ModelConfig(num_kp=seqs.layout.num_kp, jacobian=seqs.layout.jacobian, param=p["param"], rollout=p["rollout"],
                       **{k: p[k] for k in ("context", "horizon", "hidden", "layers", "dropout", "cond_dim",
                                            "flow_hidden", "blocks", "min_range", "frame_step", "head_weight")})
     tc = TrainConfig(**{k: p[k] for k in ("steps", "batch", "lr", "weight_decay", "grad_clip", "eval_every", "seed")})

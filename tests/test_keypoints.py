@@ -378,3 +378,20 @@ def test_speed_resampling_by_hand():
     seq = np.arange(9, dtype=np.float32)[:, None] ** 2
     assert np.array_equal(resample_speed(seq, 2.0)[:, 0], [0, 4, 16, 36, 64])       # every other frame
     assert np.allclose(resample_speed(seq, 0.5)[:3, 0], [0, 0.5, 1])                  # midpoints
+
+
+def test_rollout_conditions_ignore_the_true_future():
+    # With cfg.rollout the GRU reads the head's predictions after the context: the true future frames only
+    # enter as NLL targets, never as inputs; the context's conditions are the teacher-forced ones.
+    torch.manual_seed(0)
+    model = GRUNF(_tiny_cfg(rollout=True)).eval()
+    x = torch.randn(2, 7, model.dim)
+    x2 = x.clone()
+    x2[:, 4:] += 3.0
+    r1, r2 = model.rollout_states(x), model.rollout_states(x2)
+    assert torch.equal(r1, r2)
+    assert torch.equal(r1[:, :4], model.states(x)[:, :4])
+    assert (model.states(x2)[:, 4:] - model.states(x)[:, 4:]).abs().max() > 1e-3   # teacher forcing would see them
+    x3 = x.clone()
+    x3[:, 3] += 3.0
+    assert (model.rollout_states(x3)[:, 3:] - r1[:, 3:]).abs().max() > 1e-3

@@ -47,6 +47,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
     param: str = "minmax"      # 'minmax' (paper) | 'residual' (displacement from the last observed frame)
     residual_scale: list[float] | None = None   # per value (dim,), detector units; 'residual' only
+    rollout: bool = False      # train the future frames' conditions on the head's own fed-back predictions
 
     @property
     def layout(self) -> Layout:
@@ -100,9 +101,23 @@ class GRUNF(nn.Module):
         """(B, L, dim) -> (B, L-1, cond_dim): the condition of frames 1..L-1."""
         return self.cond(self.states(x))
 
+    def rollout_states(self, x: torch.Tensor) -> torch.Tensor:
+        """Like `states`, but after the context the GRU reads the head's own (detached) predictions instead of
+        the true frames: the inputs it gets when sampling feeds back the samples' mean."""
+        c = self.cfg.context
+        out, h = self.gru(x[:, :c])
+        last, conds = out[:, -1], [out[:, :-1]]
+        for _ in range(x.shape[1] - 1 - c):
+            conds.append(last[:, None])
+            step, h = self.gru(self.head(last).detach()[:, None], h)
+            last = step[:, 0]
+        conds.append(last[:, None])
+        return torch.cat(conds, dim=1)
+
     def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced NLL (nats per frame) of frames 1..L-1 and the head's MSE, both scalars."""
-        h = self.states(x)
+        """NLL (nats per frame) of frames 1..L-1 and the head's MSE, both scalars; teacher-forced, or with
+        `cfg.rollout` conditioned on the head's fed-back predictions after the context."""
+        h = self.rollout_states(x) if self.cfg.rollout and x.shape[1] > self.cfg.context else self.states(x)
         target = x[:, 1:].reshape(-1, self.dim)
         nll = -self.flow.log_prob(target, self.cond(h).reshape(-1, self.cfg.cond_dim)).mean()
         mse = ((self.head(h).reshape(-1, self.dim) - target) ** 2).mean()
