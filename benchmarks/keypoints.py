@@ -1,16 +1,22 @@
-"""GRU-NF vs GRU-SNF on held-out identities of the shared VoxCeleb keypoints; latency per predicted frame.
+"""Keypoint forecasting on unseen faces: leave-one-identity-out (LOIO) over the 4 shared VoxCeleb identities,
+GRU-NF and GRU-SNF against zero-, constant- and damped-velocity forecasts on the same windows.
 
-    OMP_NUM_THREADS=1 python benchmarks/keypoints.py [--model DIR] [--seeds 0 1 2] [--samples 100]
+    OMP_NUM_THREADS=1 python benchmarks/keypoints.py [--params residual minmax] [--steps 600] [--seeds 0]
 
-Test windows: non-overlapping context+horizon windows of the sequences of the model's validation identities
-(never trained on; note they did pick the best checkpoint). Per window: 100 samples.
-Metrics (normalised space = min-max of each window's context, all 60 values a frame, as the release's anchors):
-- energy distance between ground-truth windows and predicted windows (context + prediction, flattened), using
-  the first `--ed-samples` of each window's samples (i.i.d., so an unbiased subset; full N is O((W N)^2));
-- MAE of the best 20 of 100 samples, APD among those 20 (same units), APD/MAE, CRPS;
-- ADE/FDE best-of-100 on positions, in pixels of a 256x256 frame.
-Latency: one window, 100 samples, median of repeats, ms per predicted frame (GRU-NF vs GRU-SNF).
-Extra rows: SNF-vec (GRU-SNF with whole-vector MH acceptance), NF-per (GRU-NF with per-sample feedback).
+For each encoding (`residual`: displacement from the last observed frame, the shipped default; `minmax`: the
+paper's per-window context min-max) and each identity, a model is trained with the shipped recipe on the other
+three identities (no validation split: the last weights are kept, so the held-out face chooses nothing) and
+evaluated on the non-overlapping context+horizon windows of the held-out identity. Trained folds are cached in
+--folds-dir and reused unless --retrain.
+
+Metrics, all in detector units (FOMM coordinates in [-1, 1]) on the predicted frames only:
+- ADE / FDE on positions: mean over the N samples (`ade_mean`) and best of N (`ade_best`);
+- energy distance between the held-out identity's true futures and the predicted futures (all 60 values a
+  frame, flattened; `--ed-samples` samples per window), computed per fold and averaged over folds weighted by
+  windows;
+- MAE of the best 20 of N samples, APD among those 20, APD/MAE, and sample CRPS (all 60 values).
+Deterministic baselines have one sample (APD 0). Damped velocity: x_{C-1} + v * sum_{i<=h} d^i with v the last
+observed velocity and d chosen on the training identities of each fold.
 Writes benchmarks/results/keypoints.json.
 """
 
@@ -28,116 +34,145 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmt.keypoints import DEFAULT_MODEL_DIR
-from vmt.keypoints.data import Sequences, load_sequences, make_windows, split_by_identity
-from vmt.keypoints.model import SampleOptions, load_model
-from vmt.keypoints.predict import forecast, normalise_windows
-from vmt.metrics.forecast import ade_fde, apd, best_k, crps, energy_distance
+from vmt.keypoints.data import identity_of, load_sequences, make_windows, split_by_identity
+from vmt.keypoints.model import ModelConfig, SampleOptions, load_model
+from vmt.keypoints.predict import forecast
+from vmt.keypoints.train import TrainConfig, fit, prepare_training
+from vmt.metrics.forecast import apd, best_k, crps, energy_distance
 
 DATA = ROOT.parent / "shared" / "data" / "voxceleb" / "fomm_kp_dev.npz"
+DAMPING_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
+METHODS = {"GRU-NF": {"refine": False}, "GRU-SNF": {"refine": True, "elementwise": False}}
 
 
-METHODS = {  # name -> sampling options besides the sample count
-    "GRU-NF": {"refine": False},
-    "GRU-SNF": {"refine": True},
-    "SNF-vec": {"refine": True, "elementwise": False},     # whole-vector MH acceptance
-    "NF-per": {"refine": False, "feedback": "sample"},     # per-sample feedback
-}
+def velocity_forecast(contexts: np.ndarray, horizon: int, damping: float) -> np.ndarray:
+    """contexts (B, C, dim) -> (B, 1, horizon, dim): x_{C-1} + v * sum_{i=1..h} damping^i, v = x_{C-1} - x_{C-2}.
+
+    damping 0 is zero velocity, 1 constant velocity."""
+    v = contexts[:, -1] - contexts[:, -2]
+    gains = np.cumsum(damping ** np.arange(1, horizon + 1))
+    return (contexts[:, -1, None] + gains[None, :, None] * v[:, None])[:, None].astype(np.float32)
 
 
-def evaluate(model, windows: np.ndarray, context: int, horizon: int, method: dict, seed: int, samples: int,
-             ed_samples: int, best: int = 20) -> dict:
-    layout = model.cfg.layout
-    pred = forecast(model, windows[:, :context], horizon, SampleOptions(samples=samples, **method), seed=seed)
-    norm, lo, rng = normalise_windows(windows, context, model.cfg.min_range)
-    pred_n = (pred - lo[:, None]) / rng[:, None]                       # (W, N, H, D)
-    gt_n = norm[:, context:]
-    maes, apds, crpss, ades, fdes = [], [], [], [], []
-    for w in range(len(windows)):
-        m, idx = best_k(gt_n[w], pred_n[w], best)
-        maes.append(m)
-        apds.append(apd(pred_n[w, idx]))
-        crpss.append(crps(gt_n[w], pred_n[w]))
-        gp, _ = layout.unflatten(windows[w, context:])
-        sp, _ = layout.unflatten(pred[w])
-        a, f = ade_fde(gp * 127.5, sp * 127.5)
-        ades.append(a)
-        fdes.append(f)
-    ctx = np.repeat(norm[:, None, :context], ed_samples, axis=1)
-    pw = np.concatenate([ctx, pred_n[:, :ed_samples]], axis=2).reshape(-1, (context + horizon) * layout.dim)
-    ed = energy_distance(norm.reshape(len(norm), -1), pw)
-    mae, ap = float(np.mean(maes)), float(np.mean(apds))
-    return {"energy_distance": ed, "mae_best20": mae, "apd_best20": ap, "apd_over_mae": ap / mae,
-            "crps": float(np.mean(crpss)), "ade_px": float(np.mean(ades)), "fde_px": float(np.mean(fdes))}
+def fit_damping(windows: np.ndarray, context: int) -> float:
+    """The damping of DAMPING_GRID with the lowest ADE on (training) windows (W, L, dim)."""
+    horizon = windows.shape[1] - context
+    errs = [np.abs(velocity_forecast(windows[:, :context], horizon, d)[:, 0] - windows[:, context:]).mean()
+            for d in DAMPING_GRID]
+    return DAMPING_GRID[int(np.argmin(errs))]
 
 
-def latency(model, window: np.ndarray, context: int, horizon: int, method: dict, samples: int, repeats: int) -> float:
-    opts = SampleOptions(samples=samples, **method)
-    forecast(model, window[None, :context], 2, opts, seed=0)            # warm-up
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        forecast(model, window[None, :context], horizon, opts, seed=r)
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times)) / horizon
+def metrics(truth: np.ndarray, pred: np.ndarray, num_kp: int, ed_samples: int, best: int = 20) -> dict:
+    """truth (W, H, dim), pred (W, N, H, dim) -> per-window sums and the fold's energy distance."""
+    w, n, h, d = pred.shape
+    per = 6 if d == num_kp * 6 else 2
+    pos_t = truth.reshape(w, h, num_kp, per)[..., :2]
+    pos_p = pred.reshape(w, n, h, num_kp, per)[..., :2]
+    dist = np.linalg.norm(pos_p - pos_t[:, None], axis=-1)          # (W, N, H, K)
+    ade, fde = dist.mean((2, 3)), dist[:, :, -1].mean(-1)            # (W, N)
+    mae, apds, crpss = [], [], []
+    for i in range(w):
+        m, idx = best_k(truth[i], pred[i], min(best, n))
+        mae.append(m)
+        apds.append(apd(pred[i, idx]) if n > 1 else 0.0)
+        crpss.append(crps(truth[i], pred[i]))
+    k = min(ed_samples, n)
+    ed = energy_distance(truth.reshape(w, -1), pred[:, :k].reshape(w * k, -1))
+    return {"ade_mean": ade.mean(1), "ade_best": ade.min(1), "fde_mean": fde.mean(1), "fde_best": fde.min(1),
+            "mae_best20": np.array(mae), "apd_best20": np.array(apds), "crps": np.array(crpss), "ed": ed}
+
+
+def train_fold(cfg: ModelConfig, tc: TrainConfig, train_seqs: list[np.ndarray], folder: Path, stride: int,
+               augment: bool) -> float:
+    cfg, raw, transform = prepare_training(cfg, train_seqs, stride, augment)
+    t0 = time.perf_counter()
+    fit(cfg, tc, raw, None, folder, transform=transform, info={"windows": len(raw)})
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--params", nargs="+", default=["residual", "minmax"])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--rollout", action="store_true", help="train on the head's fed-back predictions")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--ed-samples", type=int, default=25)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--context", type=int, default=8)
+    ap.add_argument("--horizon", type=int, default=16)
+    ap.add_argument("--folds-dir", type=Path, default=ROOT / "runs" / "keypoints_loio")   # git-ignored
+    ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--held-out", nargs="+", default=None, help="only these folds (default: every identity)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="evaluate this trained model on its own validation identities instead of LOIO training")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keypoints.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not args.data.is_file():
         sys.exit(f"{args.data} not found: this benchmark needs ../shared/data beside the checkout")
-    model, doc = load_model(args.model)
-    val_ids = doc["data"]["val_identities"]
     seqs = load_sequences(args.data)
-    _, test = split_by_identity(seqs, val_ids)
-    results = {"model": str(args.model), "train_seconds": doc.get("train_seconds"), "train_steps": doc.get("step"),
-               "best_val_nll": doc.get("best_val_nll"), "held_out_identities": val_ids,
-               "samples": args.samples, "seeds": args.seeds, "ed_samples": args.ed_samples, "horizons": {},
-               "torch_threads": torch.get_num_threads()}
-    rows = []
-    for context, horizon in ((8, 16), (10, 14)):
-        windows, _ = make_windows(Sequences(test.names, test.flat, test.layout), context + horizon,
-                                  context + horizon, model.cfg.frame_step)
-        entry = {"windows": len(windows)}
-        for name, method in METHODS.items():
-            per_seed = [evaluate(model, windows, context, horizon, method, s, args.samples, args.ed_samples)
-                        for s in args.seeds]
-            keys = per_seed[0].keys()
-            entry[name] = {k: {"mean": float(np.mean([r[k] for r in per_seed])),
-                               "std": float(np.std([r[k] for r in per_seed])),
-                               "per_seed": [r[k] for r in per_seed]} for k in keys}
-            entry[name]["ms_per_frame"] = latency(model, windows[0], context, horizon, method, args.samples,
-                                                  args.repeats)
-            rows.append((f"{context}->{horizon}", name, entry[name]))
-        nf, snf = entry["GRU-NF"], entry["GRU-SNF"]
-        entry["snf_minus_nf_energy_distance"] = snf["energy_distance"]["mean"] - nf["energy_distance"]["mean"]
-        entry["snf_over_nf_apd_mae"] = snf["apd_over_mae"]["mean"] / nf["apd_over_mae"]["mean"]
-        entry["snf_over_nf_latency"] = snf["ms_per_frame"] / nf["ms_per_frame"]
-        results["horizons"][f"{context}->{horizon}"] = entry
-
-    cols = ["energy_distance", "mae_best20", "apd_best20", "apd_over_mae", "crps", "ade_px", "fde_px"]
-    head = f"{'horizon':8} {'method':8} " + " ".join(f"{c:>16}" for c in cols) + f" {'ms/frame':>9}"
+    ids = sorted({identity_of(n) for n in seqs.names})
+    c, h = args.context, args.horizon
+    augment = not args.no_augment
+    rows: dict[str, dict[str, list]] = {}
+    eds: dict[str, list] = {}
+    fold_info = []
+    folds: list[list[str]] = [[i] for i in (args.held_out or ids)]
+    if args.model is not None:
+        folds = [load_model(args.model)[1]["data"]["val_identities"]]
+        if not folds[0]:
+            sys.exit(f"{args.model} has no validation identities: every shared face was trained on")
+    for held in folds:
+        tr, te = split_by_identity(seqs, held)
+        test = make_windows(te, c + h, c + h)[0]
+        damping = fit_damping(make_windows(tr, c + h, c + h)[0], c)
+        fold_info.append({"held_out": ",".join(held), "windows": len(test), "damping": damping})
+        preds = {"zero velocity": velocity_forecast(test[:, :c], h, 0.0),
+                 "constant velocity": velocity_forecast(test[:, :c], h, 1.0),
+                 "damped velocity": velocity_forecast(test[:, :c], h, damping)}
+        for param in args.params if args.model is None else ["model"]:
+            tag = f"{param}{'' if augment else '-noaug'}{'-rollout' if args.rollout else ''}"
+            folder = args.model or args.folds_dir / f"{tag}-{args.steps}-{held[0]}"
+            if args.model is None and (args.retrain or not (folder / "model.safetensors").is_file()):
+                cfg = ModelConfig(context=c, horizon=h, param=param, rollout=args.rollout)
+                secs = train_fold(cfg, TrainConfig(steps=args.steps, eval_every=max(1, args.steps // 4)),
+                                  tr.flat, folder, 4, augment)
+                print(f"trained {folder.name} in {secs:.0f}s", flush=True)
+            model, _ = load_model(folder)
+            for name, method in METHODS.items():
+                for seed in args.seeds:
+                    opts = SampleOptions(samples=args.samples, temperature=args.temperature, **method)
+                    preds[f"{name} ({param}) s{seed}"] = forecast(model, test[:, :c], h, opts, seed=seed)
+        for key, pred in preds.items():
+            label = key.rsplit(" s", 1)[0] if key.startswith("GRU") else key
+            m = metrics(test[:, c:], pred, seqs.layout.num_kp, args.ed_samples)
+            eds.setdefault(label, []).extend([m.pop("ed")] * len(test))   # per-fold ED, weighted by windows
+            for k, v in m.items():
+                rows.setdefault(label, {}).setdefault(k, []).extend(v.tolist())
+    cols = ["ade_mean", "ade_best", "fde_mean", "fde_best", "ed", "mae_best20", "apd_best20", "apd_over_mae",
+            "crps"]
+    table = {}
+    for label, r in rows.items():
+        t = {k: float(np.mean(v)) for k, v in r.items()}
+        t["ed"] = float(np.mean(eds[label]))
+        t["apd_over_mae"] = t["apd_best20"] / t["mae_best20"]
+        table[label] = t
+    head = f"{'method':30}" + "".join(f"{k:>12}" for k in cols)
+    what = (f"{args.model} on its validation identities {fold_info[0]['held_out']}" if args.model else
+            f"LOIO (steps {args.steps}, augment {augment}) on unseen identities")
+    print(f"{c}->{h}, {what} ({sum(f['windows'] for f in fold_info)} windows, {args.samples} samples, "
+          f"temperature {args.temperature}, seeds {args.seeds})")
     print(head)
     print("-" * len(head))
-    for hz, name, e in rows:
-        cells = " ".join(f"{e[c]['mean']:9.4f}±{e[c]['std']:.4f}"[:16].rjust(16) for c in cols)
-        print(f"{hz:8} {name:8} {cells} {e['ms_per_frame']:9.2f}")
-    for hz, e in results["horizons"].items():
-        print(f"{hz}: windows {e['windows']}, SNF-NF energy distance {e['snf_minus_nf_energy_distance']:+.4f}, "
-              f"APD/MAE ratio SNF/NF {e['snf_over_nf_apd_mae']:.3f}, latency SNF/NF {e['snf_over_nf_latency']:.2f}x")
-    print(f"frame period at 25 fps: 40 ms; shipped model trained {results['train_seconds']} s "
-          f"({results['train_steps']} steps)")
+    for label, t in table.items():
+        print(f"{label:30}" + "".join(f"{t[k]:12.4f}" for k in cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps({"model": args.model and str(args.model), "context": c, "horizon": h, "samples": args.samples, "seeds": args.seeds,
+                                    "temperature": args.temperature, "steps": args.steps, "augment": augment,
+                                    "folds": fold_info, "table": table}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

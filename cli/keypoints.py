@@ -16,10 +16,11 @@ from cli.common import (
     SeedOpt,
     command_line,
     console,
-    resolve_params,
-    run_guarded,
     status,
     step_progress,
+)
+from cli.scaffold import (
+    AT_LEAST_1, NON_NEGATIVE, NPZ_OUTPUT, POSITIVE, RUN_FOLDER, CommandSpec, Output, Range, run_command, video_output,
 )
 
 app = typer.Typer(
@@ -33,29 +34,36 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-TRAIN_HELP = """Train a GRU-NF keypoint forecaster (flow NLL + GRU prediction head) on a keypoint file.
+TRAIN_HELP = """Train a GRU-NF keypoint forecaster (flow NLL + GRU prediction head).
 
-DATA.npz holds `names`, `lengths`, `value` (frames, K, 2) and optionally `jacobian` (frames, K, 2, 2):
-the format of FOMM keypoints (any K, with or without jacobians). Each window of --context + --horizon frames is
-min-max normalised with its context's statistics. Sequences of --val-identities (clip-name prefix before `#`)
-are held out for the validation loss; the best-validation weights are kept as model.safetensors.
+DATA is a keypoint .npz (`names`, `lengths`, `value` (frames, K, 2), optional `jacobian` (frames, K, 2, 2): the
+format of FOMM keypoints, any K), a video or a folder of videos (keypoints from --fomm CKPT, or else from the
+Lucas-Kanade tracker; a model trained on tracker points is what `run` needs for tracker input).
+--param residual (default) models displacements from the last observed frame, scaled by a per-value scale
+fitted on the training windows (an untrained model forecasts zero velocity); --param minmax is the paper's
+per-window context min-max. Sequences of --val-identities (clip-name prefix before `#`) are held out for the
+validation loss; the best-validation weights are kept as model.safetensors (the last ones without validation).
 
 [bold]Examples[/]
 
-  vmt predict-keypoints train fomm_kp_dev.npz -o kp_model --val-identities id10283,id10284
+  vmt predict-keypoints train fomm_kp_dev.npz -o kp_model
 
   vmt predict-keypoints train kp.npz -o kp_model --recipe vox-10-14
 
+  vmt predict-keypoints train my_videos/ -o tracker_model            # Lucas-Kanade points
+
   vmt predict-keypoints train kp.npz -o kp_model --resume        # continue an interrupted run
 
-Paper-size model: --hidden 512 --layers 3 --flow-hidden 512 --cond-dim 1 (slow on a CPU).
+Paper-size model: --hidden 512 --layers 3 --flow-hidden 512 --cond-dim 1 --param minmax (slow on a CPU).
 """
 
 RUN_HELP = """Predict the --horizon keypoint frames that follow each input sequence, N samples each.
 
-INPUT is a keypoint .npz (same format as `train`) or a video: keypoints then come from a weight-free tracker
-(Shi-Tomasi corners + pyramidal Lucas-Kanade; needs the keypoints extra: pip install 'vmt\\[keypoints]'). These are not FOMM
-keypoints: a model trained on FOMM keypoints will forecast them only roughly.
+INPUT is a keypoint .npz (same format as `train`) or a video. For a video, --fomm CKPT (a First Order Motion
+Model checkpoint in the public vox-cpk.pth.tar layout, read without running pickle code) extracts the FOMM
+keypoints the shipped model was trained on (256x256 frames, 10 keypoints with jacobians), saved beside the
+forecast as PRED.keypoints.npz. Without --fomm a video is tracked with Lucas-Kanade corners, which only a model
+trained on tracker points accepts (the shipped FOMM model refuses them).
 Output pred.npz: `names`, `value` (S, N, H, K, 2), `jacobian` (S, N, H, K, 2, 2) when the model has them,
 `context`, `horizon`, and with --backtest `start` (S,): the frame of each input sequence where its forecast
 begins (`vmt eval keypoints INPUT pred.npz` scores it); same coordinates as the input. Keypoints tracked from a
@@ -69,14 +77,16 @@ paper's element-wise form). --no-refine is plain GRU-NF.
 
   vmt predict-keypoints run clip.npz -o pred.npz                     # shipped model, GRU-SNF, 100 samples
 
-  vmt predict-keypoints run clip.npz -m kp_model --no-refine --samples 20 -o pred.npz
+  vmt predict-keypoints run talk.mp4 --fomm vox-cpk.pth.tar -o pred.npz
 
-  vmt predict-keypoints run talk.mp4 -o pred.npz --render pred.mp4  # track, forecast, draw
+  vmt predict-keypoints run talk.mp4 --fomm vox-cpk.pth.tar -o pred.npz --render out.mp4 --source face.png
 
-  vmt predict-keypoints run clip.npz -o pred.npz --render pred.mp4 --source clip.mp4
+  vmt predict-keypoints run clip.npz -o pred.npz --render pred.mp4 --source clip.mp4   # no weights: preview
 
 --render writes one frame per predicted step: the samples' keypoints (dots; rings: their mean; crosses: the
-last context frame) and, with --preview, the frame warped by the mean forecast (thin-plate spline, no weights).
+last context frame), then with --fomm the source image animated by the forecast (FOMM's generator, motion
+relative to the last observed keypoints; --render-samples picks the mean or samples), else with --preview the
+frame warped by the mean forecast (thin-plate spline, no weights).
 """
 
 
@@ -87,7 +97,8 @@ def _ints(text: str) -> list[str]:
 @app.command("train", help=TRAIN_HELP, no_args_is_help=True)
 def train(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Argument(help="Keypoint sequences (.npz).", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="Keypoint sequences (.npz), a video or a folder of videos.",
+                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.", show_default=False)],
     context: Annotated[int, typer.Option("--context", help="Context frames.")] = 8,
     horizon: Annotated[int, typer.Option("--horizon", help="Predicted frames.")] = 16,
@@ -111,6 +122,19 @@ def train(
     blocks: Annotated[int, typer.Option("--blocks", help="Coupling + batch-norm blocks.")] = 5,
     min_range: Annotated[float, typer.Option("--min-range", help="Floor of the min-max range (input units).")] = 0.05,
     head_weight: Annotated[float, typer.Option("--head-weight", help="Weight of the GRU head's MSE.")] = 1.0,
+    param: Annotated[str, typer.Option("--param", help="residual: the flow models displacements from the last "
+                                       "observed frame (untrained = zero velocity); minmax: the paper's "
+                                       "per-window context min-max.")] = "residual",
+    rollout: Annotated[bool, typer.Option("--rollout/--teacher-forcing", help="After the context, condition the "
+                                          "training loss on the head's own fed-back predictions (what mean "
+                                          "feedback gives the GRU when sampling) instead of the true frames.")
+                       ] = False,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Mirror, affine jitter, time reversal "
+                                          "and 0.8x/1.25x speed replays of the training windows.")] = True,
+    fomm: Annotated[Path | None, typer.Option("--fomm", help="Videos as DATA: FOMM keypoints from this "
+                                              "checkpoint instead of the Lucas-Kanade tracker.")] = None,
+    video_fps: Annotated[float, typer.Option("--video-fps", help="Frame rate videos are read at.")] = 10.0,
+    device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --output.")] = False,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
@@ -118,88 +142,73 @@ def train(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _train(ctx, params), debug)
+    run_command(ctx, TRAIN_SPEC, locals(), _train)
 
 
-def _train(ctx: typer.Context, params: dict) -> None:
+def _check_train(p: dict) -> Path:
     from vmt.errors import VmtUsageError
 
-    p = resolve_params(ctx, "predict-keypoints", params, params["recipe"])
-    out = Path(p["output"])
-    for key in ("context", "horizon", "steps", "batch", "eval_every", "window_stride", "frame_step", "hidden",
-                "layers", "cond_dim", "flow_hidden", "blocks"):
-        if p[key] < 1:
-            raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
-    if p["context"] < 2:
-        raise VmtUsageError("--context must be >= 2 (min-max statistics need at least two frames)")
-    if out.exists() and not out.is_dir():
-        raise VmtUsageError(f"--output {out} is a file; give a directory for the model")
+    out = Path(p["output"])  # numbers, DATA and the folder kind were checked by the scaffold (TRAIN_SPEC)
+    if p["param"] not in ("residual", "minmax"):
+        raise VmtUsageError(f"--param must be residual or minmax, got {p['param']!r}")
     if out.is_dir() and any(out.iterdir()) and not (p["resume"] or p["overwrite"]):
         raise VmtUsageError(f"{out} is not empty; pass --resume to continue it or --overwrite to replace it")
     if p["resume"] and not (out / "config.json").is_file():
         raise VmtUsageError(f"--resume: {out} holds no model; drop --resume to start a new run")
-    if not out.parent.is_dir():
-        raise VmtUsageError(f"folder {out.parent} does not exist; create it first (mkdir -p {out.parent})")
+    return out
 
+
+def _train(p: dict) -> None:
+    out = _check_train(p)
     import torch
 
     from vmt.io.atomic import write_json_atomic
-    from vmt.keypoints.data import Sequences, load_sequences, make_windows, split_by_identity
-    from vmt.keypoints.model import ModelConfig
-    from vmt.keypoints.predict import normalise_windows
-    from vmt.keypoints.train import TrainConfig, fit
+    from vmt.keypoints.model import ModelConfig, read_config
+    from vmt.keypoints.pipeline import training_inputs
+    from vmt.keypoints.train import TrainConfig, train_model
     from vmt.provenance import build_sidecar
-    from vmt.runtime import Timer, peak_memory
+    from vmt.runtime import Timer, peak_memory, resolve_device
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    timer = Timer()
-    seqs = load_sequences(p["data"])
-    val_ids = _ints(p["val_identities"])
-    tr, va = split_by_identity(seqs, val_ids) if val_ids else (seqs, Sequences([], [], seqs.layout))
-    cfg = ModelConfig(num_kp=seqs.layout.num_kp, jacobian=seqs.layout.jacobian, context=p["context"],
-                      horizon=p["horizon"], hidden=p["hidden"], layers=p["layers"], dropout=p["dropout"],
-                      cond_dim=p["cond_dim"], flow_hidden=p["flow_hidden"], blocks=p["blocks"],
-                      min_range=p["min_range"], frame_step=p["frame_step"], head_weight=p["head_weight"])
-    length = cfg.context + cfg.horizon
-    trw = normalise_windows(make_windows(tr, length, p["window_stride"], cfg.frame_step)[0], cfg.context,
-                            cfg.min_range)[0]
-    vaw = None
-    if len(va):
-        vaw = normalise_windows(make_windows(va, length, length, cfg.frame_step)[0], cfg.context, cfg.min_range)[0]
-    tc = TrainConfig(steps=p["steps"], batch=p["batch"], lr=p["lr"], weight_decay=p["weight_decay"],
-                     grad_clip=p["grad_clip"], eval_every=p["eval_every"], seed=p["seed"])
-    info = {"data": {"file": str(p["data"]), "train_sequences": tr.names, "val_sequences": va.names,
-                     "val_identities": val_ids, "train_windows": len(trw),
-                     "val_windows": 0 if vaw is None else len(vaw)}}
-    if not p["quiet"]:
-        console.print(f"{seqs.layout.describe()}; {len(trw)} training windows from {len(tr)} sequences, "
-                      f"{0 if vaw is None else len(vaw)} validation windows from {len(va)} sequences")
-    out.mkdir(exist_ok=True)
+    timer, dev = Timer(), resolve_device(p["device"])
+    with status("Reading keypoints...", p["quiet"]):
+        seqs, kp_source = training_inputs(Path(p["data"]), p["video_fps"], _fomm(p, dev))
+    cfg = ModelConfig(num_kp=seqs.layout.num_kp, jacobian=seqs.layout.jacobian, param=p["param"], rollout=p["rollout"],
+                      **{k: p[k] for k in ("context", "horizon", "hidden", "layers", "dropout", "cond_dim",
+                                           "flow_hidden", "blocks", "min_range", "frame_step", "head_weight")})
+    tc = TrainConfig(**{k: p[k] for k in ("steps", "batch", "lr", "weight_decay", "grad_clip", "eval_every", "seed")})
+    out.mkdir(parents=True, exist_ok=True)
+    start = int(read_config(out).get("step", 0)) if p["resume"] else 0
     last_val = {"v": "-"}
-    start = 0
-    if p["resume"]:
-        from vmt.keypoints.model import read_config
-
-        start = int(read_config(out).get("step", 0))
     with step_progress(tc.steps - start, "training", p["quiet"]) as advance, timer.stage("train"):
         def on_step(step: int, m: dict) -> None:
-            if "val_nll" in m:
-                last_val["v"] = f"{m['val_nll']:.3f}"
+            last_val["v"] = f"{m['val_nll']:.3f}" if "val_nll" in m else last_val["v"]
             advance(step=step, nll=f"{m['nll']:.3f}", val_nll=last_val["v"])
 
-        res = fit(cfg, tc, trw, vaw, out, resume=p["resume"], info=info, on_step=on_step)
+        res = train_model(seqs, cfg, tc, out, val_identities=_ints(p["val_identities"]), augment=p["augment"],
+                          window_stride=p["window_stride"], resume=p["resume"], device=dev, on_step=on_step,
+                          keypoints_source=kp_source, data_file=str(p["data"]))
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-    doc = build_sidecar(command_line(), "predict-keypoints train", resolved, output=out, timings=timer.stages,
-                        memory=peak_memory(torch.device("cpu")),
-                        extra={"best_val_nll": res["best_val_nll"], "train_seconds_total": res["train_seconds"],
-                               "history": res["history"]})
-    write_json_atomic(out / "train.json", doc)
+    write_json_atomic(out / "train.json", build_sidecar(
+        command_line(), "predict-keypoints train", resolved, output=out, timings=timer.stages,
+        memory=peak_memory(dev), extra={k: res[k] for k in ("best_val_nll", "train_seconds", "history",
+                                                            "train_windows", "val_windows")}),
+        replace=True)  # a run folder's own file: rewritten on --resume
     if not p["quiet"]:
         best = res["best_val_nll"]
-        console.print(f"[green]wrote[/] {out} ({res['train_seconds']:.0f}s of training"
-                      + (f", best validation NLL {best:.3f} nats/frame)" if best is not None else ")"))
+        console.print(f"[green]wrote[/] {out} ({seqs.layout.describe()}, {res['train_windows']} training windows, "
+                      f"{res['train_seconds']:.0f}s" + (f", best validation NLL {best:.3f} nats/frame)"
+                                                        if best is not None else ")"))
+
+
+def _fomm(p: dict, dev):
+    """The FOMM model of --fomm, or None."""
+    if p.get("fomm") is None:
+        return None
+    from vmt.keypoints.fomm import load_fomm
+
+    with status("Loading FOMM...", p["quiet"]):
+        return load_fomm(p["fomm"], dev)
 
 
 @app.command("run", help=RUN_HELP, no_args_is_help=True)
@@ -221,10 +230,17 @@ def run(
     acceptance: Annotated[str, typer.Option("--acceptance", help="vector (textbook MH) | element (the paper's "
                                             "form; on held-out vox data it spread samples away from the data, "
                                             "see benchmarks/keypoints.py).")] = "vector",
+    temperature: Annotated[float, typer.Option("--temperature", help="Scale of the flow's base noise (1: the "
+                                               "model's density; below 1: samples nearer its mode).")] = 1.0,
     video_fps: Annotated[float, typer.Option("--video-fps", help="Frame rate video input is read at (the "
                                              "shipped model's data is 10 fps).")] = 10.0,
-    render: Annotated[Path | None, typer.Option("--render", help="Also draw the first sequence's forecast "
-                                                "over its last context frame into this .mp4.")] = None,
+    fomm: Annotated[Path | None, typer.Option("--fomm", help="FOMM checkpoint (vox-cpk.pth.tar layout): video "
+                                              "keypoints from its detector; --render animates --source with "
+                                              "its generator.")] = None,
+    render: Annotated[Path | None, typer.Option("--render", help="Also render the first sequence's forecast "
+                                                "into this video (.mp4).")] = None,
+    render_samples: Annotated[str, typer.Option("--render-samples", help="With --fomm: 'mean' or sample "
+                                                "indices (0,3) to animate, one panel each.")] = "mean",
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="With --render and a frame: add a "
                                           "panel warping the frame by the mean forecast (thin-plate spline).")] = True,
     source: Annotated[Path | None, typer.Option("--source", help="Image or video whose last frame --render draws "
@@ -233,149 +249,88 @@ def run(
     backtest: Annotated[bool, typer.Option("--backtest", help="Forecast the last --horizon frames of each "
                                            "sequence from the --context frames before them (not past the end), "
                                            "so `vmt eval keypoints INPUT pred.npz` can score the forecast.")] = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    params.pop("ctx")
-    run_guarded(lambda: _run(ctx, params), debug)
+    run_command(ctx, RUN_SPEC, locals(), _run)
 
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif"}
+RUN_SPEC = CommandSpec(
+    "predict-keypoints", inputs={"input": "file", "model": "dir", "fomm": "file", "source": "file"},
+    outputs={"output": NPZ_OUTPUT, "render": lambda: Output(video_output().suffixes, sidecar=False)},
+    ranges={"samples": AT_LEAST_1, "mcmc_steps": AT_LEAST_1, "batch": AT_LEAST_1, "step_size": POSITIVE,
+            "temperature": POSITIVE, "video_fps": POSITIVE, "context": Range(2), "horizon": AT_LEAST_1},
+)
+TRAIN_SPEC = CommandSpec(
+    "predict-keypoints", inputs={"data": "any", "fomm": "file"}, outputs={"output": RUN_FOLDER},
+    ranges={"context": Range(2), "horizon": AT_LEAST_1, "steps": AT_LEAST_1, "batch": AT_LEAST_1,
+            "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE, "eval_every": AT_LEAST_1,
+            "window_stride": AT_LEAST_1, "frame_step": AT_LEAST_1, "hidden": AT_LEAST_1, "layers": AT_LEAST_1,
+            "dropout": Range(0, 1, hi_open=True), "cond_dim": AT_LEAST_1, "flow_hidden": AT_LEAST_1,
+            "blocks": AT_LEAST_1, "min_range": POSITIVE, "head_weight": NON_NEGATIVE, "video_fps": POSITIVE},
+)
 
 
-def _run(ctx: typer.Context, params: dict) -> None:
+def _check_run(p: dict) -> None:
     from vmt.errors import VmtUsageError
     from vmt.io.atomic import check_output_path
+    from vmt.keypoints.pipeline import check_run_paths, is_video, keypoints_path
 
-    p = resolve_params(ctx, "predict-keypoints", params, params["recipe"])
-    output = check_output_path(p["output"], p["overwrite"])
-    if output.suffix != ".npz":
-        raise VmtUsageError(f"-o {output}: predictions are written as .npz; use e.g. {output.with_suffix('.npz')}")
+    path = lambda k: None if p[k] is None else Path(p[k])  # noqa: E731
+    check_run_paths(Path(p["input"]), Path(p["output"]), path("render"), path("source"), path("fomm"))
+    check_output_path(p["output"], p["overwrite"])
     if p["render"] is not None:
         check_output_path(p["render"], p["overwrite"], sidecar=False)
-    if Path(p["input"]).suffix.lower() in VIDEO_SUFFIXES:
-        check_output_path(output.with_name(output.stem + ".keypoints.npz"), p["overwrite"], sidecar=False)
-    for key in ("samples", "mcmc_steps", "batch"):
-        if p[key] < 1:
-            raise VmtUsageError(f"--{key.replace('_', '-')} must be >= 1, got {p[key]}")
+    if is_video(p["input"]):  # the extracted keypoints are written beside the forecast
+        check_output_path(keypoints_path(Path(p["output"])), p["overwrite"], sidecar=False)
     if p["feedback"] not in ("mean", "sample"):
         raise VmtUsageError(f"--feedback must be mean or sample, got {p['feedback']!r}")
     if p["acceptance"] not in ("element", "vector"):
         raise VmtUsageError(f"--acceptance must be element or vector, got {p['acceptance']!r}")
-    if not Path(p["input"]).is_file():
-        raise VmtUsageError(f"input {p['input']} not found")
-    if p["source"] is not None and not Path(p["source"]).is_file():
-        raise VmtUsageError(f"--source {p['source']} not found")
 
-    import numpy as np
-    import torch
 
+def _run(p: dict) -> None:
+    _check_run(p)
+    from vmt.errors import VmtUsageError
     from vmt.keypoints import DEFAULT_MODEL_DIR
-    from vmt.keypoints.data import Layout, Sequences, check_context, load_sequences, save_predictions
-    from vmt.keypoints.model import SampleOptions, check_layout, load_model
-    from vmt.keypoints.predict import forecast
+    from vmt.keypoints.model import SampleOptions, load_model
+    from vmt.keypoints.pipeline import forecast_input, parse_samples, render_forecast, run_record, write_forecast
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory, resolve_device
 
-    timer = Timer()
-    dev = resolve_device(p["device"])
+    timer, dev = Timer(), resolve_device(p["device"])
     model_dir = Path(p["model"]) if p["model"] is not None else DEFAULT_MODEL_DIR
     with timer.stage("load"):
         net, doc = load_model(model_dir)
         net.to(dev)
-    cfg = net.cfg
-    context = p["context"] or cfg.context
-    horizon = p["horizon"] or cfg.horizon
+        fomm = _fomm(p, dev)
+    context, horizon = p["context"] or net.cfg.context, p["horizon"] or net.cfg.horizon
     if context < 2 or horizon < 1:
         raise VmtUsageError(f"--context must be >= 2 and --horizon >= 1 (got {context}, {horizon})")
-    frame = None
-    source = "keypoints"
-    is_video = Path(p["input"]).suffix.lower() in VIDEO_SUFFIXES
-    with timer.stage("read"):
-        if is_video:
-            from vmt.io.video import read_video
-            from vmt.keypoints.tracker import track_keypoints
-
-            with status("Tracking keypoints (Lucas-Kanade)...", p["quiet"]):
-                frames, _ = read_video(p["input"], fps=p["video_fps"])
-                if len(frames) < context:
-                    raise VmtUsageError(f"{p['input']} has {len(frames)} frames at {p['video_fps']} fps, fewer "
-                                        f"than --context {context}; use a longer video or a smaller --context")
-                pos, jac = track_keypoints(frames, cfg.num_kp, cfg.jacobian)
-            layout = Layout(cfg.num_kp, cfg.jacobian)
-            seqs = Sequences([Path(p["input"]).name], [layout.flatten(pos, jac)], layout)
-            frame = frames[-1]
-            source = "lucas-kanade"
-        else:
-            seqs = load_sequences(p["input"])
-    check_layout(cfg, seqs.layout, str(p["input"]))
-    if p["backtest"]:
-        check_context(seqs, context + horizon)
-        starts = np.asarray([len(s) - horizon for s in seqs.flat], dtype=np.int64)
-    else:
-        check_context(seqs, context)
-        starts = np.asarray([len(s) for s in seqs.flat], dtype=np.int64)
-    contexts = np.stack([s[st - context : st] for s, st in zip(seqs.flat, starts)])
-    opts = SampleOptions(samples=p["samples"], feedback=p["feedback"], refine=p["refine"],
-                         mcmc_steps=p["mcmc_steps"], step_size=p["step_size"],
-                         elementwise=p["acceptance"] == "element")
-    stats: dict = {}
-    torch.manual_seed(p["seed"])
-    with step_progress(len(contexts), "forecasting", p["quiet"]) as advance, timer.stage("predict"):
-        pred = forecast(net, contexts, horizon, opts, seed=p["seed"], batch=p["batch"], stats=stats,
-                        on_batch=lambda n: [advance() for _ in range(n)])
+    picks = parse_samples(p["render_samples"], p["samples"])
+    opts = SampleOptions(samples=p["samples"], feedback=p["feedback"], refine=p["refine"], mcmc_steps=p["mcmc_steps"],
+                         step_size=p["step_size"], elementwise=p["acceptance"] == "element",
+                         temperature=p["temperature"])
+    with status("Reading keypoints...", p["quiet"]), timer.stage("predict"):
+        fc = forecast_input(net, doc, model_dir, Path(p["input"]), context, horizon, opts, seed=p["seed"],
+                            batch=p["batch"], video_fps=p["video_fps"], fomm=fomm, backtest=p["backtest"])
     with timer.stage("write"):
-        from vmt.io.atomic import atomic_path
-
-        with atomic_path(output) as tmp:
-            save_predictions(tmp, seqs.names, pred, seqs.layout, context, horizon,
-                             start=starts if p["backtest"] else None)
-        if is_video:  # the tracked keypoints, in the input format: the truth `vmt eval keypoints` reads
-            from vmt.keypoints.data import save_sequences
-
-            tracked = output.with_name(output.stem + ".keypoints.npz")
-            pos_t, jac_t = seqs.layout.unflatten(seqs.flat[0])
-            with atomic_path(tracked) as tmp:
-                with open(tmp, "wb") as fh:
-                    save_sequences(fh, seqs.names, [pos_t], None if jac_t is None else [jac_t])
-        rendered = None
-        if p["render"] is not None:
-            from vmt.io.video import write_video
-            from vmt.keypoints.render import draw_forecast, warp_preview
-
-            if frame is None and p["source"] is not None:
-                from vmt.io.video import read_video
-
-                frame = read_video(p["source"])[0][-1]
-            last_pos, _ = seqs.layout.unflatten(contexts[0, -1])
-            pos_pred, _ = seqs.layout.unflatten(pred[0])          # (N, H, K, 2)
-            video = draw_forecast(frame, last_pos, pos_pred.transpose(1, 0, 2, 3))
-            if frame is not None and p["preview"]:
-                warped = warp_preview(frame, last_pos, pos_pred.mean(0))
-                video = np.concatenate([video, warped], axis=2)
-            write_video(p["render"], video, fps=p["video_fps"])
-            rendered = str(p["render"])
-        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-        resolved.update(context=context, horizon=horizon, model=str(model_dir))
-        per_frame_ms = 1000 * timer.stages["predict"] / (horizon * max(1, len(contexts)))
-        acc = stats.get("acceptance")
-        sidecar = build_sidecar(
-            command_line(), "predict-keypoints run", resolved, output=output,
-            model={"dir": str(model_dir), "config": doc["config"], "best_val_nll": doc.get("best_val_nll")},
-            timings=timer.stages, memory=peak_memory(dev),
-            compute={"sequences": len(contexts), "samples": p["samples"],
-                     "ms_per_predicted_frame": round(per_frame_ms, 3)},
-            extra={"keypoints_source": source, "method": "GRU-SNF" if p["refine"] else "GRU-NF",
-                   "mcmc_acceptance": None if acc is None else round(float(np.mean(acc)), 4),
-                   "render": rendered},
-        )
-        write_sidecar(output, sidecar)
+        kp_file = write_forecast(fc, Path(p["output"]), context, horizon)
+    if p["render"] is not None:
+        with status("Rendering...", p["quiet"]), timer.stage("render"):
+            render_forecast(fc, Path(p["render"]), p["video_fps"], source=p["source"] and Path(p["source"]),
+                            fomm=fomm, samples=picks, preview=p["preview"])
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+    resolved.update(context=context, horizon=horizon, model=str(model_dir))
+    compute, extra = run_record(fc, timer.stages["predict"], horizon, opts, kp_file, p["render"], fomm is not None)
+    write_sidecar(Path(p["output"]), build_sidecar(
+        command_line(), "predict-keypoints run", resolved, output=Path(p["output"]), timings=timer.stages,
+        model={"dir": str(model_dir), "config": doc["config"], "best_val_nll": doc.get("best_val_nll")},
+        memory=peak_memory(dev), compute=compute, extra=extra))
     if not p["quiet"]:
-        console.print(f"[green]wrote[/] {output} ({len(contexts)} sequences x {p['samples']} samples x {horizon} "
-                      f"frames, {'GRU-SNF' if p['refine'] else 'GRU-NF'}, {per_frame_ms:.1f} ms per predicted frame)"
-                      + (f" and {rendered}" if rendered else ""))
+        console.print(f"[green]wrote[/] {p['output']} ({len(fc.contexts)} sequences x {p['samples']} samples x "
+                      f"{horizon} frames, {extra['method']})" + "".join(f" and {x}" for x in (kp_file, p["render"]) if x))

@@ -21,7 +21,8 @@ from vmt.keypoints.data import (
 from vmt.keypoints.flow import ConditionalRealNVP
 from vmt.keypoints.mcmc import energy_elements, mh_steps
 from vmt.keypoints.model import GRUNF, ModelConfig, SampleOptions, check_layout, load_model, save_model
-from vmt.keypoints.predict import forecast, normalise_windows
+from vmt.keypoints.augment import augment_batch, random_affine, resample_speed
+from vmt.keypoints.predict import encode_windows, fit_residual_scale, forecast, normalise_windows
 from vmt.keypoints.train import TrainConfig, evaluate, fit
 
 torch.set_num_threads(1)
@@ -326,3 +327,71 @@ def test_shared_data_training_lowers_validation_nll(shared_data, tmp_path):
     res = fit(cfg, TrainConfig(steps=60, batch=32, lr=3e-3, eval_every=30), trw, vaw, tmp_path / "m")
     hist = [h["val_nll"] for h in res["history"]]
     assert hist[-1] < hist[0] - 5.0
+
+
+# ----- residual encoding and augmentation -----
+
+def test_untrained_residual_model_forecasts_zero_velocity():
+    # Zero-initialised head and couplings and fresh batch norms make the flow the identity: x = anchor + scale * u.
+    cfg = _tiny_cfg(param="residual", residual_scale=[0.1, 0.2, 0.3, 0.4])
+    model = GRUNF(cfg).eval()
+    ctx = np.cumsum(np.random.default_rng(0).normal(size=(2, 4, 4)), axis=1).astype(np.float32)
+    still = forecast(model, ctx, 3, SampleOptions(samples=5, temperature=0.0))
+    assert np.array_equal(still, np.broadcast_to(ctx[:, None, -1:], still.shape))       # the last frame, exactly
+    noisy = forecast(model, ctx, 2, SampleOptions(samples=4000), seed=1)
+    spread = (noisy - ctx[:, None, -1:]).std(axis=(0, 1, 2))
+    assert np.allclose(spread, [0.1, 0.2, 0.3, 0.4], rtol=0.05)                       # u ~ N(0, 1) times scale
+
+
+def test_residual_encoding_and_scale_by_hand():
+    w = np.zeros((1, 4, 2), np.float32)
+    w[0, :, 0] = [1.0, 2.0, 4.0, 7.0]              # anchor (frame 1) = 2: displacements -1, 0, 2, 5
+    scale = fit_residual_scale(w, 2, floor=0.5)
+    assert scale == pytest.approx([np.sqrt((1 + 0 + 4 + 25) / 4), 0.5])
+    z, anchor, s = encode_windows(_tiny_cfg(num_kp=1, param="residual", residual_scale=[2.0, 0.5]), w, 2)
+    assert np.allclose(z[0, :, 0], [-0.5, 0.0, 1.0, 2.5]) and anchor[0, 0, 0] == 2.0 and np.all(z[..., 1] == 0)
+
+
+def test_augmentation_is_a_similarity_on_positions_and_acts_on_jacobians():
+    layout = Layout(3, True)
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(-0.5, 0.5, (8, 5, 3, 2))
+    jac = np.eye(2) + 0.2 * rng.normal(size=(8, 5, 3, 2, 2))
+    x = torch.from_numpy(layout.flatten(pos, jac).astype(np.float32))
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    out = augment_batch(x, layout, gen, reverse=False)
+    a, _ = random_affine(8, torch.Generator().set_state(state), 5.0, 0.05, 0.05, True)
+    p2, j2 = layout.unflatten(out.numpy())
+    s = np.sqrt(np.abs(np.linalg.det(a.numpy())))                                   # isotropic scale per window
+    d = lambda p: np.linalg.norm(p[:, :, 0] - p[:, :, 1], axis=-1)  # noqa: E731
+    assert np.allclose(d(p2), s[:, None] * d(pos), atol=1e-5)                        # distances scale by s
+    assert np.allclose(np.linalg.det(j2), np.linalg.det(a.numpy())[:, None, None] * np.linalg.det(jac), atol=1e-4)
+    assert (np.linalg.det(a.numpy()) < 0).any()                                     # some windows are mirrored
+    back = augment_batch(x, layout, torch.Generator().manual_seed(3), rotate_deg=0, scale=0, shift=0, mirror=False)
+    flipped = [bool(torch.equal(back[i], x[i].flip(0))) for i in range(8)]
+    kept = [bool(torch.allclose(back[i], x[i])) for i in range(8)]
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_speed_resampling_by_hand():
+    seq = np.arange(9, dtype=np.float32)[:, None] ** 2
+    assert np.array_equal(resample_speed(seq, 2.0)[:, 0], [0, 4, 16, 36, 64])       # every other frame
+    assert np.allclose(resample_speed(seq, 0.5)[:3, 0], [0, 0.5, 1])                  # midpoints
+
+
+def test_rollout_conditions_ignore_the_true_future():
+    # With cfg.rollout the GRU reads the head's predictions after the context: the true future frames only
+    # enter as NLL targets, never as inputs; the context's conditions are the teacher-forced ones.
+    torch.manual_seed(0)
+    model = GRUNF(_tiny_cfg(rollout=True)).eval()
+    x = torch.randn(2, 7, model.dim)
+    x2 = x.clone()
+    x2[:, 4:] += 3.0
+    r1, r2 = model.rollout_states(x), model.rollout_states(x2)
+    assert torch.equal(r1, r2)
+    assert torch.equal(r1[:, :4], model.states(x)[:, :4])
+    assert (model.states(x2)[:, 4:] - model.states(x)[:, 4:]).abs().max() > 1e-3   # teacher forcing would see them
+    x3 = x.clone()
+    x3[:, 3] += 3.0
+    assert (model.rollout_states(x3)[:, 3:] - r1[:, 3:]).abs().max() > 1e-3

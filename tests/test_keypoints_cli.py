@@ -91,23 +91,91 @@ def test_run_bad_inputs_fail_cleanly(trained):
         assert not out.exists() and not out.with_suffix(".json").exists()
 
 
-def test_run_on_video_tracks_and_renders(tmp_path):
+def test_run_on_video_tracks_and_renders_with_a_tracker_model(tmp_path):
     pytest.importorskip("cv2")
-    from vmt.io.video import write_video
+    from vmt.io.video import read_video, write_video
 
-    clip = moving_pattern(16, 64, 64, dx=1, dy=1)
-    write_video(tmp_path / "clip.mp4", clip, fps=10)
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    for i in range(2):
+        write_video(vids / f"clip{i}.mp4", moving_pattern(16, 64, 64, dx=1, dy=1, seed=i), fps=10)
+    clip = vids / "clip0.mp4"
+    # The shipped model was trained on FOMM keypoints: tracker points are refused, naming the fixes.
     out, vid = tmp_path / "p.npz", tmp_path / "p.mp4"
-    res = runner.invoke(app, ["predict-keypoints", "run", str(tmp_path / "clip.mp4"), "-o", str(out), "--render",
-                              str(vid), "--samples", "4", "--horizon", "3", "--quiet"])
+    res = runner.invoke(app, ["predict-keypoints", "run", str(clip), "-o", str(out), "--samples", "2"])
+    assert res.exit_code == 2 and not out.exists()
+    msg = " ".join(res.output.split())
+    assert "trained on FOMM keypoints" in msg and "--fomm" in msg and "predict-keypoints train" in msg
+    # A model trained on tracker points (train on a folder of videos) accepts them.
+    res = runner.invoke(app, ["predict-keypoints", "train", str(vids), "-o", str(tmp_path / "lk"), "--context",
+                              "4", "--horizon", "3", "--steps", "4", "--eval-every", "2", "--hidden", "8",
+                              "--layers", "1", "--flow-hidden", "8", "--blocks", "2", "--cond-dim", "2",
+                              "--window-stride", "2", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "lk" / "config.json").read_text())["keypoints_source"] == "lucas-kanade"
+    res = runner.invoke(app, ["predict-keypoints", "run", str(clip), "-m", str(tmp_path / "lk"), "-o", str(out),
+                              "--render", str(vid), "--samples", "4", "--horizon", "3", "--quiet"])
     assert res.exit_code == 0, res.output
     pred = np.load(out)
     assert pred["value"].shape == (1, 4, 3, 10, 2) and pred["jacobian"].shape == (1, 4, 3, 10, 2, 2)
-    assert json.loads(out.with_suffix(".json").read_text())["keypoints_source"] == "lucas-kanade"
-    from vmt.io.video import read_video
-
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["keypoints_source"] == "lucas-kanade" and side["renderer"] == "preview"
     frames, _ = read_video(vid)
     assert frames.shape == (3, 64, 128, 3)   # keypoint panel | warped preview panel
+
+
+def test_run_with_a_fomm_checkpoint_extracts_keypoints_and_animates(tmp_path):
+    pytest.importorskip("cv2")
+    import torch
+
+    from vmt.io.video import read_video, write_video
+    from vmt.keypoints.fomm import Fomm
+    from vmt.keypoints.tracker import _cv2
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "vox-cpk.pth.tar"
+    torch.save(Fomm().checkpoint(), ckpt)               # the public layout, random weights
+    clip = tmp_path / "talk.mp4"
+    write_video(clip, moving_pattern(9, 256, 256, dx=1, dy=0), fps=10)
+    face = tmp_path / "face.png"
+    _cv2().imwrite(str(face), moving_pattern(1, 200, 200, seed=3)[0])
+    out, vid = tmp_path / "pred.npz", tmp_path / "out.mp4"
+    res = runner.invoke(app, ["predict-keypoints", "run", str(clip), "--fomm", str(ckpt), "-o", str(out),
+                              "--render", str(vid), "--source", str(face), "--samples", "3", "--horizon", "2",
+                              "--render-samples", "0,2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    kp = np.load(tmp_path / "pred.keypoints.npz")
+    assert kp["value"].shape == (9, 10, 2) and kp["jacobian"].shape == (9, 10, 2, 2)
+    assert np.all(np.abs(kp["value"]) <= 1) and list(kp["lengths"]) == [9]
+    assert np.load(out)["value"].shape == (1, 3, 2, 10, 2)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["keypoints_source"] == "fomm" and side["renderer"] == "fomm"
+    frames, _ = read_video(vid)
+    assert frames.shape == (2, 256, 3 * 256, 3)        # keypoints | sample 0 | sample 2
+
+
+def test_run_refuses_outputs_that_clobber_or_are_not_videos(trained, tmp_path):
+    kp = str(trained / "kp.npz")
+    m = str(trained / "model")
+    empty, text = tmp_path / "empty.npz", tmp_path / "text.npz"
+    empty.write_bytes(b"")
+    text.write_text("not an archive")
+    cases = [
+        ([kp, "-o", kp], "is the input file"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--render", kp], "is the input file"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--render", str(tmp_path / "pred.npz")], "the rendering is a video"),
+        ([str(empty), "-o", str(tmp_path / "p.npz")], "is empty (0 bytes)"),
+        ([str(text), "-o", str(tmp_path / "p.npz")], "not an .npz archive"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--fomm", str(tmp_path / "none.pth")], "not found"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--fomm", kp, "--render", str(tmp_path / "v.mp4")], "pass --source"),
+    ]
+    for args, needle in cases:
+        res = runner.invoke(app, ["predict-keypoints", "run", *args, "-m", m])
+        assert res.exit_code == 2, (args, res.output)
+        out = " ".join(res.output.split())
+        assert needle in out and "jacobian has" not in out and "pickled" not in out, out   # not the wrong blame
+        assert not (tmp_path / "p.npz").exists()
+    assert np.load(kp)["value"].shape[1] == 2           # the input is untouched
 
 
 def test_tracker_follows_a_known_translation():
@@ -126,11 +194,13 @@ def test_shipped_model_is_small_and_never_saw_its_validation_identities():
     from vmt.keypoints import DEFAULT_MODEL_DIR
     from vmt.keypoints.data import identity_of
     from vmt.keypoints.model import load_model
+    from vmt.keypoints.pipeline import FOMM_SOURCE, keypoint_source
 
     model, doc = load_model(DEFAULT_MODEL_DIR)
     size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir())
     assert size <= 10 * 2**20
     assert model.cfg.num_kp == 10 and model.cfg.jacobian
+    assert keypoint_source(doc) == FOMM_SOURCE          # so `run` refuses tracker points with it
     val = set(doc["data"]["val_identities"])
     assert val and not val & {identity_of(n) for n in doc["data"]["train_sequences"]}
     assert {identity_of(n) for n in doc["data"]["val_sequences"]} == val

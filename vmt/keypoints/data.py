@@ -64,11 +64,23 @@ def load_sequences(path: str | os.PathLike) -> Sequences:
     path = Path(path)
     if not path.is_file():
         raise VmtUsageError(f"keypoint file {path} not found")
+    import zipfile
+
+    # np.load reads a non-zip file as a pickle (and then complains about pickles); say what is wrong instead.
+    if path.stat().st_size == 0:
+        raise VmtUsageError(f"{path} is empty (0 bytes); a keypoint file is an .npz written by numpy.savez")
+    if not zipfile.is_zipfile(path):
+        raise VmtUsageError(f"{path} is not an .npz archive (not a zip file); a keypoint file is written by "
+                            "numpy.savez with names, lengths, value (and optionally jacobian)")
     try:
         data = np.load(path, allow_pickle=False)
         arrays = {k: data[k] for k in data.files}
-    except Exception as e:  # zip or format errors from numpy
-        raise VmtUsageError(f"{path} is not a readable npz file ({type(e).__name__}: {e})") from e
+    except Exception as e:  # a damaged archive, or members that are not plain arrays
+        raise VmtUsageError(f"{path} is not a readable npz of plain arrays ({type(e).__name__}); re-save it with "
+                            "numpy.savez") from e
+    if not arrays:
+        raise VmtUsageError(f"{path} holds no arrays; a keypoint file needs names, lengths, value "
+                            "(and optionally jacobian)")
     for key in ("names", "lengths", "value"):
         if key not in arrays:
             raise VmtUsageError(f"{path} lacks the array {key!r}; a keypoint file needs names, lengths, value "

@@ -3,7 +3,10 @@
 Leak-free conditioning: the flow density of frame x_t is conditioned on the GRU state after x_0..x_{t-1}
 only (the public release conditioned x_t on a state that had already read x_t). The GRU prediction head
 g_t = Linear(hidden -> dim)(h_{t-1}) is trained with MSE to x_t; GRU-SNF uses it as the MCMC anchor.
-All tensors here are in the model's normalised space (per-window min-max, see `data.py`).
+All tensors here are in the model's normalised space (`ModelConfig.param`, see `predict.encode_windows`):
+'minmax' (the paper: each window min-max scaled by its context's statistics) or 'residual' (displacements
+from the last observed frame divided by a fixed per-value scale fitted on the training data, so a flow that
+outputs zero is the zero-velocity forecast).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class ModelConfig:
     frame_step: int = 1        # keep every n-th frame (the paper halves 25 fps; the shared data is 10 fps)
     head_weight: float = 1.0   # weight of the prediction head's MSE in the training loss
     extra: dict = field(default_factory=dict)
+    param: str = "minmax"      # 'minmax' (paper) | 'residual' (displacement from the last observed frame)
+    residual_scale: list[float] | None = None   # per value (dim,), detector units; 'residual' only
+    rollout: bool = False      # train the future frames' conditions on the head's own fed-back predictions
 
     @property
     def layout(self) -> Layout:
@@ -58,6 +64,7 @@ class SampleOptions:
     mcmc_steps: int = 2
     step_size: float = 0.35
     elementwise: bool = True
+    temperature: float = 1.0   # scale of the base noise u ~ N(0, temperature^2 I); 1 is the model's density
 
 
 class GRUNF(nn.Module):
@@ -70,6 +77,15 @@ class GRUNF(nn.Module):
         self.cond = nn.Linear(cfg.hidden, cfg.cond_dim)
         self.head = nn.Linear(cfg.hidden, d)
         self.flow = ConditionalRealNVP(d, cfg.cond_dim, cfg.flow_hidden, cfg.blocks)
+        if cfg.param == "residual":
+            # Start as the zero-velocity forecast: the head predicts zero displacement and every coupling is
+            # the identity (zero scale and shift), so the flow's mean is the last observed frame until trained.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            for layer in self.flow.layers[::2]:
+                for net in (layer.scale_net, layer.shift_net):
+                    nn.init.zeros_(net[-1].weight)
+                    nn.init.zeros_(net[-1].bias)
 
     @property
     def dim(self) -> int:
@@ -85,9 +101,23 @@ class GRUNF(nn.Module):
         """(B, L, dim) -> (B, L-1, cond_dim): the condition of frames 1..L-1."""
         return self.cond(self.states(x))
 
+    def rollout_states(self, x: torch.Tensor) -> torch.Tensor:
+        """Like `states`, but after the context the GRU reads the head's own (detached) predictions instead of
+        the true frames: the inputs it gets when sampling feeds back the samples' mean."""
+        c = self.cfg.context
+        out, h = self.gru(x[:, :c])
+        last, conds = out[:, -1], [out[:, :-1]]
+        for _ in range(x.shape[1] - 1 - c):
+            conds.append(last[:, None])
+            step, h = self.gru(self.head(last).detach()[:, None], h)
+            last = step[:, 0]
+        conds.append(last[:, None])
+        return torch.cat(conds, dim=1)
+
     def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced NLL (nats per frame) of frames 1..L-1 and the head's MSE, both scalars."""
-        h = self.states(x)
+        """NLL (nats per frame) of frames 1..L-1 and the head's MSE, both scalars; teacher-forced, or with
+        `cfg.rollout` conditioned on the head's fed-back predictions after the context."""
+        h = self.rollout_states(x) if self.cfg.rollout and x.shape[1] > self.cfg.context else self.states(x)
         target = x[:, 1:].reshape(-1, self.dim)
         nll = -self.flow.log_prob(target, self.cond(h).reshape(-1, self.cfg.cond_dim)).mean()
         mse = ((self.head(h).reshape(-1, self.dim) - target) ** 2).mean()
@@ -112,7 +142,7 @@ class GRUNF(nn.Module):
         for _ in range(horizon):
             last = h[-1] if opts.feedback == "sample" else h[-1].repeat_interleave(n, dim=0)
             cond, g = self.cond(last), self.head(last)
-            u = torch.randn((b * n, d), generator=generator, dtype=context.dtype).to(context.device)
+            u = opts.temperature * torch.randn((b * n, d), generator=generator, dtype=context.dtype).to(context.device)
             hook = None
             if opts.refine:
                 hook = SNFRefiner(g, self.flow.num_blocks, steps=opts.mcmc_steps, step_size=opts.step_size,
@@ -166,6 +196,9 @@ def load_model(folder: str | Path, weights_name: str = WEIGHTS_FILE) -> tuple[GR
 
     doc = read_config(folder)
     cfg = ModelConfig(**doc["config"])
+    if cfg.param not in ("minmax", "residual") or (cfg.param == "residual" and cfg.residual_scale is None):
+        raise VmtUsageError(f"{folder}/{CONFIG_FILE}: param {cfg.param!r} needs to be 'minmax' or 'residual' "
+                            "(with residual_scale); retrain the model")
     model = GRUNF(cfg)
     wpath = Path(folder) / weights_name
     if not wpath.is_file():

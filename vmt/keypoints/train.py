@@ -31,6 +31,19 @@ class TrainConfig:
     seed: int = 0
 
 
+def batch_transform(cfg: ModelConfig, augment: bool) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """Raw windows (B, L, dim) -> (optionally augmented) windows encoded in the model's space."""
+    from vmt.keypoints.augment import augment_batch
+    from vmt.keypoints.predict import encode_windows
+
+    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if augment:
+            x = augment_batch(x, cfg.layout, gen)
+        return torch.from_numpy(encode_windows(cfg, x.numpy(), cfg.context)[0])
+
+    return apply
+
+
 @torch.no_grad()
 def evaluate(model: GRUNF, windows: torch.Tensor, batch: int = 256) -> dict[str, float]:
     """Mean NLL (nats per frame) and head MSE over `windows` (B, L, dim), eval mode."""
@@ -48,9 +61,14 @@ def evaluate(model: GRUNF, windows: torch.Tensor, batch: int = 256) -> dict[str,
 
 def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_windows: np.ndarray, val_windows: np.ndarray | None,
         out_dir: str | Path, *, resume: bool = False, info: dict | None = None,
-        on_step: Callable[[int, dict], None] | None = None, stop_after: int | None = None) -> dict:
-    """Train on normalised windows (W, L, dim); returns a summary (losses, best validation, timings).
+        on_step: Callable[[int, dict], None] | None = None, stop_after: int | None = None,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        device: str | torch.device = "cpu") -> dict:
+    """Train on windows (W, L, dim); returns a summary (losses, best validation, timings).
 
+    Without `transform` the windows are already in the model's space; with it, each sampled batch is passed
+    through `transform(batch, generator)` (augmentation + encoding, see `batch_transform`) and the training
+    windows may be raw. Validation windows are always in the model's space.
     `stop_after` ends this call after that many steps (a later `resume=True` call continues exactly).
     """
     out_dir = Path(out_dir)
@@ -80,7 +98,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_windows: np.ndarra
         start, best, history = int(state["step"]), float(state["best"]), doc.get("history", [])
         elapsed = float(doc.get("train_seconds", 0.0))
     tr = torch.from_numpy(train_windows)
-    va = torch.from_numpy(val_windows) if val_windows is not None and len(val_windows) else None
+    va = torch.from_numpy(val_windows).to(device) if val_windows is not None and len(val_windows) else None
+    model.to(device)
     model.train()
     t0 = time.perf_counter()
 
@@ -107,7 +126,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_windows: np.ndarra
     end = train_cfg.steps if stop_after is None else min(train_cfg.steps, start + stop_after)
     for step in range(start + 1, end + 1):
         idx = torch.randint(len(tr), (min(train_cfg.batch, len(tr)),), generator=gen)
-        nll, mse = model.losses(tr[idx])
+        xb = tr[idx] if transform is None else transform(tr[idx], gen)
+        nll, mse = model.losses(xb.to(device))
         loss = nll + model_cfg.head_weight * mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,3 +145,58 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_windows: np.ndarra
             on_step(step, metrics)
     seconds = round(elapsed + time.perf_counter() - t0, 2)
     return {"history": history, "best_val_nll": None if best == float("inf") else best, "train_seconds": seconds}
+
+
+SPEEDS = (0.8, 1.0, 1.25)   # replay factors of the speed augmentation
+
+
+def prepare_training(cfg: ModelConfig, seqs: list[np.ndarray], stride: int, augment: bool
+                     ) -> tuple[ModelConfig, np.ndarray, Callable[[torch.Tensor, torch.Generator], torch.Tensor]]:
+    """Training windows and batch transform for sequences (T_i, dim) in detector units.
+
+    Returns the config (with `residual_scale` fitted on these windows for the residual encoding), the raw
+    windows (W, L, dim) (with `augment`, also replayed at 0.8x and 1.25x speed) and the batch transform
+    (with `augment`: random mirror, affine jitter and time reversal per window, then the encoding).
+    """
+    from dataclasses import replace
+
+    from vmt.keypoints.augment import speed_windows
+    from vmt.keypoints.predict import fit_residual_scale
+
+    length = cfg.context + cfg.horizon
+    seqs = [s[:: cfg.frame_step] for s in seqs]
+    if not any(len(s) >= length for s in seqs):
+        raise VmtUsageError(f"no training sequence has {length} frames (context + horizon) after --frame-step "
+                            f"{cfg.frame_step}; shorten --context/--horizon")
+    raw = speed_windows(seqs, length, stride, SPEEDS if augment else (1.0,))
+    if cfg.param == "residual":
+        cfg = replace(cfg, residual_scale=fit_residual_scale(raw, cfg.context))
+    return cfg, raw, batch_transform(cfg, augment)
+
+
+def train_model(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *, val_identities: list[str],
+                window_stride: int, augment: bool, resume: bool = False, device: str | torch.device = "cpu",
+                keypoints_source: str = "fomm", data_file: str = "", on_step=None) -> dict:
+    """`vmt predict-keypoints train` as a function: split by identity, build windows, fit, return the summary
+    (with `train_windows` / `val_windows` counts). `seqs` is a `data.Sequences`."""
+    from vmt.keypoints.data import Sequences, make_windows, split_by_identity
+    from vmt.keypoints.predict import encode_windows
+
+    tr, va = split_by_identity(seqs, val_identities) if val_identities else (seqs, Sequences([], [], seqs.layout))
+    if resume:   # the residual scale was fitted when the run started; refitting could differ in the last bit
+        cfg = ModelConfig(**read_config(out_dir)["config"])
+        _, raw, transform = prepare_training(cfg, tr.flat, window_stride, augment)
+    else:
+        cfg, raw, transform = prepare_training(cfg, tr.flat, window_stride, augment)
+    length = cfg.context + cfg.horizon
+    vaw = None
+    if len(va):
+        vaw = encode_windows(cfg, make_windows(va, length, length, cfg.frame_step)[0], cfg.context)[0]
+    info = {"keypoints_source": keypoints_source,
+            "data": {"file": data_file, "train_sequences": tr.names, "val_sequences": va.names,
+                     "val_identities": val_identities, "train_windows": len(raw), "augment": augment,
+                     "val_windows": 0 if vaw is None else len(vaw), "keypoints_source": keypoints_source}}
+    res = fit(cfg, tc, raw, vaw, out_dir, resume=resume, info=info, on_step=on_step, transform=transform,
+              device=device)
+    return {**res, "train_windows": len(raw), "val_windows": 0 if vaw is None else len(vaw),
+            "train_sequences": len(tr), "val_sequences": len(va)}
