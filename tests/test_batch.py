@@ -265,7 +265,9 @@ def test_sigterm_mid_batch_then_resume_runs_only_the_missing_jobs(tiny_t2v, tmp_
     k = len(videos)
     assert 3 <= k < 6
     statuses = [r["status"] for r in manifest(out)[1]]
-    assert statuses.count("done") == k and "interrupted" in statuses
+    # The signal lands in a job (then "interrupted") or between two jobs (nothing in flight): never more lost.
+    assert statuses[:k] == ["done"] * k and statuses.count("interrupted") <= 1
+    assert set(statuses[k:]) <= {"interrupted", "pending"}
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.suffix in (".mp4", ".json")}
 
     res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
