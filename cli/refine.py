@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt,
-    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow, status,
-    step_progress,
+    DEFAULT_MODEL, AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, ModelOpt,
+    OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
+    command_line, console, quiet_libraries, reflow, status, step_progress, wan_load_options,
 )
 from cli.refine_options import (
     PNP_RANGES, ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
@@ -76,6 +76,10 @@ def refine(
     dtype: DtypeOpt = "auto",
     offload: OffloadOpt = "none",
     vae_tiling: VaeTilingOpt = False,
+    grad_checkpointing: GradCheckpointingOpt = True,
+    storage_dtype: StorageDtypeOpt = "none",
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = False,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
@@ -97,9 +101,10 @@ def _run(p: dict) -> None:
 
     WanGeometry().check_size(p["num_frames"], p["height"], p["width"])  # Wan2.1's rules, before any model
     pnp_plan = check_refine_params(p, p["steps"])
+    wan_load_options(p)  # memory options checked before any model
     quiet_libraries(p["debug"])
 
-    from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
+    from vmt.backends.wan import WanBackend, inspect_model
     from vmt.generate import GenerationRequest, generate
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
@@ -110,10 +115,7 @@ def _run(p: dict) -> None:
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
         resolved, geometry = inspect_model(p["model"], p["revision"])
         geometry.check_size(p["num_frames"], p["height"], p["width"])  # before minutes of loading weights
-        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"], resolved=resolved,
-        ))
+        backend = WanBackend.from_pretrained(p["model"], wan_load_options(p, resolved))
     timer.sync_cuda = backend.device.type == "cuda"
     image = None
     if p["image"] is not None:

@@ -9,9 +9,12 @@ import typer
 
 from cli.common import (
     DEFAULT_MODEL,
+    AttentionBackendOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
+    GradCheckpointingOpt,
     ModelOpt,
     OffloadOpt,
     OutputOpt,
@@ -20,6 +23,7 @@ from cli.common import (
     RecipeOpt,
     RevisionOpt,
     SeedOpt,
+    StorageDtypeOpt,
     VaeTilingOpt,
     command_line,
     console,
@@ -27,6 +31,7 @@ from cli.common import (
     reflow,
     status,
     step_progress,
+    wan_load_options,
 )
 from cli.refine_options import (
     PNP_RANGES,
@@ -158,6 +163,10 @@ def transfer(
     dtype: DtypeOpt = "auto",
     offload: OffloadOpt = "none",
     vae_tiling: VaeTilingOpt = False,
+    grad_checkpointing: GradCheckpointingOpt = True,
+    storage_dtype: StorageDtypeOpt = "none",
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = False,
     seed: SeedOpt = 42,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
@@ -212,9 +221,10 @@ def _run(p: dict) -> None:
     cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
     sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
     pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
+    wan_load_options(p)  # memory options checked before any model
     quiet_libraries(p["debug"])
 
-    from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
+    from vmt.backends.wan import WanBackend, inspect_model
     from vmt.io.video import write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory
@@ -227,10 +237,7 @@ def _run(p: dict) -> None:
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
         resolved, geometry = inspect_model(p["model"], p["revision"])
         geometry.check_block(cfg.block)  # before minutes of loading weights
-        backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-            device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-            revision=p["revision"], resolved=resolved,
-        ))
+        backend = WanBackend.from_pretrained(p["model"], wan_load_options(p, resolved))
     if backend.is_i2v:
         raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
                             "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")

@@ -88,11 +88,20 @@ def check_attention_backend(name: str | None) -> None:
 
 
 def set_attention_backend(transformer, name: str) -> None:
-    """diffusers' set_attention_backend, its failures (missing package, unusable here) as one-line errors."""
+    """diffusers' set_attention_backend, its failures (missing package, unusable here) as one-line errors.
+
+    diffusers also makes the backend the process-wide default; that is undone (the transformer's processors
+    keep it explicitly), so another model in the same process keeps diffusers' default.
+    """
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
     try:
         transformer.set_attention_backend(name.lower())
     except (RuntimeError, ValueError, ImportError) as e:
         raise VmtError(f"--attention-backend {name}: {e}") from e
+    finally:
+        _AttentionBackendRegistry.set_active_backend(active)
 
 
 def current_backend(transformer) -> str | None:
