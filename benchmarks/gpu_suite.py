@@ -254,29 +254,35 @@ def run_suite(args) -> dict:
         for name, opts in option_sets(device, arch):
             if only is not None and name not in only:
                 continue
+            backend, build_error = None, None
             for case, what in cases_for(name, arch):
                 row = {"arch": arch, "options": name, "case": case}
                 if time.perf_counter() - start > args.budget_s:
-                    doc["cases"].append({**row, "status": "skipped", "reason": "time budget"})
-                    continue
-                backend = None
-                try:
-                    backend = build_backend(master, device, dtype, opts)
-                    with PeakMemory(device) as mem:
-                        if case.startswith("refine"):
-                            plan = "none" if what == "none" else f"0-{args.steps - 1}:1"
-                            row.update(refine_case(backend, args, plan))
-                        else:
-                            row.update(transfer_case(backend, args, what))
-                    row.update(mem.as_dict(), status="ok", model=backend.describe())
-                except Exception as e:  # one failing case (OOM, missing kernel) must not end the suite
-                    row.update(status="oom" if is_oom(e) else "error", error=f"{type(e).__name__}: {e}"[:500])
-                    if args.debug:
-                        traceback.print_exc()
-                del backend
-                free_memory(device)
+                    row.update(status="skipped", reason="time budget")
+                elif build_error is not None:
+                    row.update(status="error", error=build_error)
+                else:
+                    try:
+                        if backend is None:  # one copy of the model per option set, its cases share it
+                            backend = build_backend(master, device, dtype, opts)
+                        with PeakMemory(device) as mem:
+                            if case.startswith("refine"):
+                                plan = "none" if what == "none" else f"0-{args.steps - 1}:1"
+                                row.update(refine_case(backend, args, plan))
+                            else:
+                                row.update(transfer_case(backend, args, what))
+                        row.update(mem.as_dict(), status="ok", model=backend.describe())
+                    except Exception as e:  # one failing case (OOM, missing kernel) must not end the suite
+                        row.update(status="oom" if is_oom(e) else "error", error=f"{type(e).__name__}: {e}"[:500])
+                        if backend is None:
+                            build_error = row["error"]
+                        if args.debug:
+                            traceback.print_exc()
+                    free_memory(device)
                 doc["cases"].append(row)
                 _print_row(row)
+            del backend
+            free_memory(device)
         del master
         free_memory(device)
     doc["summary"] = summarize(doc["cases"])
