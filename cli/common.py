@@ -38,6 +38,10 @@ AttentionBackendOpt = Annotated[str | None, typer.Option(
     "--attention-backend", help="diffusers attention backend (native, _native_cudnn, flash, _flash_3, sage, "
     "xformers, flex, ...; default: diffusers' own). Guided passes need a backward: a backend without one "
     "(sage) is replaced there by native, said once and recorded in out.json.", rich_help_panel="Memory")]
+LoraOpt = Annotated[list[str] | None, typer.Option(
+    "--lora", help="PATH[:SCALE][@high|low|both]: a LoRA (.safetensors or folder, diffusers' Wan layout; "
+    "repeatable), e.g. a 4-8-step distillation LoRA with --recipe distilled-4step; on two-expert Wan2.2, "
+    "@high / @low loads it into one expert only. Needs peft.", rich_help_panel="Model")]
 CompileOpt = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each transformer block "
                                           "(regional compilation: one compile, reused by every block; the "
                                           "first step is slow).", rich_help_panel="Memory")]
@@ -90,7 +94,7 @@ def wan_load_options(p: dict, resolved=None):
         device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
         revision=p["revision"], resolved=resolved, grad_checkpointing=p.get("grad_checkpointing", True),
         storage_dtype=None if p.get("storage_dtype") in (None, "", "none") else p["storage_dtype"], attention_backend=p.get("attention_backend") or None,
-        compile=p.get("compile", False),
+        compile=p.get("compile", False), loras=tuple(p.get("lora") or ()),
     )
     opts.validate()
     if resolved is None and opts.offload != "none" and resolve_device(opts.device).type != "cuda":

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, ModelOpt,
-    OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
-    command_line, console, quiet_libraries, reflow, status, step_progress, wan_load_options,
+    DEFAULT_MODEL, AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, LoraOpt,
+    ModelOpt, OffloadOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt,
+    VaeTilingOpt, command_line, console, quiet_libraries, reflow, status, step_progress, wan_load_options,
 )
 from cli.refine_options import (
     PNP_RANGES, ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
@@ -80,6 +80,7 @@ def refine(
     storage_dtype: StorageDtypeOpt = "none",
     attention_backend: AttentionBackendOpt = None,
     compile: CompileOpt = False,
+    lora: LoraOpt = None,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,

@@ -13,14 +13,19 @@ What is applied (each one a diffusers feature; nothing here re-implements them):
   attention backend       `set_attention_backend`; guided passes need a backward, so a backend without one
                           (probed, see `has_backward`) is swapped for `GUIDED_FALLBACK` around them.
   regional compilation    `compile_repeated_blocks` (each WanTransformerBlock compiled once, reused by all).
+  LoRA                    `load_lora_weights` (diffusers' Wan LoRA layout, PEFT backend), per expert of a
+                          two-expert model, scales by `set_adapters`; `unload_lora_weights` restores the model.
 
 Step caches (FirstBlockCache, MagCache, TaylorSeer) are not applied: see docs/DESIGN.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -174,3 +179,76 @@ def compile_blocks(transformer, backend: str = "inductor") -> None:
         transformer.compile_repeated_blocks(backend=backend, fullgraph=False, dynamic=False)
     except Exception as e:
         raise VmtError(f"--compile: {type(e).__name__}: {e}") from e
+
+
+LORA_EXPERTS = ("both", "high", "low")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One --lora PATH[:SCALE][@EXPERT]: a LoRA file or folder (diffusers' Wan LoRA layout), its scale, and on
+    a two-expert Wan2.2 model the expert it goes into ("high": transformer, "low": transformer_2, "both")."""
+
+    path: str
+    scale: float = 1.0
+    expert: str = "both"
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        body, expert = text, "both"
+        if "@" in text:
+            body, expert = text.rsplit("@", 1)
+            if expert not in LORA_EXPERTS:
+                raise VmtUsageError(f"--lora {text!r}: the expert after @ is one of {', '.join(LORA_EXPERTS)}")
+        path, scale = body, 1.0
+        head, sep, tail = body.rpartition(":")
+        if sep and head:
+            try:
+                scale = float(tail)
+                path = head
+            except ValueError:
+                pass  # a ':' that is part of the path
+        if not math.isfinite(scale):
+            raise VmtUsageError(f"--lora {text!r}: the scale must be a finite number")
+        if not Path(path).exists():
+            raise VmtUsageError(f"--lora {text!r}: {path} does not exist (a .safetensors file or a folder)")
+        return cls(path, scale, expert)
+
+
+def check_peft() -> None:
+    """diffusers loads LoRAs through PEFT; say so in one line instead of failing deep in the load."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise VmtError("--lora needs the peft package (pip install peft)")
+
+
+def load_loras(pipe, specs: list[LoraSpec]) -> list[dict]:
+    """Load each LoRA as adapter lora<i> into its expert(s) and set the scales; returns their records."""
+    check_peft()
+    two = getattr(pipe, "transformer_2", None) is not None and pipe.transformer is not None
+    per_model: dict[int, tuple[object, list[str], list[float]]] = {}
+    records = []
+    for i, spec in enumerate(specs):
+        if not two and spec.expert != "both":
+            raise VmtUsageError(f"--lora {spec.path}@{spec.expert}: this model has one transformer; drop @"
+                                f"{spec.expert}")
+        name = f"lora{i}"
+        targets = []
+        if spec.expert in ("both", "high") and pipe.transformer is not None:
+            targets.append((pipe.transformer, False))
+        if spec.expert in ("both", "low") and getattr(pipe, "transformer_2", None) is not None:
+            targets.append((pipe.transformer_2, True))
+        for model, into_2 in targets:
+            try:
+                kw = {"load_into_transformer_2": True} if into_2 else {}
+                pipe.load_lora_weights(spec.path, adapter_name=name, **kw)
+            except Exception as e:
+                raise VmtError(f"cannot load LoRA {spec.path}: {type(e).__name__}: {e}") from e
+            entry = per_model.setdefault(id(model), (model, [], []))
+            entry[1].append(name)
+            entry[2].append(spec.scale)
+        records.append({"path": spec.path, "scale": spec.scale, "expert": spec.expert, "adapter": name})
+    for model, names, scales in per_model.values():
+        model.set_adapters(names, weights=scales)
+    return records

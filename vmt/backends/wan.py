@@ -58,6 +58,7 @@ class WanLoadOptions:
     attention_backend: str | None = None
     compile: bool = False
     compile_backend: str = "inductor"
+    loras: tuple[str, ...] = ()  # "PATH[:SCALE][@high|low|both]" (accel.LoraSpec)
 
     def validate(self) -> None:
         """Raise VmtUsageError for an unknown mode or name (no model needed: run before any loading)."""
@@ -67,6 +68,12 @@ class WanLoadOptions:
             raise VmtUsageError(f"unknown --offload {self.offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
         storage_dtype(self.storage_dtype)
         check_attention_backend(self.attention_backend)
+        if self.loras:
+            from vmt.backends.accel import LoraSpec, check_peft
+
+            for spec in self.loras:
+                LoraSpec.parse(spec)
+            check_peft()
 
 
 def _dtype_kwarg() -> str:
@@ -197,6 +204,7 @@ class WanBackend:
         self._latents_mean, self._latents_std = mean, std
         self._checkpointing: dict[int, object] = {}  # id(transformer) -> accel.BlockCheckpointing
         self._guided_backend: tuple[str | None, str | None] | None = None  # (chosen, used in guided passes)
+        self.loras: list[dict] = []  # loaded LoRA adapters (path, scale, expert, adapter name)
         if place:
             self.apply_options()
 
@@ -207,6 +215,8 @@ class WanBackend:
 
         o, pipe, device = self.options, self.pipe, self.device
         o.validate()  # (from_pretrained refuses offload off CUDA; here "group" may onload to the CPU: tests)
+        if o.loras:  # before float8 storage and offload hooks: PEFT wraps the plain linear layers
+            self.loras = accel.load_loras(pipe, [accel.LoraSpec.parse(t) for t in o.loras])
         store = accel.storage_dtype(o.storage_dtype)
         if store is not None:
             for m in self._transformers():
@@ -274,6 +284,7 @@ class WanBackend:
             "storage_dtype": self.options.storage_dtype,
             "compile": self.options.compile,
             "attention_backend": self.attention_backend(),
+            "loras": self.loras,
         }
         if self._guided_backend is not None:
             out["guided_attention_backend"] = self._guided_backend[1] or self._guided_backend[0]
@@ -493,6 +504,12 @@ class WanBackend:
         if backward:
             self.counts.dit_backward += 1
         return q, k
+
+    def unload_loras(self) -> None:
+        """Remove every LoRA (diffusers' unload_lora_weights): the transformers are as loaded again."""
+        if self.loras:
+            self.pipe.unload_lora_weights()
+            self.loras = []
 
     def attention_backend(self) -> str | None:
         """The attention backend of the (first) transformer's processors; None: diffusers' default."""
