@@ -153,10 +153,11 @@ def test_float8_storage_close_to_bf16(tiny_t2v):
     assert w.dtype == torch.float8_e4m3fn  # stored in float8, computed in bf16
     g_ref, _ = _guided_gradient(ref)
     g_f8, _ = _guided_gradient(f8)
-    assert torch.isfinite(g_f8).all() and _rel(g_f8, g_ref) < 0.35  # float8 keeps 3 mantissa bits
-    assert float(torch.nn.functional.cosine_similarity(g_f8.flatten(), g_ref.flatten(), 0)) > 0.9
-    assert _rel(_transfer_with_pnp(f8).latents, _transfer_with_pnp(ref).latents) < 0.05
-    assert _rel(_refine_with_pnp(f8), _refine_with_pnp(ref)) < 0.05
+    # float8 keeps 3 mantissa bits; measured here: gradient 5.6% (cosine 0.998), latents 1.0%
+    assert torch.isfinite(g_f8).all() and 0 < _rel(g_f8, g_ref) < 0.15
+    assert float(torch.nn.functional.cosine_similarity(g_f8.flatten(), g_ref.flatten(), 0)) > 0.99
+    assert 0 < _rel(_transfer_with_pnp(f8).latents, _transfer_with_pnp(ref).latents) < 0.03
+    assert 0 < _rel(_refine_with_pnp(f8), _refine_with_pnp(ref)) < 0.03
     assert f8.describe()["storage_dtype"] == "float8_e4m3fn"
 
 
@@ -165,10 +166,10 @@ def test_attention_backend_with_backward_is_used_everywhere(tiny_t2v, reference)
     b = _backend(tiny_t2v, attention_backend="_native_math", grad_checkpointing=False)
     assert b.attention_backend() == "_native_math"
     grad, _ = _guided_gradient(b)
-    assert _rel(grad, reference["grad"][0]) < 1e-4
+    assert _rel(grad, reference["grad"][0]) < 1e-5  # measured 1.8e-6: the math kernel's rounding
     notes = []
     res = _transfer_with_pnp(b, notify=notes.append)
-    assert not notes and _rel(res.latents, reference["transfer"]) < 1e-4
+    assert not notes and _rel(res.latents, reference["transfer"]) < 1e-5
     assert _rel(_refine_with_pnp(b), reference["refine"]) < 1e-5
     assert "guided_attention_backend" in b.describe() and b.describe()["guided_attention_backend"] == "_native_math"
 
