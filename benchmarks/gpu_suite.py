@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SCHEMA = "vmt.gpu_suite/1"
 PRESETS = {
     "gpu": dict(archs="wan2.1-1.3b,wan2.1-14b", frames=81, height=480, width=832, dtype="bfloat16", steps=3,
-                budget_s=450.0),
+                budget_s=400.0),
     "cpu": dict(archs="small", frames=9, height=64, width=96, dtype="float32", steps=2, budget_s=240.0),
 }
 PNP_DEFAULT_NFE = 71  # the published plan 2-5:3,6-14:1 on 50 steps

@@ -283,3 +283,27 @@ def test_cli_bad_memory_options_fail_before_loading(tmp_path, args, message):
     assert message in r.output and "Traceback" not in r.output and "no-such-model" not in r.output
     assert not out.exists()
     np.testing.assert_equal(list(tmp_path.iterdir()), [])
+
+
+def test_checkpointing_on_both_experts_of_a_two_expert_model(tiny_t2v_2expert):
+    """Each expert has its own checkpoint function; the guided pass at a sigma of either expert is exact."""
+    plain = _backend(tiny_t2v_2expert, grad_checkpointing=False)
+    ckpt = _backend(tiny_t2v_2expert)
+    assert len(ckpt._checkpointing) == 2
+    from vmt.motion.guidance import GuidanceConfig, MotionGuidance
+
+    def grad_at(backend, sigma):
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(backend.latent_shape(FRAMES, SIZE, SIZE), generator=g)
+        cond = backend.encode_prompt("a cat", "", 1.0)
+        mg = MotionGuidance(backend, GuidanceConfig(**SMALL), z, cond, cond, z, backend.token_grid(FRAMES, SIZE, SIZE))
+        ref = mg.reference_amf(torch.tensor(sigma))
+        zz = (0.9 * z).requires_grad_(True)
+        with backend.frozen(), torch.enable_grad():
+            return torch.autograd.grad(mg.loss(zz, torch.tensor(sigma), ref)[0], [zz])[0]
+
+    for sigma in (0.95, 0.3):  # boundary 0.875: high-noise expert, then low-noise expert
+        calls = [c.calls for c in ckpt._checkpointing.values()]
+        assert torch.equal(grad_at(ckpt, sigma), grad_at(plain, sigma))
+        assert sum(c.calls for c in ckpt._checkpointing.values()) > sum(calls)
+    assert all(c.calls > 0 for c in ckpt._checkpointing.values())  # both experts recomputed blocks
