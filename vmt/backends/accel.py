@@ -4,7 +4,8 @@ What is applied (each one a diffusers feature; nothing here re-implements them):
   gradient checkpointing  `enable_gradient_checkpointing` with a per-block function (`BlockCheckpointing`):
                           the guided forward keeps only each block's input and recomputes the block in the
                           backward. The capture block itself runs plainly: its forward ends inside attn1
-                          (truncation raises there), which a recomputation must not repeat.
+                          (truncation raises there), and what torch's checkpoint does with a region that
+                          ended in an exception is not specified (it gave the same gradients when tried).
   group offload           `enable_group_offload`, block level, one block per group; CUDA streams only without
                           checkpointing (the recomputation in the backward runs the blocks in reverse order,
                           against the stream's forward-order prefetch).

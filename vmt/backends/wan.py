@@ -495,7 +495,7 @@ class WanBackend:
         if cond.image_embeds is not None:
             kw["encoder_hidden_states_image"] = cond.image_embeds
         ckpt = self._checkpointing.get(id(model))
-        # The capture block is never recomputed: its forward ends inside attn1 when `stop`.
+        # The capture block runs plainly (its forward may end inside attn1: see accel.BlockCheckpointing).
         plain = ckpt.run_plain(model.blocks[block]) if ckpt is not None else nullcontext()
         with plain:
             q, k, _ = capture_forward(model, block, stop=stop, hidden_states=x, timestep=ts,
