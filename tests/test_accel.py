@@ -307,3 +307,15 @@ def test_checkpointing_on_both_experts_of_a_two_expert_model(tiny_t2v_2expert):
         assert torch.equal(grad_at(ckpt, sigma), grad_at(plain, sigma))
         assert sum(c.calls for c in ckpt._checkpointing.values()) > sum(calls)
     assert all(c.calls > 0 for c in ckpt._checkpointing.values())  # both experts recomputed blocks
+
+
+def test_cli_refine_with_pnp_and_memory_options(tiny_t2v, tmp_path):
+    out = tmp_path / "r.mp4"
+    r = CliRunner().invoke(app, [
+        "refine", "--prompt", "a ball", "-o", str(out), "--model", str(tiny_t2v), "--device", "cpu",
+        "--dtype", "bfloat16", "--height", "32", "--width", "32", "-f", "9", "--steps", "4", "--plan", "1-2:1",
+        "--storage-dtype", "float8_e4m3fn", "--attention-backend", "_native_math", "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["model"]["storage_dtype"] == "float8_e4m3fn" and doc["model"]["attention_backend"] == "_native_math"
+    assert doc["compute"]["nfe"] == 6 and doc["params"]["storage_dtype"] == "float8_e4m3fn"
