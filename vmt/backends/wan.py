@@ -209,8 +209,9 @@ class WanBackend:
             self.apply_options()
 
     def apply_options(self) -> None:
-        """Apply the load options to the pipeline, in the order diffusers needs: float8 storage before any
-        offload hooks, offload (or the move to the device), attention backend, checkpointing, compilation."""
+        """Apply the load options to the pipeline, in the order diffusers needs: LoRA adapters, float8 storage
+        (both before any offload hooks), offload (or the move to the device), attention backend,
+        checkpointing, compilation."""
         from vmt.backends import accel
 
         o, pipe, device = self.options, self.pipe, self.device
@@ -251,8 +252,6 @@ class WanBackend:
         options.validate()
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, device)
-        if options.offload != "none" and device.type != "cuda":  # before minutes of loading
-            raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
         if options.offload != "none" and device.type != "cuda":
             raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
         resolved = options.resolved or inspect_model(model, options.revision)[0]
