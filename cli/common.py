@@ -40,7 +40,7 @@ AttentionBackendOpt = Annotated[str | None, typer.Option(
     "(sage) is replaced there by native, said once and recorded in out.json.", rich_help_panel="Memory")]
 LoraOpt = Annotated[list[str] | None, typer.Option(
     "--lora", help="PATH[:SCALE][@high|low|both]: a LoRA (.safetensors or folder, diffusers' Wan layout; "
-    "repeatable), e.g. a 4-8-step distillation LoRA with --recipe distilled-4step; on two-expert Wan2.2, "
+    "repeatable), e.g. a 4-8-step distillation LoRA with --recipe step-distilled; on two-expert Wan2.2, "
     "@high / @low loads it into one expert only. Needs peft.", rich_help_panel="Model")]
 CompileOpt = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each transformer block "
                                           "(regional compilation: one compile, reused by every block; the "

@@ -83,7 +83,7 @@ def test_a_step_covered_by_index_and_sigma_is_an_error():
 
 def test_distilled_recipe_runs_the_sigma_plan_on_its_grid(tiny_t2v, tmp_path):
     out = tmp_path / "d.mp4"
-    r = CliRunner().invoke(app, ["refine", "--recipe", "distilled-4step", "--model", str(tiny_t2v), "--prompt",
+    r = CliRunner().invoke(app, ["refine", "--recipe", "step-distilled", "--model", str(tiny_t2v), "--prompt",
                                  "a ball", "--num-frames", "9", "--height", "32", "--width", "32", "--dtype",
                                  "float32", "--quiet", "-o", str(out)])
     assert r.exit_code == 0, r.output
