@@ -319,3 +319,21 @@ def test_cli_refine_with_pnp_and_memory_options(tiny_t2v, tmp_path):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["model"]["storage_dtype"] == "float8_e4m3fn" and doc["model"]["attention_backend"] == "_native_math"
     assert doc["compute"]["nfe"] == 6 and doc["params"]["storage_dtype"] == "float8_e4m3fn"
+
+
+def test_process_default_backend_without_backward_also_falls_back(tiny_t2v, reference):
+    """No --attention-backend, but diffusers' process-wide default (DIFFUSERS_ATTN_BACKEND) lacks a backward."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    with _stub_backend() as name:
+        b = _backend(tiny_t2v, grad_checkpointing=False)
+        active = _AttentionBackendRegistry._active_backend
+        _AttentionBackendRegistry.set_active_backend(AttentionBackendName(name))
+        try:
+            notes = []
+            res = _transfer_with_pnp(b, notify=notes.append)
+        finally:
+            _AttentionBackendRegistry.set_active_backend(active)
+        assert len(notes) == 1 and name in notes[0]
+        assert _rel(res.latents, reference["transfer"]) < 1e-5
+        assert b.describe()["guided_attention_backend"] == "native"

@@ -119,6 +119,15 @@ def current_backend(transformer) -> str | None:
     return None
 
 
+def default_backend() -> str:
+    """diffusers' process-wide attention backend (DIFFUSERS_ATTN_BACKEND; "native" unless set), used by
+    processors that name none."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    b = _AttentionBackendRegistry._active_backend
+    return getattr(b, "value", str(b))
+
+
 _BACKWARD_PROBES: dict[tuple, bool] = {}
 
 

@@ -519,13 +519,14 @@ class WanBackend:
     def guided_attention(self) -> str | None:
         """Decide, once, the attention backend of guided (differentiated) passes. Returns a note when the
         chosen backend has no backward and guided passes switch to accel.GUIDED_FALLBACK, else None."""
-        from vmt.backends.accel import GUIDED_FALLBACK, has_backward
+        from vmt.backends.accel import GUIDED_FALLBACK, default_backend, has_backward
 
         if self._guided_backend is not None:
             return None
-        chosen = self.attention_backend()
-        if chosen is None:
-            self._guided_backend = (None, None)
+        # no backend named: diffusers' default, which DIFFUSERS_ATTN_BACKEND may have set to one without backward
+        chosen = self.attention_backend() or default_backend()
+        if chosen == GUIDED_FALLBACK:
+            self._guided_backend = (chosen, None)
             return None
         m = self._transformers()[0]
         attn = m.blocks[0].attn1
