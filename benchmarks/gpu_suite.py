@@ -18,7 +18,8 @@ after --budget-s are recorded as skipped.
 
 On the CPU (preset "cpu", what CI runs) the same cases run on a 4-block, 64-wide model at 9 x 64x96 in
 float32; memory there is the peak resident set size above the case's start, sampled every 2 ms (RSS, with
-glibc's mmap threshold fixed at 64 KiB so that freed tensors leave the RSS), and --compile uses torch.compile's "eager" backend (no C++ toolchain needed).
+glibc's mmap threshold fixed at 64 KiB so that freed tensors leave the RSS; at this size activations are
+within its ~50 MiB noise: benchmarks/checkpointing_memory.py measures checkpointing on the CPU), and --compile uses torch.compile's "eager" backend (no C++ toolchain needed).
 
 On a lent GPU machine with torch, transformers and accelerate but no diffusers and no network, from the
 project folder with a diffusers wheel placed beside it in .whl/:
