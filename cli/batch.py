@@ -48,7 +48,8 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Plan of --dry-run: tex
 # Options of the batch machinery: never per job, never part of a job's parameters.
 BATCH_OPTIONS = frozenset({"batch", "seeds", "naming", "dry_run", "format"})
 # Options that decide how the model loads: one value for the whole batch.
-LOAD_OPTIONS = frozenset({"model", "revision", "device", "dtype", "offload", "vae_tiling"})
+LOAD_OPTIONS = frozenset({"model", "revision", "device", "dtype", "offload", "vae_tiling", "grad_checkpointing",
+                          "storage_dtype", "attention_backend", "compile", "lora"})
 # Options that say how to run, not what to compute: not compared when a batch resumes.
 NOT_IN_KEY = NOT_FROM_RECIPE | BATCH_OPTIONS
 

@@ -22,9 +22,29 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (aut
                                         rich_help_panel="Runtime")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16 "
                                        "(auto: bfloat16 on cuda, float32 on cpu).", rich_help_panel="Runtime")]
-OffloadOpt = Annotated[str, typer.Option("--offload", help="none | model | sequential: CPU offload to fit "
-                                         "smaller GPUs (model: ~largest component on GPU; sequential: "
-                                         "smallest, slowest).", rich_help_panel="Runtime")]
+OffloadOpt = Annotated[str, typer.Option("--offload", help="none | model | sequential | group: CPU offload to "
+                                         "fit smaller GPUs (model: ~largest component on GPU; group: one "
+                                         "transformer block at a time, copies overlapped by CUDA streams; "
+                                         "sequential: smallest, slowest).", rich_help_panel="Memory")]
+GradCheckpointingOpt = Annotated[bool, typer.Option(
+    "--grad-checkpointing/--no-grad-checkpointing", help="Guided forward+backward passes (transfer) keep only "
+    "each block's input and recompute blocks in the backward: same gradients, far less activation memory, "
+    "one more forward of the run blocks per backward.", rich_help_panel="Memory")]
+StorageDtypeOpt = Annotated[str, typer.Option("--storage-dtype", help="none | float8_e4m3fn | float8_e5m2: store "
+                                              "transformer weights in float8 and compute in --dtype (half the "
+                                              "weight memory of bf16; small numerical change).",
+                                              rich_help_panel="Memory")]
+AttentionBackendOpt = Annotated[str | None, typer.Option(
+    "--attention-backend", help="diffusers attention backend (native, _native_cudnn, flash, _flash_3, sage, "
+    "xformers, flex, ...; default: diffusers' own). Guided passes need a backward: a backend without one "
+    "(sage) is replaced there by native, said once and recorded in out.json.", rich_help_panel="Memory")]
+LoraOpt = Annotated[list[str] | None, typer.Option(
+    "--lora", help="PATH[:SCALE][@high|low|both]: a LoRA (.safetensors or folder, diffusers' Wan layout; "
+    "repeatable), e.g. a 4-8-step distillation LoRA with --recipe step-distilled; on two-expert Wan2.2, "
+    "@high / @low loads it into one expert only. Needs peft.", rich_help_panel="Model")]
+CompileOpt = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile each transformer block "
+                                          "(regional compilation: one compile, reused by every block; the "
+                                          "first step is slow).", rich_help_panel="Memory")]
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling/--no-vae-tiling", help="Decode the VAE in tiles "
                                             "(bounded memory at large sizes).", rich_help_panel="Runtime")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; fixes the result on the same device and "
@@ -61,6 +81,25 @@ def quiet_libraries(debug: bool) -> None:
         tl.disable_progress_bar()
     except Exception:  # a missing optional library must not break the command
         pass
+
+
+def wan_load_options(p: dict, resolved=None):
+    """The vmt.backends.wan.WanLoadOptions of a command's resolved parameters. Checks the memory options
+    (names, and offload only on CUDA) without any model, so call it once before `inspect_model` too."""
+    from vmt.backends.wan import WanLoadOptions
+    from vmt.errors import VmtUsageError
+    from vmt.runtime import resolve_device
+
+    opts = WanLoadOptions(
+        device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
+        revision=p["revision"], resolved=resolved, grad_checkpointing=p.get("grad_checkpointing", True),
+        storage_dtype=None if p.get("storage_dtype") in (None, "", "none") else p["storage_dtype"], attention_backend=p.get("attention_backend") or None,
+        compile=p.get("compile", False), loras=tuple(p.get("lora") or ()),
+    )
+    opts.validate()
+    if resolved is None and opts.offload != "none" and resolve_device(opts.device).type != "cuda":
+        raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
+    return opts
 
 
 def command_line() -> list[str]:

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DEFAULT_MODEL, DebugOpt, DeviceOpt, DtypeOpt, ModelOpt, OffloadOpt, OverwriteOpt, QuietOpt,
-    RecipeOpt, RevisionOpt, SeedOpt, VaeTilingOpt, command_line, console, quiet_libraries, reflow, status,
-    step_progress,
+    DEFAULT_MODEL, AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, LoraOpt,
+    ModelOpt, OffloadOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
+    command_line, console, quiet_libraries, reflow, status, step_progress, wan_load_options,
 )
 from cli.refine_options import (
     PNP_RANGES, ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
@@ -90,6 +90,11 @@ def refine(
     dtype: DtypeOpt = "auto",
     offload: OffloadOpt = "none",
     vae_tiling: VaeTilingOpt = False,
+    grad_checkpointing: GradCheckpointingOpt = True,
+    storage_dtype: StorageDtypeOpt = "none",
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = False,
+    lora: LoraOpt = None,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
@@ -119,7 +124,9 @@ def check_job(p: dict):
     from vmt.backends.wan import WanGeometry
 
     WanGeometry().check_size(p["num_frames"], p["height"], p["width"])  # Wan2.1's rules, before any model
-    return check_refine_params(p, p["steps"])
+    plan = check_refine_params(p, p["steps"])
+    wan_load_options(p)  # memory options checked before any model
+    return plan
 
 
 def check_model_job(p: dict, geometry, plan) -> None:
@@ -129,15 +136,12 @@ def check_model_job(p: dict, geometry, plan) -> None:
 
 def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
     """Resolve the model, check its geometry (before minutes of loading weights), load it."""
-    from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
+    from vmt.backends.wan import WanBackend, inspect_model
 
     resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
     if geometry_check is not None:
         geometry_check(geometry)
-    return WanBackend.from_pretrained(p["model"], WanLoadOptions(
-        device=device or p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-        revision=p["revision"], resolved=resolved,
-    ))
+    return WanBackend.from_pretrained(p["model"], wan_load_options({**p, "device": device or p["device"]}, resolved))
 
 
 def estimate(p: dict, plan, geometry) -> dict:

@@ -16,8 +16,9 @@ PNP_RANGES = {"tau": Range(0, inf_ok=True), "certain_fraction": Range(0, 1, lo_o
               "p_norm": Range(1, inf_ok=True)}
 
 PlanOpt = Annotated[str, typer.Option("--plan", help="P&P inner iterations per outer step: \"FIRST-LAST:K,...\" "
-                                      "(0-based, inclusive), \"default\" (2-5:3,6-14:1) or \"none\" (plain Euler).",
-                                      rich_help_panel=PANEL)]
+                                      "(0-based, inclusive), sigma ranges \"HIGH-LOW:K\" with decimals (the steps "
+                                      "whose sigma lies in the range: any schedule length), \"default\" "
+                                      "(2-5:3,6-14:1) or \"none\" (plain Euler).", rich_help_panel=PANEL)]
 TauOpt = Annotated[float, typer.Option("--tau", help="Uncertainty gate: voxels whose clean estimate changes less "
                                        "than tau (mean |dx0| over channels) keep their update; 0 refines every "
                                        "voxel, inf none.", rich_help_panel=PANEL)]

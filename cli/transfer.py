@@ -10,9 +10,13 @@ import typer
 
 from cli.common import (
     DEFAULT_MODEL,
+    AttentionBackendOpt,
+    CompileOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
+    GradCheckpointingOpt,
+    LoraOpt,
     ModelOpt,
     OffloadOpt,
     OverwriteOpt,
@@ -20,6 +24,7 @@ from cli.common import (
     RecipeOpt,
     RevisionOpt,
     SeedOpt,
+    StorageDtypeOpt,
     VaeTilingOpt,
     command_line,
     console,
@@ -27,6 +32,7 @@ from cli.common import (
     reflow,
     status,
     step_progress,
+    wan_load_options,
 )
 from cli.refine_options import (
     PNP_RANGES,
@@ -167,6 +173,11 @@ def transfer(
     dtype: DtypeOpt = "auto",
     offload: OffloadOpt = "none",
     vae_tiling: VaeTilingOpt = False,
+    grad_checkpointing: GradCheckpointingOpt = True,
+    storage_dtype: StorageDtypeOpt = "none",
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = False,
+    lora: LoraOpt = None,
     seed: SeedOpt = 42,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
@@ -231,6 +242,7 @@ def check_job(p: dict):
     from vmt.generate import check_modes
 
     check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
+    wan_load_options(p)  # memory options checked before any model
     return cfg, pnp_plan
 
 
@@ -241,16 +253,14 @@ def check_model_job(p: dict, geometry, prepared) -> None:
 
 def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
     """Resolve the model, check its geometry (before minutes of loading weights), load it; a T2V model."""
-    from vmt.backends.wan import WanBackend, WanLoadOptions, inspect_model
+    from vmt.backends.wan import WanBackend, inspect_model
     from vmt.errors import VmtUsageError
 
     resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
     if geometry_check is not None:
         geometry_check(geometry)
-    backend = WanBackend.from_pretrained(p["model"], WanLoadOptions(
-        device=device or p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-        revision=p["revision"], resolved=resolved,
-    ))
+    backend = WanBackend.from_pretrained(p["model"], wan_load_options({**p, "device": device or p["device"]},
+                                                                      resolved))
     if backend.is_i2v:
         raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
                             "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")

@@ -152,6 +152,11 @@ def transfer(
     backend.check_size(t_frames, req.height, req.width)
     grid = backend.token_grid(t_frames, req.height, req.width)
     cfg, adjustments = cfg.fit_grid(grid, (req.height, req.width))
+    # A backend may have to switch attention for the differentiated passes (no backward): say so once.
+    switch = getattr(backend, "guided_attention", None)
+    note = switch() if switch is not None and cfg.guided_steps > 0 else None
+    if note:
+        adjustments = [*adjustments, note]
     if adjustments and notify is not None:
         notify("; ".join(adjustments))
     sdedit_sigmas(req.steps, req.shift, req.strength)  # validates steps and strength

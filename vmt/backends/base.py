@@ -111,7 +111,9 @@ class FlowBackend(Protocol):
         forward that may stop after that block; differentiable in z; counts its own DiT passes."""
 
     def frozen(self):
-        """Context manager: no weight gradients while an intervention backpropagates to the latent."""
+        """Context manager: no weight gradients while an intervention backpropagates to the latent (and
+        whatever else such passes need, e.g. an attention backend with a backward). A backend may also offer
+        `guided_attention() -> str | None` (optional): decide that once, returning a note for the user."""
 
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         """Frames (T, H, W, 3) uint8 -> normalised latent (1, C, F, h, w) (posterior mode)."""

@@ -6,7 +6,7 @@ transformer(s), VAE) and its prompt/image encoding, but runs its own sampling lo
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import json
@@ -21,7 +21,7 @@ from vmt.errors import VmtError, VmtUsageError
 from vmt.runtime import resolve_device, resolve_dtype
 
 SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
-OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_MODES = ("none", "model", "sequential", "group")
 CFG_RULES = ("diffusers", "per-expert")
 
 
@@ -31,9 +31,18 @@ class WanLoadOptions:
 
     offload: "none" keeps everything on the device; "model" moves whole components to the GPU only while
     they run (text encoder, transformer, VAE: peak ~ the largest component); "sequential" streams every
-    layer (smallest footprint, much slower). vae_tiling decodes in spatial tiles (bounded VAE memory).
-    batch_cfg evaluates the conditional and unconditional branches as one batch of two (faster on GPU,
-    twice the activation memory of one branch).
+    layer (smallest footprint, much slower); "group" keeps weights in CPU memory and moves one transformer
+    block at a time (diffusers' group offloading; CUDA streams overlap the copies unless grad_checkpointing).
+    vae_tiling decodes in spatial tiles (bounded VAE memory). batch_cfg evaluates the conditional and
+    unconditional branches as one batch of two (faster on GPU, twice the activation memory of one branch).
+
+    grad_checkpointing: guided forwards (transfer) keep only each block's input and recompute the block in
+    the backward (same gradients; activation memory of one block instead of all run blocks; one more forward
+    of the run blocks per backward). storage_dtype: "float8_e4m3fn" / "float8_e5m2" stores transformer
+    weights in float8 and computes in `dtype` (layerwise casting; half the weight memory of bf16).
+    attention_backend: a diffusers attention backend name (None: diffusers' default); guided passes switch
+    to GUIDED_FALLBACK when it has no backward. compile: regional torch.compile of the transformer blocks
+    (compile_backend: torch.compile's backend; "inductor" by default).
     """
 
     device: str = "auto"
@@ -44,6 +53,27 @@ class WanLoadOptions:
     batch_cfg: bool = True
     max_sequence_length: int = 512
     resolved: ResolvedModel | None = None  # from `inspect_model`, to resolve the folder only once
+    grad_checkpointing: bool = True
+    storage_dtype: str | None = None
+    attention_backend: str | None = None
+    compile: bool = False
+    compile_backend: str = "inductor"
+    loras: tuple[str, ...] = ()  # "PATH[:SCALE][@high|low|both]" (accel.LoraSpec)
+
+    def validate(self) -> None:
+        """Raise VmtUsageError for an unknown mode or name (no model needed: run before any loading)."""
+        from vmt.backends.accel import check_attention_backend, storage_dtype
+
+        if self.offload not in OFFLOAD_MODES:
+            raise VmtUsageError(f"unknown --offload {self.offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+        storage_dtype(self.storage_dtype)
+        check_attention_backend(self.attention_backend)
+        if self.loras:
+            from vmt.backends.accel import LoraSpec, check_peft
+
+            for spec in self.loras:
+                LoraSpec.parse(spec)
+            check_peft()
 
 
 def _dtype_kwarg() -> str:
@@ -147,7 +177,9 @@ class WanBackend:
     """A diffusers Wan pipeline seen through the FlowBackend protocol."""
 
     def __init__(self, pipe, resolved: ResolvedModel | None, device: torch.device, dtype: torch.dtype,
-                 options: WanLoadOptions = WanLoadOptions()):
+                 options: WanLoadOptions = WanLoadOptions(), place: bool = False):
+        """place: apply `options` (memory features, offload or move to `device`) to the pipeline; False
+        leaves an in-memory pipeline as it is (tests and benchmarks that build one)."""
         self.pipe = pipe
         self.resolved = resolved
         self.model_id = resolved.model_id if resolved else type(pipe).__name__
@@ -170,6 +202,46 @@ class WanBackend:
         mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._latents_mean, self._latents_std = mean, std
+        self._checkpointing: dict[int, object] = {}  # id(transformer) -> accel.BlockCheckpointing
+        self._guided_backend: tuple[str | None, str | None] | None = None  # (chosen, used in guided passes)
+        self.loras: list[dict] = []  # loaded LoRA adapters (path, scale, expert, adapter name)
+        if place:
+            self.apply_options()
+
+    def apply_options(self) -> None:
+        """Apply the load options to the pipeline, in the order diffusers needs: LoRA adapters, float8 storage
+        (both before any offload hooks), offload (or the move to the device), attention backend,
+        checkpointing, compilation."""
+        from vmt.backends import accel
+
+        o, pipe, device = self.options, self.pipe, self.device
+        o.validate()  # (from_pretrained refuses offload off CUDA; here "group" may onload to the CPU: tests)
+        if o.loras:  # before float8 storage and offload hooks: PEFT wraps the plain linear layers
+            self.loras = accel.load_loras(pipe, [accel.LoraSpec.parse(t) for t in o.loras])
+        store = accel.storage_dtype(o.storage_dtype)
+        if store is not None:
+            for m in self._transformers():
+                m.enable_layerwise_casting(storage_dtype=store, compute_dtype=self.dtype)
+        if o.offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif o.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        elif o.offload == "group":
+            # Streams prefetch the next block in forward order; checkpointing recomputes in reverse order.
+            pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                      offload_type="block_level", num_blocks_per_group=1,
+                                      use_stream=device.type == "cuda" and not o.grad_checkpointing)
+        else:
+            pipe.to(device)
+        if o.attention_backend:
+            for m in self._transformers():
+                accel.set_attention_backend(m, o.attention_backend)
+        if o.grad_checkpointing:
+            for m in self._transformers():
+                self._checkpointing[id(m)] = accel.enable_checkpointing(m)
+        if o.compile:
+            for m in self._transformers():
+                accel.compile_blocks(m, o.compile_backend)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -177,8 +249,7 @@ class WanBackend:
         """Load a Wan model from a hub id (through the hub cache; HF_HUB_OFFLINE honoured) or a local folder."""
         from diffusers import DiffusionPipeline
 
-        if options.offload not in OFFLOAD_MODES:
-            raise VmtUsageError(f"unknown --offload {options.offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+        options.validate()
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, device)
         if options.offload != "none" and device.type != "cuda":
@@ -194,13 +265,7 @@ class WanBackend:
         pipe.set_progress_bar_config(disable=True)
         if options.vae_tiling:
             pipe.vae.enable_tiling()
-        if options.offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        elif options.offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        return cls(pipe, resolved, device, dtype, options)
+        return cls(pipe, resolved, device, dtype, options, place=True)
 
     def describe(self) -> dict:
         """Provenance of the loaded model, for the JSON sidecar."""
@@ -214,7 +279,14 @@ class WanBackend:
             "device": str(self.device),
             "offload": self.options.offload,
             "vae_tiling": self.options.vae_tiling,
+            "grad_checkpointing": bool(self._checkpointing),
+            "storage_dtype": self.options.storage_dtype,
+            "compile": self.options.compile,
+            "attention_backend": self.attention_backend(),
+            "loras": self.loras,
         }
+        if self._guided_backend is not None:
+            out["guided_attention_backend"] = self._guided_backend[1] or self._guided_backend[0]
         if r is not None:
             out.update(source=r.source, folder=str(r.folder), revision=r.revision, fingerprint=r.fingerprint)
         return out
@@ -241,6 +313,8 @@ class WanBackend:
     # ------------------------------------------------------------------ conditioning
     @property
     def execution_device(self) -> torch.device:
+        if self.options.offload == "group":  # weights rest on the CPU between blocks; compute is on device
+            return self.device
         return self.pipe._execution_device
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 5.0,
@@ -419,22 +493,64 @@ class WanBackend:
         kw = {}
         if cond.image_embeds is not None:
             kw["encoder_hidden_states_image"] = cond.image_embeds
-        q, k, _ = capture_forward(model, block, stop=stop, hidden_states=x, timestep=ts,
-                                  encoder_hidden_states=cond.prompt_embeds, **kw)
+        ckpt = self._checkpointing.get(id(model))
+        # The capture block runs plainly (its forward may end inside attn1: see accel.BlockCheckpointing).
+        plain = ckpt.run_plain(model.blocks[block]) if ckpt is not None else nullcontext()
+        with plain:
+            q, k, _ = capture_forward(model, block, stop=stop, hidden_states=x, timestep=ts,
+                                      encoder_hidden_states=cond.prompt_embeds, **kw)
         self.counts.dit_forward += 1
         if backward:
             self.counts.dit_backward += 1
         return q, k
 
+    def unload_loras(self) -> None:
+        """Remove every LoRA (diffusers' unload_lora_weights): the transformers are as loaded again."""
+        if self.loras:
+            self.pipe.unload_lora_weights()
+            self.loras = []
+
+    def attention_backend(self) -> str | None:
+        """The attention backend of the (first) transformer's processors; None: diffusers' default."""
+        from vmt.backends.accel import current_backend
+
+        return current_backend(self._transformers()[0])
+
+    def guided_attention(self) -> str | None:
+        """Decide, once, the attention backend of guided (differentiated) passes. Returns a note when the
+        chosen backend has no backward and guided passes switch to accel.GUIDED_FALLBACK, else None."""
+        from vmt.backends.accel import GUIDED_FALLBACK, default_backend, has_backward
+
+        if self._guided_backend is not None:
+            return None
+        # no backend named: diffusers' default, which DIFFUSERS_ATTN_BACKEND may have set to one without backward
+        chosen = self.attention_backend() or default_backend()
+        if chosen == GUIDED_FALLBACK:
+            self._guided_backend = (chosen, None)
+            return None
+        m = self._transformers()[0]
+        attn = m.blocks[0].attn1
+        if has_backward(chosen, attn.heads, m.config.attention_head_dim, self.execution_device, self.dtype):
+            self._guided_backend = (chosen, None)
+            return None
+        self._guided_backend = (chosen, GUIDED_FALLBACK)
+        return (f"attention backend {chosen!r} has no backward pass; guided forward+backward passes use "
+                f"{GUIDED_FALLBACK!r} (plain steps keep {chosen!r})")
+
     @contextmanager
     def frozen(self):
-        """No weight gradients while an intervention differentiates through the model (only latents are
-        optimised); the flags are restored afterwards, also on errors."""
+        """The context of passes that differentiate through the model to the latent: no weight gradients
+        (flags restored afterwards, also on errors), and attention with a backward (see guided_attention)."""
+        from vmt.backends.accel import attention_backend_swapped
+
+        self.guided_attention()
+        fallback = self._guided_backend[1] if self._guided_backend else None
         flags = [(p, p.requires_grad) for m in self._transformers() for p in m.parameters()]
         for p, _ in flags:
             p.requires_grad_(False)
         try:
-            yield
+            with attention_backend_swapped(self._transformers(), fallback):
+                yield
         finally:
             for p, f in flags:
                 p.requires_grad_(f)

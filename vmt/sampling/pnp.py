@@ -15,7 +15,10 @@ the inner loop stops early. By Tweedie, one iteration is `z' = z + s^2 score(z) 
 step with too little noise, which contracts samples toward the modes of the model's distribution at level s.
 
 Plans map 0-based outer step indices to K: "2-5:3,6-14:1" (inclusive ranges), "none" (plain sampling) or
-"default" (the published 50-step plan).
+"default" (the published 50-step plan). Items with decimal bounds are sigma ranges: "0.99-0.80:1" refines
+every outer step whose sigma s has 0.80 <= s <= 0.99, so one plan carries over to any schedule (e.g. the
+4-8 steps of a step-distilled model); the default plan is "0.99-0.961:3,0.96-0.88:1" in sigmas on the
+50-step shift-3 grid of Wan 480p. Index and sigma items may be mixed; a step both cover is an error.
 """
 
 from __future__ import annotations
@@ -37,24 +40,47 @@ DEFAULT_CERTAIN_FRACTION = 0.999
 DEFAULT_P_NORM = 1.0
 
 _ITEM = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?\s*:\s*(\d+)$")
+_SIGMA_ITEM = re.compile(r"^(\d*\.\d+)(?:\s*-\s*(\d*\.\d+))?\s*:\s*(\d+)$")
+_SIGMA_TOL = 1e-6  # a bound written with 4 decimals still matches the float32 sigma it was read from
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Inner iterations per outer step: `ranges` of (first, last, K), 0-based and inclusive, disjoint."""
+    """Inner iterations per outer step: `ranges` of (first, last, K), 0-based and inclusive, disjoint; and
+    `sigma_ranges` of (high, low, K): the steps whose sigma lies in [low, high], disjoint."""
 
     ranges: tuple[tuple[int, int, int], ...] = ()
+    sigma_ranges: tuple[tuple[float, float, int], ...] = ()
 
-    def k(self, index: int) -> int:
-        """K at outer step `index` (0 when the step is not refined)."""
-        for a, b, k in self.ranges:
-            if a <= index <= b:
-                return k
-        return 0
+    def k(self, index: int, sigma: float | None = None) -> int:
+        """K at outer step `index` starting at `sigma` (0 when the step is not refined). Sigma ranges need the
+        sigma; a step matched by an index range and a sigma range is an error (the plan is ambiguous)."""
+        by_index = next(((a, b, k) for a, b, k in self.ranges if a <= index <= b), None)
+        by_sigma = None
+        if sigma is not None:
+            by_sigma = next(((hi, lo, k) for hi, lo, k in self.sigma_ranges
+                             if lo - _SIGMA_TOL <= sigma <= hi + _SIGMA_TOL), None)
+        if by_index is not None and by_sigma is not None:
+            raise VmtUsageError(f"--plan items {by_index[0]}-{by_index[1]} and {by_sigma[0]:g}-{by_sigma[1]:g} "
+                                f"both cover outer step {index} (sigma {sigma:.4f}); each step may appear once")
+        if by_index is not None:
+            return by_index[2]
+        return by_sigma[2] if by_sigma is not None else 0
+
+    def on_grid(self, sigmas) -> Plan:
+        """The plan as step indices on a schedule whose outer steps start at sigmas[0..n-1] (n = len - 1)."""
+        ks = [self.k(i, float(sigmas[i])) for i in range(len(sigmas) - 1)]
+        out = []
+        for i, k in enumerate(ks):
+            if k and out and out[-1][1] == i - 1 and out[-1][2] == k:
+                out[-1] = (out[-1][0], i, k)
+            elif k:
+                out.append((i, i, k))
+        return Plan(tuple(out))
 
     @property
     def empty(self) -> bool:
-        return not self.ranges
+        return not self.ranges and not self.sigma_ranges
 
     @property
     def last_step(self) -> int:
@@ -75,14 +101,16 @@ class Plan:
         return self
 
     def clipped(self, steps: int) -> Plan:
-        """The plan restricted to the outer steps 0..steps-1."""
+        """The plan restricted to the outer steps 0..steps-1 (sigma ranges are kept: they fit any grid)."""
         out = tuple((a, min(b, steps - 1), k) for a, b, k in self.ranges if a < steps)
-        return Plan(out)
+        return Plan(out, self.sigma_ranges)
 
     def __str__(self) -> str:
         if self.empty:
             return "none"
-        return ",".join((f"{a}:{k}" if a == b else f"{a}-{b}:{k}") for a, b, k in self.ranges)
+        items = [(f"{a}:{k}" if a == b else f"{a}-{b}:{k}") for a, b, k in self.ranges]
+        items += [(f"{hi:g}:{k}" if hi == lo else f"{hi:g}-{lo:g}:{k}") for hi, lo, k in self.sigma_ranges]
+        return ",".join(items)
 
 
 def parse_plan(text: str) -> Plan:
@@ -93,12 +121,25 @@ def parse_plan(text: str) -> Plan:
     if s == "default":
         s = DEFAULT_PLAN
     ranges = []
+    sigma_ranges = []
     for item in s.split(","):
         m = _ITEM.match(item.strip())
+        ms = _SIGMA_ITEM.match(item.strip()) if m is None else None
+        if ms is not None:
+            hi = float(ms.group(1))
+            lo = float(ms.group(2)) if ms.group(2) is not None else hi
+            hi, lo = max(hi, lo), min(hi, lo)
+            k = int(ms.group(3))
+            if hi > 1:
+                raise VmtUsageError(f"--plan sigma range {item.strip()!r} goes above 1 (sigmas are in [0, 1])")
+            if k < 1:
+                raise VmtUsageError(f"--plan range {item.strip()!r} has K = 0; leave those sigmas out of the plan")
+            sigma_ranges.append((hi, lo, k))
+            continue
         if m is None:
             raise VmtUsageError(
-                f"--plan item {item.strip()!r} is not STEP:K or FIRST-LAST:K with integers "
-                f"(e.g. --plan \"2-5:3,6-14:1\", or --plan none)"
+                f"--plan item {item.strip()!r} is not STEP:K or FIRST-LAST:K with integers, nor HIGH-LOW:K with "
+                f"sigmas (e.g. --plan \"2-5:3,6-14:1\", --plan \"0.99-0.8:1\", or --plan none)"
             )
         a = int(m.group(1))
         b = int(m.group(2)) if m.group(2) is not None else a
@@ -112,7 +153,12 @@ def parse_plan(text: str) -> Plan:
     for (a1, b1, _), (a2, b2, _) in itertools.pairwise(ranges):
         if a2 <= b1:
             raise VmtUsageError(f"--plan ranges {a1}-{b1} and {a2}-{b2} overlap; each outer step may appear once")
-    return Plan(tuple(ranges))
+    sigma_ranges.sort(reverse=True)
+    for (h1, l1, _), (h2, l2, _) in itertools.pairwise(sigma_ranges):
+        if h2 >= l1:
+            raise VmtUsageError(f"--plan sigma ranges {h1:g}-{l1:g} and {h2:g}-{l2:g} overlap; each sigma may "
+                                "appear once")
+    return Plan(tuple(ranges), tuple(sigma_ranges))
 
 
 def check_gate(tau: float, certain_fraction: float, p_norm: float) -> None:
@@ -218,6 +264,7 @@ class PredictPerturb:
         self._shared: torch.Generator | None = None
         self.sync_cuda = sync_cuda
         self.steps: list[dict] = []
+        self.sigmas_seen: dict[int, float] = {}  # outer step -> its sigma (resolves sigma ranges in summary)
 
     def bind_noise(self, generator: torch.Generator) -> None:
         """Draw the perturbations from the run's own generator (continuing the start latent's stream, the
@@ -233,7 +280,8 @@ class PredictPerturb:
         return self._generators[key]
 
     def step(self, state: StepState, velocity: VelocityFn) -> torch.Tensor | None:
-        k = self.plan.k(state.index)
+        self.sigmas_seen[state.index] = float(state.sigma)
+        k = self.plan.k(state.index, float(state.sigma))
         if k == 0:
             return None
         t0 = time.perf_counter()
@@ -249,14 +297,20 @@ class PredictPerturb:
     def summary(self, steps: int, total_nfe: int | None = None) -> dict:
         """The out.json block: plan, gate, NFE planned/used, certain fractions and time of refined steps."""
         extra = sum(r["nfe"] - 1 for r in self.steps)
+        if self.plan.sigma_ranges:
+            planned = steps + sum(self.plan.k(i, self.sigmas_seen.get(i)) for i in range(steps))
+            resolved = self.plan.on_grid([self.sigmas_seen[i] for i in sorted(self.sigmas_seen)] + [0.0])
+        else:
+            planned, resolved = self.plan.nfe(steps), self.plan
         return {
             "plan": str(self.plan),
+            "plan_steps": str(resolved),
             "tau": self.tau,
             "certain_fraction_threshold": self.certain_fraction,
             "p_norm": self.p_norm,
-            "nfe_planned": self.plan.nfe(steps),
+            "nfe_planned": planned,
             "nfe_sampler": steps + extra,
-            "nfe_saved_by_early_exit": self.plan.nfe(steps) - (steps + extra),
+            "nfe_saved_by_early_exit": planned - (steps + extra),
             "refined_steps": len(self.steps),
             "final_certain_fraction": {str(r["step"]): r["certain_fraction"][-1] for r in self.steps},
             "time_refined_steps_s": round(sum(r["time_s"] for r in self.steps), 4),

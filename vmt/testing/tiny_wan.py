@@ -93,3 +93,49 @@ def save_tiny_wan(folder: str | Path, kind: str = "t2v", seed: int = 0) -> Path:
     folder = Path(folder)
     build_tiny_wan(kind, seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# Published transformer configs of the diffusers Wan checkpoints (transformer/config.json).
+WAN_ARCHS = {
+    "wan2.1-1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
+    "wan2.1-14b": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
+    # CPU-sized: real head width, a quarter of the 1.3B's heads and blocks (memory measurements on the CPU)
+    "mid": dict(num_attention_heads=4, attention_head_dim=128, ffn_dim=2048, num_layers=8),
+    # small enough for a CPU test, same layout (16 latent channels, text_dim 4096 projected by the DiT)
+    "small": dict(num_attention_heads=2, attention_head_dim=32, ffn_dim=128, num_layers=4),
+}
+
+
+def build_arch_wan(arch: str = "small", seed: int = 0, device="cpu", dtype=None):
+    """A WanPipeline whose transformer has a real Wan architecture (WAN_ARCHS) with random weights, around a
+    minimal VAE (z_dim 16, base_dim 8) and a one-layer UMT5 with d_model 4096 (the real text width, so the
+    DiT's text projection and its 512 text tokens are the real ones). For timing and memory, not samples.
+
+    device: where the transformer is built (random init on a GPU takes seconds); dtype: its dtype.
+    """
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    if arch not in WAN_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; use one of {', '.join(WAN_ARCHS)}")
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=4096, d_kv=32, d_ff=64, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )).eval()
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    with torch.device(device):
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, **WAN_ARCHS[arch],
+        ).eval()
+    if dtype is not None:
+        transformer.to(dtype)
+        text_encoder.to(dtype)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        num_train_timesteps=1000)
+    return WanPipeline(transformer=transformer, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                       scheduler=scheduler)
