@@ -230,8 +230,9 @@ def _check_files_and_model(ctx: typer.Context, cmd: BatchCommand, p: Params, pla
     dtype = p["dtype"] if p["dtype"] != "auto" else "bfloat16"  # the GPU default
     worst = max(jobs, key=lambda j: plan.estimates[j.index]["tokens"] * plan.estimates[j.index]["cfg_branches"])
     est = plan.estimates[worst.index]
+    storage = None if p.get("storage_dtype") in (None, "", "none") else p["storage_dtype"]
     plan.memory = memory_estimate(plan.inspected[0].folder, dtype, p["offload"], est["tokens"],
-                                  est["tokens"] * 4 * 16, est["cfg_branches"])
+                                  est["tokens"] * 4 * 16, est["cfg_branches"], storage)
 
 
 def print_plan(plan: Plan, fmt: str, p: dict) -> None:

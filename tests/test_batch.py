@@ -359,3 +359,22 @@ def test_dry_run_weights_are_the_loaded_models_parameters(tiny_t2v):
     counted = weight_bytes(tiny_t2v, "bfloat16")
     for comp, per in (("transformer", 2), ("text_encoder", 2), ("vae", 4)):
         assert counted[comp] == per * sum(p.numel() for p in getattr(pipe, comp).parameters()), comp
+
+
+def test_dry_run_memory_counts_float8_storage_and_group_offload(tiny_t2v):
+    """Weights as the chosen options place them: float8 storage is one byte per transformer parameter (counted
+    here with safetensors itself); group offload keeps at most the largest non-transformer component or two
+    transformer blocks resident."""
+    from safetensors import safe_open
+
+    from vmt.batch import memory_estimate, weight_bytes
+
+    params = 0
+    for f in (tiny_t2v / "transformer").glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            params += sum(st.get_tensor(k).numel() for k in st.keys())
+    assert weight_bytes(tiny_t2v, "bfloat16")["transformer"] == 2 * params
+    assert weight_bytes(tiny_t2v, "bfloat16", "float8_e4m3fn")["transformer"] == params
+    full = memory_estimate(tiny_t2v, "bfloat16", "none", 64, 1024, 2)
+    group = memory_estimate(tiny_t2v, "bfloat16", "group", 64, 1024, 2)
+    assert group["peak_gib"] <= full["peak_gib"] and group["activations_gib"] == full["activations_gib"]

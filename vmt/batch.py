@@ -415,15 +415,17 @@ def _safetensors_params(folder: Path) -> int | None:
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def weight_bytes(model_folder: Path, dtype: str) -> dict[str, int | None]:
-    """Bytes of each component's weights as loaded (the VAE stays float32), counted from the files' headers."""
+def weight_bytes(model_folder: Path, dtype: str, storage_dtype: str | None = None) -> dict[str, int | None]:
+    """Bytes of each component's weights as loaded (the VAE stays float32; `storage_dtype` float8: the
+    transformers' weights take one byte each), counted from the files' headers."""
     per = DTYPE_BYTES.get(dtype, 4)
     out: dict[str, int | None] = {}
     for comp in ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae"):
         folder = model_folder / comp
         if folder.is_dir():
             n = _safetensors_params(folder)
-            out[comp] = None if n is None else n * (4 if comp == "vae" else per)
+            size = 4 if comp == "vae" else 1 if storage_dtype and comp.startswith("transformer") else per
+            out[comp] = None if n is None else n * size
     return out
 
 
@@ -436,10 +438,13 @@ def activation_bytes(tokens: int, dim: int, ffn_dim: int, text_tokens: int, bran
 
 
 def memory_estimate(model_folder: Path, dtype: str, offload: str, tokens: int, latent_numel: int,
-                    cfg_branches: int) -> dict[str, Any]:
-    """Estimated peak GPU memory of a job from the model's files (weights) and configs (activations)."""
-    weights = weight_bytes(model_folder, dtype)
+                    cfg_branches: int, storage_dtype: str | None = None) -> dict[str, Any]:
+    """Estimated peak GPU memory of a job from the model's files (weights) and configs (activations), with
+    the memory options: `offload` (model / sequential / group: one component, or one block group, at a time)
+    and float8 `storage_dtype`."""
+    weights = weight_bytes(model_folder, dtype, storage_dtype)
     known = {k: v for k, v in weights.items() if v is not None}
+    tcfg: dict = {}
     try:
         tcfg = json.loads((model_folder / ("transformer" if (model_folder / "transformer").is_dir()
                                            else "transformer_2") / "config.json").read_text())
@@ -450,6 +455,11 @@ def memory_estimate(model_folder: Path, dtype: str, offload: str, tokens: int, l
     act = activation_bytes(tokens, dim, ffn, 512, cfg_branches, dtype) + 8 * latent_numel * 4
     if offload == "none":
         resident = sum(known.values())
+    elif offload == "group":  # blocks stream in; the other components still run whole, one at a time
+        others = [v for k, v in known.items() if not k.startswith("transformer")]
+        layers = int(tcfg.get("num_layers", 30)) if isinstance(tcfg, dict) else 30
+        block = max((v for k, v in known.items() if k.startswith("transformer")), default=0) // max(1, layers)
+        resident = max([*others, 2 * block], default=0)
     else:  # model offload: the largest component at a time (sequential: less; reported the same, an upper bound)
         resident = max(known.values(), default=0)
     gib = 2**30
