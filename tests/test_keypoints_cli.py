@@ -161,9 +161,9 @@ def test_run_refuses_outputs_that_clobber_or_are_not_videos(trained, tmp_path):
     empty.write_bytes(b"")
     text.write_text("not an archive")
     cases = [
-        ([kp, "-o", kp], "is the input file"),
-        ([kp, "-o", str(tmp_path / "p.npz"), "--render", kp], "is the input file"),
-        ([kp, "-o", str(tmp_path / "p.npz"), "--render", str(tmp_path / "pred.npz")], "the rendering is a video"),
+        ([kp, "-o", kp], "same file as the input"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--render", kp], "same file as the input"),
+        ([kp, "-o", str(tmp_path / "p.npz"), "--render", str(tmp_path / "pred.npz")], "must end in .mp4"),
         ([str(empty), "-o", str(tmp_path / "p.npz")], "is empty (0 bytes)"),
         ([str(text), "-o", str(tmp_path / "p.npz")], "not an .npz archive"),
         ([kp, "-o", str(tmp_path / "p.npz"), "--fomm", str(tmp_path / "none.pth")], "not found"),

@@ -62,7 +62,7 @@ def check_output_path(output: str | os.PathLike, overwrite: bool, *, sidecar: bo
     if p.is_dir():
         raise VmtUsageError(f"{what} {p} is a directory; give a file path such as {p / 'out.mp4'}")
     if suffixes is not None:
-        allowed = sorted(set(suffixes))
+        allowed = sorted(set(suffixes), key=lambda x: (x != ".mp4", x))  # the usual container first
         if p.suffix.lower() not in allowed:
             example = p.with_suffix(allowed[0]) if p.name else f"out{allowed[0]}"
             raise VmtUsageError(f"{what} {p} must end in {' or '.join(allowed)} (e.g. {example})")
