@@ -231,8 +231,12 @@ def _check_files_and_model(ctx: typer.Context, cmd: BatchCommand, p: Params, pla
     worst = max(jobs, key=lambda j: plan.estimates[j.index]["tokens"] * plan.estimates[j.index]["cfg_branches"])
     est = plan.estimates[worst.index]
     storage = None if p.get("storage_dtype") in (None, "", "none") else p["storage_dtype"]
+    guided = 0
+    if est.get("dit_backward"):  # transfer: the guided forward runs to the capture block (or all blocks)
+        guided = p["block"] + 1 if p.get("truncate", True) else plan.inspected[1].num_layers
     plan.memory = memory_estimate(plan.inspected[0].folder, dtype, p["offload"], est["tokens"],
-                                  est["tokens"] * 4 * 16, est["cfg_branches"], storage)
+                                  est["tokens"] * 4 * 16, est["cfg_branches"], storage, guided,
+                                  p.get("grad_checkpointing", True))
 
 
 def print_plan(plan: Plan, fmt: str, p: dict) -> None:

@@ -378,3 +378,21 @@ def test_dry_run_memory_counts_float8_storage_and_group_offload(tiny_t2v):
     full = memory_estimate(tiny_t2v, "bfloat16", "none", 64, 1024, 2)
     group = memory_estimate(tiny_t2v, "bfloat16", "group", 64, 1024, 2)
     assert group["peak_gib"] <= full["peak_gib"] and group["activations_gib"] == full["activations_gib"]
+
+
+def test_dry_run_memory_of_a_guided_backward_with_and_without_checkpointing(tiny_t2v):
+    """Through the blocks a guided pass back-propagates, checkpointing keeps each block's input and one block's
+    activations instead of every block's; the ratio of the two estimates is that closed form (per token:
+    blocks x dim + (4 dim + ffn) against blocks x (4 dim + ffn), text tokens aside)."""
+    import json as _json
+
+    from vmt.batch import memory_estimate
+
+    cfg = _json.loads((tiny_t2v / "transformer" / "config.json").read_text())
+    dim, ffn = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"]
+    tokens, blocks = 50_000, 30
+    plain = memory_estimate(tiny_t2v, "bfloat16", "none", tokens, 0, 1, guided_blocks=blocks, checkpointing=False)
+    ckpt = memory_estimate(tiny_t2v, "bfloat16", "none", tokens, 0, 1, guided_blocks=blocks, checkpointing=True)
+    expect = (blocks * dim + 4 * dim + ffn) / (blocks * (4 * dim + ffn))
+    assert ckpt["activations_gib"] < plain["activations_gib"]
+    assert abs(ckpt["activations_gib"] / plain["activations_gib"] - expect) < 0.02

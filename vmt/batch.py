@@ -438,10 +438,13 @@ def activation_bytes(tokens: int, dim: int, ffn_dim: int, text_tokens: int, bran
 
 
 def memory_estimate(model_folder: Path, dtype: str, offload: str, tokens: int, latent_numel: int,
-                    cfg_branches: int, storage_dtype: str | None = None) -> dict[str, Any]:
+                    cfg_branches: int, storage_dtype: str | None = None, guided_blocks: int = 0,
+                    checkpointing: bool = True) -> dict[str, Any]:
     """Estimated peak GPU memory of a job from the model's files (weights) and configs (activations), with
     the memory options: `offload` (model / sequential / group: one component, or one block group, at a time)
-    and float8 `storage_dtype`."""
+    and float8 `storage_dtype`. `guided_blocks`: blocks a guided forward runs and back-propagates through
+    (transfer: capture block + 1 when truncated); its backward keeps every block's activations, or with
+    `checkpointing` only each block's input plus one block's activations."""
     weights = weight_bytes(model_folder, dtype, storage_dtype)
     known = {k: v for k, v in weights.items() if v is not None}
     tcfg: dict = {}
@@ -453,6 +456,11 @@ def memory_estimate(model_folder: Path, dtype: str, offload: str, tokens: int, l
     except (OSError, ValueError, KeyError):
         dim, ffn = 1536, 8960  # Wan2.1-1.3B
     act = activation_bytes(tokens, dim, ffn, 512, cfg_branches, dtype) + 8 * latent_numel * 4
+    if guided_blocks:  # one branch, with gradients
+        block = activation_bytes(tokens, dim, ffn, 512, 1, dtype)
+        kept = guided_blocks * tokens * dim * DTYPE_BYTES.get(dtype, 4) + block if checkpointing \
+            else guided_blocks * block
+        act = max(act, kept)
     if offload == "none":
         resident = sum(known.values())
     elif offload == "group":  # blocks stream in; the other components still run whole, one at a time
