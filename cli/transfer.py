@@ -286,6 +286,8 @@ def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = Tru
             sidecar_extra: dict | None = None, reference=None) -> dict:
     """One video on a loaded backend: transfer, write the video and its sidecar. The single command and every
     job of a batch run this. `reference`: (frames, fps) already read, else read here. Returns compute counts."""
+    from rich.text import Text
+
     from vmt.io.video import write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import peak_memory
@@ -317,8 +319,9 @@ def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = Tru
 
     progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
     with progress(req.steps, "transfer") as advance:
+        notes = None if p["quiet"] else (lambda msg: console.print(Text.assemble(("note: ", "yellow"), msg)))
         result = run_transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
-                              timer=timer)
+                              timer=timer, notify=notes)
     out_fps = p["fps"] if p["fps"] is not None else ref_fps
     with timer.stage("write"):
         write_video(output, result.frames, out_fps)

@@ -337,3 +337,15 @@ def test_recipes_ship_with_the_package_and_are_taken_by_name(tiny_t2v, tmp_path)
     assert_usage_error(res, "recipe 'ditflow-baseline' is for `vmt transfer`")
     res = invoke("refine", "-p", "x", "-o", tmp_path / "b.mp4", "--recipe", "no-such")
     assert_usage_error(res, "shipped for this command: default, nfe-x2")
+
+
+def test_transfer_says_once_that_window_and_tile_were_clamped_unless_quiet(tiny_t2v, world):
+    args = ["transfer", world / "ref.mp4", "-p", "x", "--model", tiny_t2v, "--height", "32", "--width", "48",
+            "--num-frames", "5", "--steps", "2", "--guided-steps", "1", "--inner-steps", "1", "--block", "1"]
+    res = invoke(*args, "-o", world / "a.mp4")
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 1 and "--window 21 is larger than the 2x3 token grid" in notes[0], res.stderr
+    res = invoke(*args, "-o", world / "b.mp4", "--quiet")
+    assert res.exit_code == 0 and res.stderr.strip() == "", res.stderr
+    assert json.loads((world / "b.json").read_text())["guidance"]["config"]["window"] == 2
