@@ -17,6 +17,10 @@ Metrics, all in detector units (FOMM coordinates in [-1, 1]) on the predicted fr
 - MAE of the best 20 of N samples, APD among those 20, APD/MAE, and sample CRPS (all 60 values).
 Deterministic baselines have one sample (APD 0). Damped velocity: x_{C-1} + v * sum_{i<=h} d^i with v the last
 observed velocity and d chosen on the training identities of each fold.
+--shrink adds rows with displacement shrinkage (`ModelConfig.shrink`): per fold, a calibration model is trained
+with the same recipe on the fold's training identities minus one (`calibration_identity`), and the per-step
+factors are fitted on that one identity's windows (`train.calibrate_shrink`); the held-out face is dropped
+before any of it.
 Writes benchmarks/results/keypoints.json.
 """
 
@@ -36,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from vmt.keypoints.data import identity_of, load_sequences, make_windows, split_by_identity
 from vmt.keypoints.model import ModelConfig, SampleOptions, load_model
-from vmt.keypoints.predict import forecast
-from vmt.keypoints.train import TrainConfig, fit, prepare_training
+from vmt.keypoints.predict import apply_shrink, forecast, shrink_gains
+from vmt.keypoints.train import TrainConfig, calibrate_shrink, fit, prepare_training
 from vmt.metrics.forecast import apd, best_k, crps, energy_distance
 
 DATA = ROOT.parent / "shared" / "data" / "voxceleb" / "fomm_kp_dev.npz"
@@ -82,6 +86,14 @@ def metrics(truth: np.ndarray, pred: np.ndarray, num_kp: int, ed_samples: int, b
             "mae_best20": np.array(mae), "apd_best20": np.array(apds), "crps": np.array(crpss), "ed": ed}
 
 
+def calibration_identity(seqs, length: int) -> str:
+    """The training identity with the most non-overlapping windows: the calibration model is trained without
+    it and the shrinkage fitted on it (the largest face gives the steadiest factors)."""
+    ids = sorted({identity_of(n) for n in seqs.names})
+    return max(ids, key=lambda i: len(make_windows(split_by_identity(seqs, [j for j in ids if j != i])[0],
+                                                   length, length)[0]))
+
+
 def train_fold(cfg: ModelConfig, tc: TrainConfig, train_seqs: list[np.ndarray], folder: Path, stride: int,
                augment: bool) -> float:
     cfg, raw, transform = prepare_training(cfg, train_seqs, stride, augment)
@@ -105,6 +117,9 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=16)
     ap.add_argument("--folds-dir", type=Path, default=ROOT / "runs" / "keypoints_loio")   # git-ignored
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--shrink", action="store_true",
+                    help="also score each GRU row with displacement shrinkage fitted on a training identity "
+                         "(calibration model trained without it; the held-out face is never used)")
     ap.add_argument("--held-out", nargs="+", default=None, help="only these folds (default: every identity)")
     ap.add_argument("--model", type=Path, default=None,
                     help="evaluate this trained model on its own validation identities instead of LOIO training")
@@ -142,10 +157,29 @@ def main() -> None:
                                   tr.flat, folder, 4, augment)
                 print(f"trained {folder.name} in {secs:.0f}s", flush=True)
             model, _ = load_model(folder)
+            gains = None
+            if args.shrink and args.model is None:
+                # Fitted with the GRU-SNF sampler (the command's default) and used for both rows: one factor
+                # list is stored per model. The shrinkage is applied to the same samples afterwards, exactly
+                # what `forecast` does with cfg.shrink set.
+                cid = calibration_identity(tr, c + h)
+                shrink = calibrate_shrink(seqs, model.cfg, TrainConfig(steps=args.steps,
+                                          eval_every=max(1, args.steps // 4)),
+                                          args.folds_dir / f"{tag}-{args.steps}-{held[0]}-calib-{cid}",
+                                          exclude=held, calib=[cid], window_stride=4, augment=augment,
+                                          opts=SampleOptions(samples=args.samples, temperature=args.temperature,
+                                                             **METHODS["GRU-SNF"]),
+                                          seed=1000, reuse=not args.retrain)
+                fold_info[-1].update({f"shrink_{param}": shrink, "calib_identity": cid})
+                print(f"fold {held[0]}: shrink fitted on {cid}: {shrink}", flush=True)
+                gains = shrink_gains(shrink, h)
             for name, method in METHODS.items():
                 for seed in args.seeds:
                     opts = SampleOptions(samples=args.samples, temperature=args.temperature, **method)
-                    preds[f"{name} ({param}) s{seed}"] = forecast(model, test[:, :c], h, opts, seed=seed)
+                    pred = forecast(model, test[:, :c], h, opts, seed=seed)
+                    preds[f"{name} ({param}) s{seed}"] = pred
+                    if gains is not None:
+                        preds[f"{name} ({param}, shrunk) s{seed}"] = apply_shrink(pred, test[:, c - 1], gains)
         for key, pred in preds.items():
             label = key.rsplit(" s", 1)[0] if key.startswith("GRU") else key
             m = metrics(test[:, c:], pred, seqs.layout.num_kp, args.ed_samples)

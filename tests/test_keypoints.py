@@ -22,8 +22,8 @@ from vmt.keypoints.flow import ConditionalRealNVP
 from vmt.keypoints.mcmc import energy_elements, mh_steps
 from vmt.keypoints.model import GRUNF, ModelConfig, SampleOptions, check_layout, load_model, save_model
 from vmt.keypoints.augment import augment_batch, random_affine, resample_speed
-from vmt.keypoints.predict import encode_windows, fit_residual_scale, forecast, normalise_windows
-from vmt.keypoints.train import TrainConfig, evaluate, fit
+from vmt.keypoints.predict import encode_windows, fit_residual_scale, fit_shrink, forecast, normalise_windows
+from vmt.keypoints.train import TrainConfig, calibrate_shrink, evaluate, fit
 
 torch.set_num_threads(1)
 
@@ -395,3 +395,88 @@ def test_rollout_conditions_ignore_the_true_future():
     x3 = x.clone()
     x3[:, 3] += 3.0
     assert (model.rollout_states(x3)[:, 3:] - r1[:, 3:]).abs().max() > 1e-3
+
+
+# ----- displacement shrinkage -----
+
+def _moving_residual_model(seed=0) -> GRUNF:
+    """A residual model with random weights, so that (unlike an untrained one) its samples move."""
+    torch.manual_seed(seed)
+    model = GRUNF(_tiny_cfg(param="residual", residual_scale=[0.1, 0.2, 0.3, 0.4]))
+    for p in model.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def _walk(n=3, length=4, seed=0) -> np.ndarray:
+    return np.cumsum(np.random.default_rng(seed).normal(size=(n, length, 4)), axis=1).astype(np.float32)
+
+
+def test_shrink_zero_is_zero_velocity_and_factors_apply_per_step():
+    model, ctx = _moving_residual_model(), _walk()
+    opts = SampleOptions(samples=5)
+    last = ctx[:, None, -1]                                          # (B, 1, dim)
+    raw = forecast(model, ctx, 5, opts, seed=3)
+    assert np.abs(raw - last[:, :, None]).min(axis=(1, 3)).min() > 1e-3     # the raw samples do move
+    model.cfg.shrink = [0.0, 0.0, 0.0]
+    still = forecast(model, ctx, 5, opts, seed=3)
+    assert np.array_equal(still, np.broadcast_to(ctx[:, None, -1:], still.shape))   # zero velocity, exactly
+    model.cfg.shrink = [1.0, 0.5, 0.0]                               # horizon 5: steps 3, 4 reuse the last factor
+    part = forecast(model, ctx, 5, opts, seed=3)
+    assert np.allclose(part[:, :, 0], raw[:, :, 0], atol=1e-6)
+    assert np.allclose(part[:, :, 1], last + 0.5 * (raw[:, :, 1] - last), atol=1e-6)
+    assert np.array_equal(part[:, :, 2:], np.broadcast_to(ctx[:, None, -1:], part[:, :, 2:].shape))
+    assert np.array_equal(forecast(model, ctx, 5, opts, seed=3, shrink=False), raw)
+
+
+def test_fit_shrink_recovers_a_known_factor_and_stays_in_0_1():
+    model, ctx = _moving_residual_model(), _walk(n=4)
+    opts = SampleOptions(samples=1)        # one sample: the truth below is a known multiple of its displacement
+    raw = forecast(model, ctx, 3, opts, seed=7)[:, 0]               # (B, 3, dim)
+    last = ctx[:, -1:]
+    for true_factor, expected in ((0.35, 0.35), (0.0, 0.0), (3.0, 1.0)):    # 3 lies past the grid's end, 1
+        windows = np.concatenate([ctx, last + true_factor * (raw - last)], axis=1)
+        assert fit_shrink(model, windows, 4, opts, seed=7) == [expected] * 3
+    noise = np.concatenate([ctx, last + np.random.default_rng(1).normal(size=raw.shape)], axis=1)
+    got = fit_shrink(model, noise.astype(np.float32), 4, SampleOptions(samples=8), seed=2)
+    assert len(got) == 3 and all(0.0 <= a <= 1.0 for a in got)
+
+
+def test_shrink_is_saved_loaded_and_checked(tmp_path):
+    model = _moving_residual_model()
+    model.cfg.shrink = [0.25, 0.5, 0.75]
+    save_model(model, tmp_path / "m")
+    loaded, doc = load_model(tmp_path / "m")
+    assert loaded.cfg.shrink == [0.25, 0.5, 0.75] == doc["config"]["shrink"]
+    ctx = _walk()
+    assert np.array_equal(forecast(loaded, ctx, 3, SampleOptions(samples=4), seed=1),
+                          forecast(model, ctx, 3, SampleOptions(samples=4), seed=1))
+    for bad in ([1.5, 0.5], []):
+        model.cfg.shrink = bad
+        save_model(model, tmp_path / "bad")
+        with pytest.raises(VmtUsageError, match="shrink"):
+            load_model(tmp_path / "bad")
+
+
+def test_calibrate_shrink_never_uses_the_evaluation_identity(tmp_path):
+    seqs = _synthetic()                                  # identities id0, id1, id2
+    cfg = _tiny_cfg(param="residual")
+    tc = TrainConfig(steps=8, batch=16, eval_every=4)
+    opts = SampleOptions(samples=4)
+
+    def run(data, folder):
+        return calibrate_shrink(data, cfg, tc, tmp_path / folder, exclude=["id0"], calib=["id1"], window_stride=4,
+                                augment=False, opts=opts)
+
+    a = run(seqs, "a")
+    # id0's sequences replaced by other data (and one dropped): the factors cannot change.
+    rng = np.random.default_rng(5)
+    other = [f if not n.startswith("id0#") else rng.normal(size=f.shape).astype(np.float32)
+             for n, f in zip(seqs.names, seqs.flat)]
+    b = run(Sequences(seqs.names[1:], other[1:], seqs.layout), "b")
+    assert a == b and len(a) == cfg.horizon and all(0.0 <= x <= 1.0 for x in a)
+    trained_on = load_model(tmp_path / "a")[1]["train_sequences"]
+    assert trained_on and all(n.startswith("id2#") for n in trained_on)    # neither id0 nor id1 trained on
+    with pytest.raises(VmtUsageError, match="evaluation identities"):
+        calibrate_shrink(seqs, cfg, tc, tmp_path / "c", exclude=["id0"], calib=["id0"], window_stride=4,
+                         augment=False, opts=opts)

@@ -48,6 +48,11 @@ class ModelConfig:
     param: str = "minmax"      # 'minmax' (paper) | 'residual' (displacement from the last observed frame)
     residual_scale: list[float] | None = None   # per value (dim,), detector units; 'residual' only
     rollout: bool = False      # train the future frames' conditions on the head's own fed-back predictions
+    # Displacement shrinkage (calibration): forecast step h = last observed frame + shrink[h] * (model's
+    # frame - last observed frame), in detector units; steps past the list use its last entry. None (or all
+    # ones) is the model as trained, all zeros the zero-velocity forecast. Fitted by `predict.fit_shrink` on
+    # windows of identities the model was not trained on, never on the ones it is evaluated on.
+    shrink: list[float] | None = None
 
     @property
     def layout(self) -> Layout:
@@ -199,6 +204,9 @@ def load_model(folder: str | Path, weights_name: str = WEIGHTS_FILE) -> tuple[GR
     if cfg.param not in ("minmax", "residual") or (cfg.param == "residual" and cfg.residual_scale is None):
         raise VmtUsageError(f"{folder}/{CONFIG_FILE}: param {cfg.param!r} needs to be 'minmax' or 'residual' "
                             "(with residual_scale); retrain the model")
+    if cfg.shrink is not None and (not cfg.shrink or not all(0.0 <= a <= 1.0 for a in cfg.shrink)):
+        raise VmtUsageError(f"{folder}/{CONFIG_FILE}: shrink needs to be a non-empty list of factors in [0, 1], "
+                            f"got {cfg.shrink!r}")
     model = GRUNF(cfg)
     wpath = Path(folder) / weights_name
     if not wpath.is_file():

@@ -38,11 +38,51 @@ def encode_windows(cfg: ModelConfig, windows: np.ndarray, context: int):
     return normalise_windows(windows, context, cfg.min_range)
 
 
+SHRINK_GRID = tuple(i / 20 for i in range(21))   # 0, 0.05, ..., 1
+
+
+def shrink_gains(shrink: list[float] | None, horizon: int) -> np.ndarray:
+    """Per-step factors (horizon,): `shrink` padded with its last entry (an autoregressive model serves longer
+    horizons than it was calibrated on); None is all ones."""
+    if shrink is None:
+        return np.ones(horizon, np.float32)
+    a = np.asarray(shrink, np.float32)[:horizon]
+    return np.concatenate([a, np.full(horizon - len(a), a[-1], np.float32)])
+
+
+def apply_shrink(samples: np.ndarray, last: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """samples (B, N, H, dim), last observed frames (B, dim), gains (H,) -> last + gains * (samples - last)."""
+    base = last[:, None, None]
+    return (base + gains[None, None, :, None] * (samples - base)).astype(np.float32)
+
+
+def fit_shrink(model: GRUNF, windows: np.ndarray, context: int, opts: SampleOptions, seed: int = 0,
+               grid: tuple[float, ...] = SHRINK_GRID, batch: int = 16) -> list[float]:
+    """Per-horizon-step shrinkage of `model`'s displacements that minimises the samples' mean ADE on windows
+    (W, context + horizon, dim), detector units; the model's own `shrink` is ignored while fitting.
+
+    The windows must come from identities the model was not trained on (its training windows flatter it and
+    pull the factors to 1) and never from the ones it is evaluated on. ADE sums over steps, so each step's
+    factor is chosen on its own: the grid value with the lowest mean keypoint distance at that step.
+    """
+    horizon = windows.shape[1] - context
+    pred = forecast(model, windows[:, :context], horizon, opts, seed=seed, batch=batch, shrink=False)
+    last = windows[:, context - 1]
+    per = 6 if model.cfg.jacobian else 2
+    w, n = pred.shape[:2]
+    disp = (pred - last[:, None, None]).reshape(w, n, horizon, -1, per)[..., :2]
+    true = (windows[:, context:] - last[:, None]).reshape(w, 1, horizon, -1, per)[..., :2]
+    errs = np.stack([np.linalg.norm(a * disp - true, axis=-1).mean(axis=(0, 1, 3)) for a in grid])   # (G, H)
+    return [float(grid[i]) for i in errs.argmin(axis=0)]
+
+
 def forecast(model: GRUNF, contexts: np.ndarray, horizon: int, opts: SampleOptions, seed: int = 0,
-             batch: int = 16, stats: dict | None = None, on_batch=None) -> np.ndarray:
+             batch: int = 16, stats: dict | None = None, on_batch=None, shrink: bool = True) -> np.ndarray:
     """contexts (B, C, dim) detector units -> samples (B, N, horizon, dim) detector units.
 
-    Windows are processed `batch` at a time; noise comes from one CPU generator seeded with `seed`.
+    Windows are processed `batch` at a time; noise comes from one CPU generator seeded with `seed`. With
+    `shrink` (default) the model's `cfg.shrink` factors, if any, scale the displacements from the last
+    observed frame (see `apply_shrink`); shrink=False gives the model's raw samples.
     """
     ctx_n, lo, rng = encode_windows(model.cfg, contexts, contexts.shape[1])
     rng = np.broadcast_to(rng, lo.shape)
@@ -56,4 +96,7 @@ def forecast(model: GRUNF, contexts: np.ndarray, horizon: int, opts: SampleOptio
         out.append(denormalise(y, lo[i : i + batch, None], rng[i : i + batch, None]))
         if on_batch is not None:
             on_batch(len(x))
-    return np.concatenate(out).astype(np.float32)
+    out = np.concatenate(out).astype(np.float32)
+    if shrink and model.cfg.shrink is not None:
+        out = apply_shrink(out, contexts[:, -1].astype(np.float32), shrink_gains(model.cfg.shrink, horizon))
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +158,6 @@ def prepare_training(cfg: ModelConfig, seqs: list[np.ndarray], stride: int, augm
     windows (W, L, dim) (with `augment`, also replayed at 0.8x and 1.25x speed) and the batch transform
     (with `augment`: random mirror, affine jitter and time reversal per window, then the encoding).
     """
-    from dataclasses import replace
-
     from vmt.keypoints.augment import speed_windows
     from vmt.keypoints.predict import fit_residual_scale
 
@@ -200,3 +198,35 @@ def train_model(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *,
               device=device)
     return {**res, "train_windows": len(raw), "val_windows": 0 if vaw is None else len(vaw),
             "train_sequences": len(tr), "val_sequences": len(va)}
+
+
+def calibrate_shrink(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *, exclude: list[str],
+                     calib: list[str], window_stride: int, augment: bool, opts, seed: int = 0,
+                     reuse: bool = False) -> list[float]:
+    """Displacement shrinkage (`ModelConfig.shrink`) for a model trained on `seqs` minus `exclude`.
+
+    `exclude` are the evaluation identities: they are dropped first, before anything is trained or fitted,
+    so neither the calibration model nor the factors can depend on them. Of the rest, a calibration model
+    with the same recipe is trained into `out_dir` without the `calib` identities, and the factors are fitted
+    (`predict.fit_shrink`, samples' mean ADE) on the non-overlapping windows of `calib`: faces that model
+    never saw, as the shipped model's users' faces are. `reuse` loads a model already in `out_dir`.
+    `seqs` is a `data.Sequences`; returns the per-step factors.
+    """
+    from vmt.keypoints.data import make_windows, split_by_identity
+    from vmt.keypoints.predict import fit_shrink
+
+    if set(calib) & set(exclude):
+        raise VmtUsageError(f"calibration identities {sorted(set(calib) & set(exclude))} are evaluation "
+                            "identities; calibrate on identities the evaluation never uses")
+    rest = split_by_identity(seqs, exclude)[0] if exclude else seqs
+    inner, held = split_by_identity(rest, calib)
+    length = cfg.context + cfg.horizon
+    windows = make_windows(held, length, length, cfg.frame_step)[0]
+    if not len(windows):
+        raise VmtUsageError(f"calibration identities {calib} have no {length}-frame window")
+    if not (reuse and (Path(out_dir) / "model.safetensors").is_file()):
+        icfg, raw, transform = prepare_training(replace(cfg, shrink=None), inner.flat, window_stride, augment)
+        fit(icfg, tc, raw, None, out_dir, transform=transform,
+            info={"calibration_model": True, "train_sequences": inner.names, "calib_identities": calib})
+    model, _ = load_model(out_dir)
+    return fit_shrink(model, windows, cfg.context, opts, seed=seed)
