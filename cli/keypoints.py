@@ -278,13 +278,10 @@ TRAIN_SPEC = CommandSpec(
 def _check_run(p: dict) -> None:
     from vmt.errors import VmtUsageError
     from vmt.io.atomic import check_output_path
-    from vmt.keypoints.pipeline import check_run_paths, is_video, keypoints_path
+    from vmt.keypoints.pipeline import check_run_sources, is_video, keypoints_path
 
-    path = lambda k: None if p[k] is None else Path(p[k])  # noqa: E731
-    check_run_paths(Path(p["input"]), Path(p["output"]), path("render"), path("source"), path("fomm"))
-    check_output_path(p["output"], p["overwrite"])
-    if p["render"] is not None:
-        check_output_path(p["render"], p["overwrite"], sidecar=False)
+    # Inputs, -o and --render (suffix, folder, overwrite, not an input) were checked by the scaffold (RUN_SPEC).
+    check_run_sources(Path(p["input"]), p["render"], p["source"], p["fomm"])
     if is_video(p["input"]):  # the extracted keypoints are written beside the forecast
         check_output_path(keypoints_path(Path(p["output"])), p["overwrite"], sidecar=False)
     if p["feedback"] not in ("mean", "sample"):

@@ -28,23 +28,9 @@ def is_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def check_run_paths(input: Path, output: Path, render: Path | None, source: Path | None, fomm: Path | None) -> None:
-    """Cheap checks before any work: outputs never overwrite the input, --render is a video, files exist."""
-    if not input.is_file():
-        raise VmtUsageError(f"input {input} not found")
-    if output.suffix != ".npz":
-        raise VmtUsageError(f"-o {output}: predictions are written as .npz; use e.g. {output.with_suffix('.npz')}")
-    for flag, path in (("-o", output), ("--render", render)):
-        if path is not None and path.resolve() == input.resolve():
-            raise VmtUsageError(f"{flag} {path} is the input file; choose another output path")
-    if render is not None:
-        if render.suffix.lower() not in VIDEO_SUFFIXES:
-            raise VmtUsageError(f"--render {render}: the rendering is a video; use e.g. {render.with_suffix('.mp4')}")
-        if render.resolve() == output.resolve():
-            raise VmtUsageError("--render and -o are the same file; give the video another name")
-    for flag, path in (("--source", source), ("--fomm", fomm)):
-        if path is not None and not path.is_file():
-            raise VmtUsageError(f"{flag} {path} not found")
+def check_run_sources(input: Path, render: Path | None, source: Path | None, fomm: Path | None) -> None:
+    """What `run` needs of its optional files beyond existence and suffixes (checked by the command
+    scaffold): --source is an image or a video; --render with --fomm needs a frame to animate."""
     if source is not None and source.suffix.lower() not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
         raise VmtUsageError(f"--source {source} is neither an image nor a video")
     if fomm is not None and render is not None and source is None and not is_video(input):
