@@ -210,9 +210,10 @@ def test_outputs_get_the_umask_mode_and_exclusive_moves_refuse_a_late_target(tmp
     assert target.read_text() == "mine"
 
 
-def _run_and_signal(cmd: list[str], sig: int, ready, timeout: float = 180) -> tuple[int, str]:
+def _run_and_signal(cmd: list[str], sig: int, ready, timeout: float = 180,
+                    env: dict[str, str] | None = None) -> tuple[int, str]:
     """Start `vmt ...` in a subprocess, wait until `ready()` is true, send `sig`; return (code, stderr)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", *cmd], cwd=ROOT, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, env=env, text=True)
     deadline = time.time() + timeout
@@ -283,9 +284,18 @@ def test_signal_during_eval_over_a_folder_writes_no_report(tmp_path, sig, code):
     rng = np.random.default_rng(2)
     for i in range(12):
         write_video(clips / f"c{i:02d}.mp4", rng.integers(0, 255, (30, 64, 64, 3), dtype=np.uint8), fps=10)
+    # Decoding these clips takes milliseconds, so a fast machine finishes before the signal can land. An
+    # ffmpeg that is slow to start (a busy disk, a network share) keeps each decode running for a second:
+    # the run is surely mid-folder when its first decoder is seen.
+    import imageio_ffmpeg
+
+    slow = tmp_path / "bin" / "ffmpeg"
+    slow.parent.mkdir()
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec "{imageio_ffmpeg.get_ffmpeg_exe()}" "$@"\n')
+    slow.chmod(0o755)
     before = snapshot(tmp_path)
     rc, err = _run_and_signal(["eval", "temporal", str(clips), "--json", str(tmp_path / "r.json")],
-                              sig, _has_child)
+                              sig, _has_child, env={"IMAGEIO_FFMPEG_EXE": str(slow)})
     assert rc == code, err
     assert "Traceback" not in err
     assert snapshot(tmp_path) == before
