@@ -131,7 +131,8 @@ class EvalRun:
     """One `vmt eval` run: report options validated and the baseline checked before any work, items scored
     with per-file errors collected, report written and gated at the end."""
 
-    def __init__(self, subcommand: str, p: dict, inputs: dict[str, list[Path]], *, skip_bad: bool = False):
+    def __init__(self, subcommand: str, p: dict, inputs: dict[str, list[Path]], *, skip_bad: bool = False,
+                 listed_in: Path | None = None):
         from vmt.errors import VmtUsageError
         from vmt.io.atomic import check_not_inputs, check_output_path
         from vmt.metrics.report import check_comparable, input_digests, load_report, parse_tolerances
@@ -144,6 +145,8 @@ class EvalRun:
         named = {str(x): Path(x) for x in all_inputs}
         if baseline is not None:
             named["--baseline"] = Path(baseline)
+        if listed_in is not None:  # the --batch file: an input too, though its bytes are not the report's inputs
+            named["--batch"] = Path(listed_in)
         if json_out is not None and str(json_out) != "-":
             check_not_inputs({"--json": Path(json_out)}, named)
             check_output_path(json_out, p["overwrite"], sidecar=False, suffixes={".json"}, what="--json")
@@ -252,10 +255,14 @@ def _print_tables(out, subcommand: str, report: dict, item_columns: list[str]) -
     if len(items) > 1 and item_columns:
         t = Table(title=f"vmt eval {subcommand}: per input", title_justify="left")
         t.add_column("input", no_wrap=True)
+        paired = any("reference" in it for it in items)
+        if paired:
+            t.add_column("reference", no_wrap=True)
         for c in item_columns:
             t.add_column(c, justify="right", no_wrap=True)
         for it in items:
-            t.add_row(it["name"], *[_fmt(it["metrics"].get(c)) for c in item_columns])
+            ref = [Path(it["reference"]).name] if paired else []
+            t.add_row(it["name"], *ref, *[_fmt(it["metrics"].get(c)) for c in item_columns])
         out.print(t)
     t = Table(title=f"vmt eval {subcommand}", title_justify="left")
     t.add_column("metric", no_wrap=True)
@@ -403,14 +410,22 @@ rates unrelated motion well above 0. The direction check compares per-frame glob
 correlation and flags reversed motion. A static reference has no score (the reason is reported).
 
 GEN may be several videos: each is compared with REF; if REF is a folder too, videos are paired by file name.
-Generated videos are resized to the reference size.
+Any other pairing: --batch FILE, JSON Lines with {"reference": ..., "video": ...} a line (relative paths from
+the file's folder), or the manifest.jsonl of `vmt transfer --batch` (each job's output against its own
+reference; a job that is not done counts as a failed input). Generated videos are resized to the reference size.
 
 [bold]Examples[/]  vmt eval motion ref.mp4 out.mp4
            vmt eval motion refs/ outs/ --json motion.json --baseline last.json -t motion_fidelity=0.02
+           vmt eval motion --batch transfers/manifest.jsonl --json motion.json
 """))
 def motion(
-    ref: Annotated[str, typer.Argument(help="Reference video(s): file, folder or glob.", show_default=False)],
-    gen: Annotated[str, typer.Argument(help="Generated video(s): file, folder or glob.", show_default=False)],
+    ref: Annotated[str | None, typer.Argument(help="Reference video(s): file, folder or glob.",
+                                              show_default=False)] = None,
+    gen: Annotated[str | None, typer.Argument(help="Generated video(s): file, folder or glob.",
+                                              show_default=False)] = None,
+    batch: Annotated[Path | None, typer.Option("--batch", help="Pairs to score instead of REF GEN: a .jsonl of "
+                                               '{"reference", "video"} lines, or a transfer batch\'s '
+                                               "manifest.jsonl.", show_default=False)] = None,
     grid: Annotated[int, typer.Option("--grid", help="Tracked points along the longer side.")] = 40,
     fb_threshold: Annotated[float, typer.Option("--fb-threshold", help="Forward-backward error (pixels) "
                                                 "that drops a track.")] = 1.0,
@@ -429,18 +444,44 @@ def _motion(p: dict) -> None:
     from vmt.metrics import motion as M
 
     _check_range(p, grid=2, max_frames=2)
-    refs, gens = expand_inputs(p["ref"]), expand_inputs(p["gen"])
-    pairs = M.pair_videos(refs, gens)
-    run = EvalRun("motion", p, {"ref": refs, "gen": gens}, skip_bad=p["skip_bad"])
+    pairs, not_done = _motion_pairs(p)
+    refs = list(dict.fromkeys(r for r, _ in pairs))
+    gens = [g for _, g in pairs]
+    run = EvalRun("motion", p, {"ref": refs, "gen": gens}, skip_bad=p["skip_bad"], listed_in=p["batch"])
     items, errors = run.score(pairs, lambda rg: M.score_pair(
         *rg, grid=p["grid"], fb_threshold=p["fb_threshold"], min_motion=p["min_motion"],
         max_frames=p["max_frames"]), "motion")
+    errors = not_done + errors
     for it in items:
         if it["metrics"]["direction"] == "reversed" and not p["quiet"]:
             console.print(f"[yellow]warning:[/] {it['name']}: global motion is reversed relative to "
                           f"{Path(it['reference']).name} (cosine {it['metrics']['direction_cosine']:.2f})")
     run.finish(M.summarize(items), items, errors, headline="motion_fidelity",
                columns=["motion_fidelity", "best_match", "direction_cosine", "direction", "tracks_ref", "tracks_gen"])
+
+
+def _motion_pairs(p: dict) -> tuple[list[tuple[Path, Path]], list[dict]]:
+    """(reference, generated) pairs from REF GEN or from --batch, and an error row for each batch job that
+    is not done (it has no video to score)."""
+    from vmt.batch import read_pairs
+    from vmt.errors import VmtUsageError
+    from vmt.metrics.motion import pair_videos
+
+    if p["batch"] is None:
+        if p["ref"] is None or p["gen"] is None:
+            raise VmtUsageError("give REF and GEN (videos, folders or globs), or --batch FILE of pairs")
+        return pair_videos(expand_inputs(p["ref"]), expand_inputs(p["gen"])), []
+    if p["ref"] is not None or p["gen"] is not None:
+        raise VmtUsageError("--batch FILE lists the pairs; give it without REF and GEN")
+    listed = read_pairs(p["batch"])
+    pairs = [(x.reference, x.video) for x in listed if x.done]
+    not_done = [{"path": str(x.video), "error": f"{p['batch']} line {x.line}: the job's status is {x.status}, "
+                 "so there is no video to score"} for x in listed if not x.done]
+    if not pairs:
+        from vmt.metrics.report import EvalRuntimeError
+
+        raise EvalRuntimeError(f"no job in {p['batch']} is done; nothing to score")
+    return pairs, not_done
 
 
 # ---------------------------------------------------------------- temporal

@@ -170,6 +170,19 @@ def test_a_job_that_fails_at_run_time_is_recorded_and_the_others_run(tiny_t2v, t
     rows = manifest(tmp_path / "out")[1]
     assert [r["status"] for r in rows] == ["failed", "done"] and "has 3 frames" in rows[0]["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001.json", "0001.mp4", "manifest.jsonl"]
+    # The manifest is a list of pairs for `vmt eval motion --batch`: each output against its own reference,
+    # the failed job an input that failed (exit 3), accepted with --skip-bad.
+    assert rows[1]["reference"] == str(tmp_path / "long.mp4") and rows[1]["output"] == str(tmp_path / "out" / "0001.mp4")
+    report = tmp_path / "motion.json"
+    res = invoke("eval", "motion", "--batch", tmp_path / "out" / "manifest.jsonl", "--json", report, "--quiet")
+    assert res.exit_code == 3, res.output
+    assert "line 2: the job's status is failed" in res.output
+    res = invoke("eval", "motion", "--batch", tmp_path / "out" / "manifest.jsonl", "--json", report, "--quiet",
+                 "--skip-bad", "--overwrite")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(report.read_text())
+    assert [(it["reference"], it["path"]) for it in doc["items"]] == [(rows[1]["reference"], rows[1]["output"])]
+    assert [e["path"] for e in doc["errors"]] == [rows[0]["output"]]
 
 
 def test_dry_run_of_a_single_run_checks_like_the_run_and_writes_nothing(tiny_t2v, tmp_path, loads):

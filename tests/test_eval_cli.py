@@ -410,3 +410,67 @@ def test_video_input_tracked_keypoints_score_the_forecast(shared_data, tmp_path)
     assert r.exit_code == 0, r.output
     m = {k: v["value"] for k, v in json.loads((tmp_path / "kp.json").read_text())["metrics"].items()}
     assert m["windows"] == 1 and m["ade_best"] <= m["ade_mean"] and m["zero_velocity_ade"] >= 0
+
+
+def test_motion_batch_scores_each_listed_pair_as_a_single_run_does(clips, tmp_path):
+    """A pairs file pairs any reference with any video (what REF GEN folders, paired by name, cannot):
+    paths are read from the file's folder, rows keep the file's order, each row is the single run's score."""
+    local = tmp_path / "v" / "same.mp4"
+    local.parent.mkdir()
+    local.write_bytes(clips["same"].read_bytes())
+    pairs = [{"reference": str(clips["ref"]), "video": "v/same.mp4"},
+             {"reference": str(clips["ref"]), "video": str(clips["reversed"])},
+             {"reference": "v/same.mp4", "video": "v/same.mp4"}]
+    listing = tmp_path / "pairs.jsonl"
+    listing.write_text("".join(json.dumps(x) + "\n" for x in pairs))
+    r = vmt("eval", "motion", "--batch", listing, "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    assert "reference" in r.output and "reversed" in r.output
+    doc = json.loads((tmp_path / "b.json").read_text())
+    got = [(Path(it["reference"]).name, Path(it["path"]).name, it["metrics"]["motion_fidelity"]) for it in doc["items"]]
+    singles = []
+    for ref, gen in ((clips["ref"], local), (clips["ref"], clips["reversed"]), (local, local)):
+        r = vmt("eval", "motion", ref, gen, "--json", tmp_path / "s.json", "--overwrite", "--quiet")
+        assert r.exit_code == 0, r.output
+        singles.append(json.loads((tmp_path / "s.json").read_text())["items"][0]["metrics"]["motion_fidelity"])
+    assert [g[:2] for g in got] == [("ref.mp4", "same.mp4"), ("ref.mp4", "reversed.mp4"), ("same.mp4", "same.mp4")]
+    assert [g[2] for g in got] == singles
+    assert got[2][2] == pytest.approx(1.0, abs=1e-12) and got[0][2] > 0.9 and got[1][2] < -0.9  # itself, the same motion, its reverse
+    assert doc["metrics"]["pairs"]["value"] == 3 and doc["params"]["batch"] == str(listing)
+
+
+@pytest.mark.parametrize("lines, args, pattern", [
+    (None, ["REF"], "give it without REF and GEN"),
+    (None, ["REF", "NOBATCH"], "give REF and GEN"),
+    (['{"reference": "ref.mp4", "vid": "x.mp4"}'], [], "line 1: unknown key 'vid'"),
+    (['{"reference": "ref.mp4"}'], [], "line 1: 'video' must be a path"),
+    (['{"reference": "ref.mp4", "video": "ref.mp4"}', '{"reference": "ref.mp4", "video": "gone.mp4"}'], [],
+     "line 2: video"),
+    (['{"reference": "ref.mp4", "video": "ref.mp4"}', "[1, 2]"], [], "line 2: expected a JSON object"),
+    (['{"reference": "ref.mp4",'], [], "line 1: not valid JSON"),
+    (['{"batch": {"command": "refine"}}', '{"output": "ref.mp4"}'], [], "manifest of `vmt refine`"),
+    ([], [], "has no pairs"),
+    (None, ["FOLDER"], "is a folder"),
+    (None, ["TXT"], "expected JSON Lines"),
+    (['{"reference": "ref.mp4", "video": "ref.mp4"}'], ["SELFJSON"], "same file as the input --batch"),
+])
+def test_motion_batch_refusals_are_one_line_usage_errors(clips, tmp_path, lines, args, pattern):
+    (tmp_path / "ref.mp4").write_bytes(clips["ref"].read_bytes())
+    listing = tmp_path / "pairs.jsonl"
+    if lines is not None:
+        listing.write_text("".join(x + "\n" for x in lines))
+    batch = {"FOLDER": tmp_path, "TXT": tmp_path / "pairs.txt"}.get(args[0] if args else "", listing)
+    (tmp_path / "pairs.txt").write_text("ref.mp4 ref.mp4\n")
+    argv = ["eval", "motion"]
+    if "REF" in args:
+        argv += [tmp_path / "ref.mp4"]
+    if "NOBATCH" not in args:
+        argv += ["--batch", batch]
+    if "SELFJSON" in args:
+        argv += ["--json", listing, "--overwrite"]
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    r = vmt(*argv)
+    err = (r.stderr or "").strip()
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert len(err.splitlines()) == 1 and pattern in err, err
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
