@@ -277,8 +277,8 @@ def test_signal_during_transfer_guidance_writes_nothing(tiny_t2v, tmp_path, sig,
     before = snapshot(tmp_path)
     started = time.time()
     rc, err = _run_and_signal(["transfer", str(ref), "-p", "x", "--model", str(tiny_t2v), "-o",
-                               str(tmp_path / "o.mp4"), "--height", "32", "--width", "32", "--steps", "1000",
-                               "--guided-steps", "1000", "--window", "1", "--tile", "1x1", "--block", "1", "--device", "cpu"],
+                               str(tmp_path / "o.mp4"), "--height", "32", "--width", "32", "--steps", "100000",
+                               "--guided-steps", "100000", "--window", "1", "--tile", "1x1", "--block", "1", "--device", "cpu"],
                               sig, lambda proc: time.time() - started > 12)
     assert rc == code, err
     assert snapshot(tmp_path) == before
