@@ -353,6 +353,9 @@ def process_group(ranks: Ranks) -> Iterator[Any]:
                                 timeout=datetime.timedelta(hours=72))
     try:
         yield dist
+        # A rank with nothing left to do must not tear the group down while rank 0 still receives its rows:
+        # gloo aborts the process ("terminate called without an active exception").
+        dist.barrier()
     finally:
         if created:
             dist.destroy_process_group()
