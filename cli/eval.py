@@ -445,7 +445,8 @@ def _motion(p: dict) -> None:
 
     _check_range(p, grid=2, max_frames=2)
     pairs, not_done = _motion_pairs(p)
-    refs = list(dict.fromkeys(r for r, _ in pairs))
+    # With --batch the references are listed pair by pair, so the report's digests pin the pairing too.
+    refs = [r for r, _ in pairs] if p["batch"] is not None else list(dict.fromkeys(r for r, _ in pairs))
     gens = [g for _, g in pairs]
     run = EvalRun("motion", p, {"ref": refs, "gen": gens}, skip_bad=p["skip_bad"], listed_in=p["batch"])
     items, errors = run.score(pairs, lambda rg: M.score_pair(

@@ -474,3 +474,23 @@ def test_motion_batch_refusals_are_one_line_usage_errors(clips, tmp_path, lines,
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert len(err.splitlines()) == 1 and pattern in err, err
     assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_motion_batch_gate_compares_the_pairs_not_the_listing_path(clips, tmp_path):
+    """A baseline from a pairs file is the baseline of the same pairs listed elsewhere; the same videos
+    paired otherwise are other inputs (refused without --allow-different-inputs)."""
+    def listing(path, pairs):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps({"reference": str(r), "video": str(g)}) + "\n" for r, g in pairs))
+        return path
+
+    same = [(clips["ref"], clips["same"]), (clips["same"], clips["reversed"])]
+    base = tmp_path / "base.json"
+    r = vmt("eval", "motion", "--batch", listing(tmp_path / "a" / "pairs.jsonl", same), "--json", base, "-q")
+    assert r.exit_code == 0, r.output
+    r = vmt("eval", "motion", "--batch", listing(tmp_path / "b" / "other.jsonl", same), "--baseline", base,
+            "-t", "motion_fidelity=1e-9")
+    assert r.exit_code == 0 and "baseline checks ok" in r.output, r.output
+    swapped = [(clips["same"], clips["same"]), (clips["ref"], clips["reversed"])]
+    r = vmt("eval", "motion", "--batch", listing(tmp_path / "c" / "pairs.jsonl", swapped), "--baseline", base)
+    assert r.exit_code == 2 and "the inputs differ in content (ref)" in r.stderr, r.output

@@ -213,6 +213,10 @@ def input_digests(inputs: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+# Paths of inputs (and eval motion's pairs file): their content is compared through the digests instead.
+INPUT_PARAMS = ("ref", "gen", "real", "videos", "truth", "pred", "gt", "batch")
+
+
 def compared_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in REPORT_PARAMS}
 
@@ -233,8 +237,7 @@ def comparability_problems(report: dict, baseline: dict) -> list[str]:
                        if base_dig.get(r) != report.get("input_digests", {}).get(r))
         problems.append(f"the inputs differ in content ({', '.join(roles)})")
     mine, theirs = compared_params(report.get("params", {})), compared_params(baseline.get("params", {}))
-    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in ("ref", "gen",
-                  "real", "videos", "truth", "pred", "gt"))
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in INPUT_PARAMS)
     if diff:
         problems.append("parameters differ: " + ", ".join(f"{k}={theirs.get(k)!r} there, {mine.get(k)!r} here"
                                                          for k in diff))
