@@ -22,10 +22,15 @@ glibc's mmap threshold fixed at 64 KiB so that freed tensors leave the RSS; at t
 within its ~50 MiB noise: benchmarks/checkpointing_memory.py measures checkpointing on the CPU), and --compile uses torch.compile's "eager" backend (no C++ toolchain needed).
 
 On a lent GPU machine with torch, transformers and accelerate but no diffusers and no network, from the
-project folder with a diffusers wheel placed beside it in .whl/:
+project folder with a diffusers wheel placed beside it in .whl/ (here, once: `echo /.whl/ >>
+.git/info/exclude; pip download --no-deps -d .whl diffusers==0.42.1`; the device call carries `.whl`):
 
-    pip install --no-deps --target /tmp/site .whl/diffusers-*.whl
-    PYTHONPATH=/tmp/site:. python benchmarks/gpu_suite.py --out results.json      # ~6-8 minutes on an H100
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/diffusers-*.whl
+    PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_suite.py --out $OUT/results.json   # ~6-8 minutes on an H100
+
+The rest of what it imports is in such images (numpy, safetensors, huggingface_hub, requests, filelock,
+regex, tokenizers; no imageio-ffmpeg, OpenCV or SciPy is needed): the CPU preset was run in a venv holding only
+those, with transformers 5.17, accelerate 1.15, huggingface_hub 1.33 and the wheel installed as above.
 
     python benchmarks/gpu_suite.py --preset cpu --out /tmp/suite.json             # here: ~1 minute
     python benchmarks/gpu_suite.py --archs wan2.1-1.3b --budget-s 300 --out r.json
