@@ -173,35 +173,19 @@ def _train(p) -> None:
     if p["resume"] and not has_run:
         raise VmtUsageError(f"--resume: {run_dir} holds no run (no config.json); drop --resume to start one")
 
-    import torch
-
-    from vmt.longgen.checkpoint import read_meta, resume_trainer
-    from vmt.longgen.config import LongGenConfig
     from vmt.longgen.data import open_source
-    from vmt.longgen.train import Trainer, TrainSettings, resume_conflicts, saved_settings, train_run
+    from vmt.longgen.train import TrainSettings, open_trainer, train_run
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory, resolve_device
 
-    if p["resume"]:  # the run's own settings; a given flag that differs is an error, not a silent reset
-        meta = read_meta(run_dir)
-        given = {k: p[k] for k in (*_SETTING_FLAGS, "seed") if k in p.given}
-        bad = resume_conflicts(meta, given)
-        if bad:
-            raise VmtUsageError(f"--resume: {run_dir} was trained with other settings: " + "; ".join(bad)
-                                + ". Drop these flags (a resumed run keeps its settings) or start a new -o folder")
-        settings, p["seed"] = saved_settings(meta), meta.get("seed", p["seed"])
-        cfg = _model_config(p) if p.given & set(_MODEL_FLAGS) else LongGenConfig.from_dict(meta["model"])
-    else:
-        settings = TrainSettings(**{k: p[k] for k in _SETTING_FLAGS})
-        cfg = _model_config(p)
     dev = resolve_device(p["device"])
-    torch.manual_seed(p["seed"])
     timer = Timer(sync_cuda=dev.type == "cuda")
-    trainer = Trainer(cfg, settings, dev)
-    if p["resume"]:  # before reading data: a mismatching run should fail fast
-        resume_trainer(run_dir, trainer)
-        if trainer.step_count >= p["steps"]:
-            raise VmtUsageError(f"{run_dir} is already at step {trainer.step_count}; pass --steps above that")
+    trainer, settings, p["seed"] = open_trainer(
+        run_dir, resume=p["resume"], settings=TrainSettings(**{k: p[k] for k in _SETTING_FLAGS}),
+        cfg=_model_config(p), seed=p["seed"], steps=p["steps"], device=dev,
+        given={k: p[k] for k in (*_SETTING_FLAGS, "seed") if k in p.given},
+        model_given=bool(p.given & set(_MODEL_FLAGS)))
+    cfg = trainer.cfg
     with status("Reading training data...", p["quiet"]), timer.stage("data"):
         source = open_source(p["data"], cfg.size, strides=strides, fps=p["fps"], max_frames=p["max_frames"],
                              seed=p["seed"])

@@ -267,6 +267,32 @@ def resume_conflicts(meta: dict, requested: dict) -> list[str]:
             if k in saved and k not in RESUMABLE and saved[k] != v]
 
 
+def open_trainer(run_dir, *, resume: bool, settings: TrainSettings, cfg: LongGenConfig, seed: int, steps: int,
+                 given: dict, model_given: bool, device=None) -> tuple[Trainer, TrainSettings, int]:
+    """The Trainer of a new run (`settings`, `cfg`, `seed`), or of the run in `run_dir` resumed with its own
+    settings, model config and seed, weights and optimiser state loaded. `given`: the settings the user set
+    (name -> value), an error where they differ from the run's; `model_given`: the model flags were set, so
+    `cfg` must equal the run's. Returns (trainer, settings, seed)."""
+    from vmt.errors import VmtUsageError
+    from vmt.longgen.checkpoint import read_meta, resume_trainer
+
+    if resume:
+        meta = read_meta(run_dir)
+        bad = resume_conflicts(meta, given)
+        if bad:
+            raise VmtUsageError(f"--resume: {run_dir} was trained with other settings: " + "; ".join(bad)
+                                + ". Drop these flags (a resumed run keeps its settings) or start a new -o folder")
+        settings, seed = saved_settings(meta), meta.get("seed", seed)
+        cfg = cfg if model_given else LongGenConfig.from_dict(meta["model"])
+    torch.manual_seed(seed)
+    trainer = Trainer(cfg, settings, device)
+    if resume:  # before any data is read: a mismatching run fails fast
+        resume_trainer(run_dir, trainer)
+        if trainer.step_count >= steps:
+            raise VmtUsageError(f"{run_dir} is already at step {trainer.step_count}; pass --steps above that")
+    return trainer, settings, seed
+
+
 def _next_stop(step: int, total: int, *every: int) -> int:
     """Steps until the next sample/save point or the end."""
     return min([total] + [(step // e + 1) * e for e in every if e]) - step
