@@ -419,9 +419,9 @@ reference; a job that is not done counts as a failed input). Generated videos ar
            vmt eval motion --batch transfers/manifest.jsonl --json motion.json
 """))
 def motion(
-    ref: Annotated[str | None, typer.Argument(help="Reference video(s): file, folder or glob.",
+    ref: Annotated[str | None, typer.Argument(help="Reference video(s): file, folder or glob.", metavar="REF",
                                               show_default=False)] = None,
-    gen: Annotated[str | None, typer.Argument(help="Generated video(s): file, folder or glob.",
+    gen: Annotated[str | None, typer.Argument(help="Generated video(s): file, folder or glob.", metavar="GEN",
                                               show_default=False)] = None,
     batch: Annotated[Path | None, typer.Option("--batch", help="Pairs to score instead of REF GEN: a .jsonl of "
                                                '{"reference", "video"} lines, or a transfer batch\'s '
