@@ -20,7 +20,9 @@ observed velocity and d chosen on the training identities of each fold.
 --shrink adds rows with displacement shrinkage (`ModelConfig.shrink`): per fold, a calibration model is trained
 with the same recipe on the fold's training identities minus one (`calibration_identity`), and the per-step
 factors are fitted on that one identity's windows (`train.calibrate_shrink`); the held-out face is dropped
-before any of it.
+before any of it. --blend adds rows where each step also adds a share of the damped velocity
+(`ModelConfig.velocity_gain`, `train.calibrate_blend`): shrink and share fitted together on the same windows,
+the damping chosen on the calibration model's own training faces.
 Writes benchmarks/results/keypoints.json.
 """
 
@@ -40,30 +42,21 @@ sys.path.insert(0, str(ROOT))
 
 from vmt.keypoints.data import identity_of, load_sequences, make_windows, split_by_identity
 from vmt.keypoints.model import ModelConfig, SampleOptions, load_model
-from vmt.keypoints.predict import apply_shrink, forecast, shrink_gains
-from vmt.keypoints.train import TrainConfig, calibrate_shrink, fit, prepare_training
+from vmt.keypoints.predict import (
+    apply_shrink,
+    fit_blend,
+    fit_damping,
+    fit_shrink,
+    forecast,
+    shrink_gains,
+    velocity_forecast,
+    velocity_steps,
+)
+from vmt.keypoints.train import TrainConfig, calibration_model, fit, prepare_training
 from vmt.metrics.forecast import apd, best_k, crps, energy_distance
 
 DATA = ROOT.parent / "shared" / "data" / "voxceleb" / "fomm_kp_dev.npz"
-DAMPING_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
 METHODS = {"GRU-NF": {"refine": False}, "GRU-SNF": {"refine": True, "elementwise": False}}
-
-
-def velocity_forecast(contexts: np.ndarray, horizon: int, damping: float) -> np.ndarray:
-    """contexts (B, C, dim) -> (B, 1, horizon, dim): x_{C-1} + v * sum_{i=1..h} damping^i, v = x_{C-1} - x_{C-2}.
-
-    damping 0 is zero velocity, 1 constant velocity."""
-    v = contexts[:, -1] - contexts[:, -2]
-    gains = np.cumsum(damping ** np.arange(1, horizon + 1))
-    return (contexts[:, -1, None] + gains[None, :, None] * v[:, None])[:, None].astype(np.float32)
-
-
-def fit_damping(windows: np.ndarray, context: int) -> float:
-    """The damping of DAMPING_GRID with the lowest ADE on (training) windows (W, L, dim)."""
-    horizon = windows.shape[1] - context
-    errs = [np.abs(velocity_forecast(windows[:, :context], horizon, d)[:, 0] - windows[:, context:]).mean()
-            for d in DAMPING_GRID]
-    return DAMPING_GRID[int(np.argmin(errs))]
 
 
 def metrics(truth: np.ndarray, pred: np.ndarray, num_kp: int, ed_samples: int, best: int = 20) -> dict:
@@ -120,6 +113,9 @@ def main() -> None:
     ap.add_argument("--shrink", action="store_true",
                     help="also score each GRU row with displacement shrinkage fitted on a training identity "
                          "(calibration model trained without it; the held-out face is never used)")
+    ap.add_argument("--blend", action="store_true",
+                    help="with --shrink: also score each GRU row with shrinkage and a damped-velocity share, both "
+                         "fitted per step with the same calibration model (damping chosen on its training faces)")
     ap.add_argument("--held-out", nargs="+", default=None, help="only these folds (default: every identity)")
     ap.add_argument("--model", type=Path, default=None,
                     help="evaluate this trained model on its own validation identities instead of LOIO training")
@@ -157,22 +153,30 @@ def main() -> None:
                                   tr.flat, folder, 4, augment)
                 print(f"trained {folder.name} in {secs:.0f}s", flush=True)
             model, _ = load_model(folder)
-            gains = None
+            gains = blend = None
             if args.shrink and args.model is None:
                 # Fitted with the GRU-SNF sampler (the command's default) and used for both rows: one factor
-                # list is stored per model. The shrinkage is applied to the same samples afterwards, exactly
-                # what `forecast` does with cfg.shrink set.
+                # list is stored per model. The factors are applied to the same samples afterwards, exactly
+                # what `forecast` does with cfg.shrink (and cfg.velocity_gain) set.
                 cid = calibration_identity(tr, c + h)
-                shrink = calibrate_shrink(seqs, model.cfg, TrainConfig(steps=args.steps,
-                                          eval_every=max(1, args.steps // 4)),
-                                          args.folds_dir / f"{tag}-{args.steps}-{held[0]}-calib-{cid}",
-                                          exclude=held, calib=[cid], window_stride=4, augment=augment,
-                                          opts=SampleOptions(samples=args.samples, temperature=args.temperature,
-                                                             **METHODS["GRU-SNF"]),
-                                          seed=1000, reuse=not args.retrain)
+                cal_model, cal_windows, cal_train = calibration_model(
+                    seqs, model.cfg, TrainConfig(steps=args.steps, eval_every=max(1, args.steps // 4)),
+                    args.folds_dir / f"{tag}-{args.steps}-{held[0]}-calib-{cid}", exclude=held, calib=[cid],
+                    window_stride=4, augment=augment, reuse=not args.retrain)
+                cal_opts = SampleOptions(samples=args.samples, temperature=args.temperature, **METHODS["GRU-SNF"])
+                shrink = fit_shrink(cal_model, cal_windows, c, cal_opts, seed=1000)
                 fold_info[-1].update({f"shrink_{param}": shrink, "calib_identity": cid})
                 print(f"fold {held[0]}: shrink fitted on {cid}: {shrink}", flush=True)
                 gains = shrink_gains(shrink, h)
+                if args.blend:
+                    cal_damping = fit_damping(cal_train, c)
+                    b_shrink, b_gains = fit_blend(cal_model, cal_windows, c, cal_opts, cal_damping, seed=1000)
+                    fold_info[-1][f"blend_{param}"] = {"damping": cal_damping, "shrink": b_shrink,
+                                                       "velocity_gain": b_gains}
+                    print(f"fold {held[0]}: blend fitted on {cid}: damping {cal_damping}, shrink {b_shrink}, "
+                          f"velocity gain {b_gains}", flush=True)
+                    blend = (shrink_gains(b_shrink, h), shrink_gains(b_gains, h),
+                             velocity_steps(test[:, :c], h, cal_damping))
             for name, method in METHODS.items():
                 for seed in args.seeds:
                     opts = SampleOptions(samples=args.samples, temperature=args.temperature, **method)
@@ -180,6 +184,10 @@ def main() -> None:
                     preds[f"{name} ({param}) s{seed}"] = pred
                     if gains is not None:
                         preds[f"{name} ({param}, shrunk) s{seed}"] = apply_shrink(pred, test[:, c - 1], gains)
+                    if blend is not None:
+                        b_s, b_g, vel = blend
+                        preds[f"{name} ({param}, blend) s{seed}"] = (
+                            apply_shrink(pred, test[:, c - 1], b_s) + b_g[None, None, :, None] * vel[:, None])
         for key, pred in preds.items():
             label = key.rsplit(" s", 1)[0] if key.startswith("GRU") else key
             m = metrics(test[:, c:], pred, seqs.layout.num_kp, args.ed_samples)

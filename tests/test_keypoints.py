@@ -22,8 +22,18 @@ from vmt.keypoints.flow import ConditionalRealNVP
 from vmt.keypoints.mcmc import energy_elements, mh_steps
 from vmt.keypoints.model import GRUNF, ModelConfig, SampleOptions, check_layout, load_model, save_model
 from vmt.keypoints.augment import augment_batch, random_affine, resample_speed
-from vmt.keypoints.predict import encode_windows, fit_residual_scale, fit_shrink, forecast, normalise_windows
-from vmt.keypoints.train import TrainConfig, calibrate_shrink, evaluate, fit
+from vmt.keypoints.predict import (
+    encode_windows,
+    fit_blend,
+    fit_damping,
+    fit_residual_scale,
+    fit_shrink,
+    forecast,
+    normalise_windows,
+    velocity_forecast,
+    velocity_steps,
+)
+from vmt.keypoints.train import TrainConfig, calibrate_blend, calibrate_shrink, evaluate, fit
 
 torch.set_num_threads(1)
 
@@ -480,3 +490,81 @@ def test_calibrate_shrink_never_uses_the_evaluation_identity(tmp_path):
     with pytest.raises(VmtUsageError, match="evaluation identities"):
         calibrate_shrink(seqs, cfg, tc, tmp_path / "c", exclude=["id0"], calib=["id0"], window_stride=4,
                          augment=False, opts=opts)
+
+
+# ----- damped-velocity blend -----
+
+def test_damped_velocity_forecast_closed_forms():
+    ctx = _walk(n=3, length=4, seed=4)
+    last, v = ctx[:, -1], ctx[:, -1] - ctx[:, -2]
+    h = np.arange(1, 6, dtype=np.float32)[None, :, None]
+    assert np.array_equal(velocity_forecast(ctx, 5, 0.0)[:, 0], np.broadcast_to(last[:, None], (3, 5, 4)))
+    assert np.allclose(velocity_forecast(ctx, 5, 1.0)[:, 0], last[:, None] + h * v[:, None], atol=1e-5)
+    assert np.allclose(velocity_steps(ctx, 5, 0.5), (1 - 0.5**h) * v[:, None], atol=1e-6)   # sum 0.5^i, i <= h
+    # The damping that fits: windows that decay by 0.7 a step are fitted with 0.7, constant velocity with 1.
+    for d in (0.7, 1.0, 0.0):
+        windows = np.concatenate([ctx, velocity_forecast(ctx, 6, d)[:, 0]], axis=1)
+        assert fit_damping(windows, 4) == d
+
+
+def test_velocity_gain_blends_the_damped_velocity_into_the_forecast_per_step():
+    model, ctx = _moving_residual_model(), _walk()
+    opts = SampleOptions(samples=5)
+    raw = forecast(model, ctx, 5, opts, seed=3)
+    # No model displacement and the whole damped velocity: exactly the damped-velocity forecast, every sample.
+    model.cfg.shrink, model.cfg.velocity_gain, model.cfg.damping = [0.0], [1.0], 0.8
+    dv = forecast(model, ctx, 5, opts, seed=3)
+    assert np.allclose(dv, np.broadcast_to(velocity_forecast(ctx, 5, 0.8), dv.shape), atol=1e-6)
+    # Per step, steps past the list reuse its last entry.
+    model.cfg.shrink, model.cfg.velocity_gain = [1.0, 0.5], [0.0, 0.25]
+    mix = forecast(model, ctx, 5, opts, seed=3)
+    last, vel = ctx[:, None, None, -1], velocity_steps(ctx, 5, 0.8)[:, None]
+    assert np.allclose(mix[:, :, 0], raw[:, :, 0], atol=1e-6)
+    assert np.allclose(mix[:, :, 1:], last + 0.5 * (raw[:, :, 1:] - last) + 0.25 * vel[:, :, 1:], atol=1e-5)
+
+
+def test_fit_blend_recovers_a_known_pair_and_g_zero_is_fit_shrink():
+    model, ctx = _moving_residual_model(), _walk(n=4)
+    opts = SampleOptions(samples=1)        # one sample: the truth below is a known mix of it and the velocity
+    raw = forecast(model, ctx, 3, opts, seed=7)[:, 0]                       # (B, 3, dim)
+    last, vel = ctx[:, -1:], velocity_steps(ctx, 3, 0.9)
+    for a, g in ((0.35, 0.6), (0.0, 1.0), (1.0, 0.0), (0.2, 0.0)):
+        windows = np.concatenate([ctx, last + a * (raw - last) + g * vel], axis=1)
+        assert fit_blend(model, windows, 4, opts, 0.9, seed=7) == ([a] * 3, [g] * 3)
+    windows = np.concatenate([ctx, last + 0.35 * (raw - last)], axis=1)
+    assert fit_blend(model, windows, 4, opts, 0.9, seed=7, velocity_grid=(0.0,))[0] == \
+        fit_shrink(model, windows, 4, opts, seed=7)
+
+
+def test_velocity_gain_is_saved_loaded_and_checked(tmp_path):
+    model = _moving_residual_model()
+    model.cfg.shrink, model.cfg.velocity_gain, model.cfg.damping = [0.5], [0.3, 0.6], 0.7
+    save_model(model, tmp_path / "m")
+    loaded, doc = load_model(tmp_path / "m")
+    assert (loaded.cfg.velocity_gain, loaded.cfg.damping) == ([0.3, 0.6], 0.7)
+    ctx = _walk()
+    assert np.array_equal(forecast(loaded, ctx, 3, SampleOptions(samples=4), seed=1),
+                          forecast(model, ctx, 3, SampleOptions(samples=4), seed=1))
+    for gains, damping in (([0.5], None), ([1.5], 0.5), ([], 0.5), ([0.5], 1.2)):
+        model.cfg.velocity_gain, model.cfg.damping = gains, damping
+        save_model(model, tmp_path / "bad")
+        with pytest.raises(VmtUsageError, match="velocity_gain"):
+            load_model(tmp_path / "bad")
+
+
+def test_calibrate_blend_never_uses_the_evaluation_identity(tmp_path):
+    seqs = _synthetic()                                  # identities id0, id1, id2
+    cfg = _tiny_cfg(param="residual")
+    tc = TrainConfig(steps=8, batch=16, eval_every=4)
+
+    def run(data, folder):
+        return calibrate_blend(data, cfg, tc, tmp_path / folder, exclude=["id0"], calib=["id1"], window_stride=4,
+                               augment=False, opts=SampleOptions(samples=4))
+
+    a = run(seqs, "a")
+    rng = np.random.default_rng(5)
+    other = [f if not n.startswith("id0#") else rng.normal(size=f.shape).astype(np.float32)
+             for n, f in zip(seqs.names, seqs.flat)]
+    assert run(Sequences(seqs.names[1:], other[1:], seqs.layout), "b") == a
+    assert len(a["shrink"]) == len(a["velocity_gain"]) == cfg.horizon and 0.0 <= a["damping"] <= 1.0
+    assert all(0.0 <= x <= 1.0 for x in a["shrink"] + a["velocity_gain"])

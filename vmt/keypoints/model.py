@@ -53,6 +53,11 @@ class ModelConfig:
     # ones) is the model as trained, all zeros the zero-velocity forecast. Fitted by `predict.fit_shrink` on
     # windows of identities the model was not trained on, never on the ones it is evaluated on.
     shrink: list[float] | None = None
+    # Damped-velocity blend (calibration, with `shrink`): forecast step h also adds velocity_gain[h] * v *
+    # (damping + ... + damping^h), v the last observed velocity; steps past the list use its last entry.
+    # shrink all zeros with gains all ones is the damped-velocity forecast. Fitted by `predict.fit_blend`.
+    velocity_gain: list[float] | None = None
+    damping: float | None = None
 
     @property
     def layout(self) -> Layout:
@@ -207,6 +212,11 @@ def load_model(folder: str | Path, weights_name: str = WEIGHTS_FILE) -> tuple[GR
     if cfg.shrink is not None and (not cfg.shrink or not all(0.0 <= a <= 1.0 for a in cfg.shrink)):
         raise VmtUsageError(f"{folder}/{CONFIG_FILE}: shrink needs to be a non-empty list of factors in [0, 1], "
                             f"got {cfg.shrink!r}")
+    if cfg.velocity_gain is not None and (
+            not cfg.velocity_gain or not all(0.0 <= a <= 1.0 for a in cfg.velocity_gain)
+            or cfg.damping is None or not 0.0 <= cfg.damping <= 1.0):
+        raise VmtUsageError(f"{folder}/{CONFIG_FILE}: velocity_gain needs to be a non-empty list of factors in "
+                            f"[0, 1] with a damping in [0, 1], got {cfg.velocity_gain!r} and {cfg.damping!r}")
     model = GRUNF(cfg)
     wpath = Path(folder) / weights_name
     if not wpath.is_file():

@@ -39,6 +39,29 @@ def encode_windows(cfg: ModelConfig, windows: np.ndarray, context: int):
 
 
 SHRINK_GRID = tuple(i / 20 for i in range(21))   # 0, 0.05, ..., 1
+VELOCITY_GRID = tuple(i / 10 for i in range(11))  # 0, 0.1, ..., 1
+DAMPING_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
+
+
+def velocity_steps(contexts: np.ndarray, horizon: int, damping: float) -> np.ndarray:
+    """contexts (B, C, dim) -> (B, horizon, dim): v * sum_{i=1..h} damping^i with v = x_{C-1} - x_{C-2}, the
+    damped-velocity displacement from the last observed frame (damping 0: none; 1: constant velocity)."""
+    v = (contexts[:, -1] - contexts[:, -2]).astype(np.float32)
+    gains = np.cumsum(float(damping) ** np.arange(1, horizon + 1)).astype(np.float32)
+    return gains[None, :, None] * v[:, None]
+
+
+def velocity_forecast(contexts: np.ndarray, horizon: int, damping: float) -> np.ndarray:
+    """contexts (B, C, dim) -> (B, 1, horizon, dim): the damped-velocity forecast, one sample."""
+    return (contexts[:, -1, None] + velocity_steps(contexts, horizon, damping))[:, None].astype(np.float32)
+
+
+def fit_damping(windows: np.ndarray, context: int, grid: tuple[float, ...] = DAMPING_GRID) -> float:
+    """The damping of `grid` with the lowest mean absolute error on windows (W, context + horizon, dim)."""
+    horizon = windows.shape[1] - context
+    errs = [np.abs(velocity_forecast(windows[:, :context], horizon, d)[:, 0] - windows[:, context:]).mean()
+            for d in grid]
+    return float(grid[int(np.argmin(errs))])
 
 
 def shrink_gains(shrink: list[float] | None, horizon: int) -> np.ndarray:
@@ -76,13 +99,39 @@ def fit_shrink(model: GRUNF, windows: np.ndarray, context: int, opts: SampleOpti
     return [float(grid[i]) for i in errs.argmin(axis=0)]
 
 
+def fit_blend(model: GRUNF, windows: np.ndarray, context: int, opts: SampleOptions, damping: float,
+              seed: int = 0, grid: tuple[float, ...] = SHRINK_GRID,
+              velocity_grid: tuple[float, ...] = VELOCITY_GRID, batch: int = 16) -> tuple[list[float], list[float]]:
+    """Per-step (shrink, velocity gain) for forecasts last + s_h * (sample - last) + g_h * damped velocity:
+    the pair of the two grids with the lowest mean keypoint distance over the samples at step h, on windows
+    (W, context + horizon, dim) of identities the model never saw (as `fit_shrink`, which is g = 0). (s, g) =
+    (0, 1) is the damped-velocity forecast, (1, 0) the model as trained."""
+    horizon = windows.shape[1] - context
+    pred = forecast(model, windows[:, :context], horizon, opts, seed=seed, batch=batch, shrink=False)
+    last = windows[:, context - 1]
+    per = 6 if model.cfg.jacobian else 2
+    w, n = pred.shape[:2]
+    disp = (pred - last[:, None, None]).reshape(w, n, horizon, -1, per)[..., :2]
+    vel = velocity_steps(windows[:, :context], horizon, damping).reshape(w, 1, horizon, -1, per)[..., :2]
+    true = (windows[:, context:] - last[:, None]).reshape(w, 1, horizon, -1, per)[..., :2]
+    shrink, gains = [], []
+    for h in range(horizon):
+        d, v, t = disp[:, :, h], vel[:, :, h], true[:, :, h]
+        errs = np.array([[np.linalg.norm(a * d + g * v - t, axis=-1).mean() for a in grid] for g in velocity_grid])
+        gi, ai = np.unravel_index(int(errs.argmin()), errs.shape)
+        shrink.append(float(grid[ai]))
+        gains.append(float(velocity_grid[gi]))
+    return shrink, gains
+
+
 def forecast(model: GRUNF, contexts: np.ndarray, horizon: int, opts: SampleOptions, seed: int = 0,
              batch: int = 16, stats: dict | None = None, on_batch=None, shrink: bool = True) -> np.ndarray:
     """contexts (B, C, dim) detector units -> samples (B, N, horizon, dim) detector units.
 
     Windows are processed `batch` at a time; noise comes from one CPU generator seeded with `seed`. With
     `shrink` (default) the model's `cfg.shrink` factors, if any, scale the displacements from the last
-    observed frame (see `apply_shrink`); shrink=False gives the model's raw samples.
+    observed frame (see `apply_shrink`) and its `cfg.velocity_gain`, if any, adds that share of the damped
+    velocity (`cfg.damping`); shrink=False gives the model's raw samples.
     """
     ctx_n, lo, rng = encode_windows(model.cfg, contexts, contexts.shape[1])
     rng = np.broadcast_to(rng, lo.shape)
@@ -99,4 +148,7 @@ def forecast(model: GRUNF, contexts: np.ndarray, horizon: int, opts: SampleOptio
     out = np.concatenate(out).astype(np.float32)
     if shrink and model.cfg.shrink is not None:
         out = apply_shrink(out, contexts[:, -1].astype(np.float32), shrink_gains(model.cfg.shrink, horizon))
-    return out
+    if shrink and model.cfg.velocity_gain is not None:
+        gains = shrink_gains(model.cfg.velocity_gain, horizon)
+        out = (out + gains[None, None, :, None] * velocity_steps(contexts, horizon, model.cfg.damping)[:, None])
+    return out.astype(np.float32)

@@ -200,20 +200,17 @@ def train_model(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *,
             "train_sequences": len(tr), "val_sequences": len(va)}
 
 
-def calibrate_shrink(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *, exclude: list[str],
-                     calib: list[str], window_stride: int, augment: bool, opts, seed: int = 0,
-                     reuse: bool = False) -> list[float]:
-    """Displacement shrinkage (`ModelConfig.shrink`) for a model trained on `seqs` minus `exclude`.
+def calibration_model(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *, exclude: list[str],
+                      calib: list[str], window_stride: int, augment: bool, reuse: bool = False):
+    """The calibration model of a model trained on `seqs` minus `exclude`, and what to fit on.
 
     `exclude` are the evaluation identities: they are dropped first, before anything is trained or fitted,
-    so neither the calibration model nor the factors can depend on them. Of the rest, a calibration model
-    with the same recipe is trained into `out_dir` without the `calib` identities, and the factors are fitted
-    (`predict.fit_shrink`, samples' mean ADE) on the non-overlapping windows of `calib`: faces that model
-    never saw, as the shipped model's users' faces are. `reuse` loads a model already in `out_dir`.
-    `seqs` is a `data.Sequences`; returns the per-step factors.
+    so neither the calibration model nor anything fitted with it can depend on them. Of the rest, a model
+    with the same recipe is trained into `out_dir` without the `calib` identities (`reuse` loads one already
+    there). Returns (model, the non-overlapping windows of `calib`: faces that model never saw, as the
+    shipped model's users' faces are, the windows of the identities it was trained on).
     """
     from vmt.keypoints.data import make_windows, split_by_identity
-    from vmt.keypoints.predict import fit_shrink
 
     if set(calib) & set(exclude):
         raise VmtUsageError(f"calibration identities {sorted(set(calib) & set(exclude))} are evaluation "
@@ -225,8 +222,37 @@ def calibrate_shrink(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Pat
     if not len(windows):
         raise VmtUsageError(f"calibration identities {calib} have no {length}-frame window")
     if not (reuse and (Path(out_dir) / "model.safetensors").is_file()):
-        icfg, raw, transform = prepare_training(replace(cfg, shrink=None), inner.flat, window_stride, augment)
+        icfg, raw, transform = prepare_training(replace(cfg, shrink=None, velocity_gain=None, damping=None),
+                                                inner.flat, window_stride, augment)
         fit(icfg, tc, raw, None, out_dir, transform=transform,
             info={"calibration_model": True, "train_sequences": inner.names, "calib_identities": calib})
     model, _ = load_model(out_dir)
+    return model, windows, make_windows(inner, length, length, cfg.frame_step)[0]
+
+
+def calibrate_shrink(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *, exclude: list[str],
+                     calib: list[str], window_stride: int, augment: bool, opts, seed: int = 0,
+                     reuse: bool = False) -> list[float]:
+    """Displacement shrinkage (`ModelConfig.shrink`) for a model trained on `seqs` minus `exclude`: factors
+    fitted (`predict.fit_shrink`, samples' mean ADE) on the `calib` identities with a calibration model that
+    never saw them nor `exclude` (see `calibration_model`). `seqs` is a `data.Sequences`."""
+    from vmt.keypoints.predict import fit_shrink
+
+    model, windows, _ = calibration_model(seqs, cfg, tc, out_dir, exclude=exclude, calib=calib,
+                                          window_stride=window_stride, augment=augment, reuse=reuse)
     return fit_shrink(model, windows, cfg.context, opts, seed=seed)
+
+
+def calibrate_blend(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, *, exclude: list[str],
+                    calib: list[str], window_stride: int, augment: bool, opts, seed: int = 0,
+                    reuse: bool = False) -> dict:
+    """Shrinkage and damped-velocity blend (`ModelConfig.shrink`, `velocity_gain`, `damping`) for a model
+    trained on `seqs` minus `exclude`, with the calibration model of `calibrate_shrink`: the damping is chosen
+    on that model's training identities, the per-step (shrink, gain) pairs (`predict.fit_blend`) on `calib`."""
+    from vmt.keypoints.predict import fit_blend, fit_damping
+
+    model, windows, train_windows = calibration_model(seqs, cfg, tc, out_dir, exclude=exclude, calib=calib,
+                                                      window_stride=window_stride, augment=augment, reuse=reuse)
+    damping = fit_damping(train_windows, cfg.context)
+    shrink, gains = fit_blend(model, windows, cfg.context, opts, damping, seed=seed)
+    return {"shrink": shrink, "velocity_gain": gains, "damping": damping}
