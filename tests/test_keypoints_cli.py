@@ -190,7 +190,7 @@ def test_tracker_follows_a_known_translation():
     assert np.allclose(np.median(jac[-1], axis=0), np.eye(2), atol=0.1)  # pure translation: identity
 
 
-def test_shipped_model_is_small_residual_and_its_shrinkage_was_fitted_on_an_unseen_face():
+def test_shipped_model_is_small_residual_and_its_calibration_was_fitted_on_an_unseen_face():
     from vmt.keypoints import DEFAULT_MODEL_DIR
     from vmt.keypoints.data import identity_of
     from vmt.keypoints.model import load_model
@@ -201,14 +201,18 @@ def test_shipped_model_is_small_residual_and_its_shrinkage_was_fitted_on_an_unse
     assert size <= 10 * 2**20
     assert model.cfg.num_kp == 10 and model.cfg.jacobian
     assert keypoint_source(doc) == FOMM_SOURCE          # so `run` refuses tracker points with it
-    # Residual with displacement shrinkage (the recipe that beat zero velocity leave-one-identity-out), trained
-    # on all four shared identities; the factors came from a calibration model that never saw their identity.
+    # Residual with displacement shrinkage and a damped-velocity share (the recipe that beat zero, constant and
+    # damped velocity leave-one-identity-out), trained on all four shared identities; the factors came from a
+    # calibration model that never saw their identity.
     assert model.cfg.param == "residual" and len(model.cfg.shrink) == model.cfg.horizon
     assert all(0.0 <= a <= 1.0 for a in model.cfg.shrink) and min(model.cfg.shrink) < 1.0
+    assert len(model.cfg.velocity_gain) == model.cfg.horizon and 0.0 < model.cfg.damping < 1.0
+    assert all(0.0 <= a <= 1.0 for a in model.cfg.velocity_gain)
     trained = {identity_of(n) for n in doc["data"]["train_sequences"]}
     assert trained == {"id10283", "id10284", "id10286", "id10291"}
     cal = doc["shrink_calibration"]
     assert cal["calib_identities"] and not set(cal["calib_identities"]) & set(cal["model_trained_on"])
+    assert cal["tool"] == "benchmarks/calibrate_default_model.py"
 
 
 def test_tps_reproduces_affine_maps_and_the_warp_shifts_a_frame():
