@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.scaffold import check_finite
+from cli.scaffold import AT_LEAST_1, JSON_REPORT, NON_NEGATIVE, POSITIVE, CommandSpec, Range, run_command
 from cli.common import (
     DebugOpt,
     DeviceOpt,
@@ -23,7 +23,6 @@ from cli.common import (
     QuietOpt,
     command_line,
     console,
-    run_guarded,
     step_progress,
 )
 
@@ -105,17 +104,19 @@ def expand_inputs(spec: str) -> list[Path]:
     raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
 
 
-def guarded(body: Callable[[], Any], debug: bool, params: dict[str, Any]) -> Any:
-    """run_guarded with eval's exit codes: usage errors 2, regressions 1 (typer.Exit), anything else that
-    fails (a VmtError or a crash) 3, never 1. Every number in `params` must be finite."""
+def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], body: Callable[[dict], Any]) -> Any:
+    """The scaffold's `run_command` (numbers and declared paths checked first, signals, one-line errors) with
+    eval's exit codes: usage errors 2, regressions 1 (typer.Exit), anything else that fails (a VmtError or a
+    crash) 3, never 1."""
     from vmt.errors import VmtError, VmtUsageError
     from vmt.metrics.report import EvalRuntimeError
 
-    def wrapped() -> Any:
-        check_finite(params)
+    debug = bool(params.get("debug", False))
+
+    def wrapped(p: dict) -> Any:
         try:
-            return body()
-        except (VmtUsageError, EvalRuntimeError, typer.Exit, KeyboardInterrupt):
+            return body(p)
+        except (VmtUsageError, EvalRuntimeError, typer.Exit):
             raise
         except VmtError as e:
             raise EvalRuntimeError(str(e)) from e
@@ -124,7 +125,14 @@ def guarded(body: Callable[[], Any], debug: bool, params: dict[str, Any]) -> Any
                 raise
             raise EvalRuntimeError(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)") from e
 
-    return run_guarded(wrapped, debug)
+    return run_command(ctx, spec, params, wrapped)
+
+
+def eval_spec(name: str, inputs: dict[str, str] | None = None, **ranges: Range) -> CommandSpec:
+    """A subcommand's declarations: its file inputs and --baseline must exist, numbers in their ranges.
+    Videos given as folders or globs, and --json (which must not be any of them), are checked by EvalRun
+    once the inputs are expanded."""
+    return CommandSpec(f"eval-{name}", inputs={"baseline": "file", **(inputs or {})}, ranges=ranges)
 
 
 class EvalRun:
@@ -147,9 +155,10 @@ class EvalRun:
             named["--baseline"] = Path(baseline)
         if listed_in is not None:  # the --batch file: an input too, though its bytes are not the report's inputs
             named["--batch"] = Path(listed_in)
-        if json_out is not None and str(json_out) != "-":
+        if json_out is not None and str(json_out) != "-":  # not an input first: "--overwrite" is no fix for that
             check_not_inputs({"--json": Path(json_out)}, named)
-            check_output_path(json_out, p["overwrite"], sidecar=False, suffixes={".json"}, what="--json")
+            check_output_path(json_out, p["overwrite"], sidecar=JSON_REPORT.sidecar, suffixes=JSON_REPORT.suffixes,
+                              what="--json")
         self.json_out = json_out
         self.tolerances = parse_tolerances(p.get("tolerance") or [])
         if self.tolerances and baseline is None:
@@ -289,14 +298,6 @@ def _videos(specs: list[str]) -> list[Path]:
     return [q for spec in specs for q in expand_inputs(spec)]
 
 
-def _check_range(p: dict, **bounds: int) -> None:
-    from vmt.errors import VmtUsageError
-
-    for key, lo in bounds.items():
-        if p.get(key) is not None and p[key] < lo:
-            raise VmtUsageError(f"--{key.replace('_', '-')} must be >= {lo}, got {p[key]}")
-
-
 # ---------------------------------------------------------------- fvd / fid
 
 @app.command("fvd", no_args_is_help=True, help=_para("""Frechet Video Distance between two sets of videos.
@@ -308,6 +309,7 @@ in $VMT_DETECTORS or ~/.cache/vmt/detectors). Needs at least 2 clips per set; pa
 [bold]Example[/]  vmt eval fvd real/ gen/ --i3d i3d_torchscript.pt --json fvd.json
 """))
 def fvd(
+    ctx: typer.Context,
     real: Annotated[str, typer.Argument(help="Real videos: file, folder or glob.", show_default=False)],
     gen: Annotated[str, typer.Argument(help="Generated videos: file, folder or glob.", show_default=False)],
     i3d: Annotated[Path | None, typer.Option("--i3d", help="I3D TorchScript file (i3d_torchscript.pt).")] = None,
@@ -321,8 +323,10 @@ def fvd(
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _distribution("fvd", params), debug, params)
+    run_eval(ctx, FVD_SPEC, locals(), lambda p: _distribution("fvd", p))
+
+
+FVD_SPEC = eval_spec("fvd", num_frames=AT_LEAST_1, size=Range(8), batch_size=AT_LEAST_1)
 
 
 @app.command("fid", no_args_is_help=True, help=_para("""Per-frame FID (and IS of the generated frames) between two
@@ -334,6 +338,7 @@ resized to 299) from the TorchScript file given with --inception.
 [bold]Example[/]  vmt eval fid real/ gen/ --inception inception-2015-12-05.pt --stride 4 --is
 """))
 def fid(
+    ctx: typer.Context,
     real: Annotated[str, typer.Argument(help="Real videos: file, folder or glob.", show_default=False)],
     gen: Annotated[str, typer.Argument(help="Generated videos: file, folder or glob.", show_default=False)],
     inception: Annotated[Path | None, typer.Option("--inception", help="Inception TorchScript file.")] = None,
@@ -347,8 +352,10 @@ def fid(
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _distribution("fid", params), debug, params)
+    run_eval(ctx, FID_SPEC, locals(), lambda p: _distribution("fid", p))
+
+
+FID_SPEC = eval_spec("fid", stride=AT_LEAST_1, max_frames=AT_LEAST_1, batch_size=AT_LEAST_1)
 
 
 def _distribution(kind: str, p: dict) -> None:
@@ -359,7 +366,6 @@ def _distribution(kind: str, p: dict) -> None:
     from vmt.metrics.frechet import frechet_distance_features
     from vmt.runtime import resolve_device
 
-    _check_range(p, batch_size=1, num_frames=1, size=8, stride=1)
     if kind == "fvd" and p["clips"] not in ("first", "all"):
         raise VmtUsageError(f"--clips must be 'first' or 'all', got {p['clips']!r}")
     real, gen = expand_inputs(p["real"]), expand_inputs(p["gen"])
@@ -419,6 +425,7 @@ reference; a job that is not done counts as a failed input). Generated videos ar
            vmt eval motion --batch transfers/manifest.jsonl --json motion.json
 """))
 def motion(
+    ctx: typer.Context,
     ref: Annotated[str | None, typer.Argument(help="Reference video(s): file, folder or glob.", metavar="REF",
                                               show_default=False)] = None,
     gen: Annotated[str | None, typer.Argument(help="Generated video(s): file, folder or glob.", metavar="GEN",
@@ -436,14 +443,15 @@ def motion(
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _motion(params), debug, params)
+    run_eval(ctx, MOTION_SPEC, locals(), _motion)
+
+
+MOTION_SPEC = eval_spec("motion", grid=Range(2), max_frames=Range(2), fb_threshold=POSITIVE, min_motion=NON_NEGATIVE)
 
 
 def _motion(p: dict) -> None:
     from vmt.metrics import motion as M
 
-    _check_range(p, grid=2, max_frames=2)
     pairs, not_done = _motion_pairs(p)
     # With --batch the references are listed pair by pair, so the report's digests pin the pairing too.
     refs = [r for r, _ in pairs] if p["batch"] is not None else list(dict.fromkeys(r for r, _ in pairs))
@@ -501,6 +509,7 @@ side); VBench uses RAFT flow, vmt uses DIS, which underestimates very large or t
            vmt eval temporal outputs/ --json temporal.json
 """))
 def temporal(
+    ctx: typer.Context,
     videos: Annotated[list[str], typer.Argument(help="Video(s): files, folders or globs.", show_default=False)],
     flow_preset: Annotated[str, typer.Option("--flow-preset", help="DIS flow preset: ultrafast | fast | "
                                              "medium.")] = "medium",
@@ -509,8 +518,10 @@ def temporal(
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _temporal(params), debug, params)
+    run_eval(ctx, TEMPORAL_SPEC, locals(), _temporal)
+
+
+TEMPORAL_SPEC = eval_spec("temporal", max_frames=Range(2))
 
 
 def _temporal(p: dict) -> None:
@@ -542,6 +553,7 @@ Use --start/--end to score a segment between bounces.
 [bold]Example[/]  vmt eval physics falling_ball.mp4 --json physics.json
 """))
 def physics(
+    ctx: typer.Context,
     videos: Annotated[list[str], typer.Argument(help="Video(s): files, folders or globs.", show_default=False)],
     threshold: Annotated[float, typer.Option("--threshold", help="Difference from the background (0-255) "
                                              "that marks the object.")] = 25.0,
@@ -552,8 +564,10 @@ def physics(
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _physics(params), debug, params)
+    run_eval(ctx, PHYSICS_SPEC, locals(), _physics)
+
+
+PHYSICS_SPEC = eval_spec("physics", threshold=Range(0, 255), start=NON_NEGATIVE, end=AT_LEAST_1, max_frames=AT_LEAST_1)
 
 
 def _physics(p: dict) -> None:
@@ -583,6 +597,7 @@ windows, the trivial answers to beat.
            vmt eval keypoints kp.npz pred.npz --k 5 --json kp.json
 """))
 def keypoints(
+    ctx: typer.Context,
     truth: Annotated[Path, typer.Argument(help="Keypoint file (names, lengths, value).", show_default=False)],
     pred: Annotated[Path, typer.Argument(help="`predict-keypoints run` output.", show_default=False)],
     k: Annotated[int, typer.Option("--k", help="Best K of the N samples for MAE and APD.")] = 5,
@@ -590,17 +605,15 @@ def keypoints(
     allow_different_inputs: AllowDiffOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _keypoints(params), debug, params)
+    run_eval(ctx, KEYPOINTS_SPEC, locals(), _keypoints)
+
+
+KEYPOINTS_SPEC = eval_spec("keypoints", {"truth": "file", "pred": "file"}, k=AT_LEAST_1)
 
 
 def _keypoints(p: dict) -> None:
-    from vmt.errors import VmtUsageError
     from vmt.metrics.forecast import evaluate_forecasts
 
-    for role in ("truth", "pred"):
-        if not Path(p[role]).is_file():
-            raise VmtUsageError(f"{role} file {p[role]} not found")
     run = EvalRun("keypoints", p, {"truth": [p["truth"]], "pred": [p["pred"]]})
     metrics, items = evaluate_forecasts(p["truth"], p["pred"], p["k"])
     run.finish(metrics, items, [], headline="ade_best",
@@ -615,6 +628,7 @@ frame change at clip boundaries divided by the mean change inside clips (1: seam
 [bold]Example[/]  vmt eval seams long.mp4 --clip-length 16 --json seams.json
 """))
 def seams(
+    ctx: typer.Context,
     videos: Annotated[list[str], typer.Argument(help="Video(s): files, folders or globs.", show_default=False)],
     clip_length: Annotated[int, typer.Option("--clip-length", help="Frames per generated clip (boundaries "
                                              "every N frames).", show_default=False)] = 0,
@@ -623,8 +637,10 @@ def seams(
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
-    params = dict(locals())
-    guarded(lambda: _seams(params), debug, params)
+    run_eval(ctx, SEAMS_SPEC, locals(), _seams)
+
+
+SEAMS_SPEC = eval_spec("seams", max_frames=AT_LEAST_1)
 
 
 def _seams(p: dict) -> None:

@@ -360,15 +360,6 @@ def check_numbers(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> N
             raise VmtUsageError(f"{flag(ctx, name)} must be {rng.describe()}, got {value}")
 
 
-def check_finite(p: dict[str, Any]) -> None:
-    """Every float value is a finite number (for commands without declared ranges)."""
-    from vmt.errors import VmtUsageError
-
-    for name, value in p.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise VmtUsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-
-
 def check_paths(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> None:
     """Inputs exist and are of their kind; outputs have a valid suffix, folder and overwrite state, and no
     output (sidecars included) is an input or another output."""
