@@ -186,13 +186,11 @@ def test_rotary_limit_of_the_loaded_model_comes_from_its_config(tiny_t2v, world)
     res = invoke("refine", "-p", "x", "-o", world / "o.mp4", "--model", tiny_t2v, "--num-frames", "129",
                  "--height", "32", "--width", "32")
     assert_usage_error(res, "use at most 125")
-    # A 2160x3840 output on that model once ran for minutes before a shape error; now it stops here.
-    started = time.time()
+    # A 2160x3840 output on that model once ran for minutes before a shape error; now it stops at the config.
     res = invoke("refine", "-p", "x", "-o", world / "o.mp4", "--model", tiny_t2v, "--num-frames", "1",
                  "--height", "2160", "--width", "3840")
     assert_usage_error(res, "--height 2160 gives 135 positions along that axis; this model's rotary embedding "
                             "covers 32 (rope_max_seq_len): use at most 496")
-    assert time.time() - started < 60
 
 
 def test_outputs_get_the_umask_mode_and_exclusive_moves_refuse_a_late_target(tmp_path):
