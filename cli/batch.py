@@ -294,44 +294,27 @@ def run_batch(ctx: typer.Context, cmd: BatchCommand, params: dict) -> None:
 
 def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
     from cli.common import quiet_libraries
-    from vmt.batch import MANIFEST_NAME, gather_rows, job_files, manifest_row, rank_device, write_manifest
+    from vmt.batch import MANIFEST_NAME, BatchRecord, job_files, rank_device
     from vmt.errors import VmtError
     from vmt.io.atomic import output_policy
     from vmt.runtime import Timer
 
     quiet_libraries(p["debug"])
     mine = ranks.share(plan.todo)
-    rows = {j.index: manifest_row(j, "skipped") for j in plan.jobs if plan.states[j.index] == "skip"}
-    manifest = plan.out_dir / MANIFEST_NAME
     header = {"command": cmd.spec.name, "source": plan.source, "jobs": len(plan.jobs), "world_size": ranks.world,
               "model": p["model"], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-    def save(final: bool = False) -> None:
-        """Single process: rewrite after every job (an interrupted batch keeps its record); ranks: at the end."""
-        if dist is None:
-            pending = [manifest_row(j, "pending") for j in plan.jobs if j.index not in rows]
-            write_manifest(manifest, header, sorted([*rows.values(), *pending], key=lambda r: r["job"]))
-            return
-        if final:
-            # Every rank knows the skipped jobs; rank 0 reports them, each rank the jobs it ran.
-            own = [r for r in rows.values() if r["status"] != "skipped" or ranks.rank == 0]
-            gathered = gather_rows(dist, own, ranks)
-            if gathered is not None:
-                done = {r["job"] for r in gathered}
-                pending = [manifest_row(j, "pending") for j in plan.jobs if j.index not in done]
-                write_manifest(manifest, header, sorted([*gathered, *pending], key=lambda r: r["job"]))
-
+    record = BatchRecord(plan.out_dir / MANIFEST_NAME, header, plan.jobs,
+                         [j for j in plan.jobs if plan.states[j.index] == "skip"], ranks, dist)
     if not mine:
         if ranks.rank == 0 and not p["quiet"]:
             console.print(f"all {len(plan.jobs)} jobs are done; nothing to run")
         header["load_s"] = 0.0
-        save(final=True)
+        record.save(final=True)
         return
     t0 = time.perf_counter()
     with status(f"Loading {p['model']}...", p["quiet"] or ranks.rank != 0):
         backend = cmd.load_backend(p, device=rank_device(p["device"], ranks), inspected=plan.inspected)
-    load_s = round(time.perf_counter() - t0, 4)
-    header["load_s"] = load_s
+    header["load_s"] = load_s = round(time.perf_counter() - t0, 4)
     failed = 0
     current = None  # the job in flight
     try:
@@ -339,9 +322,7 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
             for job in mine:
                 current = job
                 _reset_counters(backend)
-                timer = Timer()
-                label = str(job.output)
-                t_job = time.perf_counter()
+                timer, t_job = Timer(), time.perf_counter()
                 extra = {"batch": {"source": plan.source, "line": job.line, "job": job.index, "rank": ranks.rank,
                                    "world_size": ranks.world, "load_s_shared": load_s,
                                    "params": plan.keys[job.index]}}
@@ -349,33 +330,31 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
                     with job_files(job.output):
                         counts = cmd.run_job(backend, job.params, plan.prepared[job.index], timer,
                                              progress=bar.steps(job.output.name), report=False, sidecar_extra=extra)
-                    rows[job.index] = manifest_row(job, "done", ranks.rank,
-                                                   seconds=round(time.perf_counter() - t_job, 4),
-                                                   timings_s=timer.stages, compute=counts)
+                    row = record.set(job, "done", seconds=round(time.perf_counter() - t_job, 4),
+                                     timings_s=timer.stages, compute=counts)
                 except Exception as e:  # one job's failure does not stop the others; exit 1 at the end
                     failed += 1
                     msg = str(e) if isinstance(e, VmtError) else f"{type(e).__name__}: {e}"
-                    rows[job.index] = manifest_row(job, "failed", ranks.rank, error=" ".join(msg.split()))
-                    print_error(f"{plan.source} line {job.line} ({label}): {msg}")
+                    row = record.set(job, "failed", error=" ".join(msg.split()))
+                    print_error(f"{plan.source} line {job.line} ({job.output}): {msg}")
                 current = None
-                bar.finished(label, rows[job.index]["status"], time.perf_counter() - t_job)
-                save()
+                bar.finished(str(job.output), row["status"], time.perf_counter() - t_job)
+                record.save()
     except (KeyboardInterrupt, Terminated) as e:
         # Whatever was running (a job, the manifest's rewrite): finished jobs stay, the one in flight is gone.
         if current is not None:
-            rows[current.index] = manifest_row(current, "interrupted", ranks.rank)
-        save()
+            record.set(current, "interrupted")
+        record.save()
         code = e.exit_code if isinstance(e, Terminated) else 130
-        done = sum(r["status"] in ("done", "skipped") for r in rows.values())
         lost = f"the job in flight ({current.output}) was not written" if current is not None else "no job was lost"
-        console.print(f"[yellow]interrupted[/]: {done} of {len(plan.jobs)} jobs complete, {lost}; run the same "
-                      "command again to resume", soft_wrap=True)
+        console.print(f"[yellow]interrupted[/]: {record.complete()} of {len(plan.jobs)} jobs complete, {lost}; "
+                      "run the same command again to resume", soft_wrap=True)
         raise typer.Exit(code) from None
-    save(final=True)
+    record.save(final=True)
     if not p["quiet"] and ranks.rank == 0:
         console.print(f"[green]batch[/]: {len(mine) - failed} written, {failed} failed, "
                       f"{len(plan.jobs) - len(plan.todo)} already done; one model load ({load_s:.1f}s); "
-                      f"manifest {manifest}")
+                      f"manifest {record.path}")
     if failed:
         raise typer.Exit(1)
 

@@ -399,6 +399,41 @@ def write_manifest(path: Path, header: Mapping[str, Any], rows: Iterable[Mapping
     return path
 
 
+class BatchRecord:
+    """The manifest of one batch run: a row per job (`manifest_row`), in job order, with the jobs not yet run
+    as "pending". One process rewrites it after every job, so an interrupted batch keeps its record; under
+    torchrun each rank keeps its own rows and rank 0 gathers and writes them once, at the end (`save(final)`).
+    `dist`: the process group of `process_group`, or None."""
+
+    def __init__(self, path: Path, header: dict[str, Any], jobs: Sequence[Job], skipped: Iterable[Job],
+                 ranks: Ranks, dist: Any = None):
+        self.path, self.header, self.jobs, self.ranks, self.dist = Path(path), header, list(jobs), ranks, dist
+        self.rows: dict[int, dict[str, Any]] = {j.index: manifest_row(j, "skipped") for j in skipped}
+
+    def set(self, job: Job, status: str, **extra: Any) -> dict[str, Any]:
+        self.rows[job.index] = row = manifest_row(job, status, self.ranks.rank, **extra)
+        return row
+
+    def complete(self) -> int:
+        """Jobs done or skipped so far (this process's view)."""
+        return sum(r["status"] in DONE_STATUSES for r in self.rows.values())
+
+    def save(self, final: bool = False) -> None:
+        if self.dist is None:
+            self._write(list(self.rows.values()))
+        elif final:
+            # Every rank knows the skipped jobs; rank 0 reports them, each rank the jobs it ran.
+            own = [r for r in self.rows.values() if r["status"] != "skipped" or self.ranks.rank == 0]
+            gathered = gather_rows(self.dist, own, self.ranks)
+            if gathered is not None:
+                self._write(gathered)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        seen = {r["job"] for r in rows}
+        pending = [manifest_row(j, "pending") for j in self.jobs if j.index not in seen]
+        write_manifest(self.path, self.header, sorted([*rows, *pending], key=lambda r: r["job"]))
+
+
 # ---------------------------------------------------------------- pairs for eval
 
 PAIR_KEYS = ("reference", "video")
