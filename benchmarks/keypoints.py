@@ -42,16 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from vmt.keypoints.data import identity_of, load_sequences, make_windows, split_by_identity
 from vmt.keypoints.model import ModelConfig, SampleOptions, load_model
-from vmt.keypoints.predict import (
-    apply_shrink,
-    fit_blend,
-    fit_damping,
-    fit_shrink,
-    forecast,
-    shrink_gains,
-    velocity_forecast,
-    velocity_steps,
-)
+from vmt.keypoints.baselines import fit_damping, velocity_forecast, velocity_steps
+from vmt.keypoints.predict import apply_shrink, fit_blend, fit_shrink, forecast, shrink_gains
 from vmt.keypoints.train import TrainConfig, calibration_model, fit, prepare_training
 from vmt.metrics.forecast import apd, best_k, crps, energy_distance
 

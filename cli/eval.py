@@ -590,8 +590,9 @@ TRUTH: the keypoint .npz vmt reads (names, lengths, value (frames, K, 2) [, jaco
 writes (names, value (S, N, H, K, 2), start (S,): each sequence's first forecast frame). Positions only, in
 the files' coordinates. Metrics (means over windows): ADE/FDE as the mean over the N samples and the best of
 N, MAE of the best K samples, APD of those K, APD/MAE, the energy distance (V-statistic) between the true
-futures and all samples; and the same errors for zero-velocity and constant-velocity forecasts of the same
-windows, the trivial answers to beat.
+futures and all samples; and the same errors for zero-velocity, constant-velocity and damped-velocity forecasts
+of the same windows, the trivial answers to beat (the damping is chosen on the frames before the forecast
+windows, which a forecaster has seen too; reported as damped_velocity_damping).
 
 [bold]Example[/]  vmt predict-keypoints run kp.npz -o pred.npz --backtest
            vmt eval keypoints kp.npz pred.npz --k 5 --json kp.json
@@ -617,7 +618,8 @@ def _keypoints(p: dict) -> None:
     run = EvalRun("keypoints", p, {"truth": [p["truth"]], "pred": [p["pred"]]})
     metrics, items = evaluate_forecasts(p["truth"], p["pred"], p["k"])
     run.finish(metrics, items, [], headline="ade_best",
-               columns=["ade_best", "fde_best", "mae_best_k", "apd", "zero_velocity_ade", "constant_velocity_ade"])
+               columns=["ade_best", "fde_best", "mae_best_k", "apd", "zero_velocity_ade", "constant_velocity_ade",
+                        "damped_velocity_ade"])
 
 
 # ---------------------------------------------------------------- seams

@@ -329,7 +329,9 @@ def test_predict_keypoints_run_then_eval_keypoints(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     m = {k: v["value"] for k, v in json.loads((tmp_path / "kp.json").read_text())["metrics"].items()}
     # float64 references from the files themselves
-    ade_mean, ade_best, zv_ade, cv_fde = [], [], [], []
+    ade_mean, ade_best, zv_ade, cv_fde, dv_ade = [], [], [], [], []
+    d_fit = m["damped_velocity_damping"]
+    assert d_fit in (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
     for s, (p, _) in enumerate(pos):
         gt = p[lengths[s] - h:].astype(np.float64)
         d = np.linalg.norm(out["value"][s].astype(np.float64) - gt, axis=-1)  # (N, H, K)
@@ -338,10 +340,13 @@ def test_predict_keypoints_run_then_eval_keypoints(shared_data, tmp_path):
         last, prev = p[lengths[s] - h - 1].astype(np.float64), p[lengths[s] - h - 2].astype(np.float64)
         zv_ade.append(np.linalg.norm(gt - last, axis=-1).mean())
         cv_fde.append(np.linalg.norm(gt[-1] - (last + h * (last - prev)), axis=-1).mean())
+        gains = np.cumsum(d_fit ** np.arange(1, h + 1))[:, None, None]
+        dv_ade.append(np.linalg.norm(gt - (last + gains * (last - prev)), axis=-1).mean())
     assert m["ade_mean"] == pytest.approx(np.mean(ade_mean), rel=1e-6)
     assert m["ade_best"] == pytest.approx(np.mean(ade_best), rel=1e-6)
     assert m["zero_velocity_ade"] == pytest.approx(np.mean(zv_ade), rel=1e-6)
     assert m["constant_velocity_fde"] == pytest.approx(np.mean(cv_fde), rel=1e-6)
+    assert m["damped_velocity_ade"] == pytest.approx(np.mean(dv_ade), rel=1e-6)
     assert m["windows"] == 4 and m["samples"] == 6 and m["apd"] > 0
     assert m["apd_mae"] == pytest.approx(m["apd"] / m["mae_best_k"], rel=1e-12)
     # a forecast past the end of its input has no truth: said so, exit 2
@@ -494,3 +499,29 @@ def test_motion_batch_gate_compares_the_pairs_not_the_listing_path(clips, tmp_pa
     swapped = [(clips["same"], clips["same"]), (clips["ref"], clips["reversed"])]
     r = vmt("eval", "motion", "--batch", listing(tmp_path / "c" / "pairs.jsonl", swapped), "--baseline", base)
     assert r.exit_code == 2 and "the inputs differ in content (ref)" in r.stderr, r.output
+
+
+def test_eval_keypoints_damped_velocity_baseline_learns_its_damping_from_the_observed_frames(tmp_path):
+    """Keypoints whose velocity decays by 0.8 a frame: the damping chosen on the frames before the forecast
+    windows is 0.8, and that forecast is then exact, where zero and constant velocity are not."""
+    from vmt.keypoints.data import save_sequences
+
+    rng = np.random.default_rng(3)
+    t, st, h = 16, 10, 5
+    seqs = []
+    for _ in range(3):
+        v = rng.normal(size=(1, 3, 2))                                   # 3 keypoints
+        steps = v * 0.8 ** np.arange(t)[:, None, None]                    # frame-to-frame moves
+        seqs.append(rng.normal(size=(1, 3, 2)) + np.cumsum(steps, axis=0))
+    truth = tmp_path / "truth.npz"
+    save_sequences(truth, ["a", "b", "c"], seqs)
+    pred = tmp_path / "pred.npz"
+    np.savez(pred, names=np.array(["a", "b", "c"]), start=np.array([st] * 3),
+             value=np.stack([np.repeat(s[None, None, st - 1], h, axis=1).repeat(4, axis=0) for s in seqs]))
+    r = vmt("eval", "keypoints", truth, pred, "--k", "2", "--json", tmp_path / "kp.json")
+    assert r.exit_code == 0, r.output
+    m = {k: v["value"] for k, v in json.loads((tmp_path / "kp.json").read_text())["metrics"].items()}
+    assert m["damped_velocity_damping"] == 0.8
+    assert m["damped_velocity_ade"] < 1e-5 < m["zero_velocity_ade"] and m["damped_velocity_ade"] < m["constant_velocity_ade"]
+    assert m["ade_mean"] == pytest.approx(m["zero_velocity_ade"], rel=1e-6)    # the forecast file holds still
+    assert m["damped_velocity_energy_distance"] < m["zero_velocity_energy_distance"]

@@ -22,17 +22,8 @@ from vmt.keypoints.flow import ConditionalRealNVP
 from vmt.keypoints.mcmc import energy_elements, mh_steps
 from vmt.keypoints.model import GRUNF, ModelConfig, SampleOptions, check_layout, load_model, save_model
 from vmt.keypoints.augment import augment_batch, random_affine, resample_speed
-from vmt.keypoints.predict import (
-    encode_windows,
-    fit_blend,
-    fit_damping,
-    fit_residual_scale,
-    fit_shrink,
-    forecast,
-    normalise_windows,
-    velocity_forecast,
-    velocity_steps,
-)
+from vmt.keypoints.baselines import fit_damping, velocity_forecast, velocity_steps
+from vmt.keypoints.predict import encode_windows, fit_blend, fit_residual_scale, fit_shrink, forecast, normalise_windows
 from vmt.keypoints.train import TrainConfig, calibrate_blend, calibrate_shrink, evaluate, fit
 
 torch.set_num_threads(1)

@@ -249,7 +249,8 @@ def calibrate_blend(seqs, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path
     """Shrinkage and damped-velocity blend (`ModelConfig.shrink`, `velocity_gain`, `damping`) for a model
     trained on `seqs` minus `exclude`, with the calibration model of `calibrate_shrink`: the damping is chosen
     on that model's training identities, the per-step (shrink, gain) pairs (`predict.fit_blend`) on `calib`."""
-    from vmt.keypoints.predict import fit_blend, fit_damping
+    from vmt.keypoints.baselines import fit_damping
+    from vmt.keypoints.predict import fit_blend
 
     model, windows, train_windows = calibration_model(seqs, cfg, tc, out_dir, exclude=exclude, calib=calib,
                                                       window_stride=window_stride, augment=augment, reuse=reuse)

@@ -81,14 +81,31 @@ def _window_errors(gt: np.ndarray, samples: np.ndarray) -> dict[str, float]:
             "fde_best": float(fde.min()), "mae": float(sample_mae(gt, samples).min())}
 
 
-def baselines(truth: np.ndarray, start: int, horizon: int) -> dict[str, np.ndarray]:
+def baselines(truth: np.ndarray, start: int, horizon: int, damping: float | None = None) -> dict[str, np.ndarray]:
     """Deterministic forecasts of truth (T, K, 2) from the frames before `start`: zero velocity (the last
-    context frame repeated) and constant velocity (its last step extrapolated); each (1, H, K, 2)."""
+    context frame repeated), constant velocity (its last step extrapolated) and, given a `damping` d, damped
+    velocity (that step times d + d^2 + ... + d^h); each (1, H, K, 2)."""
     last = truth[start - 1].astype(np.float64)
     vel = last - truth[start - 2].astype(np.float64)
     steps = np.arange(1, horizon + 1, dtype=np.float64)[:, None, None]
-    return {"zero_velocity": np.repeat(last[None], horizon, 0)[None],
-            "constant_velocity": (last[None] + steps * vel[None])[None]}
+    out = {"zero_velocity": np.repeat(last[None], horizon, 0)[None],
+           "constant_velocity": (last[None] + steps * vel[None])[None]}
+    if damping is not None:
+        gains = np.cumsum(float(damping) ** np.arange(1, horizon + 1, dtype=np.float64))[:, None, None]
+        out["damped_velocity"] = (last[None] + gains * vel[None])[None]
+    return out
+
+
+def prefix_damping(truths: list[np.ndarray], starts: list[int], horizon: int) -> float | None:
+    """The damped-velocity forecast's d, chosen (`baselines.fit_damping`, mean absolute error) on every window
+    of 2 + `horizon` frames that ends before its sequence's forecast starts: frames a forecaster has seen, so
+    the baseline knows nothing of the futures it is scored on. None when no sequence has such a window."""
+    from vmt.keypoints.baselines import fit_damping
+
+    length = 2 + horizon
+    windows = [t[a:a + length].reshape(length, -1) for t, st in zip(truths, starts)
+               for a in range(0, st - length + 1)]
+    return fit_damping(np.stack(windows).astype(np.float64), 2) if windows else None
 
 
 def load_forecast(pred_path) -> dict[str, np.ndarray]:
@@ -132,33 +149,36 @@ def evaluate_forecasts(truth_path, pred_path, k: int = 5) -> tuple[dict, list[di
     if kp != seqs.layout.num_kp:
         raise VmtUsageError(f"{pred_path} has {kp} keypoints, {truth_path} has {seqs.layout.num_kp}")
     index = {name: i for i, name in enumerate(seqs.names)}
-    rows, gts, zero, const = [], [], [], []
+    truths, starts = [], []
     for i, name in enumerate(str(x) for x in pred["names"]):
         if name not in index:
             raise VmtUsageError(f"sequence {name!r} of {pred_path} is not in {truth_path}")
-        truth, _ = seqs.layout.unflatten(seqs.flat[index[name]])
-        st = int(pred["start"][i])
-        if st < 2 or st + h > len(truth):
+        truths.append(seqs.layout.unflatten(seqs.flat[index[name]])[0])
+        starts.append(st := int(pred["start"][i]))
+        if st < 2 or st + h > len(truths[-1]):
             raise VmtUsageError(f"sequence {name!r}: the forecast covers frames {st}..{st + h - 1} but the truth "
-                                f"has frames 0..{len(truth) - 1} (and 2 context frames are needed)")
+                                f"has frames 0..{len(truths[-1]) - 1} (and 2 context frames are needed)")
+    damping = prefix_damping(truths, starts, h)
+    rows, gts, trivial = [], [], {}
+    for i, (truth, st) in enumerate(zip(truths, starts)):
         gt, samples = truth[st:st + h], value[i]
         m = _window_errors(gt, samples)
         m["mae_best_k"], kept = best_k(gt, samples, k)
         m["apd"] = apd(samples[kept])
-        base = baselines(truth, st, h)
-        for b, fc in base.items():
+        for b, fc in baselines(truth, st, h, damping).items():
             e = _window_errors(gt, fc)
             m.update({f"{b}_ade": e["ade_mean"], f"{b}_fde": e["fde_mean"], f"{b}_mae": e["mae"]})
-        rows.append({"name": name, "start": st, "metrics": m})
+            trivial.setdefault(b, []).append(fc.reshape(-1))
+        rows.append({"name": str(pred["names"][i]), "start": st, "metrics": m})
         gts.append(gt.reshape(-1))
-        zero.append(base["zero_velocity"].reshape(-1))
-        const.append(base["constant_velocity"].reshape(-1))
     keys = [x for x in rows[0]["metrics"] if x != "mae"]
     metrics = {x: float(np.mean([r["metrics"][x] for r in rows])) for x in keys}
     metrics["apd_mae"] = metrics["apd"] / metrics["mae_best_k"] if metrics["mae_best_k"] > 0 else float("nan")
     gts_a = np.stack(gts)
     metrics["energy_distance"] = energy_distance(gts_a, value.reshape(s_n * n, -1))
-    metrics["zero_velocity_energy_distance"] = energy_distance(gts_a, np.stack(zero))
-    metrics["constant_velocity_energy_distance"] = energy_distance(gts_a, np.stack(const))
+    for b, fcs in trivial.items():
+        metrics[f"{b}_energy_distance"] = energy_distance(gts_a, np.stack(fcs))
+    if damping is not None:
+        metrics["damped_velocity_damping"] = damping
     metrics.update(windows=s_n, samples=n, horizon=h)
     return metrics, rows
