@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from vmt.keypoints.data import identity_of, load_sequences, make_windows, split_by_identity
 from vmt.keypoints.model import ModelConfig, SampleOptions, load_model
-from vmt.keypoints.baselines import fit_damping, velocity_forecast, velocity_steps
-from vmt.keypoints.predict import apply_shrink, fit_blend, fit_shrink, forecast, shrink_gains
+from vmt.keypoints.baselines import fit_damping, velocity_forecast
+from vmt.keypoints.predict import apply_shrink, apply_velocity, fit_blend, fit_shrink, forecast, shrink_gains
 from vmt.keypoints.train import TrainConfig, calibration_model, fit, prepare_training
 from vmt.metrics.forecast import apd, best_k, crps, energy_distance
 
@@ -167,8 +167,7 @@ def main() -> None:
                                                        "velocity_gain": b_gains}
                     print(f"fold {held[0]}: blend fitted on {cid}: damping {cal_damping}, shrink {b_shrink}, "
                           f"velocity gain {b_gains}", flush=True)
-                    blend = (shrink_gains(b_shrink, h), shrink_gains(b_gains, h),
-                             velocity_steps(test[:, :c], h, cal_damping))
+                    blend = (shrink_gains(b_shrink, h), shrink_gains(b_gains, h), cal_damping)
             for name, method in METHODS.items():
                 for seed in args.seeds:
                     opts = SampleOptions(samples=args.samples, temperature=args.temperature, **method)
@@ -177,9 +176,9 @@ def main() -> None:
                     if gains is not None:
                         preds[f"{name} ({param}, shrunk) s{seed}"] = apply_shrink(pred, test[:, c - 1], gains)
                     if blend is not None:
-                        b_s, b_g, vel = blend
-                        preds[f"{name} ({param}, blend) s{seed}"] = (
-                            apply_shrink(pred, test[:, c - 1], b_s) + b_g[None, None, :, None] * vel[:, None])
+                        b_s, b_g, b_d = blend
+                        preds[f"{name} ({param}, blend) s{seed}"] = apply_velocity(
+                            apply_shrink(pred, test[:, c - 1], b_s), test[:, :c], b_g, b_d)
         for key, pred in preds.items():
             label = key.rsplit(" s", 1)[0] if key.startswith("GRU") else key
             m = metrics(test[:, c:], pred, seqs.layout.num_kp, args.ed_samples)

@@ -12,9 +12,11 @@ DAMPING_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
 
 def velocity_steps(contexts: np.ndarray, horizon: int, damping: float) -> np.ndarray:
     """contexts (B, C, dim) -> (B, horizon, dim): v * sum_{i=1..h} damping^i with v = x_{C-1} - x_{C-2}, the
-    damped-velocity displacement from the last observed frame (damping 0: none; 1: constant velocity)."""
-    v = (contexts[:, -1] - contexts[:, -2]).astype(np.float32)
-    gains = np.cumsum(float(damping) ** np.arange(1, horizon + 1)).astype(np.float32)
+    damped-velocity displacement from the last observed frame (damping 0: none; 1: constant velocity).
+    Float32, or float64 for float64 contexts."""
+    dtype = np.result_type(contexts.dtype, np.float32)
+    v = (contexts[:, -1] - contexts[:, -2]).astype(dtype)
+    gains = np.cumsum(float(damping) ** np.arange(1, horizon + 1)).astype(dtype)
     return gains[None, :, None] * v[:, None]
 
 

@@ -58,6 +58,11 @@ def apply_shrink(samples: np.ndarray, last: np.ndarray, gains: np.ndarray) -> np
     return (base + gains[None, None, :, None] * (samples - base)).astype(np.float32)
 
 
+def apply_velocity(samples: np.ndarray, contexts: np.ndarray, gains: np.ndarray, damping: float) -> np.ndarray:
+    """samples (B, N, H, dim) + gains (H,) times the damped velocity of contexts (B, C, dim)."""
+    return (samples + gains[None, None, :, None] * velocity_steps(contexts, samples.shape[2], damping)[:, None])
+
+
 def fit_shrink(model: GRUNF, windows: np.ndarray, context: int, opts: SampleOptions, seed: int = 0,
                grid: tuple[float, ...] = SHRINK_GRID, batch: int = 16) -> list[float]:
     """Per-horizon-step shrinkage of `model`'s displacements that minimises the samples' mean ADE on windows
@@ -67,15 +72,7 @@ def fit_shrink(model: GRUNF, windows: np.ndarray, context: int, opts: SampleOpti
     pull the factors to 1) and never from the ones it is evaluated on. ADE sums over steps, so each step's
     factor is chosen on its own: the grid value with the lowest mean keypoint distance at that step.
     """
-    horizon = windows.shape[1] - context
-    pred = forecast(model, windows[:, :context], horizon, opts, seed=seed, batch=batch, shrink=False)
-    last = windows[:, context - 1]
-    per = 6 if model.cfg.jacobian else 2
-    w, n = pred.shape[:2]
-    disp = (pred - last[:, None, None]).reshape(w, n, horizon, -1, per)[..., :2]
-    true = (windows[:, context:] - last[:, None]).reshape(w, 1, horizon, -1, per)[..., :2]
-    errs = np.stack([np.linalg.norm(a * disp - true, axis=-1).mean(axis=(0, 1, 3)) for a in grid])   # (G, H)
-    return [float(grid[i]) for i in errs.argmin(axis=0)]
+    return fit_blend(model, windows, context, opts, 0.0, seed=seed, grid=grid, velocity_grid=(0.0,), batch=batch)[0]
 
 
 def fit_blend(model: GRUNF, windows: np.ndarray, context: int, opts: SampleOptions, damping: float,
@@ -128,6 +125,5 @@ def forecast(model: GRUNF, contexts: np.ndarray, horizon: int, opts: SampleOptio
     if shrink and model.cfg.shrink is not None:
         out = apply_shrink(out, contexts[:, -1].astype(np.float32), shrink_gains(model.cfg.shrink, horizon))
     if shrink and model.cfg.velocity_gain is not None:
-        gains = shrink_gains(model.cfg.velocity_gain, horizon)
-        out = (out + gains[None, None, :, None] * velocity_steps(contexts, horizon, model.cfg.damping)[:, None])
+        out = apply_velocity(out, contexts, shrink_gains(model.cfg.velocity_gain, horizon), model.cfg.damping)
     return out.astype(np.float32)

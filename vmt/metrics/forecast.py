@@ -91,8 +91,11 @@ def baselines(truth: np.ndarray, start: int, horizon: int, damping: float | None
     out = {"zero_velocity": np.repeat(last[None], horizon, 0)[None],
            "constant_velocity": (last[None] + steps * vel[None])[None]}
     if damping is not None:
-        gains = np.cumsum(float(damping) ** np.arange(1, horizon + 1, dtype=np.float64))[:, None, None]
-        out["damped_velocity"] = (last[None] + gains * vel[None])[None]
+        from vmt.keypoints.baselines import velocity_steps
+
+        context = truth[start - 2:start].astype(np.float64).reshape(1, 2, -1)     # (1, 2, K*2)
+        steps = velocity_steps(context, horizon, damping)[0].reshape(horizon, *last.shape)
+        out["damped_velocity"] = (last[None] + steps)[None]
     return out
 
 
