@@ -149,8 +149,9 @@ class EvalRun:
         self.quiet, self.skip_bad = p["quiet"], skip_bad
         self.t0 = time.perf_counter()
         json_out, baseline = p.get("json_out"), p.get("baseline")
-        all_inputs = [x for paths in inputs.values() for x in paths]
-        named = {str(x): Path(x) for x in all_inputs}
+        # Named by role for messages ("the input GEN #2 b.mp4"), as the scaffold names its inputs.
+        named = {role.upper() + (f" #{i + 1}" if len(paths) > 1 else ""): Path(x)
+                 for role, paths in inputs.items() for i, x in enumerate(paths)}
         if baseline is not None:
             named["--baseline"] = Path(baseline)
         if listed_in is not None:  # the --batch file: an input too, though its bytes are not the report's inputs
