@@ -263,7 +263,7 @@ RUN_SPEC = CommandSpec(
     "predict-keypoints", inputs={"input": "file", "model": "dir", "fomm": "file", "source": "file"},
     outputs={"output": NPZ_OUTPUT, "render": lambda: Output(video_output().suffixes, sidecar=False)},
     ranges={"samples": AT_LEAST_1, "mcmc_steps": AT_LEAST_1, "batch": AT_LEAST_1, "step_size": POSITIVE,
-            "temperature": POSITIVE, "video_fps": POSITIVE, "context": Range(2), "horizon": AT_LEAST_1},
+            "temperature": POSITIVE, "context": Range(2), "horizon": AT_LEAST_1},
 )
 TRAIN_SPEC = CommandSpec(
     "predict-keypoints", inputs={"data": "any", "fomm": "file"}, outputs={"output": RUN_FOLDER},
@@ -271,7 +271,7 @@ TRAIN_SPEC = CommandSpec(
             "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE, "eval_every": AT_LEAST_1,
             "window_stride": AT_LEAST_1, "frame_step": AT_LEAST_1, "hidden": AT_LEAST_1, "layers": AT_LEAST_1,
             "dropout": Range(0, 1, hi_open=True), "cond_dim": AT_LEAST_1, "flow_hidden": AT_LEAST_1,
-            "blocks": AT_LEAST_1, "min_range": POSITIVE, "head_weight": NON_NEGATIVE, "video_fps": POSITIVE},
+            "blocks": AT_LEAST_1, "min_range": POSITIVE, "head_weight": NON_NEGATIVE},
 )
 
 
@@ -296,6 +296,7 @@ def _run(p: dict) -> None:
     from vmt.keypoints import DEFAULT_MODEL_DIR
     from vmt.keypoints.model import SampleOptions, load_model
     from vmt.keypoints.pipeline import forecast_input, parse_samples, render_forecast, run_record, write_forecast
+    from vmt.io.atomic import commit_together
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import Timer, peak_memory, resolve_device
 
@@ -315,19 +316,20 @@ def _run(p: dict) -> None:
     with status("Reading keypoints...", p["quiet"]), timer.stage("predict"):
         fc = forecast_input(net, doc, model_dir, Path(p["input"]), context, horizon, opts, seed=p["seed"],
                             batch=p["batch"], video_fps=p["video_fps"], fomm=fomm, backtest=p["backtest"])
-    with timer.stage("write"):
-        kp_file = write_forecast(fc, Path(p["output"]), context, horizon)
-    if p["render"] is not None:
-        with status("Rendering...", p["quiet"]), timer.stage("render"):
-            render_forecast(fc, Path(p["render"]), p["video_fps"], source=p["source"] and Path(p["source"]),
-                            fomm=fomm, samples=picks, preview=p["preview"])
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-    resolved.update(context=context, horizon=horizon, model=str(model_dir))
-    compute, extra = run_record(fc, timer.stages["predict"], horizon, opts, kp_file, p["render"], fomm is not None)
-    write_sidecar(Path(p["output"]), build_sidecar(
-        command_line(), "predict-keypoints run", resolved, output=Path(p["output"]), timings=timer.stages,
-        model={"dir": str(model_dir), "config": doc["config"], "best_val_nll": doc.get("best_val_nll")},
-        memory=peak_memory(dev), compute=compute, extra=extra))
+    with commit_together():  # forecast, keypoints, preview and sidecar appear together
+        with timer.stage("write"):
+            kp_file = write_forecast(fc, Path(p["output"]), context, horizon)
+        if p["render"] is not None:
+            with status("Rendering...", p["quiet"]), timer.stage("render"):
+                render_forecast(fc, Path(p["render"]), p["video_fps"], source=p["source"] and Path(p["source"]),
+                                fomm=fomm, samples=picks, preview=p["preview"])
+        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+        resolved.update(context=context, horizon=horizon, model=str(model_dir))
+        compute, extra = run_record(fc, timer.stages["predict"], horizon, opts, kp_file, p["render"], fomm is not None)
+        write_sidecar(Path(p["output"]), build_sidecar(
+            command_line(), "predict-keypoints run", resolved, output=Path(p["output"]), timings=timer.stages,
+            model={"dir": str(model_dir), "config": doc["config"], "best_val_nll": doc.get("best_val_nll")},
+            memory=peak_memory(dev), compute=compute, extra=extra))
     if not p["quiet"]:
         console.print(f"[green]wrote[/] {p['output']} ({len(fc.contexts)} sequences x {p['samples']} samples x "
                       f"{horizon} frames, {extra['method']})" + "".join(f" and {x}" for x in (kp_file, p["render"]) if x))

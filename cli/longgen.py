@@ -133,7 +133,7 @@ TRAIN_SPEC = CommandSpec(
     "longgen-train", outputs={"output": RUN_FOLDER},
     ranges={"steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE, "kl_weight": NON_NEGATIVE,
             "adv_weight": NON_NEGATIVE, "image_warmup": NON_NEGATIVE, "adv_warmup": NON_NEGATIVE,
-            "mask_weight": NON_NEGATIVE, "pyramid_levels": AT_LEAST_1, "fps": POSITIVE, "max_frames": AT_LEAST_1,
+            "mask_weight": NON_NEGATIVE, "pyramid_levels": AT_LEAST_1, "max_frames": AT_LEAST_1,
             "sample_every": NON_NEGATIVE, "save_every": NON_NEGATIVE},
 )
 _MODEL_FLAGS = ("preset", "size", "attention", "signed_motion", "warp")
@@ -255,25 +255,37 @@ def sample(
 
 
 SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"model": "dir"}, outputs={"output": video_output},
-                          ranges={"frames": AT_LEAST_1, "fps": POSITIVE, "motion_temperature": NON_NEGATIVE})
+                          ranges={"frames": AT_LEAST_1, "motion_temperature": NON_NEGATIVE})
 
 
 def _sample(p) -> None:
-    output = p["output"]
-
-    from vmt.io.video import VideoWriter
-    from vmt.longgen.checkpoint import load_model, resolve_run_dir
-    from vmt.longgen.generator import CHAIN_WARP, TRAIN_WARP
+    from vmt.io.atomic import commit_together
+    from vmt.longgen.checkpoint import load_model
     from vmt.longgen.recall import resolve_ref_index
-    from vmt.longgen.sampling import write_long_video
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory, resolve_device
+    from vmt.runtime import Timer, resolve_device
 
     dev = resolve_device(p["device"])
     timer = Timer(sync_cuda=dev.type == "cuda")
     with timer.stage("load"):
         net, meta = load_model(p["model"], dev)
     r = resolve_ref_index(p["ref_index"], net.cfg.frames)
+    with commit_together():  # the video and its sidecar appear together
+        n, clips = _sample_into(p, net, meta, r, timer, dev)
+    if not p["quiet"]:
+        console.print(f"[green]wrote[/] {p['output']} ({n} frames from {clips} clips, {net.cfg.size}x{net.cfg.size}) "
+                      f"in {timer.stages['generate']:.1f}s")
+
+
+def _sample_into(p, net, meta, r, timer, dev) -> tuple[int, int]:
+    """Stream the long sample into the video and write its sidecar; returns (frames, clips)."""
+    from vmt.io.video import VideoWriter
+    from vmt.longgen.checkpoint import resolve_run_dir
+    from vmt.longgen.generator import CHAIN_WARP, TRAIN_WARP
+    from vmt.longgen.sampling import write_long_video
+    from vmt.provenance import build_sidecar, write_sidecar
+    from vmt.runtime import peak_memory
+
+    output = p["output"]
     with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"), \
             VideoWriter(output, p["fps"]) as writer:
         n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
@@ -293,9 +305,7 @@ def _sample(p) -> None:
                         extra={"video": {"frames": n, "fps": p["fps"], "height": net.cfg.size,
                                          "width": net.cfg.size}})
     write_sidecar(output, doc)
-    if not p["quiet"]:
-        console.print(f"[green]wrote[/] {output} ({n} frames from {clips} clips, {net.cfg.size}x{net.cfg.size}) "
-                      f"in {timer.stages['generate']:.1f}s")
+    return n, clips
 
 
 RECON_HELP = """Reconstruct a video through the model: encode each clip (content of its first frame, movement of
@@ -332,7 +342,7 @@ def reconstruct(
 
 
 RECON_SPEC = CommandSpec("longgen-reconstruct", inputs={"video": "file", "model": "dir"},
-                         outputs={"output": video_output}, ranges={"fps": POSITIVE, "max_frames": AT_LEAST_1})
+                         outputs={"output": video_output}, ranges={"max_frames": AT_LEAST_1})
 
 
 def _reconstruct(p) -> None:
@@ -340,6 +350,7 @@ def _reconstruct(p) -> None:
 
     import numpy as np
 
+    from vmt.io.atomic import commit_together
     from vmt.io.video import VideoWriter, read_video
     from vmt.longgen.checkpoint import load_model, resolve_run_dir
     from vmt.longgen.sampling import reconstruct_frames
@@ -354,24 +365,25 @@ def _reconstruct(p) -> None:
         frames, src_fps = read_video(p["video"], fps=p["fps"], max_frames=p["max_frames"],
                                      size=(net.cfg.size, net.cfg.size))
     out_fps = src_fps if src_fps > 0 else 10.0
-    err_sum, done = 0.0, 0
-    with step_progress(len(frames), "reconstructing", p["quiet"]) as advance, timer.stage("reconstruct"), \
-            VideoWriter(output, out_fps) as writer:
-        for chunk in reconstruct_frames(net, frames, recall=p["recall"]):
-            real = frames[done : done + len(chunk)].astype(np.float64)
-            err_sum += float(np.abs(chunk.astype(np.float64) - real).sum()) / 127.5
-            done += len(chunk)
-            writer.write(chunk)
-            for _ in range(len(chunk)):
-                advance()
-    l1 = err_sum / frames[:done].size
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-    doc = build_sidecar(command_line(), "longgen reconstruct", resolved, output=output,
-                        model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
-                               "trained_steps": meta.get("step")},
-                        timings=timer.stages, compute={"frames": done}, memory=peak_memory(dev),
-                        extra={"reconstruction_l1": l1, "video": {"frames": done, "fps": out_fps,
-                                                                  "height": net.cfg.size, "width": net.cfg.size}})
-    write_sidecar(output, doc)
+    with commit_together():  # the video and its sidecar appear together
+        err_sum, done = 0.0, 0
+        with step_progress(len(frames), "reconstructing", p["quiet"]) as advance, timer.stage("reconstruct"), \
+                VideoWriter(output, out_fps) as writer:
+            for chunk in reconstruct_frames(net, frames, recall=p["recall"]):
+                real = frames[done : done + len(chunk)].astype(np.float64)
+                err_sum += float(np.abs(chunk.astype(np.float64) - real).sum()) / 127.5
+                done += len(chunk)
+                writer.write(chunk)
+                for _ in range(len(chunk)):
+                    advance()
+        l1 = err_sum / frames[:done].size
+        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
+        doc = build_sidecar(command_line(), "longgen reconstruct", resolved, output=output,
+                            model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
+                                   "trained_steps": meta.get("step")},
+                            timings=timer.stages, compute={"frames": done}, memory=peak_memory(dev),
+                            extra={"reconstruction_l1": l1, "video": {"frames": done, "fps": out_fps,
+                                                                      "height": net.cfg.size, "width": net.cfg.size}})
+        write_sidecar(output, doc)
     if not p["quiet"]:
         console.print(f"[green]wrote[/] {output} ({done} frames) reconstruction L1 {l1:.4f} (frames in [-1, 1])")

@@ -115,7 +115,7 @@ def refine(
 SPEC = CommandSpec(
     "refine", inputs={"image": "file"}, outputs={"output": video_output},
     ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "guidance_scale_2": NON_NEGATIVE,
-            "shift": POSITIVE, "fps": POSITIVE, **PNP_RANGES},
+            "shift": POSITIVE, **PNP_RANGES},
 )
 
 
@@ -158,6 +158,7 @@ def run_job(backend, p: dict, pnp_plan, timer, progress=None, report: bool = Tru
     """One video on a loaded backend: generate, write the video and its sidecar. The single command and every
     job of a batch run this. `progress(total, description)` gives the step bar; returns the compute counts."""
     from vmt.generate import GenerationRequest, generate
+    from vmt.io.atomic import commit_together
     from vmt.io.video import read_video, write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import peak_memory
@@ -182,7 +183,7 @@ def run_job(backend, p: dict, pnp_plan, timer, progress=None, report: bool = Tru
     progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
     with progress(req.steps, "denoising") as advance:
         result = generate(backend, req, interventions=[pnp] if pnp else [], on_step=on_step, timer=timer)
-    with timer.stage("write"):
+    with timer.stage("write"), commit_together():  # the video and its sidecar appear together
         write_video(output, result.frames, p["fps"])
         resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
         resolved["shift"] = req.shift if req.shift is not None else backend.default_shift

@@ -197,7 +197,7 @@ def transfer(
 
 SPEC = CommandSpec(
     "transfer", inputs={"reference": "file"}, outputs={"output": video_output},
-    ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "shift": POSITIVE, "fps": POSITIVE,
+    ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "shift": POSITIVE,
             "strength": Range(0, 1, lo_open=True), "temperature": POSITIVE, "lr": POSITIVE, "lr_end": POSITIVE,
             "amf_weight": NON_NEGATIVE, "window_weight": NON_NEGATIVE, **PNP_RANGES},
 )
@@ -288,6 +288,7 @@ def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = Tru
     job of a batch run this. `reference`: (frames, fps) already read, else read here. Returns compute counts."""
     from rich.text import Text
 
+    from vmt.io.atomic import commit_together
     from vmt.io.video import write_video
     from vmt.provenance import build_sidecar, write_sidecar
     from vmt.runtime import peak_memory
@@ -323,7 +324,7 @@ def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = Tru
         result = run_transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
                               timer=timer, notify=notes)
     out_fps = p["fps"] if p["fps"] is not None else ref_fps
-    with timer.stage("write"):
+    with timer.stage("write"), commit_together():  # the video and its sidecar appear together
         write_video(output, result.frames, out_fps)
         resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
         if pnp_plan is not None:

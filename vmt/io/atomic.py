@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,12 @@ from vmt.errors import VmtUsageError
 
 # True: the final move replaces an existing target; False: it refuses one (exclusive create).
 _REPLACE: contextvars.ContextVar[bool] = contextvars.ContextVar("vmt_replace_outputs", default=True)
+# Inside `commit_together`: the finished temporaries waiting to be moved together (temporary, target, replace).
+_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("vmt_pending_moves", default=None)
+# Every target this process moved into place, in order: what an interrupted command really wrote.
+_PLACED: list[Path] = []
+# Signals held back while a commit moves its files: the CLI's SIGTERM/SIGHUP and Ctrl-C.
+_HELD_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def _current_umask() -> int:
@@ -103,11 +110,22 @@ def check_not_inputs(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
                 raise VmtUsageError(f"{name_a} {a} and {name_b} {b} are the same file; give them different paths")
 
 
+def placed_count() -> int:
+    """How many files this process has moved into place so far (a mark for `placed_since`)."""
+    return len(_PLACED)
+
+
+def placed_since(mark: int) -> list[Path]:
+    """The targets moved into place since `placed_count()` returned `mark`, in order."""
+    return list(_PLACED[mark:])
+
+
 def _finalize(tmp: Path, target: Path, replace: bool | None) -> None:
     """Move the finished temporary onto the target: replace it, or refuse one that exists (None: the policy)."""
     os.chmod(tmp, _FILE_MODE)
     if _REPLACE.get() if replace is None else replace:
         os.replace(tmp, target)
+        _PLACED.append(target)
         return
     try:
         os.link(tmp, target)  # atomic create-if-absent: fails if another writer got there first
@@ -120,7 +138,9 @@ def _finalize(tmp: Path, target: Path, replace: bool | None) -> None:
             raise VmtUsageError(f"{target} appeared while this run was writing it; it was left as it is. Pass "
                                 "--overwrite to replace it") from None
         os.replace(tmp, target)
+        _PLACED.append(target)
         return
+    _PLACED.append(target)
     tmp.unlink()
 
 
@@ -135,15 +155,105 @@ def atomic_path(target: str | os.PathLike, *, replace: bool | None = None) -> It
     removed and the target untouched.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}", dir=target.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
+    handed_over = False
     try:
+        # Held: a signal between mkstemp's return and the assignment would leave the temporary unknown.
+        with signals_held():
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}",
+                                       dir=target.parent or ".")
+            os.close(fd)
+            tmp_path = Path(tmp)
         yield tmp_path
-        _finalize(tmp_path, target, replace)
+        pending = _PENDING.get()
+        if pending is not None:  # inside commit_together: moved with the others at its end
+            pending.append((tmp_path, target, replace))
+            handed_over = True
+        else:
+            _finalize(tmp_path, target, replace)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        if tmp_path is not None and not handed_over:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether `path` is named like a temporary of `atomic_path` (`.<stem>.<random>.part<suffix>`)."""
+    name = Path(path).name
+    return name.startswith(".") and ".part" in name
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back SIGINT, SIGTERM and SIGHUP for the duration; one that arrived meanwhile is delivered at the
+    end, to the handler that was in place (Ctrl-C's KeyboardInterrupt, the CLI's `Terminated`, or the
+    default action). A Python-level hold, not a signal mask: a mask is per thread, and the kernel may hand a
+    process signal to any of torch's or ffmpeg's threads, whose handler call would still run here. Outside
+    the main thread signals cannot be handled here at all, so nothing is changed."""
+    arrived: list[int] = []
+
+    def record(signum, frame):
+        arrived.append(signum)
+
+    previous: dict[int, Any] = {}
+    try:
+        try:
+            for s in _HELD_SIGNALS:
+                previous[s] = signal.signal(s, record)
+        except ValueError:  # not the main thread: nothing to hold
+            _restore(previous, record)
+            previous.clear()
+        yield
+    finally:
+        try:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        finally:
+            _restore(previous, record)  # also when a signal interrupted the loop above halfway
+        if arrived:
+            signal.raise_signal(arrived[0])  # its handler runs now, as if it had just arrived
+
+
+def _restore(previous: dict[int, Any], record: Any) -> None:
+    for s, h in previous.items():
+        if signal.getsignal(s) is record:
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def commit_together() -> Iterator[list[Path]]:
+    """Files written with `atomic_path` inside the block (a video and its sidecar) appear together or not at
+    all. Each is finished as a temporary; at the end of the block all are moved into place in the order they
+    were written, with SIGINT, SIGTERM and SIGHUP held back until the last move (a signal then arrives after
+    the commit, which is complete). If a move fails (an exclusive target appeared meanwhile), the files this
+    commit already placed are removed again. An error or signal inside the block leaves no file. Yields the
+    list of targets placed, filled at the end. Only a SIGKILL or a power cut between the moves can leave the
+    first file without the later ones: the sidecar is written last, so a video without its sidecar is known
+    to be incomplete."""
+    moves: list[tuple[Path, Path, bool | None]] = []
+    placed: list[Path] = []
+    token = _PENDING.set(moves)
+    try:
+        try:
+            yield placed
+        finally:
+            _PENDING.reset(token)
+        with signals_held():
+            try:
+                for tmp, target, replace in moves:
+                    _finalize(tmp, target, replace)
+                    placed.append(target)
+            except BaseException:
+                for target in placed:
+                    with contextlib.suppress(OSError):
+                        target.unlink()
+                    _PLACED.remove(target)
+                placed.clear()
+                raise
+    finally:
+        for tmp, _, _ in moves:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, replace: bool | None = None) -> Path:
