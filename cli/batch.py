@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +20,7 @@ import typer
 
 from cli.display import BatchProgress, console, status
 from cli.scaffold import (
-    NOT_FROM_RECIPE, CommandSpec, Params, Terminated, check_numbers, check_paths, convert_recipe_value, flag,
+    NOT_FROM_RECIPE, CommandSpec, Params, Terminated, check_paths, check_values, convert_recipe_value, flag,
     param_types, print_error, resolve_params, run_guarded,
 )
 
@@ -122,7 +122,8 @@ def _at(where: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
-    """Read, resolve and check every job (no weights); decide which run, which are done, which changed."""
+    """Read the jobs, resolve their parameters and output names, and check what the batch reads against what
+    it writes (all cheap: no model). The per-job checks follow in `check_jobs`."""
     from vmt.batch import Job, JobSchema, assign_outputs, parse_seeds, read_jobs
     from vmt.errors import VmtUsageError
 
@@ -132,7 +133,7 @@ def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
     if p["output"] is None:
         raise VmtUsageError("missing option '--output' / '-o'" + (" (with --batch: the folder the batch writes "
                                                                    "into)" if p["batch"] else ""))
-    check_numbers(ctx, spec, p)  # the command line's own values, before any job
+    check_values(ctx, spec, p)  # the command line's own values, before any job
     types_ = param_types(ctx)
     if p["batch"] is None:  # --dry-run of a single run: one job, the output as given
         if p["seeds"] is not None:
@@ -145,6 +146,11 @@ def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
             raise VmtUsageError(f"-o {out_dir} is a file; with --batch, -o is the folder the batch writes into")
         if not out_dir.parent.is_dir():
             raise VmtUsageError(f"-o folder {out_dir.parent} does not exist; create it first")
+        import os
+
+        writable = out_dir if out_dir.is_dir() else out_dir.parent
+        if not os.access(writable, os.W_OK | os.X_OK):
+            raise VmtUsageError(f"-o folder {writable} is not writable; choose another folder")
         allowed = frozenset(k for k in types_ if k not in NOT_IN_KEY | LOAD_OPTIONS and k != "ctx")
         schema = JobSchema(
             spec.name, convert=lambda name, v: convert_recipe_value(*types_[name], v),
@@ -153,6 +159,10 @@ def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
             paths=frozenset(spec.inputs),
         )
         source = str(p["batch"])
+        from vmt.batch import MANIFEST_NAME, check_batch_files
+
+        # Before reading it: a job file that is this batch's manifest would be replaced by it.
+        check_batch_files([("--batch", Path(p["batch"]).expanduser())], [("the manifest", out_dir / MANIFEST_NAME)])
         jobs = read_jobs(Path(p["batch"]).expanduser(), schema, parse_seeds(p["seeds"]) if p["seeds"] else None)
     plan = Plan(source, out_dir, jobs)
     for job in jobs:
@@ -166,69 +176,128 @@ def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
                                     f"{flag(ctx, name)} on the command line")
         job.params = pj
     if out_dir is not None:
-        assign_outputs(jobs, out_dir, p["naming"], source)
+        assign_outputs(jobs, out_dir, p["naming"], source, spec.output("output").suffixes)
+        _check_reads_and_writes(ctx, cmd, p, plan)
     for job in jobs:
         job.params["output"] = job.output
-        where = job.where(source) if out_dir is not None else "job"
-        _at(where, check_numbers, ctx, spec, job.params)
-        plan.prepared[job.index] = _at(where, cmd.check_job, job.params)
-
-    # Paths: inputs exist, outputs are valid and not inputs. Existing outputs are the resume's business here.
-    created = out_dir is not None and not out_dir.exists()
-    if created:
-        out_dir.mkdir(exist_ok=True)  # ranks may race to create it
-    try:
-        _check_files_and_model(ctx, cmd, p, plan)
-    except BaseException:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed check leaves no empty folder behind
-        raise
-    if created and p["dry_run"]:
-        out_dir.rmdir()  # a dry run writes nothing
     return plan
 
 
-def _check_files_and_model(ctx: typer.Context, cmd: BatchCommand, p: Params, plan: Plan) -> None:
-    """Every job's paths (scaffold rules), its checks against the model's config, its estimate and its
-    resume state; sets plan.inspected, estimates, keys, states and memory."""
+def _check_reads_and_writes(ctx: typer.Context, cmd: BatchCommand, p: Params, plan: Plan) -> None:
+    """Every file the batch reads against every file it writes, over all jobs (see vmt.batch.check_batch_files)."""
+    from vmt.batch import MANIFEST_NAME, check_batch_files
+    from vmt.io.atomic import sidecar_path
+
+    reads: list[tuple[str, Path]] = [("--batch", Path(p["batch"]).expanduser())]
+    if p.get("recipe") is not None and Path(p["recipe"]).is_file():
+        reads.append(("--recipe", Path(p["recipe"])))
+    writes: list[tuple[str, Path]] = [("the manifest", plan.out_dir / MANIFEST_NAME)]
+    for job in plan.jobs:
+        where = job.where(plan.source)
+        for name in cmd.spec.inputs:
+            values = job.params.get(name)
+            for v in values if isinstance(values, list) else [values]:
+                if v is not None:
+                    reads.append((f"{where}: {flag(ctx, name).lstrip('-').lower()}", Path(v).expanduser()))
+        writes += [(f"{where}: output", job.output), (f"{where}: sidecar", sidecar_path(job.output))]
+    check_batch_files(reads, writes)
+
+
+def check_jobs(ctx: typer.Context, cmd: BatchCommand, p: Params, plan: Plan) -> Iterator[Any]:
+    """Each job's values, paths (scaffold rules) and checks against the model's config files, with its
+    estimate and its resume key, yielded as soon as it is checked (a dry run prints it then). The model's
+    config is read once, before the first job's model check. Creates the -o folder of a real batch."""
     from vmt.backends.wan import inspect_model
-    from vmt.batch import job_key, memory_estimate, resume_state
+    from vmt.batch import job_key
+
+    from dataclasses import replace
+
+    spec, source, out_dir = cmd.spec, plan.source, plan.out_dir
+    created = out_dir is not None and not out_dir.exists() and not p["dry_run"]
+    if created:
+        out_dir.mkdir(exist_ok=True)  # ranks may race to create it
+    # A batch's outputs were checked as a whole (names, suffixes, reads against writes; existing ones are the
+    # resume's business): per job only its inputs. A single dry run checks everything as the run would.
+    path_spec = replace(spec, outputs={}) if out_dir is not None else spec
+    digests: dict[str, str] = {}
+    failed = True
+    try:
+        for job in plan.jobs:
+            where = job.where(source) if out_dir is not None else "job"
+            _at(where, check_values, ctx, spec, job.params)
+            plan.prepared[job.index] = prepared = _at(where, cmd.check_job, job.params)
+            _at(where, check_paths, ctx, path_spec, job.params)
+            if plan.inspected is None:
+                plan.inspected = inspect_model(p["model"], p["revision"])  # config files only, no weights
+            _at(where, cmd.check_model_job, job.params, plan.inspected[1], prepared)
+            plan.estimates[job.index] = cmd.estimate(job.params, prepared, plan.inspected[1])
+            plan.keys[job.index] = {**job_key(job.params, NOT_IN_KEY),
+                                    **_content_key(cmd, job.params, plan.inspected[0], digests)}
+            yield job
+        failed = False
+    finally:
+        if created and failed and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed check leaves no empty folder behind
+
+
+def _content_key(cmd: BatchCommand, params: dict, resolved: Any, digests: dict[str, str]) -> dict[str, Any]:
+    """What a job's result depends on beyond its parameters: the model folder's content (its fingerprint) and
+    each input file's sha256, so that a resumed batch redoes a job whose model or reference changed at the
+    same path."""
+    from vmt.batch import file_digest
+
+    inputs: dict[str, Any] = {}
+    for name in cmd.spec.inputs:
+        values = params.get(name)
+        if isinstance(values, list):
+            inputs[name] = [file_digest(Path(v), digests) for v in values]
+        elif values is not None:
+            inputs[name] = file_digest(Path(values), digests)
+    return {"model_fingerprint": resolved.fingerprint, "input_sha256": inputs}
+
+
+def _decide(plan: Plan, job: Any, p: Params) -> Any:
+    """Run, skip (done with the same parameters and content) or redo (--overwrite) one job; returns the
+    resume state when the job was made with other parameters or is incomplete and there is no --overwrite."""
+    from vmt.batch import resume_state
+
+    if plan.out_dir is None:
+        plan.states[job.index] = "run"
+        return None
+    state = resume_state(job.output, plan.keys[job.index])
+    if state.kind in ("todo", "done"):
+        plan.states[job.index] = "run" if state.kind == "todo" else "skip"
+        return None
+    if p["overwrite"]:
+        plan.states[job.index] = "redo"
+        return None
+    return state
+
+
+def _not_resumable(plan: Plan, problems: list) -> Exception:
     from vmt.errors import VmtUsageError
 
-    spec, jobs, source, out_dir = cmd.spec, plan.jobs, plan.source, plan.out_dir
-    for job in jobs:
-        where = job.where(source) if out_dir is not None else "job"
-        overwrite = True if out_dir is not None else bool(p["overwrite"])
-        _at(where, check_paths, ctx, spec, {**job.params, "overwrite": overwrite})
-    plan.inspected = inspect_model(p["model"], p["revision"])  # config files only, no weights
-    geometry = plan.inspected[1]
-    problems = []
-    for job in jobs:
-        where = job.where(source) if out_dir is not None else "job"
-        prepared = plan.prepared[job.index]
-        _at(where, cmd.check_model_job, job.params, geometry, prepared)
-        plan.estimates[job.index] = cmd.estimate(job.params, prepared, geometry)
-        plan.keys[job.index] = key = job_key(job.params, NOT_IN_KEY)
-        if out_dir is None:
-            plan.states[job.index] = "run"
-            continue
-        state = resume_state(job.output, key)
-        if state.kind == "todo":
-            plan.states[job.index] = "run"
-        elif state.kind == "done":
-            plan.states[job.index] = "skip"
-        elif p["overwrite"]:
-            plan.states[job.index] = "redo"
-        else:
-            problems.append((job, state))
+    job, state = problems[0]
+    what = "was made with other parameters" if state.kind == "changed" else "is incomplete"
+    more = f" ({len(problems)} jobs in all)" if len(problems) > 1 else ""
+    return VmtUsageError(f"{job.where(plan.source)}: {job.output} {what} ({state.detail}){more}; pass "
+                         "--overwrite to redo, or choose another -o folder")
+
+
+def decide_states(plan: Plan, p: Params) -> None:
+    """Every job's action (`_decide`); jobs that cannot resume without --overwrite are one error naming the
+    first and counting them."""
+    problems = [(job, state) for job in plan.jobs if (state := _decide(plan, job, p)) is not None]
     if problems:
-        job, state = problems[0]
-        what = "was made with other parameters" if state.kind == "changed" else "is incomplete"
-        more = f" ({len(problems)} jobs in all)" if len(problems) > 1 else ""
-        raise VmtUsageError(f"{job.where(source)}: {job.output} {what} ({state.detail}){more}; pass --overwrite "
-                            "to redo, or choose another -o folder")
+        raise _not_resumable(plan, problems)
+
+
+def estimate_memory(plan: Plan, p: Params) -> None:
+    """The plan's GPU memory: the job with the most tokens (times CFG branches), on the loaded model's files."""
+    from vmt.batch import memory_estimate
+
     dtype = p["dtype"] if p["dtype"] != "auto" else "bfloat16"  # the GPU default
-    worst = max(jobs, key=lambda j: plan.estimates[j.index]["tokens"] * plan.estimates[j.index]["cfg_branches"])
+    worst = max(plan.jobs, key=lambda j: plan.estimates[j.index]["tokens"] * plan.estimates[j.index]["cfg_branches"])
     est = plan.estimates[worst.index]
     storage = None if p.get("storage_dtype") in (None, "", "none") else p["storage_dtype"]
     guided = 0
@@ -239,29 +308,50 @@ def _check_files_and_model(ctx: typer.Context, cmd: BatchCommand, p: Params, pla
                                   p.get("grad_checkpointing", True))
 
 
-def print_plan(plan: Plan, fmt: str, p: dict) -> None:
-    """The dry run's answer on stdout: one line per job and totals, or one JSON document."""
+def _plan_row(plan: Plan, job: Any, action: str) -> dict[str, Any]:
+    e = plan.estimates[job.index]
+    return {"job": job.index, "line": job.line, "output": str(job.output), "action": action,
+            "prompt": job.params.get("prompt"), "seed": job.params.get("seed"),
+            **{k: e[k] for k in ("steps", "nfe", "dit_forward", "dit_backward")}}
+
+
+def dry_run(ctx: typer.Context, cmd: BatchCommand, plan: Plan, p: Params, show: bool) -> None:
+    """The dry run's answer on stdout, streamed: a text line per job as soon as it is checked, then the totals
+    (JSON: one document at the end). Nothing is written and no weights load. `show`: this rank prints."""
+    totals = {"jobs": 0, "to_run": 0, "skipped": 0, "nfe": 0, "dit_forward": 0, "dit_backward": 0}
     rows = []
-    for job in plan.jobs:
-        e = plan.estimates[job.index]
-        rows.append({"job": job.index, "line": job.line, "output": str(job.output),
-                     "action": plan.states[job.index], "prompt": job.params.get("prompt"),
-                     "seed": job.params.get("seed"), **{k: e[k] for k in ("steps", "nfe", "dit_forward",
-                                                                           "dit_backward")}})
-    todo = [r for r in rows if r["action"] != "skip"]
-    totals = {"jobs": len(rows), "to_run": len(todo), "skipped": len(rows) - len(todo),
-              "nfe": sum(r["nfe"] for r in todo), "dit_forward": sum(r["dit_forward"] for r in todo),
-              "dit_backward": sum(r["dit_backward"] for r in todo), "model_loads": 1 if todo else 0}
-    if fmt == "json":
-        doc = {"command": p["_command"], "source": plan.source,
+    for job in check_jobs(ctx, cmd, p, plan):
+        problem = _decide(plan, job, p)
+        if problem is not None:  # as the run would: this job cannot resume without --overwrite
+            raise _not_resumable(plan, [(job, problem)])
+        action = plan.states[job.index]
+        row = _plan_row(plan, job, action)
+        totals["jobs"] += 1
+        if action == "skip":
+            totals["skipped"] += 1
+        else:
+            totals["to_run"] += 1
+            for k in ("nfe", "dit_forward", "dit_backward"):
+                totals[k] += row[k]
+        if not show:
+            continue
+        if p["format"] == "json":
+            rows.append(row)
+        else:
+            typer.echo(f"{row['job']:>4}  {row['action']:<4}  {row['output']}  seed {row['seed']}  steps "
+                       f"{row['steps']}  NFE {row['nfe']}  DiT fwd {row['dit_forward']} bwd {row['dit_backward']}  "
+                       f"{row['prompt']!r}")
+    estimate_memory(plan, p)
+    totals["model_loads"] = 1 if totals["to_run"] else 0
+    if not show:
+        return
+    m = plan.memory
+    if p["format"] == "json":
+        doc = {"command": cmd.spec.name, "source": plan.source,
                "output_dir": None if plan.out_dir is None else str(plan.out_dir), "model": p["model"],
-               "jobs": rows, "totals": totals, "gpu_memory_estimate": plan.memory}
+               "jobs": rows, "totals": totals, "gpu_memory_estimate": m}
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
-    for r in rows:
-        typer.echo(f"{r['job']:>4}  {r['action']:<4}  {r['output']}  seed {r['seed']}  steps {r['steps']}  "
-                   f"NFE {r['nfe']}  DiT fwd {r['dit_forward']} bwd {r['dit_backward']}  {r['prompt']!r}")
-    m = plan.memory
     typer.echo(f"{totals['to_run']} of {totals['jobs']} jobs to run ({totals['skipped']} done), one load of "
                f"{p['model']}: NFE {totals['nfe']}, DiT passes {totals['dit_forward']} forward "
                f"{totals['dit_backward']} backward; estimated peak GPU memory {m['peak_gib']} GiB "
@@ -271,6 +361,8 @@ def print_plan(plan: Plan, fmt: str, p: dict) -> None:
 
 def run_batch(ctx: typer.Context, cmd: BatchCommand, params: dict) -> None:
     """`vmt COMMAND --batch JOBS` / `--dry-run`: plan, then (unless dry) one load and every job of this rank."""
+    import contextlib
+
     from vmt.batch import process_group, ranks_from_env
 
     params = {k: v for k, v in params.items() if k != "ctx"}
@@ -279,12 +371,16 @@ def run_batch(ctx: typer.Context, cmd: BatchCommand, params: dict) -> None:
         p = resolve_params(ctx, cmd.spec.name, params, params.get("recipe"),
                            NOT_FROM_RECIPE | frozenset(cmd.spec.outputs) | BATCH_OPTIONS)
         ranks = ranks_from_env()
-        with process_group(ranks) as dist:
+        with process_group(ranks) as dist, contextlib.ExitStack() as held:
             plan = plan_batch(ctx, cmd, p)
             if p["dry_run"]:
-                if ranks.rank == 0:
-                    print_plan(plan, p["format"], {**p, "_command": cmd.spec.name})
+                dry_run(ctx, cmd, plan, p, show=ranks.rank == 0)
                 return
+            for _ in check_jobs(ctx, cmd, p, plan):
+                pass
+            estimate_memory(plan, p)
+            _lock_folder(plan, ranks, dist, held)
+            decide_states(plan, p)
             if dist is not None:
                 dist.barrier()  # every rank decided from the same files before any writes
             _execute(cmd, plan, p, ranks, dist)
@@ -292,11 +388,31 @@ def run_batch(ctx: typer.Context, cmd: BatchCommand, params: dict) -> None:
     run_guarded(go, bool(params.get("debug", False)))
 
 
+def _lock_folder(plan: Plan, ranks, dist, held) -> None:
+    """Rank 0 locks the output folder for the batch (vmt.batch.folder_lock); under torchrun every rank learns
+    whether it did, so that all stop together when another batch holds the folder."""
+    from vmt.batch import folder_lock
+    from vmt.errors import VmtError
+
+    error = None
+    if ranks.rank == 0:
+        try:
+            held.enter_context(folder_lock(plan.out_dir))
+        except VmtError as e:
+            error = str(e)
+    if dist is not None:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise VmtError(error)
+
+
 def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
     from cli.common import quiet_libraries
-    from vmt.batch import MANIFEST_NAME, BatchRecord, job_files, rank_device
+    from vmt.batch import MANIFEST_NAME, BatchRecord, rank_device
     from vmt.errors import VmtError
-    from vmt.io.atomic import output_policy
+    from vmt.io.atomic import output_policy, placed_count, placed_since, sidecar_path
     from vmt.runtime import Timer
 
     quiet_libraries(p["debug"])
@@ -316,20 +432,20 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
         backend = cmd.load_backend(p, device=rank_device(p["device"], ranks), inspected=plan.inspected)
     header["load_s"] = load_s = round(time.perf_counter() - t0, 4)
     failed = 0
-    current = None  # the job in flight
+    current, mark = None, placed_count()  # the job in flight, and what was committed before it
     try:
         with output_policy(bool(p["overwrite"])), BatchProgress(len(mine), p["quiet"]) as bar:
             for job in mine:
-                current = job
+                current, mark = job, placed_count()
                 _reset_counters(backend)
                 timer, t_job = Timer(), time.perf_counter()
                 extra = {"batch": {"source": plan.source, "line": job.line, "job": job.index, "rank": ranks.rank,
                                    "world_size": ranks.world, "load_s_shared": load_s,
                                    "params": plan.keys[job.index]}}
                 try:
-                    with job_files(job.output):
-                        counts = cmd.run_job(backend, job.params, plan.prepared[job.index], timer,
-                                             progress=bar.steps(job.output.name), report=False, sidecar_extra=extra)
+                    # The video and its sidecar are committed together (vmt.io.atomic.commit_together).
+                    counts = cmd.run_job(backend, job.params, plan.prepared[job.index], timer,
+                                         progress=bar.steps(job.output.name), report=False, sidecar_extra=extra)
                     row = record.set(job, "done", seconds=round(time.perf_counter() - t_job, 4),
                                      timings_s=timer.stages, compute=counts)
                 except Exception as e:  # one job's failure does not stop the others; exit 1 at the end
@@ -341,14 +457,22 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
                 bar.finished(str(job.output), row["status"], time.perf_counter() - t_job)
                 record.save()
     except (KeyboardInterrupt, Terminated) as e:
-        # Whatever was running (a job, the manifest's rewrite): finished jobs stay, the one in flight is gone.
+        # Whatever was running (a job, the manifest's rewrite): finished jobs stay, the one in flight is gone,
+        # unless the signal waited for its commit (then it is whole, and done).
+        lost = "no job was lost"
         if current is not None:
-            record.set(current, "interrupted")
+            committed = {str(x) for x in placed_since(mark)}
+            if {str(current.output), str(sidecar_path(current.output))} <= committed:
+                record.set(current, "done", seconds=None, note="finished as the signal arrived")
+            else:
+                record.set(current, "interrupted")
+                lost = f"the job in flight ({current.output}) was not written"
         record.save()
         code = e.exit_code if isinstance(e, Terminated) else 130
-        lost = f"the job in flight ({current.output}) was not written" if current is not None else "no job was lost"
-        console.print(f"[yellow]interrupted[/]: {record.complete()} of {len(plan.jobs)} jobs complete, {lost}; "
-                      "run the same command again to resume", soft_wrap=True)
+        if ranks.rank == 0:  # one line per interrupt, not one per process
+            scope = "" if dist is None else f" on rank 0 of {ranks.world}"
+            console.print(f"[yellow]interrupted[/]: {record.complete()} of {len(plan.jobs)} jobs complete{scope}, "
+                          f"{lost}; run the same command again to resume", soft_wrap=True)
         raise typer.Exit(code) from None
     record.save(final=True)
     if not p["quiet"] and ranks.rank == 0:

@@ -80,7 +80,9 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
     """Run a command body: user errors -> one line + their exit code; Ctrl-C -> 130; SIGTERM -> 143,
     SIGHUP -> 129 (temporaries removed on the way out); bugs -> 1 with a hint to rerun with --debug."""
     from vmt.errors import VmtError
+    from vmt.io.atomic import placed_count
 
+    mark = placed_count()
     with termination_signals():
         try:
             return fn()
@@ -90,11 +92,11 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
             print_error(str(e))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: no output was written")
+            console.print(f"[yellow]interrupted[/]: {_written_before_signal(mark)}", soft_wrap=True)
             raise typer.Exit(130) from None
         except Terminated as e:
             name = signal.Signals(e.signum).name
-            console.print(f"[yellow]terminated[/] ({name}): no output was written")
+            console.print(f"[yellow]terminated[/] ({name}): {_written_before_signal(mark)}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
@@ -103,6 +105,20 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
                 raise
             print_error(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)")
             raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _written_before_signal(mark: int) -> str:
+    """What an interrupted command leaves: the files it completed (a commit the signal waited for), or none."""
+    from rich.markup import escape
+
+    from vmt.io.atomic import placed_since
+
+    done = placed_since(mark)
+    if not done:
+        return "no output was written"
+    names = ", ".join(escape(str(p)) for p in done[-2:])
+    more = f" and {len(done) - 2} more" if len(done) > 2 else ""
+    return f"{names}{more} {'was' if len(done) == 1 else 'were'} written whole before the signal; nothing is half-written"
 
 
 # ---------------------------------------------------------------- declarations
@@ -119,15 +135,19 @@ class Range:
     inf_ok: bool = False
 
     def describe(self) -> str:
+        def num(x: float) -> str:
+            return str(x) if isinstance(x, int) else f"{x:g}"  # 2**64 - 1 as written, not 1.84467e+19
+
         parts = []
         if self.lo is not None:
-            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+            parts.append(f"{'>' if self.lo_open else '>='} {num(self.lo)}")
         if self.hi is not None:
-            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+            parts.append(f"{'<' if self.hi_open else '<='} {num(self.hi)}")
         return " and ".join(parts) or "finite"
 
     def holds(self, v: float) -> bool:
-        if math.isnan(v) or (math.isinf(v) and not self.inf_ok):
+        # Integers are compared as integers: a float cannot tell 2**64 - 1 from 2**64.
+        if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and not self.inf_ok)):
             return False
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
             return False
@@ -138,6 +158,14 @@ POSITIVE = Range(0, lo_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_1 = Range(1)
 UNIT = Range(0, 1)
+# Seeds seed 64-bit generators: a negative or larger seed would silently wrap onto another one.
+SEED = Range(0, 2**64 - 1)
+# Frame rates ffmpeg writes and reads sensibly: below 1 fps its timestamps overflow, above 240 a file breaks.
+FPS = Range(1, 240)
+# Ranges every command gets for these parameter names unless its CommandSpec says otherwise.
+DEFAULT_RANGES = {"seed": SEED, "fps": FPS, "video_fps": FPS}
+# Text options that may be empty: everything else given as "" (an unset shell variable) is an error.
+EMPTY_OK = frozenset({"negative_prompt"})
 
 
 @dataclass(frozen=True)
@@ -208,9 +236,13 @@ def param_types(ctx: Any) -> dict[str, tuple[type, bool]]:
     import typing
 
     fn = getattr(ctx, "command", ctx).callback
+    if fn in _TYPES_CACHE:  # a batch asks once per job; the annotations never change
+        return _TYPES_CACHE[fn]
     hints = typing.get_type_hints(fn, include_extras=False) if fn is not None else {}
     out = {}
     for name, hint in hints.items():
+        if name == "return":  # the function's return annotation, not a parameter
+            continue
         is_list = False
         for _ in range(3):  # peel Optional[...] and list[...]
             args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -220,7 +252,12 @@ def param_types(ctx: Any) -> dict[str, tuple[type, bool]]:
             elif origin is list and args:
                 hint, is_list = args[0], True
         out[name] = (hint if isinstance(hint, type) else str, is_list)
+    if fn is not None:
+        _TYPES_CACHE[fn] = out
     return out
+
+
+_TYPES_CACHE: dict[Any, dict[str, tuple[type, bool]]] = {}
 
 
 _TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string",
@@ -342,13 +379,19 @@ def load_recipe(path: Path, command: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- validation
 
 
-def check_numbers(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> None:
-    """Every float is finite (unless its Range allows inf) and every declared range holds."""
+def check_values(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> None:
+    """Every float is finite (unless its Range allows inf), every declared range holds (and the default ranges
+    of seeds and frame rates), and no text option is empty unless it may be."""
     from vmt.errors import VmtUsageError
 
     types_ = param_types(ctx)
+    declared = _params_by_name(ctx)
     for name, value in p.items():
-        rng = spec.ranges.get(name)
+        if (isinstance(value, str) and not value.strip() and name not in EMPTY_OK and name in declared
+                and value != declared[name].default):  # an option whose own default is "" keeps it
+            raise VmtUsageError(f"{flag(ctx, name)} is empty (an unset shell variable?); give a value or leave "
+                                "the option out")
+        rng = spec.ranges.get(name, DEFAULT_RANGES.get(name))
         is_float = types_.get(name, (None,))[0] is float
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
@@ -417,7 +460,7 @@ def run_command(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any],
     def go() -> Any:
         p = resolve_params(ctx, spec.name, params, params.get("recipe"),
                            NOT_FROM_RECIPE | frozenset(spec.outputs))
-        check_numbers(ctx, spec, p)
+        check_values(ctx, spec, p)
         check_paths(ctx, spec, p)
         with output_policy(bool(p.get("overwrite", False))):
             return body(p)

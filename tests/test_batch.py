@@ -332,21 +332,6 @@ def test_a_single_run_under_torchrun_is_refused(tiny_t2v, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_job_files_remove_a_video_whose_sidecar_was_never_written(tmp_path):
-    from vmt.batch import job_files
-
-    out = tmp_path / "a.mp4"
-    with pytest.raises(KeyboardInterrupt), job_files(out):
-        out.write_bytes(b"video")
-        raise KeyboardInterrupt  # between the video and its sidecar
-    assert list(tmp_path.iterdir()) == []
-    out.write_bytes(b"old")
-    out.with_suffix(".json").write_text("{}")
-    with pytest.raises(RuntimeError), job_files(out):
-        raise RuntimeError("before writing anything")
-    assert out.read_bytes() == b"old"  # a file the job did not write is left alone
-
-
 def test_seeds_and_rank_shares():
     from vmt.batch import Ranks, parse_seeds, ranks_from_env
     from vmt.errors import VmtUsageError

@@ -29,6 +29,10 @@ NAMING_PRESETS = {"index": "{index:04d}.mp4", "vbench": "{prompt}-{sample}.mp4"}
 DEFAULT_NAMING = "index"
 NAME_FIELDS = ("index", "sample", "prompt", "seed", "reference")
 MAX_NAME_BYTES = 255  # one path component on common filesystems
+# Jobs one batch may expand to (lines x --seeds): far beyond any real sweep, well below what would take
+# minutes and gigabytes only to plan. A larger sweep is several batches (e.g. one per seed range).
+MAX_JOBS = 100_000
+SEED_MAX = 2**64 - 1  # torch generators take 64-bit seeds; larger ones would wrap around
 # Suffixes read as JSON Lines; anything else is a plain prompt list (one prompt a line).
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -68,9 +72,10 @@ class JobSchema:
     paths: frozenset[str] = frozenset()
 
 
-def parse_seeds(text: str) -> list[int]:
-    """"0-4" -> [0, 1, 2, 3, 4]; "1,5,9-10" -> [1, 5, 9, 10]. Seeds are non-negative and not repeated."""
-    seeds: list[int] = []
+def parse_seeds(text: str, limit: int = MAX_JOBS) -> list[int]:
+    """"0-4" -> [0, 1, 2, 3, 4]; "1,5,9-10" -> [1, 5, 9, 10]. Seeds are in [0, 2**64), not repeated, and at
+    most `limit` (counted before any list is made, so "0-99999999" is refused at once)."""
+    ranges: list[tuple[int, int]] = []
     for part in str(text).replace(" ", "").split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
@@ -78,10 +83,41 @@ def parse_seeds(text: str) -> list[int]:
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
         if b < a:
             raise VmtUsageError(f"--seeds {text!r}: range {a}-{b} goes backwards")
-        seeds.extend(range(a, b + 1))
+        if b > SEED_MAX:
+            raise VmtUsageError(f"--seeds {text!r}: seed {b} is above {SEED_MAX} (seeds are 64-bit)")
+        ranges.append((a, b))
+    count = sum(b - a + 1 for a, b in ranges)
+    if count > limit:
+        raise VmtUsageError(f"--seeds {text!r} gives {count} seeds; a batch runs at most {limit} jobs: split the "
+                            "sweep into several batches (e.g. --seeds 0-999, then 1000-1999)")
+    seeds = [s for a, b in ranges for s in range(a, b + 1)]
     if len(set(seeds)) != len(seeds):
         raise VmtUsageError(f"--seeds {text!r} repeats a seed; every seed would write the same video")
     return seeds
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON object hook: a key given twice is an error (json keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def check_file_name(name: str, what: str) -> None:
+    """An output name a person can see and a shell can pass on: no control characters (NUL, newline, ...),
+    not hidden (a leading dot), not a folder. Raises VmtUsageError starting with `what`."""
+    bad = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise VmtUsageError(f"{what}: output name {name!r} contains the control character {bad!r}; use printable "
+                            "characters only")
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise VmtUsageError(f"{what}: output name {name!r} must be a file name inside the -o folder (no folders)")
+    if name.startswith("."):
+        raise VmtUsageError(f"{what}: output name {name!r} would be a hidden file; give a name that does not "
+                            "start with a dot")
 
 
 def _job_line(obj: Any, lineno: int, source: Path, schema: JobSchema) -> tuple[dict[str, Any], str | None]:
@@ -97,6 +133,7 @@ def _job_line(obj: Any, lineno: int, source: Path, schema: JobSchema) -> tuple[d
         if pname == "output":
             if not isinstance(val, str) or not val:
                 raise VmtUsageError(f"{where}: output = {val!r} must be a file name (a string)")
+            check_file_name(val, where)
             name = val
             continue
         if pname in schema.fixed:
@@ -137,15 +174,23 @@ def read_jobs(path: str | Path, schema: JobSchema, seeds: Sequence[int] | None =
             continue
         if jsonl:
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             except json.JSONDecodeError as e:
                 raise VmtUsageError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except ValueError as e:
+                raise VmtUsageError(f"{path} line {lineno}: {e}; give each key once") from None
             values, name = _job_line(obj, lineno, path, schema)
         else:
             values, name = {"prompt": line}, None
         rows.append((lineno, values, name))
+        if len(rows) > MAX_JOBS:
+            raise VmtUsageError(f"--batch {path} has more than {MAX_JOBS} jobs; split it into several batches")
     if not rows:
         raise VmtUsageError(f"--batch {path} has no jobs")
+    expanded = sum(len(seeds) if seeds and "seed" not in values else 1 for _, values, _ in rows)
+    if expanded > MAX_JOBS:
+        raise VmtUsageError(f"--batch {path} with --seeds gives {expanded} jobs ({len(rows)} lines); a batch runs at "
+                            f"most {MAX_JOBS}: split the lines or the seeds into several batches")
     jobs: list[Job] = []
     for lineno, values, name in rows:
         if seeds and "seed" not in values:
@@ -153,7 +198,8 @@ def read_jobs(path: str | Path, schema: JobSchema, seeds: Sequence[int] | None =
                 raise VmtUsageError(f"{path} line {lineno}: an explicit output name with --seeds would write "
                                     f"{len(seeds)} videos to one file; add {{seed}} by removing \"output\" "
                                     "(the naming template) or give each seed its own line")
-            jobs.extend(Job(len(jobs) + i, lineno, {**values, "seed": s}, name) for i, s in enumerate(seeds))
+            first = len(jobs)  # not inside the generator: extend grows the list as it goes
+            jobs.extend(Job(first + i, lineno, {**values, "seed": s}, name) for i, s in enumerate(seeds))
         else:
             jobs.append(Job(len(jobs), lineno, values, name))
     return jobs
@@ -168,17 +214,25 @@ def naming_template(naming: str | None) -> str:
 
 
 def _safe_component(text: str) -> str:
-    """A prompt as one file name component: path separators and control characters become "_"."""
-    return "".join("_" if c in "/\\" or ord(c) < 32 else c for c in text).strip()
+    """A prompt as one visible file name component: path separators and control characters become "_", and
+    so do leading dots (a prompt "." must not name a hidden file)."""
+    text = "".join("_" if c in "/\\" or ord(c) < 32 or ord(c) == 127 else c for c in text).strip()
+    stripped = text.lstrip(".")
+    return "_" * (len(text) - len(stripped)) + stripped
 
 
-def assign_outputs(jobs: list[Job], out_dir: Path, naming: str | None, source: str | Path) -> None:
-    """Set every job's output (out_dir / name) from its explicit name or the template; duplicates, names
-    with folders and over-long names are errors naming the lines. {sample} counts jobs per prompt (VBench's
-    index: prompt-0.mp4 ... prompt-4.mp4)."""
+def assign_outputs(jobs: list[Job], out_dir: Path, naming: str | None, source: str | Path,
+                   suffixes: Iterable[str] | None = None) -> None:
+    """Set every job's output (out_dir / name) from its explicit name or the template; duplicates (of names
+    or of their sidecars), names with folders, hidden or control characters, over-long names and suffixes
+    outside `suffixes` are errors naming the lines. {sample} counts jobs per prompt (VBench's index:
+    prompt-0.mp4 ... prompt-4.mp4)."""
     template = naming_template(naming)
+    from vmt.io.atomic import sidecar_path
+
     per_prompt: dict[str, int] = {}
     seen: dict[str, Job] = {}
+    sidecars: dict[str, Job] = {}
     for job in jobs:
         prompt = str(job.params.get("prompt", job.values.get("prompt", "")))
         sample = per_prompt.get(prompt, 0)
@@ -195,18 +249,111 @@ def assign_outputs(jobs: list[Job], out_dir: Path, naming: str | None, source: s
             except (KeyError, IndexError, ValueError) as e:
                 raise VmtUsageError(f"--naming {template!r}: {e!s} is not a field; use "
                                     + ", ".join("{" + f + "}" for f in NAME_FIELDS)) from None
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise VmtUsageError(f"{job.where(source)}: output name {name!r} must be a file name inside the -o "
-                                "folder (no folders)")
+        check_file_name(name, job.where(source))
+        if suffixes is not None and Path(name).suffix.lower() not in suffixes:
+            allowed = sorted(set(suffixes), key=lambda x: (x != ".mp4", x))
+            raise VmtUsageError(f"{job.where(source)}: --output {out_dir / name} must end in "
+                                f"{' or '.join(allowed)} (e.g. {Path(name).with_suffix(allowed[0]).name})")
         if len(name.encode()) > MAX_NAME_BYTES:
             raise VmtUsageError(f"{job.where(source)}: output name {name[:40]!r}... is {len(name.encode())} "
                                 f"bytes; file names hold at most {MAX_NAME_BYTES} (give \"output\" or --naming)")
+        if (out_dir / name).is_dir():
+            raise VmtUsageError(f"{job.where(source)}: output {out_dir / name} is a folder; give the job another "
+                                "output name")
         if name in seen:
             raise VmtUsageError(f"{job.where(source)}: output {name!r} is also the output of line "
                                 f"{seen[name].line}; give each job its own name (e.g. --naming "
                                 "\"{index}-{seed}.mp4\")")
-        seen[name] = job
+        side = sidecar_path(name).name
+        if side in sidecars:
+            other = sidecars[side]
+            raise VmtUsageError(f"{job.where(source)}: output {name!r} and {other.output.name!r} (line "
+                                f"{other.line}) would share the sidecar {side!r}; give them different stems")
+        seen[name] = sidecars[side] = job
         job.output = out_dir / name
+
+
+# ---------------------------------------------------------------- what a batch reads and writes
+
+
+def _identity(path: Path) -> tuple[Any, ...]:
+    """Keys under which two paths are the same file: the resolved path, and (device, inode) if it exists."""
+    keys: list[Any] = [("path", str(Path(os.path.abspath(path)).resolve()))]
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        keys.append(("inode", st.st_dev, st.st_ino))
+    return tuple(keys)
+
+
+def check_batch_files(reads: Iterable[tuple[str, Path]], writes: Iterable[tuple[str, Path]]) -> None:
+    """No file a batch reads (job file, recipe, every job's reference and image) may be a file it writes (every
+    job's video and sidecar, the manifest): compared by resolved path and by inode, over all jobs at once and
+    whatever --overwrite says, since one job's output would otherwise replace another job's input before
+    that job reads it. Reads and writes are (what, path) pairs; what names the place ("line 2 reference").
+    Files inside the output folder named like vmt's temporaries are refused as inputs too."""
+    from vmt.io.atomic import is_temporary
+
+    written: dict[Any, tuple[str, Path]] = {}
+    for what, path in writes:
+        for key in _identity(path):
+            if key in written:
+                other, other_path = written[key]
+                raise VmtUsageError(f"{what} {path} and {other} {other_path} are the same file; give them "
+                                    "different names")
+            written[key] = (what, path)
+    seen: set[Any] = set()
+    for what, path in reads:
+        keys = _identity(path)
+        if keys[0] in seen:
+            continue  # the same input read by many jobs: checked once
+        seen.add(keys[0])
+        if is_temporary(path):
+            raise VmtUsageError(f"{what} {path} is an unfinished temporary file of a vmt run, not an input; give "
+                                "the finished file")
+        for key in keys:
+            if key in written:
+                other, other_path = written[key]
+                raise VmtUsageError(f"{what} {path} is also written by this batch ({other} {other_path}); inputs "
+                                    "are never replaced: move the input out of the -o folder or choose another "
+                                    "-o folder")
+
+
+def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
+    """sha256 of a file's content (hex), read in 1 MiB blocks; `cache` maps resolved paths already hashed."""
+    import hashlib
+
+    key = str(Path(path).resolve())
+    if cache is not None and key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if cache is not None:
+        cache[key] = digest
+    return digest
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One batch per output folder at a time: an exclusive, non-blocking lock on the folder itself (no lock
+    file to leave behind). The kernel drops it when the process ends, however it ends, so a crashed run never
+    leaves the folder locked. Raises VmtError when another process holds it."""
+    import fcntl
+
+    from vmt.errors import VmtError
+
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VmtError(f"another batch is writing into {folder}; wait for it to finish (its manifest.jsonl "
+                           "says how far it is) or choose another -o folder") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- resume
@@ -263,30 +410,6 @@ def resume_state(output: Path, key: Mapping[str, Any]) -> ResumeState:
     if recorded != dict(key):
         return ResumeState("changed", _describe_diff(recorded, key))
     return ResumeState("done")
-
-
-@contextlib.contextmanager
-def job_files(output: Path) -> Iterator[None]:
-    """A job writes its video and then its sidecar: if it stops between the two (Ctrl-C, SIGTERM, an error),
-    the video it wrote is removed, so that a job is either complete (both) or absent (neither)."""
-    from vmt.io.atomic import sidecar_path
-
-    def stamp(p: Path) -> tuple[int, int] | None:
-        try:
-            st = p.stat()
-            return st.st_ino, st.st_mtime_ns
-        except FileNotFoundError:
-            return None
-
-    before = stamp(output)
-    try:
-        yield
-    except BaseException:
-        after = stamp(output)
-        if after is not None and after != before and not sidecar_path(output).exists():
-            with contextlib.suppress(FileNotFoundError):
-                output.unlink()
-        raise
 
 
 # ---------------------------------------------------------------- ranks

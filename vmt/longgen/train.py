@@ -211,7 +211,7 @@ class Trainer:
 def train_steps(trainer: Trainer, source, steps: int, *, seed: int = 0, on_step=None) -> list[dict[str, float]]:
     """Run `steps` updates on windows drawn from `source` (a ClipSource). Deterministic for a seed on CPU."""
     rng = np.random.default_rng([seed, trainer.step_count])
-    gen = torch.Generator("cpu").manual_seed(seed * 1_000_003 + trainer.step_count)
+    gen = torch.Generator("cpu").manual_seed((seed * 1_000_003 + trainer.step_count) % 2**64)
     history = []
     for _ in range(steps):
         real = source.sample(trainer.settings.batch_size, trainer.window, rng)

@@ -259,7 +259,7 @@ class PredictPerturb:
         # A generator of its own, so the start noise (drawn from the seed by generate()) is unchanged. It lives
         # on the latent's device: drawing a 480x832x81 latent's noise on the CPU and copying it costs tens of
         # ms per inner iteration, measurable next to a DiT pass. Results are thus reproducible per device.
-        self.seed = int(seed) + 0x5EED
+        self.seed = (int(seed) + 0x5EED) % 2**64  # a 64-bit seed; wraps only for seeds within 0x5EED of the top
         self._generators: dict[str, torch.Generator] = {}
         self._shared: torch.Generator | None = None
         self.sync_cuda = sync_cuda
