@@ -82,24 +82,32 @@ MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="Use at m
 
 # ---------------------------------------------------------------- shared plumbing
 
+def _visible(path: Path) -> bool:
+    """Not a hidden file: names starting with "." are never inputs of a folder or a glob (that includes the
+    temporaries vmt writes beside its outputs, `.<stem>.<random>.part<suffix>`, and editors' and OSes' files)."""
+    return not path.name.startswith(".")
+
+
 def expand_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its video files, sorted) or a glob -> paths. An existing path is taken literally
-    (names may contain glob characters); no match is a usage error."""
+    """A file, a folder (its visible video files, sorted) or a glob (its visible files) -> paths. An existing
+    path is taken literally (names may contain glob characters), hidden or not; no match is a usage error."""
     from vmt.errors import VmtUsageError
     from vmt.io.video import VIDEO_SUFFIXES
 
+    hidden_note = "hidden files, such as vmt's .part temporaries, are never inputs"
     p = Path(spec).expanduser()
     if p.is_dir():
-        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES)
+        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES and _visible(q))
         if not files:
-            raise VmtUsageError(f"folder {p} has no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            raise VmtUsageError(f"folder {p} has no video files ({', '.join(sorted(VIDEO_SUFFIXES))}; "
+                                f"{hidden_note})")
         return files
     if p.exists():
         return [p]
     if any(c in spec for c in "*?["):
-        files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
+        files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file() and _visible(Path(q)))
         if not files:
-            raise VmtUsageError(f"no files match {spec!r}")
+            raise VmtUsageError(f"no files match {spec!r} ({hidden_note})")
         return files
     raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
 
