@@ -181,6 +181,12 @@ def test_seam_gate_judges_the_distance_to_one(tmp_path):
     r = vmt("eval", "seams", even, "--clip-length", "4", "--baseline", base, "--json", tmp_path / "r2.json")
     assert r.exit_code == 0 and "result: pass" in r.output and "1 baseline checks ok" in r.output, r.output
     assert json.loads((tmp_path / "r2.json").read_text())["baseline"]["regressions"] == []
+    # a baseline without a value (null: not finite when it was made) compares nothing, and says so
+    base = edited(tmp_path / "even.json", tmp_path / "null.json",
+                  lambda d: d["metrics"]["seam_score"].__setitem__("value", None))
+    r = vmt("eval", "seams", even, "--clip-length", "4", "--baseline", base, "--json", tmp_path / "r3.json")
+    assert r.exit_code == 0 and "result: nothing compared" in r.output and "result: pass" not in r.output, r.output
+    assert json.loads((tmp_path / "r3.json").read_text())["baseline"]["not_compared"] == ["seam_score"]
 
 
 # ---------------------------------------------------------------- result lines say what happened
