@@ -39,14 +39,18 @@ HELP = """Score videos with the metrics of the papers vmt implements; print a ta
   vmt eval fvd real/ gen/ --i3d i3d.pt --baseline fvd.json --tolerance fvd=5%   # exit 1 on regression
 
 Inputs (REAL, GEN, VIDEO...) are a video file, a folder of videos, or a quoted glob (an existing path is
-taken as it is, even with [ ] in its name). A file that fails (unreadable, or a metric that crashes on it) is
+taken as it is, even with [ ] in its name; folders and globs skip hidden files, such as vmt's .part
+temporaries). A file that fails (unreadable, or a metric that crashes on it) is
 listed with its error; the run then exits 3 unless [bold]--skip-bad[/] is given. Reports follow the versioned
-schema vmt.eval/1 and record the inputs' content hashes; a report is a valid [bold]--baseline[/] for a later run
-of the same subcommand on the same inputs with the same parameters (anything else is refused unless
-[bold]--allow-different-inputs[/]).
+schema vmt.eval/1.1 and record the inputs' content hashes and the versions of the packages that decide the
+numbers; a report is a valid [bold]--baseline[/] for a later run of the same subcommand on the same inputs with
+the same parameters (anything else is refused unless [bold]--allow-different-inputs[/]; a baseline made with
+other package versions is compared, with a note). A baseline must hold every metric the subcommand gates, each
+with a finite value or null. The seam score is gated by its distance to 1.
 
-[bold]Exit codes[/]: 0 pass; 1 regression against --baseline; 2 usage error (bad option, unusable baseline,
-an output that is an input); 3 runtime error (unreadable inputs without --skip-bad, a metric that failed).
+[bold]Exit codes[/]: 0 pass, or no --baseline given (the result line says "no baseline"); 1 regression against
+--baseline; 2 usage error (bad option, malformed or unusable baseline, an output that is an input); 3 runtime
+error (unreadable inputs without --skip-bad, a metric that failed).
 """
 
 app = typer.Typer(name="eval", help=None, no_args_is_help=True, rich_markup_mode="rich",
@@ -61,15 +65,16 @@ def _para(text: str) -> str:
 
 app.info.help = _para(HELP)
 
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.eval/1) to this "
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.eval/1.1) to this "
                                               "file; '-' writes it to stdout.", rich_help_panel="Report")]
 BaselineOpt = Annotated[Path | None, typer.Option("--baseline", help="A previous --json report of the same "
                                                   "subcommand, inputs and parameters: exit 1 when a metric is "
                                                   "worse than there by more than its tolerance.",
                                                   rich_help_panel="Report")]
 ToleranceOpt = Annotated[list[str] | None, typer.Option("--tolerance", "-t", help="NAME=VALUE (absolute) or "
-                                                        "NAME=VALUE% (of the baseline); repeatable; '*=2%' sets "
-                                                        "the default (0: any worsening fails).",
+                                                        "NAME=VALUE% (of the baseline's value); repeatable; "
+                                                        "'*=2%' sets the default (0: any worsening fails; for the "
+                                                        "seam score, moving further from 1).",
                                                         rich_help_panel="Report")]
 AllowDiffOpt = Annotated[bool, typer.Option("--allow-different-inputs", help="Compare with a baseline made on "
                                             "other inputs (content) or parameters (recorded in the report).",
@@ -82,24 +87,32 @@ MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="Use at m
 
 # ---------------------------------------------------------------- shared plumbing
 
+def _visible(path: Path) -> bool:
+    """Not a hidden file: names starting with "." are never inputs of a folder or a glob (that includes the
+    temporaries vmt writes beside its outputs, `.<stem>.<random>.part<suffix>`, and editors' and OSes' files)."""
+    return not path.name.startswith(".")
+
+
 def expand_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its video files, sorted) or a glob -> paths. An existing path is taken literally
-    (names may contain glob characters); no match is a usage error."""
+    """A file, a folder (its visible video files, sorted) or a glob (its visible files) -> paths. An existing
+    path is taken literally (names may contain glob characters), hidden or not; no match is a usage error."""
     from vmt.errors import VmtUsageError
     from vmt.io.video import VIDEO_SUFFIXES
 
+    hidden_note = "hidden files, such as vmt's .part temporaries, are never inputs"
     p = Path(spec).expanduser()
     if p.is_dir():
-        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES)
+        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES and _visible(q))
         if not files:
-            raise VmtUsageError(f"folder {p} has no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            raise VmtUsageError(f"folder {p} has no video files ({', '.join(sorted(VIDEO_SUFFIXES))}; "
+                                f"{hidden_note})")
         return files
     if p.exists():
         return [p]
     if any(c in spec for c in "*?["):
-        files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file())
+        files = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if Path(q).is_file() and _visible(Path(q)))
         if not files:
-            raise VmtUsageError(f"no files match {spec!r}")
+            raise VmtUsageError(f"no files match {spec!r} ({hidden_note})")
         return files
     raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
 
@@ -143,7 +156,7 @@ class EvalRun:
                  listed_in: Path | None = None):
         from vmt.errors import VmtUsageError
         from vmt.io.atomic import check_not_inputs, check_output_path
-        from vmt.metrics.report import check_comparable, input_digests, load_report, parse_tolerances
+        from vmt.metrics.report import check_comparable, input_digests, load_report, parse_tolerances, require_gated
 
         self.subcommand, self.p, self.inputs = subcommand, p, inputs
         self.quiet, self.skip_bad = p["quiet"], skip_bad
@@ -171,6 +184,7 @@ class EvalRun:
             self.baseline = load_report(baseline)
             stub = {"subcommand": subcommand, "params": self.params, "input_digests": self.digests}
             self.problems = check_comparable(stub, self.baseline, bool(p.get("allow_different_inputs")))
+            require_gated(self.baseline, baseline, subcommand, self.params)
 
     def score(self, paths: list, fn: Callable[[Any], dict], description: str) -> tuple[list[dict], list[dict]]:
         """Rows {"name", "path", "metrics": fn(path)}; any exception from one input is that input's error."""
@@ -199,17 +213,24 @@ class EvalRun:
 
     def finish(self, metrics: dict[str, Any], items: list[dict], errors: list[dict], *,
                units: dict[str, str] | None = None, columns: list[str] | None = None,
-               headline: str | None = None) -> None:
+               headline: str | None = None, noun: str = "input", scored_as: str = "scored",
+               counted: int | None = None) -> None:
+        """Build, print, write and gate the report. The result line counts the inputs the headline metric was
+        computed from (`counted`; by default the rows where it is a finite number) of all inputs, e.g.
+        "physics_rms=- (0 of 5 videos had a trajectory)", and says "no baseline" when nothing was gated."""
+        from rich.markup import escape
+
         from vmt.io.atomic import write_json_atomic
-        from vmt.metrics.report import attach_baseline, build_report, compare
+        from vmt.metrics.report import attach_baseline, build_report, compare, versions_differ, versions_note
 
         report = build_report(self.subcommand, metrics, command=command_line(), params=self.params,
                               inputs={k: [str(x) for x in v] for k, v in self.inputs.items()}, items=items,
                               errors=errors, units=units, digests=self.digests,
                               timings={"total": round(time.perf_counter() - self.t0, 3)})
         checks = compare(report, self.baseline, self.tolerances) if self.baseline is not None else []
+        differ = versions_differ(report, self.baseline) if self.baseline is not None else {}
         if self.baseline is not None:
-            attach_baseline(report, self.baseline_path, checks)
+            attach_baseline(report, self.baseline_path, checks, differ)
             report["baseline"]["not_comparable"] = self.problems
         out = console  # without a terminal it prints at full width (cli.display)
         if not self.quiet:
@@ -221,6 +242,8 @@ class EvalRun:
                 _print_checks(out, checks)
             for pr in self.problems:
                 out.print(f"[yellow]warning:[/] baseline not comparable: {pr} (--allow-different-inputs)")
+        if differ:  # said even with --quiet: it qualifies the result
+            out.print(f"[yellow]note:[/] {escape(versions_note(differ))}")
         if errors:
             out.print(f"[bold red]{len(errors)} input(s) failed:[/]")
             for e in errors:
@@ -235,19 +258,40 @@ class EvalRun:
                 write_json_atomic(self.json_out, report)
                 if not self.quiet:
                     out.print(f"[green]wrote[/] {self.json_out}")
-        regressed = [c for c in checks if c.regressed]
         key = headline or next(iter(metrics))
         value = report["metrics"][key]["value"]
-        summary = f"vmt eval {self.subcommand}: {key}={_fmt(value)} ({len(items)} scored"
+        if counted is None:
+            counted = sum(_finite(it["metrics"].get(key)) for it in items)
+        total = len(items) + len(errors)
+        summary = (f"vmt eval {self.subcommand}: {key}={_fmt(value)} ({counted} of {total} "
+                   f"{noun if total == 1 else noun + 's'} {scored_as}")
         summary += f", {len(errors)} failed)" if errors else ")"
         if errors and not self.skip_bad:
             out.print(f"[bold red]result: ERROR[/] {summary}; pass --skip-bad to accept failed inputs")
             raise typer.Exit(3)
+        regressed = [c for c in checks if c.regressed]
         if regressed:
             out.print(f"[bold red]result: REGRESSION[/] {summary}: "
                       + ", ".join(f"{c.name} ({c.reason})" for c in regressed))
             raise typer.Exit(1)
-        out.print(f"[green]result: pass[/] {summary}" + (f", {len(checks)} baseline checks ok" if checks else ""))
+        if self.baseline is None:
+            out.print(f"[yellow]result: no baseline[/] {summary}; nothing gated (give --baseline FILE to compare)")
+            return
+        compared = [c for c in checks if c.compared]
+        skipped = [c.name for c in checks if not c.compared]
+        tail = f", {len(skipped)} not compared ({', '.join(skipped)}: no value in the baseline)" if skipped else ""
+        tail += f"; baseline made with other {', '.join(differ)}" if differ else ""
+        if not compared:
+            out.print(f"[yellow]result: nothing compared[/] {summary}: the baseline has no value for "
+                      f"{', '.join(skipped)}" + (f"; baseline made with other {', '.join(differ)}" if differ else ""))
+            return
+        out.print(f"[green]result: pass[/] {summary}, {len(compared)} baseline checks ok{tail}")
+
+
+def _finite(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _fmt(v: Any) -> str:
@@ -278,8 +322,10 @@ def _print_tables(out, subcommand: str, report: dict, item_columns: list[str]) -
     t.add_column("metric", no_wrap=True)
     t.add_column("value", justify="right", no_wrap=True)
     t.add_column("better")
+    from vmt.metrics.report import direction_text
+
     for name, m in report["metrics"].items():
-        t.add_row(name, _fmt(m["value"]) + (f" {m['unit']}" if m.get("unit") else ""), m["better"] or "")
+        t.add_row(name, _fmt(m["value"]) + (f" {m['unit']}" if m.get("unit") else ""), direction_text(name))
     out.print(t)
 
 
@@ -290,7 +336,8 @@ def _print_checks(out, checks) -> None:
     for c in ("metric", "baseline", "current", "tolerance", "status"):
         t.add_column(c, justify="right" if c in ("baseline", "current") else "left", no_wrap=True)
     for c in checks:
-        status = f"[red]REGRESSED[/] {c.reason}" if c.regressed else "[green]ok[/]"
+        status = (f"[red]REGRESSED[/] {c.reason}" if c.regressed else "[green]ok[/]" if c.compared
+                  else f"[yellow]not compared:[/] {c.reason}")
         t.add_row(c.name, _fmt(c.baseline), _fmt(c.current), c.tolerance, status)
     out.print(t)
 
@@ -399,7 +446,7 @@ def _distribution(kind: str, p: dict) -> None:
             raise VmtUsageError("--is scores the generated frames; give GEN videos that are not also in REAL")
         metrics["is"] = D.inception_score(np.concatenate(probs))[0]
     run.params["detector"] = str(det.path)
-    run.finish(metrics, items, errors)
+    run.finish(metrics, items, errors, noun="video", counted=len(items))
 
 
 # ---------------------------------------------------------------- motion
@@ -466,7 +513,7 @@ def _motion(p: dict) -> None:
         if it["metrics"]["direction"] == "reversed" and not p["quiet"]:
             console.print(f"[yellow]warning:[/] {it['name']}: global motion is reversed relative to "
                           f"{Path(it['reference']).name} (cosine {it['metrics']['direction_cosine']:.2f})")
-    run.finish(M.summarize(items), items, errors, headline="motion_fidelity",
+    run.finish(M.summarize(items), items, errors, headline="motion_fidelity", noun="pair",
                columns=["motion_fidelity", "best_match", "direction_cosine", "direction", "tracks_ref", "tracks_gen"])
 
 
@@ -535,7 +582,7 @@ def _temporal(p: dict) -> None:
     run = EvalRun("temporal", p, {"videos": paths}, skip_bad=p["skip_bad"])
     items, errors = run.score(paths, lambda x: T.score_video(x, flow_preset=p["flow_preset"],
                                                             max_frames=p["max_frames"]), "temporal")
-    run.finish(T.summarize(items), items, errors, units={"psnr": "dB"}, headline="warp_error",
+    run.finish(T.summarize(items), items, errors, units={"psnr": "dB"}, headline="warp_error", noun="video",
                columns=["warp_error", "ssim", "psnr", "flicker", "dynamic"])
 
 
@@ -579,6 +626,7 @@ def _physics(p: dict) -> None:
     items, errors = run.score(paths, lambda x: P.score_video(x, threshold=p["threshold"], start=p["start"],
                                                             end=p["end"], max_frames=p["max_frames"]), "physics")
     run.finish(P.summarize(items), items, errors, units={"physics_rms_px": "px"}, headline="physics_rms",
+               noun="video", scored_as="had a trajectory",
                columns=["trajectory", "physics_rms", "physics_rms_px", "accel_x", "accel_y", "frames_found"])
 
 
@@ -618,7 +666,7 @@ def _keypoints(p: dict) -> None:
 
     run = EvalRun("keypoints", p, {"truth": [p["truth"]], "pred": [p["pred"]]})
     metrics, items = evaluate_forecasts(p["truth"], p["pred"], p["k"])
-    run.finish(metrics, items, [], headline="ade_best",
+    run.finish(metrics, items, [], headline="ade_best", noun="window",
                columns=["ade_best", "fde_best", "mae_best_k", "apd", "zero_velocity_ade", "constant_velocity_ade",
                         "damped_velocity_ade"])
 
@@ -626,7 +674,8 @@ def _keypoints(p: dict) -> None:
 # ---------------------------------------------------------------- seams
 
 @app.command("seams", no_args_is_help=True, help=_para("""Seam score of long videos made of clips: the mean
-frame change at clip boundaries divided by the mean change inside clips (1: seamless).
+frame change at clip boundaries divided by the mean change inside clips (1: seamless; above 1 the boundaries
+jump, below 1 they stall). The gate judges it by its distance to 1: 0.5 is as much a seam as 2.
 
 [bold]Example[/]  vmt eval seams long.mp4 --clip-length 16 --json seams.json
 """))
@@ -656,5 +705,5 @@ def _seams(p: dict) -> None:
     run = EvalRun("seams", p, {"videos": paths}, skip_bad=p["skip_bad"])
     items, errors = run.score(paths, lambda x: S.score_video(x, clip_length=p["clip_length"],
                                                             max_frames=p["max_frames"]), "seams")
-    run.finish(S.summarize(items), items, errors, headline="seam_score",
+    run.finish(S.summarize(items), items, errors, headline="seam_score", noun="video",
                columns=["seam_score", "boundary_change", "inside_change", "boundaries"])

@@ -63,7 +63,7 @@ def test_motion_report_and_regression_gate(clips, tmp_path):
     r = vmt("eval", "motion", clips["ref"], clips["same"], "--json", base)
     assert r.exit_code == 0, r.output
     doc = json.loads(base.read_text())
-    assert doc["schema"] == "vmt.eval/1" and doc["subcommand"] == "motion"
+    assert doc["schema"] == "vmt.eval/1.1" and doc["subcommand"] == "motion"
     assert doc["metrics"]["motion_fidelity"]["value"] > 0.9
     assert doc["metrics"]["motion_fidelity"]["better"] == "higher"
     assert doc["items"][0]["metrics"]["direction"] == "agree"
@@ -271,9 +271,9 @@ def test_outputs_never_inputs_json_stdout_and_result_line(small, tmp_path):
     doc = json.loads(r.stdout)
     assert doc["subcommand"] == "temporal" and doc["inputs"]["videos"] == [str(video)]
     assert not (tmp_path / "-").exists() and not Path("-").exists()
-    assert "result: pass" in r.stderr and "warp_error=" in r.stderr
+    assert "result: no baseline" in r.stderr and "warp_error=" in r.stderr
     r = vmt("eval", "temporal", video, "-q", "--flow-preset", "fast")
-    assert r.exit_code == 0 and r.output.strip().startswith("result: pass")  # --quiet: only the result line
+    assert r.exit_code == 0 and r.output.strip().startswith("result: no baseline")  # --quiet: only the result line
 
 
 def test_per_file_failures_honour_skip_bad_and_seams_real_module(tmp_path):
@@ -391,7 +391,7 @@ def test_tables_full_width_without_terminal(small, tmp_path):
         (folder / name).write_bytes((small / "a.mp4").read_bytes())
     r = runner.invoke(app, ["eval", "temporal", str(folder), "--flow-preset", "fast"], env={"COLUMNS": "60"})
     assert r.exit_code == 0, r.output
-    assert long_name in r.output and "result: pass" in r.output
+    assert long_name in r.output and "result: no baseline" in r.output
 
 
 def test_video_input_tracked_keypoints_score_the_forecast(shared_data, tmp_path):

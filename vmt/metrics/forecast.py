@@ -133,6 +133,16 @@ def load_forecast(pred_path) -> dict[str, np.ndarray]:
     if v.ndim != 5 or v.shape[-1] != 2 or len(v) != len(arrays["names"]) or len(arrays["start"]) != len(v):
         raise VmtUsageError(f"{pred_path}: value {v.shape}, names {arrays['names'].shape}, start "
                             f"{arrays['start'].shape}; expected value (S, N, H, K, 2) with S names and S starts")
+    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+        raise VmtUsageError(f"{pred_path}: value has dtype {v.dtype}; expected real positions (float)")
+    if not np.issubdtype(arrays["start"].dtype, np.integer):
+        raise VmtUsageError(f"{pred_path}: start has dtype {arrays['start'].dtype}; expected integer frame indices")
+    # Refused as the truth file refuses them (vmt.keypoints.data.load_sequences): a NaN would otherwise vanish
+    # in the minimum over samples or turn every mean into a NaN that the report writes as null.
+    if not np.isfinite(v).all():
+        bad = int((~np.isfinite(v)).reshape(len(v), -1).any(1).sum())
+        raise VmtUsageError(f"{pred_path}: value has NaN or infinite entries in {bad} sequences; "
+                            "rerun the forecast or drop those sequences first")
     return arrays
 
 

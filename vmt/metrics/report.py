@@ -1,15 +1,25 @@
 """Evaluation reports: a versioned JSON document, and the comparison with a baseline report that turns
 `vmt eval` into a CI regression gate.
 
-Schema `vmt.eval/1`:
-    {"schema": "vmt.eval/1", "created", "command", "subcommand", "params", "inputs",
-     "metrics": {name: {"value": float | null, "better": "lower" | "higher" | null, "unit": str}},
+Schema `vmt.eval/1.1`:
+    {"schema": "vmt.eval/1.1", "created", "command", "subcommand", "params", "inputs",
+     "metrics": {name: {"value": float | null, "better": "lower" | "higher" | "closer" | null,
+                        ["target": float,]  "unit": str}},   # "closer": better the nearer value is to target
      "items": [{"name", "metrics": {name: value}}],     # per file or per pair
      "errors": [{"path", "error"}],                     # unreadable inputs (listed, never hidden)
      "input_digests": {role: [sha256, ...]},            # input contents: a baseline must match them
-     "baseline": {"path", "checked": [...], "regressions": [...]} | null,
-     "versions", "timings_s"}
-Non-finite values are written as null. A reader accepts any `vmt.eval/1.x` (same major version).
+     "baseline": {"path", "checked": [...], "regressions": [...], "not_compared": [...],
+                  "versions_differ": {package: {"baseline", "current"}}} | null,
+     "versions": {package: version},                    # vmt.runtime.versions() + the metric's packages
+     "metric_packages": [package, ...],                 # those whose versions decide this subcommand's numbers
+     "timings_s"}
+Non-finite values are written as null. A reader accepts any `vmt.eval/1.x` (same major version); 1.1 added
+"closer"/"target", "metric_packages", the metric packages in "versions" and the baseline's "not_compared" and
+"versions_differ".
+
+A baseline is data from outside: `load_report` checks its schema and types, that every metric is a
+{"value", "better", "unit"} object with a finite number or null, and `require_gated` that it holds every
+metric the subcommand gates; anything else is refused as a usage error naming the file and the metric.
 """
 
 from __future__ import annotations
@@ -24,19 +34,95 @@ from typing import Any
 
 from vmt.errors import VmtError, VmtUsageError
 
-SCHEMA = "vmt.eval/1"
+SCHEMA = "vmt.eval/1.1"
+SCHEMA_MAJOR = "vmt.eval/1"
 
 # Which way is better for each metric vmt reports; metrics not listed are informational (never gated).
+# "closer": better the nearer the value is to TARGET[name] (the seam score: 1 is seamless, 0.5 and 2 are both
+# seams). Unscored counts are gated too: more unscored pairs or videos without a trajectory would otherwise
+# let a mean over fewer inputs look better.
 BETTER: dict[str, str] = {
     "fvd": "lower", "fid": "lower", "is": "higher",
     "energy_distance": "lower",
     "mae_best_k": "lower", "apd": "higher", "apd_mae": "higher", "ade": "lower", "fde": "lower",
-    "motion_fidelity": "higher", "direction_cosine": "higher", "reversed_pairs": "lower",
+    "motion_fidelity": "higher", "direction_cosine": "higher", "reversed_pairs": "lower", "unscored_pairs": "lower",
     "warp_error": "lower", "ssim": "higher", "psnr": "higher",
     "physics_rms": "lower", "physics_max": "lower", "flicker": "higher", "no_trajectory": "lower",
     "ade_mean": "lower", "fde_mean": "lower", "ade_best": "lower", "fde_best": "lower",
-    "seam_score": "lower",
+    "seam_score": "closer",
 }
+TARGET: dict[str, float] = {"seam_score": 1.0}
+DIRECTIONS = ("lower", "higher", "closer")
+
+# The gated metrics (those BETTER names) each subcommand reports: a baseline of that subcommand must hold every
+# one, else it would silently gate fewer. `eval fid --is` adds "is" (see `gated_metrics`).
+GATED: dict[str, tuple[str, ...]] = {
+    "fvd": ("fvd",),
+    "fid": ("fid",),
+    "motion": ("motion_fidelity", "direction_cosine", "reversed_pairs", "unscored_pairs"),
+    "temporal": ("warp_error", "ssim", "psnr", "flicker"),
+    "physics": ("physics_rms", "physics_max", "no_trajectory"),
+    "keypoints": ("ade_mean", "ade_best", "fde_mean", "fde_best", "mae_best_k", "apd", "apd_mae", "energy_distance"),
+    "seams": ("seam_score",),
+}
+
+# The packages whose versions decide each subcommand's numbers ("ffmpeg": the binary that decodes the videos).
+# scikit-learn decides no metric (only longgen's digits and mixtures use it), so it is not recorded.
+METRIC_PACKAGES: dict[str, tuple[str, ...]] = {
+    "fvd": ("ffmpeg", "numpy", "scipy", "torch"),
+    "fid": ("ffmpeg", "numpy", "scipy", "torch"),
+    "motion": ("ffmpeg", "numpy", "opencv", "scipy"),
+    "temporal": ("ffmpeg", "numpy", "opencv"),
+    "physics": ("ffmpeg", "numpy", "opencv"),
+    "keypoints": ("numpy", "scipy"),
+    "seams": ("ffmpeg", "numpy"),
+}
+
+
+def direction_text(name: str) -> str:
+    """How a metric's direction reads in tables: "lower", "higher", "closer to 1", or "" (informational)."""
+    better = BETTER.get(name)
+    if better == "closer":
+        return f"closer to {TARGET[name]:g}"
+    return better or ""
+
+
+def gated_metrics(subcommand: str, params: dict | None = None) -> tuple[str, ...]:
+    """The metrics a run of `subcommand` with these parameters gates."""
+    extra = ("is",) if subcommand == "fid" and (params or {}).get("inception_score") else ()
+    return GATED.get(subcommand, ()) + extra
+
+
+def _package_version(name: str) -> str | None:
+    import importlib.metadata as md
+
+    if name == "opencv":
+        try:
+            import cv2
+        except ImportError:
+            return None
+        return str(cv2.__version__)
+    if name == "ffmpeg":
+        try:
+            import imageio_ffmpeg
+
+            return imageio_ffmpeg.get_ffmpeg_version()
+        except Exception:  # no binary: decoding fails on its own, with its own message
+            return None
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def metric_versions(subcommand: str) -> dict[str, str]:
+    """Versions of the packages that decide `subcommand`'s numbers (METRIC_PACKAGES), those installed."""
+    out = {}
+    for name in METRIC_PACKAGES.get(subcommand, ()):
+        v = _package_version(name)
+        if v is not None:
+            out[name] = v
+    return out
 
 
 def clean(value: Any) -> Any:
@@ -69,18 +155,38 @@ def build_report(subcommand: str, metrics: dict[str, float], *, command: list[st
         "subcommand": subcommand,
         "params": params or {},
         "inputs": inputs or {},
-        "metrics": {k: {"value": v, "better": BETTER.get(k), "unit": units.get(k, "")} for k, v in metrics.items()},
+        "metrics": {k: _metric_entry(k, v, units.get(k, "")) for k, v in metrics.items()},
         "items": items or [],
         "errors": errors or [],
         "input_digests": digests or {},
         "baseline": None,
-        "versions": versions(),
+        "versions": {**versions(), **metric_versions(subcommand)},
+        "metric_packages": list(METRIC_PACKAGES.get(subcommand, ())),
         "timings_s": timings or {},
     })
 
 
+def _metric_entry(name: str, value: Any, unit: str) -> dict:
+    entry = {"value": value, "better": BETTER.get(name), "unit": unit}
+    if name in TARGET:
+        entry["target"] = TARGET[name]
+    return entry
+
+
+def _fix(p: Path, doc: Any) -> str:
+    sub = doc.get("subcommand") if isinstance(doc, dict) and isinstance(doc.get("subcommand"), str) else "SUBCOMMAND"
+    return f"regenerate it with `vmt eval {sub} ... --json {p}`"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def load_report(path: str | Path) -> dict:
-    """Read a report written by `vmt eval --json`; reject other files with the reason."""
+    """Read a report written by `vmt eval --json` for use as a baseline; refuse (VmtUsageError, one line
+    naming the file, the field and the fix) anything the gate could misread: another schema, fields of the
+    wrong type, a metric that is not a {"value", "better", "unit"} object, a value that is not a finite number
+    or null (JSON has no NaN, but Python's reader takes NaN and Infinity)."""
     p = Path(path)
     if not p.is_file():
         raise VmtUsageError(f"baseline {p} not found; write one with `vmt eval ... --json {p}`")
@@ -90,12 +196,50 @@ def load_report(path: str | Path) -> dict:
         raise VmtUsageError(f"baseline {p} is not JSON ({e}); give a report written by `vmt eval --json`") from e
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if not isinstance(schema, str) or not schema.startswith("vmt.eval/"):
-        raise VmtUsageError(f"baseline {p} is not a vmt eval report (schema {schema!r}, expected {SCHEMA})")
-    if schema.split("/")[1].split(".")[0] != SCHEMA.split("/")[1]:
-        raise VmtUsageError(f"baseline {p} has schema {schema}, this vmt reads {SCHEMA}; regenerate the baseline")
-    if not isinstance(doc.get("metrics"), dict):
-        raise VmtUsageError(f"baseline {p} has no metrics table")
+        raise VmtUsageError(f"baseline {p} is not a vmt eval report (schema {schema!r}, expected {SCHEMA}); "
+                            "give a report written by `vmt eval --json`")
+    if schema.split("/")[1].split(".")[0] != SCHEMA_MAJOR.split("/")[1]:
+        raise VmtUsageError(f"baseline {p} has schema {schema}, this vmt reads {SCHEMA_MAJOR}.x; "
+                            + _fix(p, doc))
+    fix = _fix(p, doc)
+    if not isinstance(doc.get("subcommand"), str):
+        raise VmtUsageError(f"baseline {p}: subcommand is {doc.get('subcommand')!r}, not a subcommand name; {fix}")
+    for key in ("params", "versions"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise VmtUsageError(f"baseline {p}: {key} is {type(doc[key]).__name__}, not an object; {fix}")
+    bad_versions = [k for k, v in doc.get("versions", {}).items() if not isinstance(v, str)]
+    if bad_versions:
+        raise VmtUsageError(f"baseline {p}: versions.{bad_versions[0]} is not a version string; {fix}")
+    metrics = doc.get("metrics")
+    if not isinstance(metrics, dict):
+        raise VmtUsageError(f"baseline {p} has no metrics table; {fix}")
+    for name, entry in metrics.items():
+        where = f"baseline {p}: metric {name}"
+        if not isinstance(entry, dict):
+            kind = "a bare number" if _is_number(entry) else f"a {type(entry).__name__}"
+            raise VmtUsageError(f"{where} is {kind} ({entry!r}), not a metric object "
+                                '{"value": number or null, "better", "unit"}; ' + fix)
+        if "value" not in entry:
+            raise VmtUsageError(f"{where} has no value; {fix}")
+        value = entry["value"]
+        if value is not None and not _is_number(value):
+            raise VmtUsageError(f"{where} has value {value!r} ({type(value).__name__}), not a number or null; {fix}")
+        if value is not None and not math.isfinite(value):
+            raise VmtUsageError(f"{where} has value {json.dumps(value)}, not a finite number (vmt writes null "
+                                f"for a metric without a value); {fix}")
+        if entry.get("better") is not None and entry.get("better") not in DIRECTIONS:
+            raise VmtUsageError(f"{where} has better={entry.get('better')!r}, not one of "
+                                f"{', '.join(DIRECTIONS)} or null; {fix}")
     return doc
+
+
+def require_gated(doc: dict, path: str | Path, subcommand: str, params: dict | None = None) -> None:
+    """Refuse a baseline of `subcommand` that lacks a metric this run gates (it would gate one fewer)."""
+    missing = [m for m in gated_metrics(subcommand, params) if m not in doc["metrics"]]
+    if missing:
+        raise VmtUsageError(f"baseline {path} lacks the gated metric{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(missing)}; {_fix(Path(path), doc)} (a baseline without "
+                            f"{'them' if len(missing) > 1 else 'it'} would gate fewer metrics)")
 
 
 @dataclass(frozen=True)
@@ -135,27 +279,37 @@ class Check:
     tolerance: str
     regressed: bool
     reason: str = ""
+    compared: bool = True  # False: the baseline has no value for this metric (null), so nothing to compare
 
 
 def compare(report: dict, baseline: dict, tolerances: dict[str, Tolerance]) -> list[Check]:
-    """Check every gated metric of the baseline against the report. A metric regresses when it is worse
-    than the baseline by more than its tolerance (default 0: any worsening), or is missing or not finite."""
+    """Check every gated metric (BETTER; the direction is this vmt's, never the baseline's) of this run and of
+    the baseline. A metric regresses when it is worse than the baseline by more than its tolerance (default 0:
+    any worsening), or is missing or not finite here; "worse" for a "closer" metric is a larger distance to
+    its target. A baseline value of null (the metric had no value when it was made) is recorded as not
+    compared. A gated metric of this run that the baseline lacks is a usage error (`require_gated`)."""
     default = tolerances.get("*", Tolerance(0.0, False))
     known = set(baseline["metrics"]) | set(report["metrics"])
     unknown = sorted(k for k in tolerances if k != "*" and k not in known)
     if unknown:
         raise VmtUsageError(f"--tolerance names unknown metric(s) {', '.join(unknown)}; this report has "
                             + ", ".join(sorted(known)))
+    names = [k for k in report["metrics"] if k in BETTER]
+    names += [k for k in baseline["metrics"] if k in BETTER and k not in report["metrics"]]
+    missing = [k for k in names if k not in baseline["metrics"]]
+    if missing:
+        raise VmtUsageError(f"the baseline lacks the gated metric(s) {', '.join(missing)}; regenerate it with "
+                            f"`vmt eval {report.get('subcommand')} ... --json FILE`")
     checks = []
-    for name, entry in baseline["metrics"].items():
-        better = (report["metrics"].get(name) or {}).get("better") or entry.get("better")
-        if better not in ("lower", "higher"):
-            continue  # informational
+    for name in names:
+        better = BETTER[name]
         tol = tolerances.get(name, default)
-        base = entry.get("value")
+        base = baseline["metrics"][name].get("value")
         cur = (report["metrics"].get(name) or {}).get("value")
         if base is None:
-            continue  # nothing to compare against
+            checks.append(Check(name, None, cur, better, str(tol), False,
+                                "the baseline has no value (it was not finite there)", compared=False))
+            continue
         if name not in report["metrics"]:
             checks.append(Check(name, base, None, better, str(tol), True, "missing from this run"))
             continue
@@ -163,16 +317,42 @@ def compare(report: dict, baseline: dict, tolerances: dict[str, Tolerance]) -> l
             checks.append(Check(name, base, None, better, str(tol), True, "not finite in this run"))
             continue
         allow = tol.allowed(base)
-        worse = cur - base if better == "lower" else base - cur
+        if better == "closer":
+            target = TARGET[name]
+            worse = abs(cur - target) - abs(base - target)
+            what = f"further from {target:g}"
+        else:
+            worse = cur - base if better == "lower" else base - cur
+            what = "worse"
         regressed = worse > allow + 1e-12 * max(1.0, abs(base))
-        reason = f"worse by {worse:.6g} (> {allow:.6g} allowed)" if regressed else ""
+        reason = f"{what} by {worse:.6g} (> {allow:.6g} allowed)" if regressed else ""
         checks.append(Check(name, base, cur, better, str(tol), regressed, reason))
     return checks
 
 
-def attach_baseline(report: dict, path: str | Path, checks: list[Check]) -> dict:
+def versions_differ(report: dict, baseline: dict) -> dict[str, dict[str, str | None]]:
+    """The packages deciding this subcommand's numbers whose versions differ between the baseline and this
+    run: {package: {"baseline": version or None (not recorded), "current": version or None}}."""
+    mine, theirs = report.get("versions") or {}, baseline.get("versions") or {}
+    return {k: {"baseline": theirs.get(k), "current": mine.get(k)}
+            for k in METRIC_PACKAGES.get(report.get("subcommand", ""), ()) if theirs.get(k) != mine.get(k)}
+
+
+def versions_note(differ: dict[str, dict[str, str | None]]) -> str:
+    """One line: "baseline made with opencv 4.14.0, this run 5.1.0; numbers may move"."""
+    def v(x: str | None) -> str:
+        return x if x is not None else "(not recorded)"
+
+    parts = [f"{k} {v(d['baseline'])}, this run {v(d['current'])}" for k, d in differ.items()]
+    return "baseline made with " + "; ".join(parts) + "; numbers may move"
+
+
+def attach_baseline(report: dict, path: str | Path, checks: list[Check],
+                    differ: dict[str, dict[str, str | None]] | None = None) -> dict:
     report["baseline"] = clean({"path": str(path), "checked": [asdict(c) for c in checks],
-                                "regressions": [c.name for c in checks if c.regressed]})
+                                "regressions": [c.name for c in checks if c.regressed],
+                                "not_compared": [c.name for c in checks if not c.compared],
+                                "versions_differ": differ or {}})
     return report
 
 
