@@ -371,21 +371,40 @@ def run_batch(ctx: typer.Context, cmd: BatchCommand, params: dict) -> None:
         p = resolve_params(ctx, cmd.spec.name, params, params.get("recipe"),
                            NOT_FROM_RECIPE | frozenset(cmd.spec.outputs) | BATCH_OPTIONS)
         ranks = ranks_from_env()
-        with process_group(ranks) as dist, contextlib.ExitStack() as held:
-            plan = plan_batch(ctx, cmd, p)
-            if p["dry_run"]:
-                dry_run(ctx, cmd, plan, p, show=ranks.rank == 0)
-                return
-            for _ in check_jobs(ctx, cmd, p, plan):
-                pass
-            estimate_memory(plan, p)
-            _lock_folder(plan, ranks, dist, held)
-            decide_states(plan, p)
-            if dist is not None:
-                dist.barrier()  # every rank decided from the same files before any writes
-            _execute(cmd, plan, p, ranks, dist)
+        plan = None
+        try:
+            with process_group(ranks) as dist, contextlib.ExitStack() as held:
+                plan = plan_batch(ctx, cmd, p)
+                if p["dry_run"]:
+                    dry_run(ctx, cmd, plan, p, show=ranks.rank == 0)
+                    return
+                for _ in check_jobs(ctx, cmd, p, plan):
+                    pass
+                estimate_memory(plan, p)
+                _lock_folder(plan, ranks, dist, held)
+                decide_states(plan, p)
+                if dist is not None:
+                    dist.barrier()  # every rank decided from the same files before any writes
+                _execute(cmd, plan, p, ranks, dist)
+        except (KeyboardInterrupt, Terminated) as e:
+            if not ranks.distributed or plan is None or not plan.keys:
+                raise  # one process: said by _execute (or nothing was written, as run_guarded says)
+            if ranks.rank == 0:  # one line per interrupt, not one per process, counted from the files
+                console.print(f"[yellow]interrupted[/]: {_complete_on_disk(plan)} of {len(plan.jobs)} jobs complete "
+                              f"in {plan.out_dir} ({ranks.world} processes), the jobs in flight were not written; "
+                              "run the same command again to resume", soft_wrap=True)
+            raise typer.Exit(e.exit_code if isinstance(e, Terminated) else 130) from None
 
     run_guarded(go, bool(params.get("debug", False)))
+
+
+def _complete_on_disk(plan: Plan) -> int:
+    """Jobs whose video and sidecar are in the output folder with this batch's parameters: what every process
+    of an interrupted torchrun batch finished (each rank knows only its own share)."""
+    from vmt.batch import resume_state
+
+    return sum(resume_state(job.output, plan.keys[job.index]).kind == "done"
+               for job in plan.jobs if job.index in plan.keys)
 
 
 def _lock_folder(plan: Plan, ranks, dist, held) -> None:
@@ -468,11 +487,11 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
                 record.set(current, "interrupted")
                 lost = f"the job in flight ({current.output}) was not written"
         record.save()
+        if dist is not None:
+            raise  # run_batch says it once, for all processes
         code = e.exit_code if isinstance(e, Terminated) else 130
-        if ranks.rank == 0:  # one line per interrupt, not one per process
-            scope = "" if dist is None else f" on rank 0 of {ranks.world}"
-            console.print(f"[yellow]interrupted[/]: {record.complete()} of {len(plan.jobs)} jobs complete{scope}, "
-                          f"{lost}; run the same command again to resume", soft_wrap=True)
+        console.print(f"[yellow]interrupted[/]: {record.complete()} of {len(plan.jobs)} jobs complete, {lost}; "
+                      "run the same command again to resume", soft_wrap=True)
         raise typer.Exit(code) from None
     record.save(final=True)
     if not p["quiet"] and ranks.rank == 0:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -10,13 +12,16 @@ from typer.core import TyperGroup
 from cli import eval as eval_cli
 from cli import keypoints as predict_keypoints
 from cli import longgen, refine, transfer
-from cli.scaffold import main_standalone
+from cli.scaffold import NOT_FROM_RECIPE, bare_command, main_standalone, recipe_values
 
 
 class VmtGroup(TyperGroup):
     """The root command: usage errors (a bad flag value, a missing option) are one line on stderr, exit 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = sys.argv[1:] if args is None else list(args)
+        if bare_command(self, args):  # `vmt refine` with nothing else: its help, as --help shows it, exit 0
+            args = [*args, "--help"]
         code = main_standalone(super(), args, prog_name or "vmt", complete_var=complete_var, **extra)
         if standalone_mode:
             raise SystemExit(code)
@@ -85,6 +90,23 @@ def recipes() -> None:
 
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
 app.add_typer(eval_cli.app, name="eval")
+
+
+def find_command(path: str) -> Any:
+    """The command object of `vmt PATH` ("refine", "longgen train")."""
+    from typer.main import get_command
+
+    cmd = get_command(app)
+    for part in path.split():
+        cmd = cmd.commands[part]
+    return cmd
+
+
+def load_recipe(path: Path, command: str) -> dict[str, Any]:
+    """A recipe's typed values for `vmt COMMAND` ("longgen train"), checked against its real options."""
+    cmd = find_command(command)
+    allowed = {p.name for p in cmd.params if p.name and p.name not in NOT_FROM_RECIPE}
+    return recipe_values(cmd, Path(path), command.replace(" ", "-"), allowed)
 
 
 def main() -> None:

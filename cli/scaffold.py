@@ -357,25 +357,6 @@ def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], rec
     return merged
 
 
-def find_command(path: str) -> Any:
-    """The command object of `vmt PATH` ("refine", "longgen train")."""
-    from typer.main import get_command
-
-    from cli.main import app
-
-    cmd = get_command(app)
-    for part in path.split():
-        cmd = cmd.commands[part]
-    return cmd
-
-
-def load_recipe(path: Path, command: str) -> dict[str, Any]:
-    """A recipe's typed values for `vmt COMMAND` ("longgen train"), checked against its real options."""
-    cmd = find_command(command)
-    allowed = {k for k in _params_by_name(cmd) if k not in NOT_FROM_RECIPE}
-    return recipe_values(cmd, Path(path), command.replace(" ", "-"), allowed)
-
-
 # ---------------------------------------------------------------- validation
 
 
@@ -468,6 +449,20 @@ def run_command(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any],
     return run_guarded(go, bool(params.get("debug", False)))
 
 
+def bare_command(root: Any, args: list[str]) -> bool:
+    """Whether `args` name a (sub)command that shows its help when given nothing (`no_args_is_help`) and
+    give it nothing: `vmt`, `vmt refine`, `vmt longgen train`. Walks the public command tree."""
+    cmd = root
+    for i, arg in enumerate(args):
+        sub = getattr(cmd, "commands", {}).get(arg)
+        if sub is None:
+            return False
+        cmd = sub
+        if i == len(args) - 1:
+            break
+    return bool(getattr(cmd, "no_args_is_help", False))
+
+
 def main_standalone(command: Any, args: list[str] | None, prog_name: str | None, **extra: Any) -> int:
     """Run the root command; usage errors become one line on stderr (exit 2); returns the exit code."""
     try:
@@ -479,11 +474,6 @@ def main_standalone(command: Any, args: list[str] | None, prog_name: str | None,
         return 130
     except typer.TyperException as e:  # typer's click: UsageError, BadParameter, NoSuchOption, ...
         ctx = getattr(e, "ctx", None)
-        if type(e).__name__ == "NoArgsIsHelpError":  # a bare `vmt refine`: its help, as --help shows it
-            text = ctx.get_help() if ctx is not None else ""
-            if text:
-                typer.echo(text)
-            return 0
         msg = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
         if ctx is not None:
             msg += f" (see `{ctx.command_path} --help`)"

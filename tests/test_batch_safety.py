@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -291,3 +292,31 @@ def test_the_frame_rate_limits_write_readable_videos(tmp_path, fps):
     path = write_video(tmp_path / "v.mp4", np.zeros((3, 16, 16, 3), np.uint8), fps=fps)
     info = probe_video(path)
     assert info.fps == pytest.approx(fps) and info.num_frames == 3
+
+
+@pytest.mark.slow
+def test_an_interrupted_torchrun_batch_prints_one_summary_line(tiny_t2v, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"p{i}", "seed": i} for i in range(8)])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29521", "-m", "cli.main", "refine", "--batch", str(jobs), "-o",
+                             str(out), "--model", str(tiny_t2v), "--num-frames", "9", "--height", "32", "--width",
+                             "32", "--steps", "40", "--plan", "none", "--device", "auto"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not list(out.glob("*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)  # the launcher and its workers, as a scheduler's preemption does
+    err = proc.communicate(timeout=120)[1]
+    lines = [x for x in err.splitlines() if "interrupted:" in x]
+    assert len(lines) == 1, err[-3000:]
+    assert "run the same command again to resume" in lines[0] and "(2 processes)" in lines[0]
+    assert "no output was written" not in err
+    videos = sorted(out.glob("*.mp4"))
+    assert videos and all(v.with_suffix(".json").exists() for v in videos)
+    # Counted when rank 0 stopped; the other rank may still finish the commit it was in (one job more).
+    counted = int(lines[0].split("interrupted: ")[1].split(" of 8 jobs complete")[0])
+    assert counted in (len(videos) - 1, len(videos)), (counted, videos)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -94,8 +94,10 @@ def test_a_signal_at_every_line_of_a_commit_leaves_both_files_or_neither(tmp_pat
             if names:
                 assert json.loads((tmp_path / "a.json").read_text()) == {"output": "a.mp4"}
                 assert probe_video(tmp_path / "a.mp4").num_frames == len(FRAMES)
-                for p in tmp_path.iterdir():
-                    p.unlink()
+            write_json_atomic(tmp_path / "after.json", {})  # no commit left open to swallow later writes
+            assert (tmp_path / "after.json").is_file(), k
+            for p in tmp_path.iterdir():
+                p.unlink()
             outcomes.add(len(names))
     finally:
         signal.signal(signal.SIGINT, previous_int)
@@ -151,23 +153,23 @@ def _run_with_signal(args: list[str], sig: int, event: str, suffix: str, k: int 
 
 
 MOVES = "os.link,os.rename"
-POINTS = [  # (event, temporary's suffix, k): where the signal lands; whether the files are then written
-    ("open", ".part.json", 1, False),  # the sidecar's temporary is created: before the commit
-    (MOVES, ".part.mp4", 1, True),  # the video is moved into place
-    (MOVES, ".part.json", 1, True),  # the sidecar is moved into place (the reported window)
-]
+# (signal, exit code, event, temporary's suffix, whether the files are then written): where the signal lands.
+BEFORE = ("open", ".part.json", False)  # the sidecar's temporary is created: before the commit
+VIDEO_MOVE = (MOVES, ".part.mp4", True)  # the video is moved into place
+SIDECAR_MOVE = (MOVES, ".part.json", True)  # the sidecar is moved into place (the reported window)
+CASES = [(signal.SIGTERM, 143, *BEFORE), (signal.SIGTERM, 143, *VIDEO_MOVE), (signal.SIGTERM, 143, *SIDECAR_MOVE),
+         (signal.SIGINT, 130, *VIDEO_MOVE), (signal.SIGINT, 130, *SIDECAR_MOVE),
+         (signal.SIGHUP, 129, *VIDEO_MOVE), (signal.SIGHUP, 129, *SIDECAR_MOVE)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-@pytest.mark.parametrize("event, suffix, k, written", POINTS, ids=["sidecar-temp", "video-move", "sidecar-move"])
+@pytest.mark.parametrize("sig, code, event, suffix, written", CASES,
+                         ids=[f"{c[0].name}-{'before' if c[2] == 'open' else c[3]}" for c in CASES])
 def test_refine_interrupted_at_its_commit_writes_both_files_or_neither(tiny_t2v, tmp_path, sig, code, event,
-                                                                       suffix, k, written):
-    if sig != signal.SIGTERM and not written and event == "open":
-        pytest.skip("one signal kind covers the point before the commit")
+                                                                       suffix, written):
     out = tmp_path / "o.mp4"
     res = _run_with_signal(["refine", "-p", "x", "--model", str(tiny_t2v), "-o", str(out), *SMALL], sig, event,
-                           suffix, k)
+                           suffix)
     assert res.returncode == code, res.stderr
     assert "Traceback" not in res.stderr
     names = sorted(p.name for p in tmp_path.iterdir())

@@ -185,7 +185,7 @@ def test_bad_inputs_exit_with_one_line_and_no_output(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "vmt" / "recipes" / "longgen").glob("*.toml")))
 def test_recipes_name_only_real_options(recipe):
-    from cli.scaffold import load_recipe
+    from cli.main import load_recipe
 
     values = load_recipe(recipe, "longgen train")
     assert values["preset"] in ("paper", "cpu", "tiny") and values["steps"] > 0

@@ -111,14 +111,14 @@ def test_inner_loop_evaluates_at_the_outer_sigma():
     ("wan2.2-a14b-i2v.toml", 63), ("nfe-x2.toml", 100),
 ])
 def test_recipes_load_with_cli_option_names_and_give_published_nfe(name, nfe):
-    from cli.scaffold import load_recipe
+    from cli.main import load_recipe
 
     r = load_recipe(RECIPES / name, "refine")
     assert parse_plan(r["plan"]).validate(r["steps"]).nfe(r["steps"]) == nfe
 
 
 def test_recipe_values_match_the_published_setups():
-    from cli.scaffold import load_recipe
+    from cli.main import load_recipe
 
     t2v = load_recipe(RECIPES / "wan2.2-a14b-t2v.toml", "refine")
     assert (t2v["steps"], t2v["height"], t2v["width"], t2v["num_frames"]) == (40, 480, 832, 81)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.scaffold import find_command
+from cli.main import find_command
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EVAL = ["eval " + s for s in ("fvd", "fid", "motion", "temporal", "physics", "keypoints", "seams")]

@@ -312,7 +312,7 @@ def test_cli_recipe_keys_match_options(tmp_path):
     import inspect
     from pathlib import Path
 
-    from cli.scaffold import load_recipe
+    from cli.main import load_recipe
     from cli.transfer import transfer as command
 
     root = Path(__file__).resolve().parents[1] / "vmt" / "recipes" / "transfer"

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import tempfile
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,16 @@ from vmt.errors import VmtUsageError
 
 # True: the final move replaces an existing target; False: it refuses one (exclusive create).
 _REPLACE: contextvars.ContextVar[bool] = contextvars.ContextVar("vmt_replace_outputs", default=True)
-# Inside `commit_together`: the finished temporaries waiting to be moved together (temporary, target, replace).
-_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("vmt_pending_moves", default=None)
+
+
+class _Moves(list):
+    """The finished temporaries an open commit moves at its end: (temporary, target, replace) items.
+    Weak-referenceable, so that a commit whose clean-up a signal cut short closes by itself when its frame
+    is gone (Python-level signal handlers can interrupt any line, the restore of a context variable too)."""
+
+
+# Inside `commit_together`: a weak reference to its moves (see `_open_commit`).
+_PENDING: contextvars.ContextVar[weakref.ref | None] = contextvars.ContextVar("vmt_pending_moves", default=None)
 # Every target this process moved into place, in order: what an interrupted command really wrote.
 _PLACED: list[Path] = []
 # Signals held back while a commit moves its files: the CLI's SIGTERM/SIGHUP and Ctrl-C.
@@ -165,12 +174,13 @@ def atomic_path(target: str | os.PathLike, *, replace: bool | None = None) -> It
             os.close(fd)
             tmp_path = Path(tmp)
         yield tmp_path
-        pending = _PENDING.get()
+        pending = _open_commit()
         if pending is not None:  # inside commit_together: moved with the others at its end
             pending.append((tmp_path, target, replace))
             handed_over = True
         else:
-            _finalize(tmp_path, target, replace)
+            with signals_held():  # the move and its record in _PLACED: what an interrupted command reports
+                _finalize(tmp_path, target, replace)
     finally:
         if tmp_path is not None and not handed_over:
             with contextlib.suppress(FileNotFoundError):
@@ -230,14 +240,15 @@ def commit_together() -> Iterator[list[Path]]:
     list of targets placed, filled at the end. Only a SIGKILL or a power cut between the moves can leave the
     first file without the later ones: the sidecar is written last, so a video without its sidecar is known
     to be incomplete."""
-    moves: list[tuple[Path, Path, bool | None]] = []
+    moves = _Moves()
     placed: list[Path] = []
-    token = _PENDING.set(moves)
+    previous = _PENDING.get()
     try:
+        _PENDING.set(weakref.ref(moves))
         try:
             yield placed
         finally:
-            _PENDING.reset(token)
+            _restore_pending(previous)
         with signals_held():
             try:
                 for tmp, target, replace in moves:
@@ -251,9 +262,30 @@ def commit_together() -> Iterator[list[Path]]:
                 placed.clear()
                 raise
     finally:
+        _restore_pending(previous)  # again: a signal may have landed between the set and the inner `try`
         for tmp, _, _ in moves:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+def _open_commit() -> _Moves | None:
+    """The moves of the innermost open `commit_together`, or None."""
+    ref = _PENDING.get()
+    return None if ref is None else ref()
+
+
+def _restore_pending(value: weakref.ref | None) -> None:
+    """Put back the commit that was open before (None: none). A signal that lands here is let through only
+    after the restore (and if it lands before this runs, the weak reference dies with the commit's frame)."""
+    landed: BaseException | None = None
+    while True:
+        try:
+            _PENDING.set(value)
+            break
+        except BaseException as e:  # noqa: B036 - re-raised below, after the restore
+            landed = landed or e
+    if landed is not None:
+        raise landed
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, replace: bool | None = None) -> Path:
