@@ -193,24 +193,41 @@ def motion_fidelity(ref: np.ndarray, gen: np.ndarray, *, grid: int = 40, win: in
 # to an odd DFT size). Here the windowed mean is removed first, the phase-only spectrum is tapered by a
 # Gaussian (the surface smoothed by a Gaussian of ~1 px: a symmetric peak stays in place, while the high
 # frequencies, mostly noise and aliasing once whitened, no longer jitter it), and the peak of that smooth
-# surface is found to 0.01 px by evaluating its DFT on finer grids around the integer peak (Guizar-Sicairos,
-# Thurman & Fienup 2008). Errors on exact shifts of real and synthetic frames: 0.1 px at most, any OpenCV.
+# surface is found by Newton's method on its Fourier series, started from a parabola through the pixels
+# around the largest sample. Errors on exact shifts of real and synthetic frames, on OpenCV 4.14 and 5.1 alike:
+# 0.1 px at most on frames of 64x96 px and more (0.2 px at 32x48).
 _TAPER_SIGMA = 0.15  # cycles per pixel
 
 
-def _refine_peak(spec: np.ndarray, peak: tuple[int, int]) -> tuple[float, float]:
-    """(dy, dx) maximising the real surface sum_f spec(f) exp(2 pi i f.d) near the integer `peak`: grids of
-    step 0.1 over +-0.7 px, then 0.01 over +-0.06 px, each evaluated as a matrix-multiply DFT."""
-    h, w = spec.shape
+def _refine_peak(spec: np.ndarray, surf: np.ndarray) -> tuple[float, float]:
+    """(dy, dx) maximising the smooth surface s(d) = Re sum_f spec(f) exp(2 pi i f.d), whose samples on the
+    pixel grid are `surf` (= ifft2(spec).real): a parabola through the samples around the largest, then
+    Newton steps on s itself (its exact derivatives from the spectrum), kept when they converge nearby."""
+    h, w = surf.shape
+    iy, ix = np.unravel_index(np.argmax(surf), surf.shape)
+    at = lambda a, b: surf[(iy + a) % h, (ix + b) % w]
+    start = []
+    for lo, hi in ((at(-1, 0), at(1, 0)), (at(0, -1), at(0, 1))):
+        curv = lo - 2 * at(0, 0) + hi
+        start.append(float(np.clip(0.5 * (lo - hi) / curv, -0.5, 0.5)) if curv < 0 else 0.0)
+    d0 = np.array([(iy - h if iy > h // 2 else iy) + start[0], (ix - w if ix > w // 2 else ix) + start[1]])
     fy, fx = np.fft.fftfreq(h), np.fft.fftfreq(w)
-    cy, cx = float(peak[0]), float(peak[1])
-    for step, n in ((0.1, 7), (0.01, 6)):
-        offs = np.arange(-n, n + 1) * step
-        ys, xs = cy + offs, cx + offs
-        surf = (np.exp(2j * np.pi * np.outer(ys, fy)) @ spec @ np.exp(2j * np.pi * np.outer(fx, xs))).real
-        i, j = np.unravel_index(np.argmax(surf), surf.shape)
-        cy, cx = float(ys[i]), float(xs[j])
-    return cy, cx
+    d = d0.copy()
+    for _ in range(6):
+        z = spec * np.exp(2j * np.pi * fy * d[0])[:, None] * np.exp(2j * np.pi * fx * d[1])[None, :]
+        re, im = z.real, z.imag
+        cross = fy @ re @ fx
+        grad = -2 * np.pi * np.array([fy @ im.sum(1), fx @ im.sum(0)])
+        hess = -4 * np.pi ** 2 * np.array([[fy ** 2 @ re.sum(1), cross], [cross, fx ** 2 @ re.sum(0)]])
+        if not (np.linalg.eigvalsh(hess) < 0).all():
+            return float(d0[0]), float(d0[1])
+        step = -np.linalg.solve(hess, grad)
+        d += step
+        if np.abs(d - d0).max() > 1:
+            return float(d0[0]), float(d0[1])
+        if np.abs(step).max() < 1e-4:
+            break
+    return float(d[0]), float(d[1])
 
 
 def global_shifts(frames: np.ndarray, *, max_side: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -251,8 +268,7 @@ def global_shifts(frames: np.ndarray, *, max_side: int = 256) -> tuple[np.ndarra
         iy, ix = np.unravel_index(np.argmax(surf), surf.shape)
         resp[k] = surf[(iy + near[0]) % h, (ix + near[1]) % w].sum()
         smooth = phase * taper
-        iy, ix = np.unravel_index(np.argmax(np.fft.ifft2(smooth).real), surf.shape)
-        dy, dx = _refine_peak(smooth, (iy - h if iy > h // 2 else iy, ix - w if ix > w // 2 else ix))
+        dy, dx = _refine_peak(smooth, np.fft.ifft2(smooth).real)
         shifts[k] = (dx * sx, dy * sy)
         prev = cur
     return shifts, resp
