@@ -1,11 +1,20 @@
 PY ?= .venv/bin/python
 
-.PHONY: setup test lint bench
+.PHONY: setup test test-newest lock lint bench
 setup:
 	./setup.sh
 
 test:
 	$(PY) -m pytest -q
+
+# the suite against the newest release of every dependency (a separate venv; .venv keeps the lock)
+test-newest:
+	VMT_DEPS=newest VMT_VENV=.venv-newest ./setup.sh
+	.venv-newest/bin/python -m pytest -q
+
+# rewrite constraints.txt from a fresh install of the newest releases (then test it and commit)
+lock:
+	scripts/lock.sh
 
 lint:
 	$(PY) -m ruff check vmt cli tests benchmarks
