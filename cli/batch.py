@@ -294,7 +294,7 @@ def decide_states(plan: Plan, p: Params) -> None:
 
 def estimate_memory(plan: Plan, p: Params) -> None:
     """The plan's GPU memory: the job with the most tokens (times CFG branches), on the loaded model's files."""
-    from vmt.batch import memory_estimate
+    from vmt.backends.memory import memory_estimate
 
     dtype = p["dtype"] if p["dtype"] != "auto" else "bfloat16"  # the GPU default
     worst = max(plan.jobs, key=lambda j: plan.estimates[j.index]["tokens"] * plan.estimates[j.index]["cfg_branches"])

@@ -520,7 +520,7 @@ def _motion(p: dict) -> None:
 def _motion_pairs(p: dict) -> tuple[list[tuple[Path, Path]], list[dict]]:
     """(reference, generated) pairs from REF GEN or from --batch, and an error row for each batch job that
     is not done (it has no video to score)."""
-    from vmt.batch import read_pairs
+    from vmt.metrics.pairs import read_pairs
     from vmt.errors import VmtUsageError
     from vmt.metrics.motion import pair_videos
 

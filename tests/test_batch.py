@@ -351,7 +351,7 @@ def test_seeds_and_rank_shares():
 def test_dry_run_weights_are_the_loaded_models_parameters(tiny_t2v):
     """Weights counted from the files' headers (no load) = the parameters of the loaded components, at the
     dtype they load in (the VAE stays float32)."""
-    from vmt.batch import weight_bytes
+    from vmt.backends.memory import weight_bytes
 
     pipe = DiffusionPipeline.from_pretrained(str(tiny_t2v))
     counted = weight_bytes(tiny_t2v, "bfloat16")
@@ -365,7 +365,7 @@ def test_dry_run_memory_counts_float8_storage_and_group_offload(tiny_t2v):
     transformer blocks resident."""
     from safetensors import safe_open
 
-    from vmt.batch import memory_estimate, weight_bytes
+    from vmt.backends.memory import memory_estimate, weight_bytes
 
     params = 0
     for f in (tiny_t2v / "transformer").glob("*.safetensors"):
@@ -384,7 +384,7 @@ def test_dry_run_memory_of_a_guided_backward_with_and_without_checkpointing(tiny
     blocks x dim + (4 dim + ffn) against blocks x (4 dim + ffn), text tokens aside)."""
     import json as _json
 
-    from vmt.batch import memory_estimate
+    from vmt.backends.memory import memory_estimate
 
     cfg = _json.loads((tiny_t2v / "transformer" / "config.json").read_text())
     dim, ffn = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"]

@@ -5,9 +5,11 @@ top (prompt, seed, reference, any option that does not change how the model load
 about the command line: the caller passes how to convert a value to an option's type and how to check a job,
 so that a job file is held to exactly the rules of a recipe and of the command line.
 
-    jobs = read_jobs("prompts.jsonl", JobSchema(...))
-    names = assign_outputs(jobs, out_dir, "{prompt}-{sample}.mp4", suffixes)
-    state = resume_state(out_dir / names[0], job_key(params))
+    jobs = read_jobs("prompts.jsonl", schema)            # typed per-job values, bounded
+    assign_outputs(jobs, out_dir, "{prompt}-{sample}.mp4", "prompts.jsonl")   # sets each job.output
+    state = resume_state(jobs[0].output, job_key(jobs[0].params, ignore=()))   # todo | done | changed | orphan
+
+Pairs for `eval motion --batch` live in vmt.metrics.pairs, GPU memory estimates in vmt.backends.memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 from vmt.errors import VmtUsageError
 
 MANIFEST_NAME = "manifest.jsonl"
+# Manifest statuses of a job whose video is there (this run wrote it, or an earlier one did).
+DONE_STATUSES = ("done", "skipped")
 NAMING_PRESETS = {"index": "{index:04d}.mp4", "vbench": "{prompt}-{sample}.mp4"}
 DEFAULT_NAMING = "index"
 NAME_FIELDS = ("index", "sample", "prompt", "seed", "reference")
@@ -555,162 +559,3 @@ class BatchRecord:
         seen = {r["job"] for r in rows}
         pending = [manifest_row(j, "pending") for j in self.jobs if j.index not in seen]
         write_manifest(self.path, self.header, sorted([*rows, *pending], key=lambda r: r["job"]))
-
-
-# ---------------------------------------------------------------- pairs for eval
-
-PAIR_KEYS = ("reference", "video")
-DONE_STATUSES = ("done", "skipped")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One (reference, generated video) line of a pairs file or of a transfer batch's manifest. `status`:
-    the manifest's job status (None in a pairs file); a job that is not done has no video to score."""
-
-    line: int
-    reference: Path
-    video: Path
-    status: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status is None or self.status in DONE_STATUSES
-
-
-def read_pairs(path: str | Path) -> list[Pair]:
-    """Pairs to score, from JSON Lines: a pairs file ({"reference": ..., "video": ...} a line) or the
-    manifest.jsonl of `vmt transfer --batch` (its header line, then "reference" and "output" per job; other
-    keys are the manifest's own). Relative paths are read from the file's folder. Raises VmtUsageError naming
-    the line: not an object, a missing or unknown key, a file that does not exist (for a job that is done)."""
-    path = Path(path)
-    if path.is_dir():
-        raise VmtUsageError(f"--batch {path} is a folder; give a .jsonl file of pairs or a batch's manifest.jsonl")
-    if not path.is_file():
-        raise VmtUsageError(f"--batch {path} not found; check the path")
-    if path.suffix.lower() not in JSONL_SUFFIXES:
-        raise VmtUsageError(f"--batch {path}: expected JSON Lines (.jsonl), one "
-                            '{"reference": "ref.mp4", "video": "out.mp4"} a line')
-    manifest = False
-    pairs: list[Pair] = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path} line {lineno}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise VmtUsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise VmtUsageError(f'{where}: expected a JSON object such as {{"reference": "ref.mp4", '
-                                f'"video": "out.mp4"}}, got {type(obj).__name__}')
-        if not pairs and not manifest and set(obj) == {"batch"}:
-            manifest = True  # a batch manifest's header
-            if isinstance(obj["batch"], dict) and obj["batch"].get("command", "transfer") != "transfer":
-                raise VmtUsageError(f"--batch {path} is the manifest of `vmt {obj['batch']['command']}`, "
-                                    "whose jobs have no reference video; give a transfer manifest or a pairs file")
-            continue
-        video_key = "output" if manifest else "video"
-        if not manifest:
-            unknown = sorted(set(obj) - set(PAIR_KEYS))
-            if unknown:
-                raise VmtUsageError(f"{where}: unknown key {unknown[0]!r}; a pairs line has \"reference\" and "
-                                    "\"video\"")
-        for key in ("reference", video_key):
-            if not isinstance(obj.get(key), str) or not obj[key]:
-                raise VmtUsageError(f"{where}: {key!r} must be a path (a string)")
-        status = obj.get("status") if manifest else None
-        ref, video = (Path(obj[k]).expanduser() for k in ("reference", video_key))
-        ref, video = (p if p.is_absolute() else path.parent / p for p in (ref, video))
-        pair = Pair(lineno, ref, video, None if status is None else str(status))
-        for what, f in (("reference", ref), ("video", video)):
-            if pair.done and not f.is_file():
-                kind = "is a folder" if f.is_dir() else "not found"
-                raise VmtUsageError(f"{where}: {what} {f} {kind}")
-        pairs.append(pair)
-    if not pairs:
-        raise VmtUsageError(f"--batch {path} has no pairs")
-    return pairs
-
-
-# ---------------------------------------------------------------- plan estimates
-
-
-def _safetensors_params(folder: Path) -> int | None:
-    """Parameters in the .safetensors files of a component folder, from their headers (no tensor data)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name != "__metadata__":
-                total += math.prod(info["shape"])
-    return total
-
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def weight_bytes(model_folder: Path, dtype: str, storage_dtype: str | None = None) -> dict[str, int | None]:
-    """Bytes of each component's weights as loaded (the VAE stays float32; `storage_dtype` float8: the
-    transformers' weights take one byte each), counted from the files' headers."""
-    per = DTYPE_BYTES.get(dtype, 4)
-    out: dict[str, int | None] = {}
-    for comp in ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae"):
-        folder = model_folder / comp
-        if folder.is_dir():
-            n = _safetensors_params(folder)
-            size = 4 if comp == "vae" else 1 if storage_dtype and comp.startswith("transformer") else per
-            out[comp] = None if n is None else n * size
-    return out
-
-
-def activation_bytes(tokens: int, dim: int, ffn_dim: int, text_tokens: int, branches: int, dtype: str) -> int:
-    """A rough peak of one transformer forward's activations: the block's input, attention output and FFN
-    intermediate per token, for `branches` (2 with batched CFG). Memory-efficient attention is assumed (no
-    token x token matrix). An estimate, not a measurement."""
-    per = DTYPE_BYTES.get(dtype, 4)
-    return branches * per * (tokens * (4 * dim + ffn_dim) + text_tokens * dim)
-
-
-def memory_estimate(model_folder: Path, dtype: str, offload: str, tokens: int, latent_numel: int,
-                    cfg_branches: int, storage_dtype: str | None = None, guided_blocks: int = 0,
-                    checkpointing: bool = True) -> dict[str, Any]:
-    """Estimated peak GPU memory of a job from the model's files (weights) and configs (activations), with
-    the memory options: `offload` (model / sequential / group: one component, or one block group, at a time)
-    and float8 `storage_dtype`. `guided_blocks`: blocks a guided forward runs and back-propagates through
-    (transfer: capture block + 1 when truncated); its backward keeps every block's activations, or with
-    `checkpointing` only each block's input plus one block's activations."""
-    weights = weight_bytes(model_folder, dtype, storage_dtype)
-    known = {k: v for k, v in weights.items() if v is not None}
-    tcfg: dict = {}
-    try:
-        tcfg = json.loads((model_folder / ("transformer" if (model_folder / "transformer").is_dir()
-                                           else "transformer_2") / "config.json").read_text())
-        dim = int(tcfg["num_attention_heads"]) * int(tcfg["attention_head_dim"])
-        ffn = int(tcfg["ffn_dim"])
-    except (OSError, ValueError, KeyError):
-        dim, ffn = 1536, 8960  # Wan2.1-1.3B
-    act = activation_bytes(tokens, dim, ffn, 512, cfg_branches, dtype) + 8 * latent_numel * 4
-    if guided_blocks:  # one branch, with gradients
-        block = activation_bytes(tokens, dim, ffn, 512, 1, dtype)
-        kept = guided_blocks * tokens * dim * DTYPE_BYTES.get(dtype, 4) + block if checkpointing \
-            else guided_blocks * block
-        act = max(act, kept)
-    if offload == "none":
-        resident = sum(known.values())
-    elif offload == "group":  # blocks stream in; the other components still run whole, one at a time
-        others = [v for k, v in known.items() if not k.startswith("transformer")]
-        layers = int(tcfg.get("num_layers", 30)) if isinstance(tcfg, dict) else 30
-        block = max((v for k, v in known.items() if k.startswith("transformer")), default=0) // max(1, layers)
-        resident = max([*others, 2 * block], default=0)
-    else:  # model offload: the largest component at a time (sequential: less; reported the same, an upper bound)
-        resident = max(known.values(), default=0)
-    gib = 2**30
-    return {"weights_gib": {k: (None if v is None else round(v / gib, 3)) for k, v in weights.items()},
-            "activations_gib": round(act / gib, 3), "peak_gib": round((resident + act) / gib, 3),
-            "note": "weights from the model files' headers; activations a rough estimate"}
