@@ -20,8 +20,8 @@ import typer
 
 from cli.display import BatchProgress, console, status
 from cli.scaffold import (
-    NOT_FROM_RECIPE, CommandSpec, Params, Terminated, check_paths, check_values, convert_recipe_value, flag,
-    param_types, print_error, resolve_params, run_guarded,
+    NOT_FROM_RECIPE, CommandSpec, Params, Terminated, check_paths, check_values, convert_recipe_value, error_text,
+    flag, param_types, print_error, resolve_params, run_guarded,
 )
 
 _B = "Batch"
@@ -118,7 +118,7 @@ def _at(where: str, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except VmtError as e:
-        raise type(e)(f"{where}: {e}") from None
+        raise type(e)(f"{where}: {e.message}") from None
 
 
 def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
@@ -153,8 +153,7 @@ def plan_batch(ctx: typer.Context, cmd: BatchCommand, p: Params) -> Plan:
             raise VmtUsageError(f"-o folder {writable} is not writable; choose another folder")
         allowed = frozenset(k for k in types_ if k not in NOT_IN_KEY | LOAD_OPTIONS and k != "ctx")
         schema = JobSchema(
-            spec.name, convert=lambda name, v: convert_recipe_value(*types_[name], v),
-            flag=lambda name: flag(ctx, name), allowed=allowed,
+            spec.name, convert=lambda name, v: convert_recipe_value(*types_[name], v), allowed=allowed,
             fixed={k: "the model loads once for the whole batch" for k in LOAD_OPTIONS},
             paths=frozenset(spec.inputs),
         )
@@ -395,7 +394,7 @@ def run_batch(ctx: typer.Context, cmd: BatchCommand, params: dict) -> None:
                               "run the same command again to resume", soft_wrap=True)
             raise typer.Exit(e.exit_code if isinstance(e, Terminated) else 130) from None
 
-    run_guarded(go, bool(params.get("debug", False)))
+    run_guarded(go, bool(params.get("debug", False)), ctx)
 
 
 def _complete_on_disk(plan: Plan) -> int:
@@ -418,7 +417,7 @@ def _lock_folder(plan: Plan, ranks, dist, held) -> None:
         try:
             held.enter_context(folder_lock(plan.out_dir))
         except VmtError as e:
-            error = str(e)
+            error = e.message
     if dist is not None:
         box = [error]
         dist.broadcast_object_list(box, src=0)
@@ -430,7 +429,6 @@ def _lock_folder(plan: Plan, ranks, dist, held) -> None:
 def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
     from cli.common import quiet_libraries
     from vmt.batch import MANIFEST_NAME, BatchRecord, rank_device
-    from vmt.errors import VmtError
     from vmt.io.atomic import output_policy, placed_count, placed_since, sidecar_path
     from vmt.runtime import Timer
 
@@ -469,7 +467,7 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
                                      timings_s=timer.stages, compute=counts)
                 except Exception as e:  # one job's failure does not stop the others; exit 1 at the end
                     failed += 1
-                    msg = str(e) if isinstance(e, VmtError) else f"{type(e).__name__}: {e}"
+                    msg = error_text(e)
                     row = record.set(job, "failed", error=" ".join(msg.split()))
                     print_error(f"{plan.source} line {job.line} ({job.output}): {msg}")
                 current = None

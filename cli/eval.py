@@ -15,7 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.scaffold import AT_LEAST_1, JSON_REPORT, NON_NEGATIVE, POSITIVE, CommandSpec, Range, run_command
+from vmt.errors import VmtError
+from cli.scaffold import (
+    AT_LEAST_1, JSON_REPORT, NON_NEGATIVE, POSITIVE, CommandSpec, Range, error_text, run_command,
+)
 from cli.common import (
     DebugOpt,
     DeviceOpt,
@@ -117,12 +120,25 @@ def expand_inputs(spec: str) -> list[Path]:
     raise VmtUsageError(f"{p} not found; give a video, a folder of videos, or a quoted glob")
 
 
+# Exit codes of `vmt eval`, a CI gate: a regression (1) must be told apart from a run that failed (3).
+EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+
+
+class EvalRuntimeError(VmtError):
+    """A failure while computing metrics (unreadable inputs without --skip-bad, a crash): exit code 3."""
+
+
+def _eval_exit_code(error: BaseException) -> int:
+    from vmt.errors import VmtUsageError
+
+    return EXIT_USAGE if isinstance(error, VmtUsageError) else EXIT_RUNTIME
+
+
 def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], body: Callable[[dict], Any]) -> Any:
     """The scaffold's `run_command` (numbers and declared paths checked first, signals, one-line errors) with
     eval's exit codes: usage errors 2, regressions 1 (typer.Exit), anything else that fails (a VmtError or a
     crash) 3, never 1."""
     from vmt.errors import VmtError, VmtUsageError
-    from vmt.metrics.report import EvalRuntimeError
 
     debug = bool(params.get("debug", False))
 
@@ -132,13 +148,13 @@ def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], body
         except (VmtUsageError, EvalRuntimeError, typer.Exit):
             raise
         except VmtError as e:
-            raise EvalRuntimeError(str(e)) from e
+            raise EvalRuntimeError(e.message) from e
         except Exception as e:
             if debug:
                 raise
             raise EvalRuntimeError(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)") from e
 
-    return run_command(ctx, spec, params, wrapped)
+    return run_command(ctx, spec, params, wrapped, _eval_exit_code)
 
 
 def eval_spec(name: str, inputs: dict[str, str] | None = None, **ranges: Range) -> CommandSpec:
@@ -200,13 +216,10 @@ class EvalRun:
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:
-                    msg = str(e) if isinstance(e, (ValueError,)) or type(e).__module__.startswith("vmt") \
-                        else f"{type(e).__name__}: {e}"
+                    msg = str(e) if isinstance(e, ValueError) else error_text(e)
                     errors.append({"path": str(path), "error": msg})
                 advance(file=Path(path).name)
         if not items:
-            from vmt.metrics.report import EvalRuntimeError
-
             first = f": {errors[0]['path']}: {errors[0]['error']}" if errors else ""
             raise EvalRuntimeError(f"no input could be scored{first}")
         return items, errors
@@ -535,8 +548,6 @@ def _motion_pairs(p: dict) -> tuple[list[tuple[Path, Path]], list[dict]]:
     not_done = [{"path": str(x.video), "error": f"{p['batch']} line {x.line}: the job's status is {x.status}, "
                  "so there is no video to score"} for x in listed if not x.done]
     if not pairs:
-        from vmt.metrics.report import EvalRuntimeError
-
         raise EvalRuntimeError(f"no job in {p['batch']} is done; nothing to score")
     return pairs, not_done
 

@@ -76,9 +76,18 @@ def print_error(message: str) -> None:
     console.print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True)
 
 
-def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
-    """Run a command body: user errors -> one line + their exit code; Ctrl-C -> 130; SIGTERM -> 143,
-    SIGHUP -> 129 (temporaries removed on the way out); bugs -> 1 with a hint to rerun with --debug."""
+def exit_code(error: BaseException) -> int:
+    """The exit code of a library error: a bad request 2, anything else 1 (eval maps runtime errors to 3)."""
+    from vmt.errors import VmtUsageError
+
+    return EXIT_USAGE if isinstance(error, VmtUsageError) else EXIT_RUNTIME
+
+
+def run_guarded(fn: Callable[[], Any], debug: bool, ctx: Any = None,
+                code_of: Callable[[BaseException], int] = exit_code) -> Any:
+    """Run a command body: user errors -> one line (parameters written as the command's flags) + their exit
+    code (`code_of`); Ctrl-C -> 130; SIGTERM -> 143, SIGHUP -> 129 (temporaries removed on the way out);
+    bugs -> 1 with a hint to rerun with --debug."""
     from vmt.errors import VmtError
     from vmt.io.atomic import placed_count
 
@@ -89,8 +98,8 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
         except VmtError as e:
             if debug:
                 console.print_exception()
-            print_error(str(e))
-            raise typer.Exit(e.exit_code) from None
+            print_error(error_text(e, ctx))
+            raise typer.Exit(code_of(e)) from None
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: {_written_before_signal(mark)}", soft_wrap=True)
             raise typer.Exit(130) from None
@@ -216,6 +225,20 @@ def _params_by_name(ctx: Any) -> dict[str, Any]:
     """`ctx`: a typer Context, or a command object itself."""
     cmd = getattr(ctx, "command", ctx)
     return {p.name: p for p in cmd.params if p.name}
+
+
+def _as_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def error_text(error: BaseException, ctx: Any = None) -> str:
+    """An error as the command line says it: a library error with its parameters written as flags, anything
+    else with its type."""
+    from vmt.errors import VmtError
+
+    if isinstance(error, VmtError):
+        return error.render(lambda name: flag(ctx, name)) if ctx is not None else error.render(_as_flag)
+    return f"{type(error).__name__}: {error}"
 
 
 def flag(ctx: Any, name: str) -> str:
@@ -432,7 +455,7 @@ def check_paths(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> Non
 
 
 def run_command(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any],
-                body: Callable[[dict[str, Any]], Any]) -> Any:
+                body: Callable[[dict[str, Any]], Any], code_of: Callable[[BaseException], int] = exit_code) -> Any:
     """Resolve, validate and run one command. `params` are the command function's locals()."""
     from vmt.io.atomic import output_policy
 
@@ -446,7 +469,7 @@ def run_command(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any],
         with output_policy(bool(p.get("overwrite", False))):
             return body(p)
 
-    return run_guarded(go, bool(params.get("debug", False)))
+    return run_guarded(go, bool(params.get("debug", False)), ctx, code_of)
 
 
 def bare_command(root: Any, args: list[str]) -> bool:

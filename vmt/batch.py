@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 MANIFEST_NAME = "manifest.jsonl"
 # Manifest statuses of a job whose video is there (this run wrote it, or an earlier one did).
@@ -63,14 +63,12 @@ class JobSchema:
     """What a job line may hold for one command.
 
     convert(name, value) -> typed value, raising ValueError naming the expected type (the recipe conversion).
-    flag(name) -> how the user writes the option (--guidance-scale), for messages.
     allowed: parameter names a job may set. fixed: names that are the same for the whole batch (the model
     loads once) with the reason. paths: names whose relative values are read from the job file's folder.
     """
 
     command: str
     convert: Callable[[str, Any], Any]
-    flag: Callable[[str], str]
     allowed: frozenset[str]
     fixed: Mapping[str, str] = field(default_factory=dict)
     paths: frozenset[str] = frozenset()
@@ -83,20 +81,20 @@ def parse_seeds(text: str, limit: int = MAX_JOBS) -> list[int]:
     for part in str(text).replace(" ", "").split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise VmtUsageError(f"--seeds {text!r}: expected seeds such as 0-4 or 1,5,9-10")
+            raise VmtUsageError(f"{param('seeds')} {text!r}: expected seeds such as 0-4 or 1,5,9-10")
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
         if b < a:
-            raise VmtUsageError(f"--seeds {text!r}: range {a}-{b} goes backwards")
+            raise VmtUsageError(f"{param('seeds')} {text!r}: range {a}-{b} goes backwards")
         if b > SEED_MAX:
-            raise VmtUsageError(f"--seeds {text!r}: seed {b} is above {SEED_MAX} (seeds are 64-bit)")
+            raise VmtUsageError(f"{param('seeds')} {text!r}: seed {b} is above {SEED_MAX} (seeds are 64-bit)")
         ranges.append((a, b))
     count = sum(b - a + 1 for a, b in ranges)
     if count > limit:
-        raise VmtUsageError(f"--seeds {text!r} gives {count} seeds; a batch runs at most {limit} jobs: split the "
-                            "sweep into several batches (e.g. --seeds 0-999, then 1000-1999)")
+        raise VmtUsageError(f"{param('seeds')} {text!r} gives {count} seeds; a batch runs at most {limit} jobs: split the "
+                            f"sweep into several batches (e.g. {param('seeds')} 0-999, then 1000-1999)")
     seeds = [s for a, b in ranges for s in range(a, b + 1)]
     if len(set(seeds)) != len(seeds):
-        raise VmtUsageError(f"--seeds {text!r} repeats a seed; every seed would write the same video")
+        raise VmtUsageError(f"{param('seeds')} {text!r} repeats a seed; every seed would write the same video")
     return seeds
 
 
@@ -118,7 +116,7 @@ def check_file_name(name: str, what: str) -> None:
         raise VmtUsageError(f"{what}: output name {name!r} contains the control character {bad!r}; use printable "
                             "characters only")
     if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise VmtUsageError(f"{what}: output name {name!r} must be a file name inside the -o folder (no folders)")
+        raise VmtUsageError(f"{what}: output name {name!r} must be a file name inside the {param('output')} folder (no folders)")
     if name.startswith("."):
         raise VmtUsageError(f"{what}: output name {name!r} would be a hidden file; give a name that does not "
                             "start with a dot")
@@ -142,14 +140,14 @@ def _job_line(obj: Any, lineno: int, source: Path, schema: JobSchema) -> tuple[d
             continue
         if pname in schema.fixed:
             raise VmtUsageError(f"{where}: {key!r} cannot change per job ({schema.fixed[pname]}); give "
-                                f"{schema.flag(pname)} on the command line")
+                                f"{param(pname)} on the command line")
         if pname not in schema.allowed:
             known = ", ".join(sorted(["output", *(k.replace("_", "-") for k in schema.allowed)]))
             raise VmtUsageError(f"{where}: unknown key {key!r} for `vmt {schema.command}`; known keys: {known}")
         try:
             value = schema.convert(pname, val)
         except ValueError as e:
-            raise VmtUsageError(f"{where}: {key} = {val!r} is not valid for {schema.flag(pname)}: expected "
+            raise VmtUsageError(f"{where}: {key} = {val!r} is not valid for {param(pname)}: expected "
                                 f"{e}") from None
         if pname in schema.paths and value is not None and not Path(value).is_absolute():
             value = source.parent / value  # relative to the job file, wherever the command runs from
@@ -163,13 +161,13 @@ def read_jobs(path: str | Path, schema: JobSchema, seeds: Sequence[int] | None =
     job per seed. Raises VmtUsageError naming the line."""
     path = Path(path)
     if path.is_dir():
-        raise VmtUsageError(f"--batch {path} is a folder; give a .jsonl or .txt job file")
+        raise VmtUsageError(f"{param('batch')} {path} is a folder; give a .jsonl or .txt job file")
     if not path.is_file():
-        raise VmtUsageError(f"--batch {path} not found; check the path")
+        raise VmtUsageError(f"{param('batch')} {path} not found; check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise VmtUsageError(f"--batch {path} is not UTF-8 text: {e}") from None
+        raise VmtUsageError(f"{param('batch')} {path} is not UTF-8 text: {e}") from None
     jsonl = path.suffix.lower() in JSONL_SUFFIXES
     rows: list[tuple[int, dict[str, Any], str | None]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -188,18 +186,18 @@ def read_jobs(path: str | Path, schema: JobSchema, seeds: Sequence[int] | None =
             values, name = {"prompt": line}, None
         rows.append((lineno, values, name))
         if len(rows) > MAX_JOBS:
-            raise VmtUsageError(f"--batch {path} has more than {MAX_JOBS} jobs; split it into several batches")
+            raise VmtUsageError(f"{param('batch')} {path} has more than {MAX_JOBS} jobs; split it into several batches")
     if not rows:
-        raise VmtUsageError(f"--batch {path} has no jobs")
+        raise VmtUsageError(f"{param('batch')} {path} has no jobs")
     expanded = sum(len(seeds) if seeds and "seed" not in values else 1 for _, values, _ in rows)
     if expanded > MAX_JOBS:
-        raise VmtUsageError(f"--batch {path} with --seeds gives {expanded} jobs ({len(rows)} lines); a batch runs at "
+        raise VmtUsageError(f"{param('batch')} {path} with {param('seeds')} gives {expanded} jobs ({len(rows)} lines); a batch runs at "
                             f"most {MAX_JOBS}: split the lines or the seeds into several batches")
     jobs: list[Job] = []
     for lineno, values, name in rows:
         if seeds and "seed" not in values:
             if name is not None and len(seeds) > 1:
-                raise VmtUsageError(f"{path} line {lineno}: an explicit output name with --seeds would write "
+                raise VmtUsageError(f"{path} line {lineno}: an explicit output name with {param('seeds')} would write "
                                     f"{len(seeds)} videos to one file; add {{seed}} by removing \"output\" "
                                     "(the naming template) or give each seed its own line")
             first = len(jobs)  # not inside the generator: extend grows the list as it goes
@@ -251,22 +249,22 @@ def assign_outputs(jobs: list[Job], out_dir: Path, naming: str | None, source: s
             try:
                 name = template.format(**fields)
             except (KeyError, IndexError, ValueError) as e:
-                raise VmtUsageError(f"--naming {template!r}: {e!s} is not a field; use "
+                raise VmtUsageError(f"{param('naming')} {template!r}: {e!s} is not a field; use "
                                     + ", ".join("{" + f + "}" for f in NAME_FIELDS)) from None
         check_file_name(name, job.where(source))
         if suffixes is not None and Path(name).suffix.lower() not in suffixes:
             allowed = sorted(set(suffixes), key=lambda x: (x != ".mp4", x))
-            raise VmtUsageError(f"{job.where(source)}: --output {out_dir / name} must end in "
+            raise VmtUsageError(f"{job.where(source)}: {param('output')} {out_dir / name} must end in "
                                 f"{' or '.join(allowed)} (e.g. {Path(name).with_suffix(allowed[0]).name})")
         if len(name.encode()) > MAX_NAME_BYTES:
             raise VmtUsageError(f"{job.where(source)}: output name {name[:40]!r}... is {len(name.encode())} "
-                                f"bytes; file names hold at most {MAX_NAME_BYTES} (give \"output\" or --naming)")
+                                f"bytes; file names hold at most {MAX_NAME_BYTES} (give \"output\" or {param('naming')})")
         if (out_dir / name).is_dir():
             raise VmtUsageError(f"{job.where(source)}: output {out_dir / name} is a folder; give the job another "
                                 "output name")
         if name in seen:
             raise VmtUsageError(f"{job.where(source)}: output {name!r} is also the output of line "
-                                f"{seen[name].line}; give each job its own name (e.g. --naming "
+                                f"{seen[name].line}; give each job its own name (e.g. {param('naming')} "
                                 "\"{index}-{seed}.mp4\")")
         side = sidecar_path(name).name
         if side in sidecars:
@@ -318,8 +316,8 @@ def check_batch_files(reads: Iterable[tuple[str, Path]], writes: Iterable[tuple[
             if key in written:
                 other, other_path = written[key]
                 raise VmtUsageError(f"{what} {path} is also written by this batch ({other} {other_path}); inputs "
-                                    "are never replaced: move the input out of the -o folder or choose another "
-                                    "-o folder")
+                                    f"are never replaced: move the input out of the {param('output')} folder or choose "
+                                    f"another {param('output')} folder")
 
 
 def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
@@ -354,7 +352,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise VmtError(f"another batch is writing into {folder}; wait for it to finish (its manifest.jsonl "
-                           "says how far it is) or choose another -o folder") from None
+                           f"says how far it is) or choose another {param('output')} folder") from None
         yield
     finally:
         os.close(fd)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtUsageError
 
 SCHEMA = "vmt.eval/1.1"
 SCHEMA_MAJOR = "vmt.eval/1"
@@ -358,16 +358,6 @@ def attach_baseline(report: dict, path: str | Path, checks: list[Check],
 
 
 # ---------------------------------------------------------------- the gate: exit codes, comparability
-
-EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
-
-
-class EvalRuntimeError(VmtError):
-    """A failure while computing metrics (unreadable inputs without --skip-bad, a crash): exit code 3, so
-    that CI can tell it from a regression (1)."""
-
-    exit_code = EXIT_RUNTIME
-
 
 # Parameters that say how a run reports, not what it computes: never compared with a baseline's.
 REPORT_PARAMS = {"json_out", "baseline", "tolerance", "skip_bad", "overwrite", "quiet", "debug",
