@@ -211,7 +211,9 @@ def test_sigint_during_generation_leaves_no_output(tiny_t2v, tmp_path):
     cmd = [sys.executable, "-m", "cli.main", "refine", "--prompt", "x", "--model", str(tiny_t2v), "-o", str(out),
            "--num-frames", "9", "--height", "32", "--width", "32", "--steps", "100000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    # A shell that starts pytest in the background ignores SIGINT, and children inherit that: restore it.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     for line in proc.stderr:  # the loader reports "... done" before denoising starts
         if "done" in line or time.time() > deadline:

@@ -148,8 +148,9 @@ app()
 def _run_with_signal(args: list[str], sig: int, event: str, suffix: str, k: int = 1) -> subprocess.CompletedProcess:
     env = {**ENV, "VMT_TEST_EVENT": event, "VMT_TEST_SUFFIX": suffix, "VMT_TEST_K": str(k),
            "VMT_TEST_SIG": str(int(sig))}
+    # A shell that starts pytest in the background ignores SIGINT, and children inherit that: restore it.
     return subprocess.run([sys.executable, "-c", _HOOK, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 MOVES = "os.link,os.rename"

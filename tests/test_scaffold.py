@@ -219,8 +219,10 @@ def _run_and_signal(cmd: list[str], sig: int, ready, timeout: float = 180,
                     env: dict[str, str] | None = None) -> tuple[int, str]:
     """Start `vmt ...` in a subprocess, wait until `ready()` is true, send `sig`; return (code, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120", **(env or {})}
+    # A shell that starts pytest in the background ignores SIGINT, and children inherit that: restore it.
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", *cmd], cwd=ROOT, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, env=env, text=True)
+                            stdout=subprocess.DEVNULL, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     while not ready(proc) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
