@@ -7,7 +7,7 @@ noise); the model predicts the velocity `v ~ eps - x0`; the transformer's timest
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ class Conditioning:
     guidance_scale: float = 5.0
     guidance_scale_2: float | None = None
     cfg_rule: str = "diffusers"  # "diffusers": CFG on iff guidance_scale > 1 (both experts); "per-expert"
-    extra: dict = field(default_factory=dict)
 
     def with_(self, **changes) -> Conditioning:
         return replace(self, **changes)

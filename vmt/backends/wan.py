@@ -461,12 +461,6 @@ class WanBackend:
         return Schedule(self.sigmas(steps, shift), None, "euler")
 
     # ------------------------------------------------------------------ attention access (interventions)
-    def num_blocks(self) -> int:
-        """Transformer blocks of the smallest expert (every expert can run a guided step)."""
-        from vmt.motion.capture import num_blocks
-
-        return min(num_blocks(m) for m in self._transformers())
-
     def check_block(self, block: int) -> None:
         """Raise VmtUsageError unless `block` is a block of every expert."""
         from vmt.motion.capture import check_block
