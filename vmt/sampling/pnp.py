@@ -15,10 +15,12 @@ the inner loop stops early. By Tweedie, one iteration is `z' = z + s^2 score(z) 
 step with too little noise, which contracts samples toward the modes of the model's distribution at level s.
 
 Plans map 0-based outer step indices to K: "2-5:3,6-14:1" (inclusive ranges), "none" (plain sampling) or
-"default" (the published 50-step plan). Items with decimal bounds are sigma ranges: "0.99-0.80:1" refines
-every outer step whose sigma s has 0.80 <= s <= 0.99, so one plan carries over to any schedule (e.g. the
-4-8 steps of a step-distilled model); the default plan is "0.99-0.961:3,0.96-0.88:1" in sigmas on the
-50-step shift-3 grid of Wan 480p. Index and sigma items may be mixed; a step both cover is an error.
+"default": DEFAULT_PLAN, the published 50-step plan "2-5:3,6-14:1" (K = 3 at steps 2-5, K = 1 at steps 6-14:
+71 NFE at 50 steps), in step indices (the CLI clips it to shorter schedules). Items with decimal bounds are
+sigma ranges: "0.99-0.80:1" refines every outer step whose sigma s has 0.80 <= s <= 0.99, so one plan
+carries over to any schedule (e.g. the 4-8 steps of a step-distilled model); on the 50-step shift-3 grid of
+Wan 480p the default plan refines the same steps as "0.99-0.961:3,0.96-0.88:1". Index and sigma items may
+be mixed; a step both cover is an error.
 """
 
 from __future__ import annotations
