@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from vmt.backends.base import FlowBackend
+from vmt.backends.base import GenerationBackend
 from vmt.runtime import Timer, make_generator
 from vmt.sampling.euler import Intervention, StepState, sample_euler
 
@@ -54,7 +54,7 @@ ARITHMETIC_MODES = ("float32", "release")
 
 def check_modes(**modes: str) -> None:
     """Validate the sampling modes shared by refine and transfer: grid, noise, arithmetic, cfg_rule."""
-    from vmt.backends.wan import CFG_RULES
+    from vmt.backends.base import CFG_RULES
     from vmt.errors import VmtUsageError
     from vmt.sampling.sigmas import GRIDS
 
@@ -92,7 +92,7 @@ class GenerationResult:
 
 
 def generate(
-    backend: FlowBackend,
+    backend: GenerationBackend,
     req: GenerationRequest,
     interventions: Sequence[Intervention] = (),
     on_step: Callable[[StepState], None] | None = None,
@@ -140,7 +140,7 @@ def timesteps_of(schedule) -> list[float] | None:
 
 
 def run_loop(
-    backend: FlowBackend,
+    backend: GenerationBackend,
     z: torch.Tensor,
     schedule,
     cond,

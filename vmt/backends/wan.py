@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmt.backends.base import ComputeCounts, Conditioning
+from vmt.backends.base import CFG_RULES, ComputeCounts, Conditioning
 from vmt.backends.loading import ResolvedModel, resolve_model
 from vmt.errors import VmtError, VmtUsageError
 from vmt.runtime import resolve_device, resolve_dtype
 
 SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
-CFG_RULES = ("diffusers", "per-expert")
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ def inspect_model(model: str, revision: str | None = None) -> tuple[ResolvedMode
 
 
 class WanBackend:
-    """A diffusers Wan pipeline seen through the FlowBackend protocol."""
+    """A diffusers Wan pipeline as a FlowBackend (vmt.backends.base: Denoiser, LatentCodec, AttentionAccess)."""
 
     def __init__(self, pipe, resolved: ResolvedModel | None, device: torch.device, dtype: torch.dtype,
                  options: WanLoadOptions = WanLoadOptions(), place: bool = False):
