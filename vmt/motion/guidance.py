@@ -311,7 +311,7 @@ class MotionGuidance(Intervention):
         return res.z
 
     def step_summary(self, state: StepState) -> dict[str, str]:
-        """"amf": the AMF loss before -> after the step's optimisation, on guided steps."""
+        """Display field "amf" on guided steps: the AMF loss before -> after the step's optimisation."""
         rec = state.record.get("guidance")
         if rec is None:
             return {}

@@ -302,7 +302,7 @@ class PredictPerturb(Intervention):
         return z_next
 
     def step_summary(self, state: StepState) -> dict[str, str]:
-        """"pnp": inner iterations run / planned and the certain fraction at the end, on refined steps."""
+        """Display field "pnp" on refined steps: inner iterations run / planned, the final certain fraction."""
         rec = state.record.get("pnp")
         if rec is None:
             return {}
