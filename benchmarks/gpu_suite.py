@@ -183,7 +183,7 @@ def transfer_case(backend, args, amf: str) -> dict:
 
     frames = reference_frames(args.frames, args.height, args.width)
     req = TransferRequest(prompt="a robot dancing", height=args.height, width=args.width, steps=1, seed=0)
-    block = min(14, backend.num_blocks() - 1)
+    block = min(14, backend.geometry.num_layers - 1)
     cfg = GuidanceConfig(amf=amf, block=block, guided_steps=1, inner_steps=10, reuse_interval=3)
     backend.counts.nfe = backend.counts.dit_forward = backend.counts.dit_backward = 0
     notes: list[str] = []

@@ -94,8 +94,6 @@ def refine_summary(pnp, steps: int, nfe: int, denoise_s: float) -> dict:
 
 
 def pnp_progress(state) -> dict[str, str]:
-    """Progress-bar fields for a step P&P refined (empty otherwise)."""
-    rec = state.record.get("pnp")
-    if rec is None:
-        return {}
-    return {"pnp": f"K={rec['iterations']}/{rec['k']} certain={rec['certain_fraction'][-1]:.3f}"}
+    """Progress-bar fields the step's interventions report (`StepState.summary`: P&P's inner iterations and
+    certain fraction on a refined step; empty otherwise)."""
+    return dict(state.summary)

@@ -46,7 +46,6 @@ from cli.refine_options import (
     TauOpt,
     check_refine_params,
     make_pnp,
-    pnp_progress,
     refine_summary,
 )
 from cli.batch import (
@@ -311,12 +310,8 @@ def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = Tru
     # P&P replaces the Euler update of its steps; the guidance (a before-step hook) still runs first.
     pnp = make_pnp(pnp_plan, p, sync_cuda=timer.sync_cuda) if pnp_plan is not None else None
 
-    def on_step(state) -> None:
-        g = state.record.get("guidance")
-        info = {"sigma": f"{float(state.sigma):.3f}"}
-        if g:
-            info["amf"] = f"{g['amf_loss'][0]:.4g}->{g['final_amf_loss']:.4g}"
-        advance(**info, **pnp_progress(state))
+    def on_step(state) -> None:  # the interventions' own display fields: guidance's AMF loss, P&P's K
+        advance(sigma=f"{float(state.sigma):.3f}", **state.summary)
 
     progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
     with progress(req.steps, "transfer") as advance:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vmt.errors import VmtUsageError
-from vmt.sampling.euler import sample_euler
+from vmt.sampling.euler import Intervention, sample_euler
 from vmt.sampling.pnp import PredictPerturb, check_gate, parse_plan, pnp_step
 from vmt.sampling.sigmas import flow_sigmas
 
@@ -209,7 +209,7 @@ def test_early_exit_when_everything_is_certain():
 
 def test_composes_with_a_before_step_intervention():
     """Motion guidance runs before_step; P&P must refine the latent that hook produced."""
-    class Shift:
+    class Shift(Intervention):
         name = "shift"
 
         def before_step(self, state, velocity):

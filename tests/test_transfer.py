@@ -487,9 +487,9 @@ def test_guidance_runs_on_any_backend_through_the_protocol():
 
 def test_two_interventions_replacing_one_step_is_an_error():
     from vmt.errors import VmtError
-    from vmt.sampling.euler import sample_euler
+    from vmt.sampling.euler import Intervention, sample_euler
 
-    class Replace:
+    class Replace(Intervention):
         def __init__(self, name):
             self.name = name
 

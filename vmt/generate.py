@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from vmt.backends.base import FlowBackend
+from vmt.backends.base import GenerationBackend
 from vmt.runtime import Timer, make_generator
 from vmt.sampling.euler import Intervention, StepState, sample_euler
 
@@ -54,7 +54,7 @@ ARITHMETIC_MODES = ("float32", "release")
 
 def check_modes(**modes: str) -> None:
     """Validate the sampling modes shared by refine and transfer: grid, noise, arithmetic, cfg_rule."""
-    from vmt.backends.wan import CFG_RULES
+    from vmt.backends.base import CFG_RULES
     from vmt.errors import VmtUsageError
     from vmt.sampling.sigmas import GRIDS
 
@@ -92,7 +92,7 @@ class GenerationResult:
 
 
 def generate(
-    backend: FlowBackend,
+    backend: GenerationBackend,
     req: GenerationRequest,
     interventions: Sequence[Intervention] = (),
     on_step: Callable[[StepState], None] | None = None,
@@ -117,21 +117,11 @@ def generate(
     device = backend.execution_device
     shape = backend.latent_shape(req.num_frames, req.height, req.width)
     z, gen = start_noise(shape, req.seed, device, req.noise)
-    if gen is not None:
-        bind_noise(interventions, gen)
 
     z, frames, records = run_loop(backend, z, schedule, cond, interventions, on_step, decode, timer,
-                                  arithmetic=req.arithmetic)
+                                  arithmetic=req.arithmetic, noise=gen)
     return GenerationResult(z, frames, [float(s) for s in schedule.sigmas], records, dict(timer.stages),
                             timesteps_of(schedule))
-
-
-def bind_noise(interventions: Sequence[Intervention], generator: torch.Generator) -> None:
-    """Hand the run's generator to the interventions that draw noise (`bind_noise`, optional)."""
-    for iv in interventions:
-        bind = getattr(iv, "bind_noise", None)
-        if bind is not None:
-            bind(generator)
 
 
 def timesteps_of(schedule) -> list[float] | None:
@@ -140,7 +130,7 @@ def timesteps_of(schedule) -> list[float] | None:
 
 
 def run_loop(
-    backend: FlowBackend,
+    backend: GenerationBackend,
     z: torch.Tensor,
     schedule,
     cond,
@@ -149,12 +139,14 @@ def run_loop(
     decode: bool = True,
     timer: Timer | None = None,
     arithmetic: str = "float32",
+    noise: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, np.ndarray | None, list[dict]]:
     """The shared tail of every generation: Euler loop ("denoise" stage), finalize, decode ("decode" stage).
 
     z: (1, C, F, h, w) float32 at the first sigma. schedule: a vmt.sampling.sigmas.Schedule (its timesteps
     are what the transformer gets), or a bare (N + 1,) sigma tensor (timesteps 1000 * sigma). arithmetic
-    "release" keeps v in the transformer's dtype (see WanBackend.velocity). Returns (final latent, frames
+    "release" keeps v in the transformer's dtype (see WanBackend.velocity). noise: the run's generator, which
+    the interventions continue (`Intervention.bind_noise`; None: their own). Returns (final latent, frames
     (T, H, W, 3) uint8 or None, per-step records of the interventions).
     """
     from vmt.sampling.sigmas import Schedule
@@ -178,7 +170,7 @@ def run_loop(
         return backend.velocity(x, sigma, cond, timestep=timestep_at(sigma), upcast=upcast)
 
     with timer.stage("denoise"):
-        z = sample_euler(velocity, z, sigmas, interventions, callback)
+        z = sample_euler(velocity, z, sigmas, interventions, callback, noise=noise)
         z = backend.finalize(z, cond)
     frames = None
     if decode:

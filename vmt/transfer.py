@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vmt.backends.base import FlowBackend
 from vmt.errors import VmtError, VmtUsageError
 from vmt.motion.guidance import GuidanceConfig, MotionGuidance
 from vmt.runtime import Timer, make_generator
@@ -128,7 +129,7 @@ def _stderr(msg: str) -> None:
 
 
 def transfer(
-    backend,
+    backend: FlowBackend,
     reference: np.ndarray,
     req: TransferRequest,
     cfg: GuidanceConfig,
@@ -153,8 +154,7 @@ def transfer(
     grid = backend.token_grid(t_frames, req.height, req.width)
     cfg, adjustments = cfg.fit_grid(grid, (req.height, req.width))
     # A backend may have to switch attention for the differentiated passes (no backward): say so once.
-    switch = getattr(backend, "guided_attention", None)
-    note = switch() if switch is not None and cfg.guided_steps > 0 else None
+    note = backend.guided_attention() if cfg.guided_steps > 0 else None
     if note:
         adjustments = [*adjustments, note]
     if adjustments and notify is not None:

@@ -1,5 +1,14 @@
-"""Flow-matching video model backends: the protocol the samplers use, and its diffusers Wan implementation."""
+"""Flow-matching video model backends: the protocols the samplers use, and their diffusers Wan implementation."""
 
-from vmt.backends.base import Conditioning, FlowBackend
+from vmt.backends.base import (
+    AttentionAccess,
+    ComputeCounts,
+    Conditioning,
+    Denoiser,
+    FlowBackend,
+    GenerationBackend,
+    LatentCodec,
+)
 
-__all__ = ["Conditioning", "FlowBackend"]
+__all__ = ["AttentionAccess", "ComputeCounts", "Conditioning", "Denoiser", "FlowBackend", "GenerationBackend",
+           "LatentCodec"]

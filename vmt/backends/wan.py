@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmt.backends.base import ComputeCounts, Conditioning
+from vmt.backends.base import CFG_RULES, ComputeCounts, Conditioning
 from vmt.backends.loading import ResolvedModel, resolve_model
 from vmt.errors import VmtError, VmtUsageError
 from vmt.runtime import resolve_device, resolve_dtype
 
 SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
-CFG_RULES = ("diffusers", "per-expert")
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ def inspect_model(model: str, revision: str | None = None) -> tuple[ResolvedMode
 
 
 class WanBackend:
-    """A diffusers Wan pipeline seen through the FlowBackend protocol."""
+    """A diffusers Wan pipeline as a FlowBackend (vmt.backends.base: Denoiser, LatentCodec, AttentionAccess)."""
 
     def __init__(self, pipe, resolved: ResolvedModel | None, device: torch.device, dtype: torch.dtype,
                  options: WanLoadOptions = WanLoadOptions(), place: bool = False):
@@ -461,12 +460,6 @@ class WanBackend:
         return Schedule(self.sigmas(steps, shift), None, "euler")
 
     # ------------------------------------------------------------------ attention access (interventions)
-    def num_blocks(self) -> int:
-        """Transformer blocks of the smallest expert (every expert can run a guided step)."""
-        from vmt.motion.capture import num_blocks
-
-        return min(num_blocks(m) for m in self._transformers())
-
     def check_block(self, block: int) -> None:
         """Raise VmtUsageError unless `block` is a block of every expert."""
         from vmt.motion.capture import check_block

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,10 @@ from vmt.errors import VmtUsageError
 from vmt.motion.amf import all_pairs, global_amf, window_pairs, windowed_amf
 from vmt.motion.capture import HEAD_MODES, reduce_heads
 from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
+from vmt.sampling.euler import Intervention, StepState, VelocityFn
+
+if TYPE_CHECKING:
+    from vmt.backends.base import AttentionAccess
 
 AMF_MODES = ("windowed", "global")
 LOSSES = ("fastvmt", "ditflow")
@@ -202,28 +207,34 @@ def compute_amf(qk_q: torch.Tensor, qk_k: torch.Tensor, scale: float, cfg: Guida
     return flow, pairs, None, None
 
 
-class MotionGuidance:
-    """The intervention, on any FlowBackend (it uses the protocol's `capture_qk`, `check_block`, `frozen`).
+class MotionGuidance(Intervention):
+    """The intervention (a `before_step`), on any backend with attention access (vmt.backends.base.
+    AttentionAccess: `check_block`, `capture_qk`, `frozen`).
 
     z_ref: (1, C, F, h, w) normalised reference latent. cond: the prompt's conditioning (the guided forward
     uses its positive branch only). cond_ref: the empty prompt's. ref_noise: eps' for the re-noised reference
     (fixed across steps). grid: (F, h, w) token grid. timer: optional vmt.runtime.Timer (stages
-    "reference_amf" and "guidance").
+    "reference_amf" and "guidance"). Per guided step it records `state.record["guidance"]` and `history`.
     """
 
     name = "motion_guidance"
 
-    def __init__(self, backend, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref, ref_noise: torch.Tensor,
-                 grid: tuple[int, int, int], timer=None, timestep_of: Callable | None = None):
+    def __init__(self, backend: AttentionAccess, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref,
+                 ref_noise: torch.Tensor, grid: tuple[int, int, int], timer=None,
+                 timestep_of: Callable | None = None):
         cfg, self.adjustments = cfg.fit_grid(grid)  # what runs: window and tile clamped to the grid
         self.backend, self.cfg = backend, cfg
         self.z_ref, self.cond, self.cond_ref, self.ref_noise = z_ref, cond, cond_ref, ref_noise
         self.grid = grid
         self.timer = timer
         self.timestep_of = timestep_of  # sigma -> the transformer's timestep (model grid); None: 1000 * sigma
+        self.reset()
+        backend.check_block(cfg.block)  # every expert that can run a guided step must have the block
+
+    def reset(self) -> None:
+        """A fresh run: no history, and a clean reference AMF computed again (its passes are counted)."""
         self.history: list[dict] = []
         self._clean_ref = None
-        backend.check_block(cfg.block)  # every expert that can run a guided step must have the block
 
     def _stage(self, name: str):
         if self.timer is None:
@@ -275,7 +286,7 @@ class MotionGuidance:
                 if bool((pairs[:, 0] != pairs[:, 1]).any()) else 0.0
         return total, info
 
-    def before_step(self, state, velocity) -> torch.Tensor | None:
+    def before_step(self, state: StepState, velocity: VelocityFn) -> torch.Tensor | None:
         cfg = self.cfg
         if state.index >= cfg.guided_steps:
             return None
@@ -298,3 +309,10 @@ class MotionGuidance:
         state.record["guidance"] = rec
         self.history.append({"step": state.index, "sigma": float(state.sigma), **rec})
         return res.z
+
+    def step_summary(self, state: StepState) -> dict[str, str]:
+        """Display field "amf" on guided steps: the AMF loss before -> after the step's optimisation."""
+        rec = state.record.get("guidance")
+        if rec is None:
+            return {}
+        return {"amf": f"{rec['amf_loss'][0]:.4g}->{rec['final_amf_loss']:.4g}"}

@@ -15,10 +15,12 @@ the inner loop stops early. By Tweedie, one iteration is `z' = z + s^2 score(z) 
 step with too little noise, which contracts samples toward the modes of the model's distribution at level s.
 
 Plans map 0-based outer step indices to K: "2-5:3,6-14:1" (inclusive ranges), "none" (plain sampling) or
-"default" (the published 50-step plan). Items with decimal bounds are sigma ranges: "0.99-0.80:1" refines
-every outer step whose sigma s has 0.80 <= s <= 0.99, so one plan carries over to any schedule (e.g. the
-4-8 steps of a step-distilled model); the default plan is "0.99-0.961:3,0.96-0.88:1" in sigmas on the
-50-step shift-3 grid of Wan 480p. Index and sigma items may be mixed; a step both cover is an error.
+"default": DEFAULT_PLAN, the published 50-step plan "2-5:3,6-14:1" (K = 3 at steps 2-5, K = 1 at steps 6-14:
+71 NFE at 50 steps), in step indices (the CLI clips it to shorter schedules). Items with decimal bounds are
+sigma ranges: "0.99-0.80:1" refines every outer step whose sigma s has 0.80 <= s <= 0.99, so one plan
+carries over to any schedule (e.g. the 4-8 steps of a step-distilled model); on the 50-step shift-3 grid of
+Wan 480p the default plan refines the same steps as "0.99-0.961:3,0.96-0.88:1". Index and sigma items may
+be mixed; a step both cover is an error.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vmt.errors import VmtUsageError
-from vmt.sampling.euler import StepState, VelocityFn, euler_step
+from vmt.sampling.euler import Intervention, StepState, VelocityFn, euler_step
 
 DEFAULT_PLAN = "2-5:3,6-14:1"
 DEFAULT_TAU = 0.25
@@ -240,11 +242,12 @@ def pnp_step(
     return zn, info
 
 
-class PredictPerturb:
+class PredictPerturb(Intervention):
     """The P&P intervention: replaces the Euler update of the outer steps in `plan` by `pnp_step`.
 
     Composes with `before_step` interventions (e.g. motion guidance): it refines whatever latent the step
-    starts from. Per-step records (K, NFE, certain fraction per inner iteration, time) go to `state.record`.
+    starts from. Per-step records (K, NFE, certain fraction per inner iteration, time) go to
+    `state.record["pnp"]` and `steps`; `summary` is the out.json block of a run.
     """
 
     name = "pnp"
@@ -260,15 +263,19 @@ class PredictPerturb:
         # on the latent's device: drawing a 480x832x81 latent's noise on the CPU and copying it costs tens of
         # ms per inner iteration, measurable next to a DiT pass. Results are thus reproducible per device.
         self.seed = (int(seed) + 0x5EED) % 2**64  # a 64-bit seed; wraps only for seeds within 0x5EED of the top
-        self._generators: dict[str, torch.Generator] = {}
-        self._shared: torch.Generator | None = None
         self.sync_cuda = sync_cuda
+        self._shared: torch.Generator | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh run: no records, and this intervention's generators start again from the seed."""
+        self._generators: dict[str, torch.Generator] = {}
         self.steps: list[dict] = []
         self.sigmas_seen: dict[int, float] = {}  # outer step -> its sigma (resolves sigma ranges in summary)
 
-    def bind_noise(self, generator: torch.Generator) -> None:
+    def bind_noise(self, generator: torch.Generator | None) -> None:
         """Draw the perturbations from the run's own generator (continuing the start latent's stream, the
-        release's order) instead of this intervention's seed + 0x5EED generators."""
+        release's order); None: from this intervention's seed + 0x5EED generators."""
         self._shared = generator
 
     def generator(self, device: torch.device) -> torch.Generator:
@@ -293,6 +300,13 @@ class PredictPerturb:
         state.record["pnp"] = rec
         self.steps.append({"step": state.index, **rec})
         return z_next
+
+    def step_summary(self, state: StepState) -> dict[str, str]:
+        """Display field "pnp" on refined steps: inner iterations run / planned, the final certain fraction."""
+        rec = state.record.get("pnp")
+        if rec is None:
+            return {}
+        return {"pnp": f"K={rec['iterations']}/{rec['k']} certain={rec['certain_fraction'][-1]:.3f}"}
 
     def summary(self, steps: int, total_nfe: int | None = None) -> dict:
         """The out.json block: plan, gate, NFE planned/used, certain fractions and time of refined steps."""

@@ -90,8 +90,3 @@ def model_schedule(scheduler, steps: int, shift: float | None = None, strength: 
         start = steps - min(int(steps * strength), steps)
         sigmas, timesteps = sigmas[start:], timesteps[start:]
     return Schedule(sigmas, timesteps, "model")
-
-
-def euler_schedule(steps: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> Schedule:
-    """diffusers' FlowMatchEuler grid, timesteps `num_train_timesteps * sigma` (float)."""
-    return Schedule(flow_sigmas(steps, shift, num_train_timesteps), None, "euler")

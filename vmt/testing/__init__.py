@@ -4,4 +4,5 @@
 - `gmm_flow`: the closed-form velocity of a Gaussian mixture under the linear flow-matching path.
 - `toy_video`: a trained toy flow over bouncing-ball videos, scored with the physics residual.
 - `motion_fields`: synthetic attention q/k whose AMF is a known displacement field.
+- `toy_backend`: a second FlowBackend in pure torch (tiny attention velocity net, linear latent codec).
 """
