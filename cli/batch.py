@@ -56,15 +56,19 @@ NOT_IN_KEY = NOT_FROM_RECIPE | BATCH_OPTIONS
 
 @dataclass(frozen=True)
 class BatchCommand:
-    """How the batch path drives one command: its checks, its loader and its job body (see cli/refine.py)."""
+    """How the batch path drives one command: its declarations and its run request (vmt.runs), whose methods
+    are the one interface of every job kind: check() (no model) -> prepared, check_model(geometry),
+    estimate(prepared, geometry), load(device, inspected), run_on(backend, output, prepared, timer, ...)."""
 
     spec: CommandSpec
-    check_job: Callable[[dict], Any]
-    check_model_job: Callable[[dict, Any, Any], None]
-    load_backend: Callable[..., Any]
-    run_job: Callable[..., dict]
-    estimate: Callable[[dict, Any, Any], dict]
+    request: type
     required: tuple[str, ...] = ("prompt",)  # per job: from the job file or the command line
+
+    def make(self, params: dict) -> Any:
+        """The request of a job (or of the batch's shared options) from its resolved parameters."""
+        from dataclasses import fields
+
+        return self.request(**{f.name: params[f.name] for f in fields(self.request) if f.name in params})
 
 
 @dataclass
@@ -224,12 +228,13 @@ def check_jobs(ctx: typer.Context, cmd: BatchCommand, p: Params, plan: Plan) -> 
         for job in plan.jobs:
             where = job.where(source) if out_dir is not None else "job"
             _at(where, check_values, ctx, spec, job.params)
-            plan.prepared[job.index] = prepared = _at(where, cmd.check_job, job.params)
+            request = cmd.make(job.params)
+            plan.prepared[job.index] = prepared = _at(where, request.check)
             _at(where, check_paths, ctx, path_spec, job.params)
             if plan.inspected is None:
                 plan.inspected = inspect_model(p["model"], p["revision"])  # config files only, no weights
-            _at(where, cmd.check_model_job, job.params, plan.inspected[1], prepared)
-            plan.estimates[job.index] = cmd.estimate(job.params, prepared, plan.inspected[1])
+            _at(where, request.check_model, plan.inspected[1])
+            plan.estimates[job.index] = request.estimate(prepared, plan.inspected[1])
             plan.keys[job.index] = {**job_key(job.params, NOT_IN_KEY),
                                     **_content_key(cmd, job.params, plan.inspected[0], digests)}
             yield job
@@ -427,7 +432,7 @@ def _lock_folder(plan: Plan, ranks, dist, held) -> None:
 
 
 def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
-    from cli.common import quiet_libraries
+    from cli.common import command_line, quiet_libraries
     from vmt.batch import MANIFEST_NAME, BatchRecord, rank_device
     from vmt.io.atomic import output_policy, placed_count, placed_since, sidecar_path
     from vmt.runtime import Timer
@@ -446,7 +451,7 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
         return
     t0 = time.perf_counter()
     with status(f"Loading {p['model']}...", p["quiet"] or ranks.rank != 0):
-        backend = cmd.load_backend(p, device=rank_device(p["device"], ranks), inspected=plan.inspected)
+        backend = cmd.make(p).load(device=rank_device(p["device"], ranks), inspected=plan.inspected)
     header["load_s"] = load_s = round(time.perf_counter() - t0, 4)
     failed = 0
     current, mark = None, placed_count()  # the job in flight, and what was committed before it
@@ -461,8 +466,11 @@ def _execute(cmd: BatchCommand, plan: Plan, p: dict, ranks, dist) -> None:
                                    "params": plan.keys[job.index]}}
                 try:
                     # The video and its sidecar are committed together (vmt.io.atomic.commit_together).
-                    counts = cmd.run_job(backend, job.params, plan.prepared[job.index], timer,
-                                         progress=bar.steps(job.output.name), report=False, sidecar_extra=extra)
+                    request = cmd.make(job.params)
+                    with bar.steps(job.output.name)(request.steps, request.progress_label) as advance:
+                        counts = request.run_on(backend, job.output, plan.prepared[job.index], timer,
+                                                lambda done, total, info: advance(**info), record=job.params,
+                                                command=command_line(), sidecar_extra=extra)
                     row = record.set(job, "done", seconds=round(time.perf_counter() - t_job, 4),
                                      timings_s=timer.stages, compute=counts)
                 except Exception as e:  # one job's failure does not stop the others; exit 1 at the end

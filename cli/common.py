@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+from vmt.runs.shared import DEFAULT_MODEL as DEFAULT_MODEL  # one default, the library's
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id (read through the HF cache) or a local "
                                        "diffusers folder.", rich_help_panel="Model")]
@@ -81,25 +81,6 @@ def quiet_libraries(debug: bool) -> None:
         tl.disable_progress_bar()
     except Exception:  # a missing optional library must not break the command
         pass
-
-
-def wan_load_options(p: dict, resolved=None):
-    """The vmt.backends.wan.WanLoadOptions of a command's resolved parameters. Checks the memory options
-    (names, and offload only on CUDA) without any model, so call it once before `inspect_model` too."""
-    from vmt.backends.wan import WanLoadOptions
-    from vmt.errors import VmtUsageError
-    from vmt.runtime import resolve_device
-
-    opts = WanLoadOptions(
-        device=p["device"], dtype=p["dtype"], offload=p["offload"], vae_tiling=p["vae_tiling"],
-        revision=p["revision"], resolved=resolved, grad_checkpointing=p.get("grad_checkpointing", True),
-        storage_dtype=None if p.get("storage_dtype") in (None, "", "none") else p["storage_dtype"], attention_backend=p.get("attention_backend") or None,
-        compile=p.get("compile", False), loras=tuple(p.get("lora") or ()),
-    )
-    opts.validate()
-    if resolved is None and opts.offload != "none" and resolve_device(opts.device).type != "cuda":
-        raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
-    return opts
 
 
 def command_line() -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -11,17 +10,19 @@ import typer
 from cli.common import (
     DEFAULT_MODEL, AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, LoraOpt,
     ModelOpt, OffloadOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
-    command_line, console, quiet_libraries, reflow, status, step_progress, wan_load_options,
+    command_line, console, quiet_libraries, reflow, status, step_progress,
 )
 from cli.refine_options import (
-    PNP_RANGES, ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
-    check_refine_params, make_pnp, pnp_progress, refine_summary,
+    ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
 )
 from cli.batch import (
     BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
     run_batch, single_params,
 )
-from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, run_command, video_output
+from cli.scaffold import CommandSpec, run_command, video_output
+from vmt.runs.fields import ranges_of
+from vmt.runs.refine import RefineRequest
+from vmt.runtime import Timer
 
 HELP = reflow("""Generate a video from a text prompt (or an image) with a Wan model, refining the early (motion)
 steps with Predict-and-Perturb: at a fixed noise level the model re-noises and re-denoises its own clean
@@ -112,112 +113,25 @@ def refine(
     run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
-SPEC = CommandSpec(
-    "refine", inputs={"image": "file"}, outputs={"output": video_output},
-    ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "guidance_scale_2": NON_NEGATIVE,
-            "shift": POSITIVE, **PNP_RANGES},
-)
-
-
-def check_job(p: dict):
-    """Checks of one job that need no model: Wan2.1's size rules and the P&P plan. Returns the plan."""
-    from vmt.backends.wan import WanGeometry
-
-    WanGeometry().check_size(p["num_frames"], p["height"], p["width"])  # Wan2.1's rules, before any model
-    plan = check_refine_params(p, p["steps"])
-    wan_load_options(p)  # memory options checked before any model
-    return plan
-
-
-def check_model_job(p: dict, geometry, plan) -> None:
-    """Checks of one job against the model's config (no weights)."""
-    geometry.check_size(p["num_frames"], p["height"], p["width"])
-
-
-def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
-    """Resolve the model, check its geometry (before minutes of loading weights), load it."""
-    from vmt.backends.wan import WanBackend, inspect_model
-
-    resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
-    if geometry_check is not None:
-        geometry_check(geometry)
-    return WanBackend.from_pretrained(p["model"], wan_load_options({**p, "device": device or p["device"]}, resolved))
-
-
-def estimate(p: dict, plan, geometry) -> dict:
-    """Planned model evaluations of one job: NFE (no early exit) and DiT passes (two per NFE with CFG)."""
-    nfe = plan.nfe(p["steps"])
-    cfg = p["guidance_scale"] > 1.0 or (p["guidance_scale_2"] or 0.0) > 1.0
-    return {"steps": p["steps"], "nfe": nfe, "dit_forward": nfe * (2 if cfg else 1), "dit_backward": 0,
-            "cfg_branches": 2 if cfg else 1, "tokens": math.prod(geometry.token_grid(
-                p["num_frames"], p["height"], p["width"]))}
-
-
-def run_job(backend, p: dict, pnp_plan, timer, progress=None, report: bool = True,
-            sidecar_extra: dict | None = None) -> dict:
-    """One video on a loaded backend: generate, write the video and its sidecar. The single command and every
-    job of a batch run this. `progress(total, description)` gives the step bar; returns the compute counts."""
-    from vmt.generate import GenerationRequest, generate
-    from vmt.io.atomic import commit_together
-    from vmt.io.video import read_video, write_video
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import peak_memory
-
-    output = p["output"]
-    timer.sync_cuda = backend.device.type == "cuda"
-    image = None
-    if p["image"] is not None:
-        with timer.stage("read_image"):
-            image = read_video(p["image"], size=(p["height"], p["width"]), max_frames=1)[0][0]
-    req = GenerationRequest(
-        prompt=p["prompt"], negative_prompt=p["negative_prompt"], image=image, num_frames=p["num_frames"],
-        height=p["height"], width=p["width"], steps=p["steps"], guidance_scale=p["guidance_scale"],
-        guidance_scale_2=p["guidance_scale_2"], shift=p["shift"], seed=p["seed"], grid=p["grid"],
-        noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"],
-    )
-    pnp = make_pnp(pnp_plan, p, sync_cuda=timer.sync_cuda)
-
-    def on_step(state) -> None:
-        advance(sigma=f"{float(state.sigma):.3f}", **pnp_progress(state))
-
-    progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
-    with progress(req.steps, "denoising") as advance:
-        result = generate(backend, req, interventions=[pnp] if pnp else [], on_step=on_step, timer=timer)
-    with timer.stage("write"), commit_together():  # the video and its sidecar appear together
-        write_video(output, result.frames, p["fps"])
-        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-        resolved["shift"] = req.shift if req.shift is not None else backend.default_shift
-        resolved["plan"] = str(pnp_plan)
-        pnp_doc = refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("denoise", 0.0))
-        doc = build_sidecar(
-            command_line(), "refine", resolved, output=output, model=backend.describe(),
-            timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
-            extra={"sigmas": result.sigmas, "timesteps": result.timesteps,
-                   "video": {"frames": int(len(result.frames)), "fps": p["fps"], "height": p["height"],
-                             "width": p["width"]},
-                   "pnp": pnp_doc, "steps": result.steps, **(sidecar_extra or {})},
-        )
-        write_sidecar(output, doc)
-    if report and not p["quiet"]:
-        c = backend.counts
-        console.print(f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}) "
-                      f"NFE {c.nfe} ({c.nfe / req.steps:.2f}x), DiT passes {c.dit_forward}, "
-                      f"denoise {timer.stages.get('denoise', 0):.1f}s")
-    return backend.counts.as_dict()
+SPEC = CommandSpec("refine", inputs={"image": "file"}, outputs={"output": video_output},
+                   ranges=ranges_of(RefineRequest))
 
 
 def _run(p: dict, ctx) -> None:
+    """A single run: the request checks itself, the model loads once (with a spinner), one video is written."""
     require(ctx, p, ("prompt", "output"))
-    pnp_plan = check_job(p)
+    request = BATCH.make(p)
+    pnp_plan = request.check()
     quiet_libraries(p["debug"])
+    with status(f"Loading {p['model']}...", p["quiet"]), (timer := Timer()).stage("load"):
+        backend = request.load()  # the size is checked against the config before the weights load
+    with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
+        counts = request.run_on(backend, Path(p["output"]), pnp_plan, timer, lambda d, t, info: advance(**info),
+                                record=p, command=command_line())
+    if not p["quiet"]:
+        console.print(f"[green]wrote[/] {p['output']} ({request.num_frames} frames, {p['width']}x{p['height']}) "
+                      f"NFE {counts['nfe']} ({counts['nfe'] / request.steps:.2f}x), DiT passes "
+                      f"{counts['dit_forward']}, denoise {timer.stages.get('denoise', 0):.1f}s")
 
-    from vmt.runtime import Timer
 
-    timer = Timer()
-    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        # Geometry checked from the config, before minutes of loading weights.
-        backend = load_backend(p, lambda g: g.check_size(p["num_frames"], p["height"], p["width"]))
-    run_job(backend, p, pnp_plan, timer)
-
-
-BATCH = BatchCommand(SPEC, check_job, check_model_job, load_backend, run_job, estimate, required=("prompt",))
+BATCH = BatchCommand(SPEC, RefineRequest, required=("prompt",))

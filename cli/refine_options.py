@@ -1,19 +1,16 @@
-"""Predict-and-Perturb options shared by `vmt refine` and `vmt transfer --refine`: declarations, validation,
-the intervention and its out.json block. Cheap to import (no torch at module level)."""
+"""Predict-and-Perturb and sampling-mode options shared by `vmt refine` and `vmt transfer --refine`: their
+declarations and the progress-bar fields. Their checks, the intervention and its out.json block live in
+vmt.runs.shared. Cheap to import (no torch at module level)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from cli.scaffold import Range
 
 PANEL = "Refinement"
 
-# Numbers the scaffold checks before any work (the library re-checks what it is given: check_gate).
-PNP_RANGES = {"tau": Range(0, inf_ok=True), "certain_fraction": Range(0, 1, lo_open=True),
-              "p_norm": Range(1, inf_ok=True)}
 
 PlanOpt = Annotated[str, typer.Option("--plan", help="P&P inner iterations per outer step: \"FIRST-LAST:K,...\" "
                                       "(0-based, inclusive), sigma ranges \"HIGH-LOW:K\" with decimals (the steps "
@@ -44,53 +41,6 @@ CfgRuleOpt = Annotated[str, typer.Option("--cfg-rule", help="diffusers: CFG on i
                                          "release; two-expert models then use each expert's scale) | per-expert: "
                                          "each expert applies CFG when its own scale != 1.",
                                          rich_help_panel=SAMPLING)]
-
-
-def resolve_plan(text: str, steps: int):
-    """The P&P plan for a `steps`-step schedule. The keyword "default" is clipped to the schedule; an
-    explicit plan that goes beyond it is an error."""
-    from vmt.sampling.pnp import parse_plan
-
-    plan = parse_plan(text)
-    if text.strip().lower() == "default":
-        return plan.clipped(steps)
-    return plan.validate(steps)
-
-
-def check_refine_params(p: dict[str, Any], steps: int):
-    """Validate --plan/--tau/--certain-fraction/--p-norm (and the sampling modes --grid/--noise/--arithmetic/
-    --cfg-rule) in the resolved params `p`; returns the plan."""
-    from vmt.sampling.pnp import check_gate
-
-    plan = resolve_plan(p["plan"], steps)
-    check_gate(p["tau"], p["certain_fraction"], p["p_norm"])
-    if "grid" in p:  # before any model loads
-        from vmt.generate import check_modes
-
-        check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
-    return plan
-
-
-def make_pnp(plan, p: dict[str, Any], sync_cuda: bool = False):
-    """The PredictPerturb intervention for `plan` with the gate from `p`, or None for an empty plan."""
-    if plan.empty:
-        return None
-    from vmt.sampling.pnp import PredictPerturb
-
-    return PredictPerturb(plan, p["tau"], p["certain_fraction"], p["p_norm"], seed=p["seed"], sync_cuda=sync_cuda)
-
-
-def refine_summary(pnp, steps: int, nfe: int, denoise_s: float) -> dict:
-    """The `pnp` block of out.json: plan, NFE (planned, used, ratio to plain sampling), certain fraction per
-    refined step, and the denoising time split into refined and plain steps."""
-    if pnp is None:
-        return {"plan": "none", "nfe": nfe, "nfe_ratio": round(nfe / steps, 4), "time_denoise_s": denoise_s}
-    doc = pnp.summary(steps, nfe)
-    doc["nfe"] = nfe
-    doc["nfe_ratio"] = round(nfe / steps, 4)
-    doc["time_denoise_s"] = denoise_s
-    doc["time_plain_steps_s"] = round(max(0.0, denoise_s - doc["time_refined_steps_s"]), 4)
-    return doc
 
 
 def pnp_progress(state) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -32,10 +31,8 @@ from cli.common import (
     reflow,
     status,
     step_progress,
-    wan_load_options,
 )
 from cli.refine_options import (
-    PNP_RANGES,
     ArithmeticOpt,
     CertainFractionOpt,
     CfgRuleOpt,
@@ -44,16 +41,16 @@ from cli.refine_options import (
     PlanOpt,
     PNormOpt,
     TauOpt,
-    check_refine_params,
-    make_pnp,
-    refine_summary,
 )
 from cli.batch import (
     BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
     run_batch,
     single_params,
 )
-from cli.scaffold import AT_LEAST_1, NON_NEGATIVE, POSITIVE, CommandSpec, Range, run_command, video_output
+from cli.scaffold import CommandSpec, run_command, video_output
+from vmt.runs.fields import ranges_of
+from vmt.runs.transfer import TransferRequest
+from vmt.runtime import Timer
 
 HELP = reflow("""Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
 
@@ -194,179 +191,32 @@ def transfer(
     run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
-SPEC = CommandSpec(
-    "transfer", inputs={"reference": "file"}, outputs={"output": video_output},
-    ranges={"steps": AT_LEAST_1, "guidance_scale": NON_NEGATIVE, "shift": POSITIVE,
-            "strength": Range(0, 1, lo_open=True), "temperature": POSITIVE, "lr": POSITIVE, "lr_end": POSITIVE,
-            "amf_weight": NON_NEGATIVE, "window_weight": NON_NEGATIVE, **PNP_RANGES},
-)
-
-
-def parse_tile(text: str) -> tuple[int, int]:
-    from vmt.errors import VmtUsageError
-
-    parts = str(text).lower().split("x")
-    try:
-        th, tw = (int(v) for v in parts)
-    except ValueError:
-        raise VmtUsageError(f"--tile {text!r} must look like 3x4 (rows x columns of tokens)") from None
-    if th < 1 or tw < 1:
-        raise VmtUsageError(f"--tile {text!r} must be positive")
-    return th, tw
-
-
-def check_job(p: dict):
-    """Checks of one job that need no model; returns (guidance config, P&P plan or None)."""
-    from vmt.backends.wan import WanGeometry
-    from vmt.errors import VmtUsageError
-
-    WanGeometry().check_size(5, p["height"], p["width"])  # Wan2.1's rules, before any model
-
-    from vmt.motion.guidance import GuidanceConfig
-    from vmt.transfer import MIN_FRAMES, sdedit_sigmas
-
-    if p["num_frames"] < MIN_FRAMES:
-        raise VmtUsageError(f"--num-frames {p['num_frames']} is too few; motion transfer needs >= {MIN_FRAMES}")
-    cfg = GuidanceConfig(
-        amf=p["amf"], block=p["block"], span=p["span"], tile=parse_tile(p["tile"]), window=p["window"],
-        temperature=p["temperature"], head_mode=p["head_mode"], guided_steps=p["guided_steps"],
-        inner_steps=p["inner_steps"], reuse_interval=p["reuse_interval"], lr=p["lr"], lr_end=p["lr_end"],
-        lr_decay=p["lr_decay"], optimizer=p["optimizer"], loss=p["loss"], amf_weight=p["amf_weight"], window_weight=p["window_weight"],
-        ref_amf=p["ref_amf"], ref_argmax=p["ref_argmax"], truncate=p["truncate"],
-    )
-    # Token grid from the resolution (Wan: VAE /8, patch 2); the backend re-checks with its own factors.
-    cfg.check_grid((2, p["height"] // 16, p["width"] // 16), (p["height"], p["width"]))
-    sdedit_sigmas(p["steps"], p["shift"], p["strength"])  # validates steps and strength
-    pnp_plan = check_refine_params(p, p["steps"]) if p["refine"] else None
-    from vmt.generate import check_modes
-
-    check_modes(grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"])
-    wan_load_options(p)  # memory options checked before any model
-    return cfg, pnp_plan
-
-
-def check_model_job(p: dict, geometry, prepared) -> None:
-    """Checks of one job against the model's config (no weights)."""
-    geometry.check_block(prepared[0].block)
-
-
-def load_backend(p: dict, geometry_check=None, device: str | None = None, inspected=None):
-    """Resolve the model, check its geometry (before minutes of loading weights), load it; a T2V model."""
-    from vmt.backends.wan import WanBackend, inspect_model
-    from vmt.errors import VmtUsageError
-
-    resolved, geometry = inspected or inspect_model(p["model"], p["revision"])
-    if geometry_check is not None:
-        geometry_check(geometry)
-    backend = WanBackend.from_pretrained(p["model"], wan_load_options({**p, "device": device or p["device"]},
-                                                                      resolved))
-    if backend.is_i2v:
-        raise VmtUsageError(f"{backend.model_id} is an image-to-video model; vmt transfer needs a text-to-video "
-                            "Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    return backend
-
-
-def estimate(p: dict, prepared, geometry) -> dict:
-    """Planned model evaluations of one job: sampling NFE (no early exit), DiT forward and backward passes
-    (sampling: two per NFE with CFG; guidance: one reference forward per guided step, or one in all for a clean
-    reference, and a forward + backward at every --reuse-interval-th inner step)."""
-    cfg, plan = prepared
-    nfe = plan.nfe(p["steps"]) if plan is not None else p["steps"]
-    branches = 2 if p["guidance_scale"] > 1.0 else 1
-    guided = min(cfg.guided_steps, p["steps"])
-    grads = guided * math.ceil(cfg.inner_steps / cfg.reuse_interval)
-    refs = (1 if guided else 0) if cfg.ref_amf == "clean" else guided
-    frames = (p["num_frames"] - 1) // 4 * 4 + 1  # at most; a shorter reference gives fewer
-    return {"steps": p["steps"], "nfe": nfe, "dit_forward": nfe * branches + refs + grads, "dit_backward": grads,
-            "cfg_branches": branches, "tokens": math.prod(geometry.token_grid(frames, p["height"], p["width"]))}
-
-
-def run_job(backend, p: dict, prepared, timer, progress=None, report: bool = True,
-            sidecar_extra: dict | None = None, reference=None) -> dict:
-    """One video on a loaded backend: transfer, write the video and its sidecar. The single command and every
-    job of a batch run this. `reference`: (frames, fps) already read, else read here. Returns compute counts."""
-    from rich.text import Text
-
-    from vmt.io.atomic import commit_together
-    from vmt.io.video import write_video
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import peak_memory
-    from vmt.transfer import TransferRequest, load_reference
-    from vmt.transfer import transfer as run_transfer
-
-    cfg, pnp_plan = prepared
-    output, ref_path = p["output"], Path(p["reference"])
-    if reference is None:
-        with timer.stage("read_reference"):
-            reference = load_reference(ref_path, p["num_frames"], p["height"], p["width"], p["fps"])
-    frames, ref_fps = reference
-    timer.sync_cuda = backend.device.type == "cuda"
-    req = TransferRequest(
-        prompt=p["prompt"], negative_prompt=p["negative_prompt"], height=p["height"], width=p["width"],
-        steps=p["steps"], shift=p["shift"], guidance_scale=p["guidance_scale"], strength=p["strength"],
-        seed=p["seed"], grid=p["grid"], noise=p["noise"], arithmetic=p["arithmetic"], cfg_rule=p["cfg_rule"],
-    )
-
-    # P&P replaces the Euler update of its steps; the guidance (a before-step hook) still runs first.
-    pnp = make_pnp(pnp_plan, p, sync_cuda=timer.sync_cuda) if pnp_plan is not None else None
-
-    def on_step(state) -> None:  # the interventions' own display fields: guidance's AMF loss, P&P's K
-        advance(sigma=f"{float(state.sigma):.3f}", **state.summary)
-
-    progress = progress or (lambda total, what: step_progress(total, what, p["quiet"]))
-    with progress(req.steps, "transfer") as advance:
-        notes = None if p["quiet"] else (lambda msg: console.print(Text.assemble(("note: ", "yellow"), msg)))
-        result = run_transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
-                              timer=timer, notify=notes)
-    out_fps = p["fps"] if p["fps"] is not None else ref_fps
-    with timer.stage("write"), commit_together():  # the video and its sidecar appear together
-        write_video(output, result.frames, out_fps)
-        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-        if pnp_plan is not None:
-            resolved["plan"] = str(pnp_plan)
-        doc = build_sidecar(
-            command_line(), "transfer", resolved, output=output, model=backend.describe(),
-            timings=timer.stages, compute=backend.counts.as_dict(), memory=peak_memory(backend.device),
-            extra={
-                "sigmas": result.sigmas,
-                "video": {"frames": len(result.frames), "fps": out_fps, "height": p["height"],
-                          "width": p["width"]},
-                "reference": {"path": str(ref_path), "frames_used": len(frames), "fps": ref_fps},
-                "token_grid": list(result.grid),
-                "guidance": {"config": result.config, "adjusted": result.adjustments, "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
-                             "steps": result.guidance},
-                # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
-                "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))
-                        if p["refine"] else None),
-                **(sidecar_extra or {}),
-            },
-        )
-        write_sidecar(output, doc)
-    if report and not p["quiet"]:
-        c = backend.counts
-        st = timer.stages
-        console.print(
-            f"[green]wrote[/] {output} ({len(result.frames)} frames, {p['width']}x{p['height']}, {out_fps:g} fps) "
-            f"NFE {c.nfe}, DiT forward {c.dit_forward}, backward {c.dit_backward}; guidance {st.get('guidance', 0):.1f}s, "
-            f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s"
-        )
-    return backend.counts.as_dict()
+SPEC = CommandSpec("transfer", inputs={"reference": "file"}, outputs={"output": video_output},
+                   ranges=ranges_of(TransferRequest))
 
 
 def _run(p: dict, ctx) -> None:
+    """A single run: checks, the reference read (a bad one fails before minutes of loading), one load, one
+    video with its sidecar."""
+    from rich.text import Text
+
     require(ctx, p, ("reference", "prompt", "output"))
-    prepared = check_job(p)
+    request = BATCH.make(p)
+    prepared = request.check()
     quiet_libraries(p["debug"])
-
-    from vmt.runtime import Timer
-    from vmt.transfer import load_reference
-
-    timer = Timer()
-    with timer.stage("read_reference"):  # a bad reference fails before minutes of loading
-        reference = load_reference(Path(p["reference"]), p["num_frames"], p["height"], p["width"], p["fps"])
+    with (timer := Timer()).stage("read_reference"):
+        reference = request.read_reference()
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        backend = load_backend(p, lambda g: check_model_job(p, g, prepared))
-    run_job(backend, p, prepared, timer, reference=reference)
+        backend = request.load()
+    notes = None if p["quiet"] else (lambda msg: console.print(Text.assemble(("note: ", "yellow"), msg)))
+    with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
+        c = request.run_on(backend, Path(p["output"]), prepared, timer, lambda d, t, info: advance(**info),
+                           record=p, command=command_line(), reference=reference, notify=notes)
+    if not p["quiet"]:
+        st = timer.stages
+        console.print(f"[green]wrote[/] {p['output']} ({p['width']}x{p['height']}) NFE {c['nfe']}, DiT forward "
+                      f"{c['dit_forward']}, backward {c['dit_backward']}; guidance {st.get('guidance', 0):.1f}s, "
+                      f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s")
 
 
-BATCH = BatchCommand(SPEC, check_job, check_model_job, load_backend, run_job, estimate, required=("prompt", "reference"))
+BATCH = BatchCommand(SPEC, TransferRequest, required=("prompt", "reference"))

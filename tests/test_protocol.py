@@ -1,12 +1,11 @@
 """The backend protocols and the Intervention base class are enough: generate(), Predict-and-Perturb, a
 velocity-only intervention and transfer() run on a second, non-Wan backend (vmt.testing.toy_backend), the
 results equal float64 loops written out here over that backend's network, and the protocols declare exactly
-the members the loop, generate, transfer, the interventions and the CLI touch."""
+the members the loop, generate, transfer, the interventions and the run requests touch."""
 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import subprocess
@@ -299,16 +298,10 @@ class Recorder:
         setattr(self._target, name, value)
 
 
-def _cli_params(command, **overrides) -> dict:
-    """A command's resolved parameters: its declared defaults, then `overrides`."""
-    params = {n: p.default for n, p in inspect.signature(command).parameters.items() if n != "ctx"}
-    return {**params, **overrides}
-
-
 def test_the_protocols_declare_exactly_what_generate_transfer_and_the_cli_use(tmp_path):
-    import cli.refine
-    import cli.transfer
     from vmt.errors import VmtUsageError
+    from vmt.runs import RefineRequest
+    from vmt.runs import TransferRequest as TransferRunRequest
     from vmt.runtime import Timer
     from vmt.transfer import TransferRequest, transfer
 
@@ -320,9 +313,8 @@ def test_the_protocols_declare_exactly_what_generate_transfer_and_the_cli_use(tm
     with pytest.raises(VmtUsageError):  # the message names the model
         generate(i2v, GenerationRequest(**REQ))
     gen._seen.update(i2v._seen)
-    p = _cli_params(cli.refine.refine, output=tmp_path / "r.mp4", prompt="a dot", num_frames=3, height=8,
-                    width=12, steps=3, plan="1:1", quiet=True)
-    cli.refine.run_job(gen, p, parse_plan("1:1"), Timer(), report=False)
+    refine = RefineRequest(prompt="a dot", num_frames=3, height=8, width=12, steps=3, plan="1:1")
+    refine.run_on(gen, tmp_path / "r.mp4", parse_plan("1:1"), Timer())
     assert json.loads((tmp_path / "r.json").read_text())["pnp"]["nfe_sampler"] == 4
     assert gen._seen <= protocol_members(GenerationBackend), gen._seen - protocol_members(GenerationBackend)
 
@@ -330,10 +322,10 @@ def test_the_protocols_declare_exactly_what_generate_transfer_and_the_cli_use(tm
     req = TransferRequest(prompt="a red dot", height=8, width=12, steps=3, guidance_scale=3.0, grid="model")
     transfer(tr, _reference_clip(), req, GuidanceConfig(**GUIDE, guided_steps=1, ref_amf="clean"),
              [PredictPerturb(parse_plan("1:1"))], notify=None)
-    p = _cli_params(cli.transfer.transfer, output=tmp_path / "t.mp4", reference=str(tmp_path / "ref.mp4"),
-                    prompt="a dot", height=8, width=12, steps=3, refine=True, plan="1:1", quiet=True)
+    job = TransferRunRequest(reference=tmp_path / "ref.mp4", prompt="a dot", height=8, width=12, steps=3,
+                             refine=True, plan="1:1")
     cfg = GuidanceConfig(**GUIDE, guided_steps=1)
-    cli.transfer.run_job(tr, p, (cfg, parse_plan("1:1")), Timer(), report=False, reference=(_reference_clip(), 8.0))
+    job.run_on(tr, tmp_path / "t.mp4", (cfg, parse_plan("1:1")), Timer(), reference=(_reference_clip(), 8.0))
     assert json.loads((tmp_path / "t.json").read_text())["guidance"]["steps"][0]["step"] == 0
 
     used = gen._seen | tr._seen

@@ -4,3 +4,12 @@ Importing `vmt` is cheap (no torch, no diffusers); the heavy modules import them
 """
 
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str):
+    """The run requests, imported on first use (`from vmt import RefineRequest`) so `import vmt` stays cheap."""
+    if name in ("RefineRequest", "TransferRequest"):
+        import vmt.runs
+
+        return getattr(vmt.runs, name)
+    raise AttributeError(f"module 'vmt' has no attribute {name!r}")

@@ -48,8 +48,7 @@ class GenerationRequest:
         return d
 
 
-NOISE_MODES = ("pipeline", "portable")
-ARITHMETIC_MODES = ("float32", "release")
+from vmt.sampling.modes import ARITHMETIC_MODES, NOISE_MODES  # noqa: E402
 
 
 def check_modes(**modes: str) -> None:

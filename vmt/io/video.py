@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vmt.errors import VmtError, VmtUsageError
-from vmt.io.atomic import atomic_path
+from vmt.io.atomic import atomic_path, signals_held
 
 # Containers looked for when a folder of videos is given (ffmpeg reads each).
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif", ".m4v", ".mpg", ".mpeg"})
@@ -292,7 +292,11 @@ class VideoWriter:
             str(self._tmp), vcodec="libx264", pix_fmt="yuv420p", crf=self.crf, preset=self.preset,
             r=str(rate), movflags="+faststart",
         ).global_args("-hide_banner", "-nostdin", "-loglevel", "error", "-y")
-        self._proc = subprocess.Popen(out.compile(cmd=ffmpeg_exe()), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Held: a signal inside Popen (after the fork) would leave an ffmpeg that abort() cannot see, which
+        # then creates the temporary again after abort() removed it.
+        with signals_held():
+            self._proc = subprocess.Popen(out.compile(cmd=ffmpeg_exe()), stdin=subprocess.PIPE,
+                                          stderr=subprocess.PIPE)
         self.size = (h, w)
 
     def write(self, frames: np.ndarray) -> None:

@@ -30,7 +30,7 @@ def shift_sigma(s: float | torch.Tensor, shift: float):
     return shift * s / (1 + (shift - 1) * s)
 
 
-GRIDS = ("model", "euler")
+from vmt.sampling.modes import GRIDS  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)

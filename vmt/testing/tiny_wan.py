@@ -29,8 +29,9 @@ def _tokenizer():
                                    model_max_length=512)
 
 
-def build_tiny_wan(kind: str = "t2v", seed: int = 0, z_dim: int = 4):
-    """Build an in-memory tiny Wan pipeline of the given kind with seeded random weights."""
+def build_tiny_wan(kind: str = "t2v", seed: int = 0, z_dim: int = 4, num_layers: int = 2):
+    """Build an in-memory tiny Wan pipeline of the given kind with seeded random weights (`num_layers`
+    transformer blocks: 15 or more reach the published capture block 14 of motion transfer)."""
     import torch
     from diffusers import (
         AutoencoderKLWan,
@@ -62,7 +63,7 @@ def build_tiny_wan(kind: str = "t2v", seed: int = 0, z_dim: int = 4):
         return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
             in_channels=2 * z_dim + 4 if i2v else z_dim, out_channels=z_dim, text_dim=text_dim, freq_dim=32,
-            ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+            ffn_dim=32, num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
             image_dim=image_dim, added_kv_proj_dim=16 if image_dim else None, rope_max_seq_len=32,
         ).eval()
 
@@ -88,10 +89,10 @@ def build_tiny_wan(kind: str = "t2v", seed: int = 0, z_dim: int = 4):
                                    image_processor=image_processor, **common)
 
 
-def save_tiny_wan(folder: str | Path, kind: str = "t2v", seed: int = 0) -> Path:
+def save_tiny_wan(folder: str | Path, kind: str = "t2v", seed: int = 0, num_layers: int = 2) -> Path:
     """Build a tiny Wan pipeline and save it (safetensors) as a diffusers folder; returns the folder."""
     folder = Path(folder)
-    build_tiny_wan(kind, seed).save_pretrained(folder, safe_serialization=True)
+    build_tiny_wan(kind, seed, num_layers=num_layers).save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -1,0 +1,115 @@
+"""What refine and transfer share: the Wan model and memory options, and Predict-and-Perturb's plan, gate and
+out.json block. Imports no torch at module level."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from vmt.runs.fields import Range
+
+# P&P's gate: tau in [0, inf], the early-exit fraction in (0, 1], the norm p in [1, inf].
+PNP_RANGES = {"tau": Range(0, inf_ok=True), "certain_fraction": Range(0, 1, lo_open=True),
+              "p_norm": Range(1, inf_ok=True)}
+DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def wan_load_options(r: Any, resolved: Any = None, device: str | None = None):
+    """The vmt.backends.wan.WanLoadOptions of a request's model fields (model, revision, device, dtype, offload,
+    vae_tiling, grad_checkpointing, storage_dtype, attention_backend, compile, lora). Checks them without any
+    model, so call it before `inspect_model` too."""
+    from vmt.backends.wan import WanLoadOptions
+    from vmt.errors import VmtUsageError, param
+    from vmt.runtime import resolve_device
+
+    opts = WanLoadOptions(
+        device=device or r.device, dtype=r.dtype, offload=r.offload, vae_tiling=r.vae_tiling,
+        revision=r.revision, resolved=resolved, grad_checkpointing=r.grad_checkpointing,
+        storage_dtype=None if r.storage_dtype == "none" else r.storage_dtype,
+        attention_backend=r.attention_backend or None, compile=r.compile, loras=tuple(r.lora or ()),
+    )
+    opts.validate()
+    if resolved is None and opts.offload != "none" and resolve_device(opts.device).type != "cuda":
+        raise VmtUsageError(f"{param('offload')} needs a CUDA device; on CPU everything is already in host memory")
+    return opts
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars or info logs from diffusers and transformers while a model loads (a library call
+    prints nothing), restored afterwards."""
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+
+    levels = dl.get_verbosity(), tl.get_verbosity()
+    bars = dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled()
+    dl.set_verbosity_error()
+    tl.set_verbosity_error()
+    dl.disable_progress_bar()
+    tl.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dl.set_verbosity(levels[0])
+        tl.set_verbosity(levels[1])
+        if bars[0]:
+            dl.enable_progress_bar()
+        if bars[1]:
+            tl.enable_progress_bar()
+
+
+def resolve_plan(text: str, steps: int):
+    """The P&P plan for a `steps`-step schedule. The keyword "default" is clipped to the schedule; an
+    explicit plan that goes beyond it is an error."""
+    from vmt.sampling.pnp import parse_plan
+
+    plan = parse_plan(text)
+    if text.strip().lower() == "default":
+        return plan.clipped(steps)
+    return plan.validate(steps)
+
+
+def check_pnp(r: Any, steps: int):
+    """Validate a request's P&P plan and gate (plan, tau, certain_fraction, p_norm); returns the plan."""
+    from vmt.sampling.pnp import check_gate
+
+    plan = resolve_plan(r.plan, steps)
+    check_gate(r.tau, r.certain_fraction, r.p_norm)
+    return plan
+
+
+def make_pnp(plan, r: Any, sync_cuda: bool = False):
+    """The PredictPerturb intervention for `plan` with the request's gate and seed, or None for an empty plan."""
+    if plan.empty:
+        return None
+    from vmt.sampling.pnp import PredictPerturb
+
+    return PredictPerturb(plan, r.tau, r.certain_fraction, r.p_norm, seed=r.seed, sync_cuda=sync_cuda)
+
+
+def refine_summary(pnp, steps: int, nfe: int, denoise_s: float) -> dict:
+    """The `pnp` block of out.json: plan, NFE (planned, used, ratio to plain sampling), certain fraction per
+    refined step, and the denoising time split into refined and plain steps."""
+    if pnp is None:
+        return {"plan": "none", "nfe": nfe, "nfe_ratio": round(nfe / steps, 4), "time_denoise_s": denoise_s}
+    doc = pnp.summary(steps, nfe)
+    doc["nfe"] = nfe
+    doc["nfe_ratio"] = round(nfe / steps, 4)
+    doc["time_denoise_s"] = denoise_s
+    doc["time_plain_steps_s"] = round(max(0.0, denoise_s - doc["time_refined_steps_s"]), 4)
+    return doc
+
+
+def plain(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as JSON values for out.json (paths as strings)."""
+    from pathlib import Path
+
+    def one(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [one(x) for x in v]
+        return v
+
+    return {k: one(v) for k, v in params.items()}

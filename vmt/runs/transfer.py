@@ -1,0 +1,266 @@
+"""`TransferRequest`: one FastVMT motion transfer run (a reference video's motion, a new prompt), as a typed
+request. (vmt.transfer.TransferRequest is the lower-level sampling setting a run hands to the pipeline.)
+
+    from vmt import TransferRequest
+
+    TransferRequest(reference="dance.mp4", prompt="a robot dancing on a stage").run("robot.mp4")
+
+The fields are the options of `vmt transfer`, with the FastVMT release's defaults. As with RefineRequest:
+`check()` needs no model, `check_model()` only its config files, `estimate()` plans the DiT passes, `run()`
+writes the video and its sidecar as one commit, printing nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vmt.backends.base import CFG_RULES
+from vmt.runs.fields import (
+    AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, Range, check_fields, choice, number, text,
+)
+from vmt.runs.shared import DEFAULT_MODEL, PNP_RANGES
+from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
+
+Progress = Callable[[int, int, dict[str, str]], None]
+
+
+@dataclass
+class TransferRequest:
+    """A `vmt transfer` run; see `vmt transfer --help` for each option."""
+
+    progress_label = "transfer"  # what a progress bar over its steps says (a class attribute, not a field)
+
+    reference: Path | None = None  # the video whose motion is transferred
+    prompt: str | None = text(None, "what the new video shows")
+    negative_prompt: str = text("", "what to steer away from (CFG)", empty_ok=True)
+    num_frames: int = number(81, AT_LEAST_1, "most frames taken from the reference")
+    height: int = number(480, AT_LEAST_1, "pixels (multiple of 16)")
+    width: int = number(832, AT_LEAST_1, "pixels (multiple of 16)")
+    fps: float | None = number(None, FPS, "resample the reference to this rate; None: its own")
+    steps: int = number(50, AT_LEAST_1, "denoising steps from the SDEdit start to 0")
+    shift: float = number(7.0, POSITIVE, "flow shift")
+    guidance_scale: float = number(5.8, NON_NEGATIVE, "CFG scale")
+    strength: float = number(0.75, Range(0, 1, lo_open=True), "SDEdit strength")
+    amf: str = choice("windowed", ("windowed", "global"), "AMF form")
+    block: int = number(14, None, "capture block")
+    span: int = number(4, None, "frame pairs with 0 <= j - i < span")
+    tile: str = text("3x4", "query tile HxW in tokens")
+    window: int = number(21, None, "key window side in tokens")
+    temperature: float = number(1.0, POSITIVE, "AMF softmax temperature")
+    head_mode: str = choice("qk", ("qk", "logits"), "how heads are averaged")
+    guided_steps: int = number(10, None, "guided steps")
+    inner_steps: int = number(10, None, "optimiser steps per guided step")
+    reuse_interval: int = number(3, None, "gradient reuse interval")
+    lr: float = number(3e-3, POSITIVE, "learning rate at the first inner step")
+    lr_end: float = number(2.1e-3, POSITIVE, "learning rate at the last inner step")
+    lr_decay: str = choice("inner", ("inner", "outer"), "learning-rate decay")
+    optimizer: str = choice("adamw", ("adamw", "adam"), "optimizer")
+    loss: str = choice("fastvmt", ("fastvmt", "ditflow"), "guidance loss")
+    amf_weight: float = number(5.0, NON_NEGATIVE, "AMF loss weight")
+    window_weight: float = number(1.0, NON_NEGATIVE, "window loss weight")
+    ref_amf: str = choice("per-step", ("per-step", "clean"), "reference AMF")
+    ref_argmax: bool = False
+    truncate: bool = True
+    refine: bool = False
+    plan: str = text("default", "P&P plan")
+    tau: float = number(0.25, PNP_RANGES["tau"], "uncertainty gate")
+    certain_fraction: float = number(0.999, PNP_RANGES["certain_fraction"], "early exit")
+    p_norm: float = number(1.0, PNP_RANGES["p_norm"], "norm of the gate's change")
+    grid: str = choice("euler", GRIDS, "sampling grid")
+    noise: str = choice("pipeline", NOISE_MODES, "where the seeded noise is drawn")
+    arithmetic: str = choice("float32", ARITHMETIC_MODES, "precision of the Euler update")
+    cfg_rule: str = choice("diffusers", CFG_RULES, "when CFG applies")
+    model: str = text(DEFAULT_MODEL, "hub id or local diffusers folder")
+    revision: str | None = None
+    device: str = text("auto", "auto | cpu | cuda")
+    dtype: str = text("auto", "auto | float32 | bfloat16 | float16")
+    offload: str = text("none", "none | model | sequential | group")
+    vae_tiling: bool = False
+    grad_checkpointing: bool = True
+    storage_dtype: str = text("none", "none | float8_e4m3fn | float8_e5m2")
+    attention_backend: str | None = text(None, "a diffusers attention backend")
+    compile: bool = False
+    lora: list[str] | None = None
+    seed: int = number(42, SEED, "random seed")
+
+    # ---------------------------------------------------------------- checks and plan (no weights)
+
+    def check(self):
+        """Every check that needs no model; returns (guidance config, P&P plan or None)."""
+        from vmt.backends.wan import WanGeometry
+        from vmt.errors import VmtUsageError, param
+        from vmt.generate import check_modes
+        from vmt.motion.guidance import GuidanceConfig
+        from vmt.runs.shared import check_pnp, wan_load_options
+        from vmt.transfer import MIN_FRAMES, sdedit_sigmas
+
+        for name in ("reference", "prompt"):
+            if getattr(self, name) is None:
+                raise VmtUsageError(f"{param(name)} is missing")
+        check_fields(self)
+        WanGeometry().check_size(5, self.height, self.width)  # Wan2.1's rules, before any model
+        if self.num_frames < MIN_FRAMES:
+            raise VmtUsageError(f"{param('num_frames')} {self.num_frames} is too few; motion transfer needs >= "
+                                f"{MIN_FRAMES}")
+        cfg = GuidanceConfig(
+            amf=self.amf, block=self.block, span=self.span, tile=parse_tile(self.tile), window=self.window,
+            temperature=self.temperature, head_mode=self.head_mode, guided_steps=self.guided_steps,
+            inner_steps=self.inner_steps, reuse_interval=self.reuse_interval, lr=self.lr, lr_end=self.lr_end,
+            lr_decay=self.lr_decay, optimizer=self.optimizer, loss=self.loss, amf_weight=self.amf_weight,
+            window_weight=self.window_weight, ref_amf=self.ref_amf, ref_argmax=self.ref_argmax,
+            truncate=self.truncate,
+        )
+        # Token grid from the resolution (Wan: VAE /8, patch 2); the backend re-checks with its own factors.
+        cfg.check_grid((2, self.height // 16, self.width // 16), (self.height, self.width))
+        sdedit_sigmas(self.steps, self.shift, self.strength)  # validates steps and strength
+        pnp_plan = check_pnp(self, self.steps) if self.refine else None
+        check_modes(grid=self.grid, noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule)
+        wan_load_options(self)
+        return cfg, pnp_plan
+
+    def check_model(self, geometry) -> None:
+        """Checks against the model's config files (no weights): the capture block exists."""
+        geometry.check_block(self.block)
+
+    def estimate(self, prepared, geometry) -> dict[str, Any]:
+        """Planned model evaluations: sampling NFE (no early exit), DiT forward and backward passes (sampling:
+        two per NFE with CFG; guidance: one reference forward per guided step, or one in all for a clean
+        reference, and a forward + backward at every reuse_interval-th inner step)."""
+        cfg, plan = prepared
+        nfe = plan.nfe(self.steps) if plan is not None else self.steps
+        branches = 2 if self.guidance_scale > 1.0 else 1
+        guided = min(cfg.guided_steps, self.steps)
+        grads = guided * math.ceil(cfg.inner_steps / cfg.reuse_interval)
+        refs = (1 if guided else 0) if cfg.ref_amf == "clean" else guided
+        frames = (self.num_frames - 1) // 4 * 4 + 1  # at most; a shorter reference gives fewer
+        return {"steps": self.steps, "nfe": nfe, "dit_forward": nfe * branches + refs + grads,
+                "dit_backward": grads, "cfg_branches": branches,
+                "tokens": math.prod(geometry.token_grid(frames, self.height, self.width))}
+
+    # ---------------------------------------------------------------- running
+
+    def read_reference(self):
+        """The reference as (frames (T, H, W, 3) uint8, fps): resampled, centre-cropped, cut to 4k+1 frames."""
+        from vmt.transfer import load_reference
+
+        return load_reference(Path(self.reference), self.num_frames, self.height, self.width, self.fps)
+
+    def load(self, device: str | None = None, inspected=None):
+        """Resolve the model, check the capture block against its config, load it (a text-to-video Wan)."""
+        from vmt.backends.wan import WanBackend, inspect_model
+        from vmt.errors import VmtUsageError
+        from vmt.runs.shared import quiet_loading, wan_load_options
+
+        resolved, geometry = inspected or inspect_model(self.model, self.revision)
+        self.check_model(geometry)
+        with quiet_loading():
+            backend = WanBackend.from_pretrained(self.model, wan_load_options(self, resolved, device))
+        if backend.is_i2v:
+            raise VmtUsageError(f"{backend.model_id} is an image-to-video model; motion transfer needs a "
+                                "text-to-video Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+        return backend
+
+    def run(self, output: str | Path, *, backend=None, progress: Progress | None = None,
+            overwrite: bool = False, timer=None, notify: Callable[[str], None] | None = None,
+            record: dict[str, Any] | None = None, command: list[str] | None = None,
+            sidecar_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Transfer the reference's motion and write `output` with its JSON sidecar, committed together.
+        Loads the model unless a loaded `backend` is given. `notify(text)`: notes such as a window clamped to
+        the token grid. Returns the compute counts (NFE, DiT forward and backward passes)."""
+        from vmt.io.atomic import check_not_inputs, check_output_path, output_policy, sidecar_path
+        from vmt.io.video import VIDEO_WRITE_SUFFIXES
+        from vmt.runtime import Timer
+
+        output = Path(output)
+        prepared = self.check()
+        check_output_path(output, overwrite, suffixes=VIDEO_WRITE_SUFFIXES, what="output")
+        check_not_inputs({"output": output, "sidecar": sidecar_path(output)}, {"reference": Path(self.reference)})
+        timer = timer or Timer()
+        with timer.stage("read_reference"):  # a bad reference fails before minutes of loading
+            reference = self.read_reference()
+        if backend is None:
+            with timer.stage("load"):
+                backend = self.load()
+        with output_policy(overwrite):
+            return self.run_on(backend, output, prepared, timer, progress, record, command, sidecar_extra,
+                               reference=reference, notify=notify)
+
+    def run_on(self, backend, output: Path, prepared, timer, progress: Progress | None = None,
+               record: dict[str, Any] | None = None, command: list[str] | None = None,
+               sidecar_extra: dict[str, Any] | None = None, reference=None,
+               notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """One video on a loaded backend, checks done (`check()` gave `prepared`): transfer, then write the
+        video and its sidecar as one commit. `reference`: (frames, fps) already read, else read here."""
+        from vmt.io.atomic import commit_together
+        from vmt.io.video import write_video
+        from vmt.provenance import build_sidecar, write_sidecar
+        from vmt.runs.shared import make_pnp, plain, refine_summary
+        from vmt.runtime import peak_memory
+        from vmt.transfer import TransferRequest as TransferSampling
+        from vmt.transfer import transfer
+
+        cfg, pnp_plan = prepared
+        if reference is None:
+            with timer.stage("read_reference"):
+                reference = self.read_reference()
+        frames, ref_fps = reference
+        timer.sync_cuda = backend.device.type == "cuda"
+        req = TransferSampling(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, height=self.height, width=self.width,
+            steps=self.steps, shift=self.shift, guidance_scale=self.guidance_scale, strength=self.strength,
+            seed=self.seed, grid=self.grid, noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule,
+        )
+        # P&P replaces the Euler update of its steps; the guidance (a before-step hook) still runs first.
+        pnp = make_pnp(pnp_plan, self, sync_cuda=timer.sync_cuda) if pnp_plan is not None else None
+
+        def on_step(state) -> None:
+            if progress is not None:
+                progress(state.index + 1, self.steps, {"sigma": f"{float(state.sigma):.3f}", **state.summary})
+
+        result = transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
+                          timer=timer, notify=notify)
+        out_fps = self.fps if self.fps is not None else ref_fps
+        with timer.stage("write"), commit_together():  # the video and its sidecar appear together
+            write_video(output, result.frames, out_fps)
+            resolved = plain(record if record is not None else {**asdict(self), "output": output})
+            if pnp_plan is not None:
+                resolved["plan"] = str(pnp_plan)
+            doc = build_sidecar(
+                command or ["vmt.TransferRequest.run"], "transfer", resolved, output=output,
+                model=backend.describe(), timings=timer.stages, compute=backend.counts.as_dict(),
+                memory=peak_memory(backend.device),
+                extra={
+                    "sigmas": result.sigmas,
+                    "video": {"frames": len(result.frames), "fps": out_fps, "height": self.height,
+                              "width": self.width},
+                    "reference": {"path": str(self.reference), "frames_used": len(frames), "fps": ref_fps},
+                    "token_grid": list(result.grid),
+                    "guidance": {"config": result.config, "adjusted": result.adjustments,
+                                 "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
+                                 "steps": result.guidance},
+                    # P&P's time is part of the sampling stage (the loop minus reference AMF and guidance).
+                    "pnp": (refine_summary(pnp, req.steps, backend.counts.nfe, timer.stages.get("sampling", 0.0))
+                            if self.refine else None),
+                    **(sidecar_extra or {}),
+                },
+            )
+            write_sidecar(output, doc)
+        return backend.counts.as_dict()
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """"3x4" -> (3, 4): a query tile of rows x columns of tokens."""
+    from vmt.errors import VmtUsageError, param
+
+    parts = str(text).lower().split("x")
+    try:
+        th, tw = (int(v) for v in parts)
+    except ValueError:
+        raise VmtUsageError(f"{param('tile')} {text!r} must look like 3x4 (rows x columns of tokens)") from None
+    if th < 1 or tw < 1:
+        raise VmtUsageError(f"{param('tile')} {text!r} must be positive")
+    return th, tw
