@@ -196,7 +196,9 @@ def test_hub_id_offline_not_cached_gives_clear_error(monkeypatch, tmp_path):
     msg = str(err.value)
     # Says what is wrong and every way out; nothing points to a traceback the user never sees.
     assert "not in the local Hugging Face cache" in msg and "HF_HUB_OFFLINE" in msg, msg
-    assert "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in msg and "--model" in msg, msg
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in msg, msg
+    assert "local diffusers folder as model" in msg, msg
+    assert err.value.params == ["model"], msg  # the command line writes it as --model
     assert "stacktrace" not in msg and "\n" not in msg, msg
 
 

@@ -156,10 +156,12 @@ def test_missing_detector_names_file_and_option(tmp_path, monkeypatch):
     with pytest.raises(VmtUsageError) as e:
         find_detector(I3D, tmp_path / "nope.pt")
     msg = str(e.value)
-    assert "nope.pt" in msg and "--i3d" in msg and "\n" not in msg
+    # The parameter that passes the file, by its name (the command line writes --i3d).
+    assert "nope.pt" in msg and "with i3d PATH" in msg and "--" not in msg and "\n" not in msg
+    assert e.value.params == ["i3d"]
     with pytest.raises(VmtUsageError) as e:
         find_detector(INCEPTION, None)
-    assert "inception-2015-12-05.pt" in str(e.value) and "--inception" in str(e.value)
+    assert "inception-2015-12-05.pt" in str(e.value) and e.value.params == ["inception"]
     (tmp_path / "i3d_torchscript.pt").write_bytes(b"x")
     assert find_detector(I3D, None) == tmp_path / "i3d_torchscript.pt"
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -25,7 +25,8 @@ def resolve_device(device: str = "auto"):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VmtUsageError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+        raise VmtUsageError(f"{param('device')} {device} was asked for but torch sees no CUDA GPU; use "
+                            f"{param('device')} cpu")
     return torch.device(device)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 
 STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 GUIDED_FALLBACK = "native"  # torch SDPA: differentiable on every device
@@ -69,11 +69,13 @@ def enable_checkpointing(transformer) -> BlockCheckpointing:
 
 
 def storage_dtype(name: str | None) -> torch.dtype | None:
-    """--storage-dtype NAME -> torch dtype (None: weights stored in the compute dtype)."""
+    """A storage dtype name (the `storage_dtype` option) -> torch dtype (None: weights stored in the compute
+    dtype)."""
     if name in (None, "", "none"):
         return None
     if name not in STORAGE_DTYPES:
-        raise VmtUsageError(f"--storage-dtype {name!r}: use none or one of {', '.join(STORAGE_DTYPES)}")
+        raise VmtUsageError(f"{param('storage_dtype')} {name!r}: use none or one of "
+                            f"{', '.join(STORAGE_DTYPES)}")
     return getattr(torch, name)
 
 
@@ -90,7 +92,7 @@ def check_attention_backend(name: str | None) -> None:
         return
     known = attention_backends()
     if name.lower() not in known:
-        raise VmtUsageError(f"--attention-backend {name!r}: use one of {', '.join(known)}")
+        raise VmtUsageError(f"{param('attention_backend')} {name!r}: use one of {', '.join(known)}")
 
 
 def set_attention_backend(transformer, name: str) -> None:
@@ -105,7 +107,7 @@ def set_attention_backend(transformer, name: str) -> None:
     try:
         transformer.set_attention_backend(name.lower())
     except (RuntimeError, ValueError, ImportError) as e:
-        raise VmtError(f"--attention-backend {name}: {e}") from e
+        raise VmtError(f"{param('attention_backend')} {name}: {e}") from e
     finally:
         _AttentionBackendRegistry.set_active_backend(active)
 
@@ -188,7 +190,7 @@ def compile_blocks(transformer, backend: str = "inductor") -> None:
     try:
         transformer.compile_repeated_blocks(backend=backend, fullgraph=False, dynamic=False)
     except Exception as e:
-        raise VmtError(f"--compile: {type(e).__name__}: {e}") from e
+        raise VmtError(f"{param('compile')}: {type(e).__name__}: {e}") from e
 
 
 LORA_EXPERTS = ("both", "high", "low")
@@ -196,8 +198,9 @@ LORA_EXPERTS = ("both", "high", "low")
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """One --lora PATH[:SCALE][@EXPERT]: a LoRA file or folder (diffusers' Wan LoRA layout), its scale, and on
-    a two-expert Wan2.2 model the expert it goes into ("high": transformer, "low": transformer_2, "both")."""
+    """One `lora` value PATH[:SCALE][@EXPERT]: a LoRA file or folder (diffusers' Wan LoRA layout), its scale,
+    and on a two-expert Wan2.2 model the expert it goes into ("high": transformer, "low": transformer_2,
+    "both")."""
 
     path: str
     scale: float = 1.0
@@ -209,7 +212,8 @@ class LoraSpec:
         if "@" in text:
             body, expert = text.rsplit("@", 1)
             if expert not in LORA_EXPERTS:
-                raise VmtUsageError(f"--lora {text!r}: the expert after @ is one of {', '.join(LORA_EXPERTS)}")
+                raise VmtUsageError(f"{param('lora')} {text!r}: the expert after @ is one of "
+                                    f"{', '.join(LORA_EXPERTS)}")
         path, scale = body, 1.0
         head, sep, tail = body.rpartition(":")
         if sep and head:
@@ -219,9 +223,10 @@ class LoraSpec:
             except ValueError:
                 pass  # a ':' that is part of the path
         if not math.isfinite(scale):
-            raise VmtUsageError(f"--lora {text!r}: the scale must be a finite number")
+            raise VmtUsageError(f"{param('lora')} {text!r}: the scale must be a finite number")
         if not Path(path).exists():
-            raise VmtUsageError(f"--lora {text!r}: {path} does not exist (a .safetensors file or a folder)")
+            raise VmtUsageError(f"{param('lora')} {text!r}: {path} does not exist (a .safetensors file or a "
+                                "folder)")
         return cls(path, scale, expert)
 
 
@@ -230,7 +235,7 @@ def check_peft() -> None:
     import importlib.util
 
     if importlib.util.find_spec("peft") is None:
-        raise VmtError("--lora needs the peft package (pip install peft)")
+        raise VmtError(f"{param('lora')} needs the peft package (pip install peft)")
 
 
 def load_loras(pipe, specs: list[LoraSpec]) -> list[dict]:
@@ -241,8 +246,8 @@ def load_loras(pipe, specs: list[LoraSpec]) -> list[dict]:
     records = []
     for i, spec in enumerate(specs):
         if not two and spec.expert != "both":
-            raise VmtUsageError(f"--lora {spec.path}@{spec.expert}: this model has one transformer; drop @"
-                                f"{spec.expert}")
+            raise VmtUsageError(f"{param('lora')} {spec.path}@{spec.expert}: this model has one transformer; "
+                                f"drop @{spec.expert}")
         name = f"lora{i}"
         targets = []
         if spec.expert in ("both", "high") and pipe.transformer is not None:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 
 # The file that proves a component folder is there, by component kind.
 _COMPONENT_FILES = {
@@ -55,7 +55,7 @@ def _download(model: str, revision: str | None) -> Path:
         pass
     where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     fixes = (f"download it where the hub is reachable (`hf download {model}`) into the cache ({where}), or pass "
-             "a local diffusers folder with --model")
+             f"a local diffusers folder as {param('model')}")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise VmtError(f"model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                        f"unset HF_HUB_OFFLINE to download it, {fixes}")
@@ -118,14 +118,16 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
     p = Path(model).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise VmtUsageError(f"--model {model} is a file; pass a diffusers model folder or a hub id")
+            raise VmtUsageError(f"{param('model')} {model} is a file; pass a diffusers model folder or a hub "
+                                "id")
         folder, source, rev = p.resolve(), "local", None
     elif _is_hub_id(model):
         folder, source = _download(model, revision), "hub"
         # A hub cache snapshot lives in .../snapshots/<commit hash>/
         rev = folder.name if folder.parent.name == "snapshots" else revision
     else:
-        raise VmtUsageError(f"--model {model!r} is neither an existing folder nor a hub id like 'org/name'")
+        raise VmtUsageError(f"{param('model')} {model!r} is neither an existing folder nor a hub id like "
+                            "'org/name'")
     cls, components = check_components(folder)
     return ResolvedModel(model, folder, source, rev, fingerprint_folder(folder), cls, components)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 # True: the final move replaces an existing target; False: it refuses one (exclusive create).
 _REPLACE: contextvars.ContextVar[bool] = contextvars.ContextVar("vmt_replace_outputs", default=True)
@@ -83,13 +83,14 @@ def check_output_path(output: str | os.PathLike, overwrite: bool, *, sidecar: bo
             example = p.with_suffix(allowed[0]) if p.name else f"out{allowed[0]}"
             raise VmtUsageError(f"{what} {p} must end in {' or '.join(allowed)} (e.g. {example})")
     if not parent.is_dir():
-        raise VmtUsageError(f"{what} folder {parent} does not exist; create it first (mkdir -p {parent})")
+        raise VmtUsageError(f"{what} folder {parent} does not exist; create it first (with any missing "
+                            "folders above it)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise VmtUsageError(f"{what} folder {parent} is not writable; choose another path")
     if not overwrite:
         for q in [p, sidecar_path(p)] if sidecar else [p]:
             if q.exists():
-                raise VmtUsageError(f"{q} already exists; pass --overwrite to replace it")
+                raise VmtUsageError(f"{q} already exists; pass {param('overwrite')} to replace it")
     return p
 
 
@@ -105,7 +106,8 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_not_inputs(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
     """No output may be the same file as an input (resolved path or inode) or as another output.
 
-    `outputs` / `inputs` map a name for messages (a flag such as "-o" or "--json sidecar") to a path.
+    `outputs` / `inputs` map a name for messages (such as "output", or the flag the command line shows) to a
+    path.
     """
     outs = [(name, Path(p)) for name, p in outputs.items() if p is not None]
     for name, out in outs:
@@ -140,12 +142,13 @@ def _finalize(tmp: Path, target: Path, replace: bool | None) -> None:
         os.link(tmp, target)  # atomic create-if-absent: fails if another writer got there first
     except FileExistsError:
         raise VmtUsageError(f"{target} appeared while this run was writing it (another run?); it was left "
-                            "as it is. Pass --overwrite to replace it, or choose another path") from None
+                            f"as it is. Pass {param('overwrite')} to replace it, or choose another "
+                            "path") from None
     except OSError:
         # Filesystems without hard links: best effort, still never replacing a file seen to exist.
         if target.exists():
             raise VmtUsageError(f"{target} appeared while this run was writing it; it was left as it is. Pass "
-                                "--overwrite to replace it") from None
+                                f"{param('overwrite')} to replace it") from None
         os.replace(tmp, target)
         _PLACED.append(target)
         return

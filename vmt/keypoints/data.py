@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,9 @@ def make_windows(seqs: Sequences, length: int, stride: int, frame_step: int = 1)
             owner.append(i)
     if not out:
         longest = max(len(s[::frame_step]) for s in seqs.flat)
-        raise VmtUsageError(f"no sequence has {length} frames (context + horizon) after --frame-step "
-                            f"{frame_step}; the longest has {longest}: shorten --context/--horizon")
+        raise VmtUsageError(f"no sequence has {length} frames (context + horizon) after "
+                            f"{param('frame_step')} {frame_step}; the longest has {longest}: shorten "
+                            f"{param('context')}/{param('horizon')}")
     return np.stack(out).astype(np.float32), owner
 
 
@@ -203,8 +204,9 @@ def check_context(seqs: Sequences, context: int) -> None:
     short = [(n, len(s)) for n, s in zip(seqs.names, seqs.flat) if len(s) < context]
     if short:
         n, t = short[0]
-        raise VmtUsageError(f"sequence {n!r} has {t} frames, fewer than --context {context} "
-                            f"({len(short)} such sequences); give longer sequences or a smaller --context")
+        raise VmtUsageError(f"sequence {n!r} has {t} frames, fewer than {param('context')} {context} "
+                            f"({len(short)} such sequences); give longer sequences or a smaller "
+                            f"{param('context')}")
 
 
 def require(cond: bool, message: str) -> None:

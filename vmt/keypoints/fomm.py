@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 # ----- building blocks (attribute names follow the public release so that its state dicts load) -----
 
@@ -350,7 +350,7 @@ def load_fomm(path: str | os.PathLike, device: str | torch.device = "cpu") -> Fo
 
     path = Path(path)
     if not path.is_file():
-        raise VmtUsageError(f"--fomm {path} not found")
+        raise VmtUsageError(f"{param('fomm')} {path} not found")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

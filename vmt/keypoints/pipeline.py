@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 from vmt.keypoints.data import Layout, Sequences, check_context, load_sequences, save_predictions, save_sequences
 from vmt.keypoints.model import GRUNF, SampleOptions, check_layout
 
@@ -30,12 +30,12 @@ def is_video(path: str | os.PathLike) -> bool:
 
 def check_run_sources(input: Path, render: Path | None, source: Path | None, fomm: Path | None) -> None:
     """What `run` needs of its optional files beyond existence and suffixes (checked by the command
-    scaffold): --source is an image or a video; --render with --fomm needs a frame to animate."""
+    scaffold): `source` is an image or a video; `render` with `fomm` needs a frame to animate."""
     if source is not None and source.suffix.lower() not in VIDEO_SUFFIXES | IMAGE_SUFFIXES:
-        raise VmtUsageError(f"--source {source} is neither an image nor a video")
+        raise VmtUsageError(f"{param('source')} {source} is neither an image nor a video")
     if fomm is not None and render is not None and source is None and not is_video(input):
-        raise VmtUsageError("--render with --fomm animates an image: pass --source face.png (keypoint-file input "
-                            "has no frame of its own)")
+        raise VmtUsageError(f"{param('render')} with {param('fomm')} animates an image: pass "
+                            f"{param('source')} face.png (keypoint-file input has no frame of its own)")
 
 
 def keypoint_source(doc: dict) -> str:
@@ -48,13 +48,14 @@ def check_keypoint_source(doc: dict, found: str, model_dir: Path) -> None:
     trained = keypoint_source(doc)
     if found == TRACKER_SOURCE and trained != TRACKER_SOURCE:
         raise VmtUsageError(
-            f"the model {model_dir} was trained on FOMM keypoints, but without --fomm a video's keypoints come "
-            "from the Lucas-Kanade corner tracker, which are different points: pass --fomm vox-cpk.pth.tar (a FOMM "
-            "checkpoint) to extract FOMM keypoints, or -m a model trained on tracker points "
-            "(`vmt predict-keypoints train VIDEO_OR_FOLDER -o DIR`)")
+            f"the model {model_dir} was trained on FOMM keypoints, but without {param('fomm')} a video's "
+            "keypoints come from the Lucas-Kanade corner tracker, which are different points: pass a FOMM "
+            f"checkpoint (vox-cpk.pth.tar) as {param('fomm')} to extract FOMM keypoints, or use a model "
+            f"trained on tracker points as {param('model')} (train one with `vmt predict-keypoints train "
+            "VIDEO_OR_FOLDER -o DIR`)")
     if found == FOMM_SOURCE and trained == TRACKER_SOURCE:
         raise VmtUsageError(f"the model {model_dir} was trained on Lucas-Kanade tracker points, not FOMM keypoints; "
-                            "drop --fomm or use a model trained on FOMM keypoints")
+                            f"drop {param('fomm')} or use a model trained on FOMM keypoints")
 
 
 @dataclass
@@ -111,7 +112,8 @@ def training_inputs(data: Path, fps: float, fomm=None, num_kp: int = 10) -> tupl
         vids = [data]
     else:
         if fomm is not None:
-            raise VmtUsageError("--fomm extracts keypoints from videos; DATA is already a keypoint file")
+            raise VmtUsageError(f"{param('fomm')} extracts keypoints from videos; {param('data')} is already "
+                                "a keypoint file")
         return load_sequences(data), FOMM_SOURCE
     got = video_keypoints(vids, Layout(num_kp, True), fps, fomm)
     return got.seqs, got.source
@@ -144,8 +146,9 @@ def forecast_input(net: GRUNF, doc: dict, model_dir: Path, input: Path, context:
         check_keypoint_source(doc, source, model_dir)
     else:
         if fomm is not None:
-            raise VmtUsageError("--fomm extracts keypoints from a video; the input is already a keypoint file "
-                                "(use --fomm with --render to animate --source)")
+            raise VmtUsageError(f"{param('fomm')} extracts keypoints from a video; the input is already a "
+                                f"keypoint file (use {param('fomm')} with {param('render')} to animate "
+                                f"{param('source')})")
         seqs, source = load_sequences(input), "file"
     check_layout(cfg, seqs.layout, str(input))
     check_context(seqs, context + horizon if backtest else context)
@@ -193,15 +196,16 @@ def write_forecast(fc: Forecast, output: Path, context: int, horizon: int) -> Pa
 
 
 def parse_samples(text: str, n: int) -> list[int] | None:
-    """--render-samples: 'mean' -> None, else comma-separated sample indices in [0, n)."""
+    """`render_samples`: 'mean' -> None, else comma-separated sample indices in [0, n)."""
     if text.strip() == "mean":
         return None
     try:
         idx = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise VmtUsageError(f"--render-samples takes 'mean' or sample indices such as 0,3; got {text!r}") from None
+        raise VmtUsageError(f"{param('render_samples')} takes 'mean' or sample indices such as 0,3; "
+                            f"got {text!r}") from None
     if not idx or any(i < 0 or i >= n for i in idx):
-        raise VmtUsageError(f"--render-samples indices must lie in 0..{n - 1}; got {text!r}")
+        raise VmtUsageError(f"{param('render_samples')} indices must lie in 0..{n - 1}; got {text!r}")
     return idx
 
 
@@ -222,7 +226,8 @@ def render_forecast(fc: Forecast, path: Path, fps: float, *, source: Path | None
     panels = [draw_forecast(backdrop, last_pos, pos.transpose(1, 0, 2, 3))]
     if fomm is not None:
         if frame is None:
-            raise VmtUsageError("--fomm rendering animates an image: pass --source face.png (or a video input)")
+            raise VmtUsageError(f"{param('fomm')} rendering animates an image: pass {param('source')} "
+                                "face.png (or a video input)")
         from vmt.keypoints.fomm import animate
 
         picks = [(pos.mean(0), None if jac is None else jac.mean(0))] if samples is None else \

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 from vmt.keypoints.model import GRUNF, ModelConfig, load_model, read_config, save_model
 
 STATE_FILE, LAST_FILE = "train_state.pt", "last.safetensors"
@@ -82,12 +82,14 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_windows: np.ndarra
         doc = read_config(out_dir)
         if doc["config"] != asdict(model_cfg):
             raise VmtUsageError(f"{out_dir} was trained with a different architecture or layout; resume with "
-                                "the same options or train into a new -o directory")
+                                f"the same options or train into a new {param('output')} directory")
         if doc.get("train", {}).get("steps") != train_cfg.steps:
-            raise VmtUsageError(f"{out_dir} was started with --steps {doc.get('train', {}).get('steps')}; "
-                                "resume with the same --steps (the one-cycle schedule depends on it)")
+            raise VmtUsageError(f"{out_dir} was started with {param('steps')} "
+                                f"{doc.get('train', {}).get('steps')}; resume with the same {param('steps')} "
+                                "(the one-cycle schedule depends on it)")
         if not (out_dir / STATE_FILE).is_file():
-            raise VmtUsageError(f"{out_dir} has no {STATE_FILE}; nothing to resume (train without --resume)")
+            raise VmtUsageError(f"{out_dir} has no {STATE_FILE}; nothing to resume (train without "
+                                f"{param('resume')})")
         last, _ = load_model(out_dir, LAST_FILE)
         model.load_state_dict(last.state_dict())
         state = torch.load(out_dir / STATE_FILE, weights_only=True)
@@ -164,8 +166,9 @@ def prepare_training(cfg: ModelConfig, seqs: list[np.ndarray], stride: int, augm
     length = cfg.context + cfg.horizon
     seqs = [s[:: cfg.frame_step] for s in seqs]
     if not any(len(s) >= length for s in seqs):
-        raise VmtUsageError(f"no training sequence has {length} frames (context + horizon) after --frame-step "
-                            f"{cfg.frame_step}; shorten --context/--horizon")
+        raise VmtUsageError(f"no training sequence has {length} frames (context + horizon) after "
+                            f"{param('frame_step')} {cfg.frame_step}; shorten {param('context')}/"
+                            f"{param('horizon')}")
     raw = speed_windows(seqs, length, stride, SPEEDS if augment else (1.0,))
     if cfg.param == "residual":
         cfg = replace(cfg, residual_scale=fit_residual_scale(raw, cfg.context))

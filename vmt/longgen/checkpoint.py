@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 from vmt.io.atomic import atomic_path, write_json_atomic
 from vmt.longgen.config import LongGenConfig
 from vmt.longgen.model import EncGAN3
@@ -29,12 +29,13 @@ def resolve_run_dir(model: str | Path | None) -> Path:
     if model is None:
         if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
             raise VmtError(f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}); "
-                           "pass -m RUN_DIR (train one with `vmt longgen train synthetic:digits -o RUN_DIR`)")
+                           f"pass a run folder as {param('model')} (train one with `vmt longgen train "
+                           "synthetic:digits -o RUN_DIR`)")
         return DEFAULT_MODEL_DIR
     p = Path(model)
     if not p.is_dir():
         raise VmtUsageError(f"model folder {p} not found; pass a run folder made by `vmt longgen train` "
-                            "(e.g. vmt longgen train synthetic:digits -o RUN_DIR)")
+                            "(e.g. `vmt longgen train synthetic:digits -o RUN_DIR`)")
     if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
         raise VmtUsageError(f"{p} is not a longgen run folder (needs config.json and model.safetensors); "
                             "train one with `vmt longgen train DATA -o RUN_DIR`")
@@ -155,12 +156,12 @@ def resume_trainer(run_dir: Path, trainer) -> dict[str, Any]:
         diff = {k: (v, getattr(trainer.cfg, k)) for k, v in saved.to_dict().items() if getattr(trainer.cfg, k) != v}
         text = ", ".join(f"{k}: {a} in the run, {b} asked for" for k, (a, b) in diff.items())
         raise VmtUsageError(f"{run_dir} holds a model of another configuration ({text}); use the same preset and "
-                            "sizes to resume, or a new -o folder")
+                            f"sizes to resume, or a new {param('output')} folder")
     state = _with_default_prior(trainer.model, _load_tensors(run_dir / "model.safetensors"))
     load_state_checked(trainer.model, state, f"{run_dir}/model.safetensors")
     tpath = run_dir / "train.safetensors"
     if not tpath.is_file():
-        raise VmtError(f"{tpath} is missing, so training cannot resume; start a new -o folder")
+        raise VmtError(f"{tpath} is missing, so training cannot resume; start a new {param('output')} folder")
     tensors = _load_tensors(tpath)
     load_state_checked(trainer.discs, {k[5:]: v for k, v in tensors.items() if k.startswith("disc.")},
                        f"{tpath} (discriminators)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 from vmt.io.video import VIDEO_SUFFIXES
 
 SYNTHETIC_DIGITS = "synthetic:digits"
@@ -112,7 +112,7 @@ class ClipSource:
             raise VmtUsageError(
                 f"every video is shorter than one training window of {need} frames ({length} frames at stride "
                 f"{min(self.strides)}): {', '.join(short[:3])}{' ...' if len(short) > 3 else ''}; use longer "
-                "videos, a smaller --stride, or a preset with fewer frames"
+                f"videos, a smaller {param('stride')}, or a preset with fewer frames"
             )
 
     def sample(self, batch: int, length: int, rng: np.random.Generator) -> torch.Tensor:

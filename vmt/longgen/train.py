@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 from vmt.longgen.config import LongGenConfig
 from vmt.longgen.discriminators import Discriminators
 from vmt.longgen.losses import d_loss, g_loss, kl_standard_normal, l1, pyramid_l1, reparameterise
@@ -280,8 +280,9 @@ def open_trainer(run_dir, *, resume: bool, settings: TrainSettings, cfg: LongGen
         meta = read_meta(run_dir)
         bad = resume_conflicts(meta, given)
         if bad:
-            raise VmtUsageError(f"--resume: {run_dir} was trained with other settings: " + "; ".join(bad)
-                                + ". Drop these flags (a resumed run keeps its settings) or start a new -o folder")
+            raise VmtUsageError(f"{param('resume')}: {run_dir} was trained with other settings: "
+                                + "; ".join(bad) + ". Drop these settings (a resumed run keeps its own) or "
+                                f"start a new {param('output')} folder")
         settings, seed = saved_settings(meta), meta.get("seed", seed)
         cfg = cfg if model_given else LongGenConfig.from_dict(meta["model"])
     torch.manual_seed(seed)
@@ -289,7 +290,8 @@ def open_trainer(run_dir, *, resume: bool, settings: TrainSettings, cfg: LongGen
     if resume:  # before any data is read: a mismatching run fails fast
         resume_trainer(run_dir, trainer)
         if trainer.step_count >= steps:
-            raise VmtUsageError(f"{run_dir} is already at step {trainer.step_count}; pass --steps above that")
+            raise VmtUsageError(f"{run_dir} is already at step {trainer.step_count}; pass {param('steps')} "
+                                "above that")
     return trainer, settings, seed
 
 

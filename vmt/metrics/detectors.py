@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """What a metric needs: the conventional file name, the CLI option, and how to call it."""
+    """What a metric needs: the conventional file name, the parameter that passes the file, and how to call
+    it."""
 
     kind: str
     filename: str
@@ -35,9 +36,9 @@ class DetectorSpec:
     feature_kwargs: dict = field(default_factory=dict)
 
 
-I3D = DetectorSpec("i3d", "i3d_torchscript.pt", "--i3d", "FVD",
+I3D = DetectorSpec("i3d", "i3d_torchscript.pt", "i3d", "FVD",
                    {"rescale": False, "resize": False, "return_features": True})
-INCEPTION = DetectorSpec("inception", "inception-2015-12-05.pt", "--inception", "FID/IS",
+INCEPTION = DetectorSpec("inception", "inception-2015-12-05.pt", "inception", "FID/IS",
                          {"return_features": True})
 
 I3D_FRAMES = 16
@@ -59,14 +60,14 @@ def find_detector(spec: DetectorSpec, path: str | os.PathLike | None) -> Path:
         p = Path(path)
         if not p.is_file():
             raise VmtUsageError(f"{spec.metric} needs the {spec.kind} detector {spec.filename}; {p} was not found "
-                                f"(pass the TorchScript file with {spec.option} PATH)")
+                                f"(pass the TorchScript file with {param(spec.option)} PATH)")
         return p
     for d in default_dirs():
         if (d / spec.filename).is_file():
             return d / spec.filename
     where = " or ".join(str(d / spec.filename) for d in default_dirs())
     raise VmtUsageError(f"{spec.metric} needs the {spec.kind} detector {spec.filename}, not found at {where}; "
-                        f"pass it with {spec.option} PATH")
+                        f"pass it with {param(spec.option)} PATH")
 
 
 class Detector:

@@ -125,7 +125,8 @@ def load_forecast(pred_path) -> dict[str, np.ndarray]:
     if "start" in missing and "names" in arrays and "value" in arrays:
         raise VmtUsageError(f"{pred_path} records no forecast window (no `start` array): it continues past the end "
                             "of its input, so there is no truth to score it against; rerun `vmt predict-keypoints "
-                            "run ... --backtest` to forecast the last --horizon frames of each sequence instead")
+                            "run ... --backtest` to forecast the last frames of each sequence (its horizon) "
+                            "instead")
     if missing:
         raise VmtUsageError(f"{pred_path} lacks {', '.join(missing)}; give the .npz `vmt predict-keypoints run` "
                             "writes (names, value (S, N, H, K, 2), start)")
@@ -150,7 +151,7 @@ def evaluate_forecasts(truth_path, pred_path, k: int = 5) -> tuple[dict, list[di
     """Score a `predict-keypoints run` file against the keypoint file it forecast (positions only, in the
     file's coordinates). Returns (report metrics, per-sequence rows); metrics are means over windows, the
     energy distance (V-statistic) is between the set of true futures and the set of all samples."""
-    from vmt.errors import VmtUsageError
+    from vmt.errors import VmtUsageError, param
     from vmt.keypoints.data import load_sequences
 
     seqs = load_sequences(truth_path)
@@ -158,7 +159,7 @@ def evaluate_forecasts(truth_path, pred_path, k: int = 5) -> tuple[dict, list[di
     value = pred["value"]
     s_n, n, h, kp = value.shape[:4]
     if not 1 <= k <= n:
-        raise VmtUsageError(f"--k must be between 1 and the {n} samples, got {k}")
+        raise VmtUsageError(f"{param('k')} must be between 1 and the {n} samples, got {k}")
     if kp != seqs.layout.num_kp:
         raise VmtUsageError(f"{pred_path} has {kp} keypoints, {truth_path} has {seqs.layout.num_kp}")
     index = {name: i for i, name in enumerate(seqs.names)}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmt.batch import DONE_STATUSES, JSONL_SUFFIXES
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 PAIR_KEYS = ("reference", "video")
 
@@ -38,11 +38,12 @@ def read_pairs(path: str | Path) -> list[Pair]:
     the line: not an object, a missing or unknown key, a file that does not exist (for a job that is done)."""
     path = Path(path)
     if path.is_dir():
-        raise VmtUsageError(f"--batch {path} is a folder; give a .jsonl file of pairs or a batch's manifest.jsonl")
+        raise VmtUsageError(f"{param('batch')} {path} is a folder; give a .jsonl file of pairs or a batch's "
+                            "manifest.jsonl")
     if not path.is_file():
-        raise VmtUsageError(f"--batch {path} not found; check the path")
+        raise VmtUsageError(f"{param('batch')} {path} not found; check the path")
     if path.suffix.lower() not in JSONL_SUFFIXES:
-        raise VmtUsageError(f"--batch {path}: expected JSON Lines (.jsonl), one "
+        raise VmtUsageError(f"{param('batch')} {path}: expected JSON Lines (.jsonl), one "
                             '{"reference": "ref.mp4", "video": "out.mp4"} a line')
     manifest = False
     pairs: list[Pair] = []
@@ -60,8 +61,9 @@ def read_pairs(path: str | Path) -> list[Pair]:
         if not pairs and not manifest and set(obj) == {"batch"}:
             manifest = True  # a batch manifest's header
             if isinstance(obj["batch"], dict) and obj["batch"].get("command", "transfer") != "transfer":
-                raise VmtUsageError(f"--batch {path} is the manifest of `vmt {obj['batch']['command']}`, "
-                                    "whose jobs have no reference video; give a transfer manifest or a pairs file")
+                raise VmtUsageError(f"{param('batch')} {path} is the manifest of "
+                                    f"`vmt {obj['batch']['command']}`, whose jobs have no reference video; "
+                                    "give a transfer manifest or a pairs file")
             continue
         video_key = "output" if manifest else "video"
         if not manifest:
@@ -82,5 +84,5 @@ def read_pairs(path: str | Path) -> list[Pair]:
                 raise VmtUsageError(f"{where}: {what} {f} {kind}")
         pairs.append(pair)
     if not pairs:
-        raise VmtUsageError(f"--batch {path} has no pairs")
+        raise VmtUsageError(f"{param('batch')} {path} has no pairs")
     return pairs

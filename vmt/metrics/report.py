@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 SCHEMA = "vmt.eval/1.1"
 SCHEMA_MAJOR = "vmt.eval/1"
@@ -265,7 +265,8 @@ def parse_tolerances(specs: list[str]) -> dict[str, Tolerance]:
     for spec in specs:
         m = _TOL_RE.match(spec)
         if not m:
-            raise VmtUsageError(f"--tolerance {spec!r} is not NAME=VALUE or NAME=VALUE%; e.g. --tolerance fvd=5%")
+            raise VmtUsageError(f"{param('tolerance')} {spec!r} is not NAME=VALUE or NAME=VALUE%; e.g. "
+                                "fvd=5% or ssim=0.01")
         out[m.group(1).replace("-", "_")] = Tolerance(float(m.group(2)), m.group(3) == "%")
     return out
 
@@ -292,8 +293,8 @@ def compare(report: dict, baseline: dict, tolerances: dict[str, Tolerance]) -> l
     known = set(baseline["metrics"]) | set(report["metrics"])
     unknown = sorted(k for k in tolerances if k != "*" and k not in known)
     if unknown:
-        raise VmtUsageError(f"--tolerance names unknown metric(s) {', '.join(unknown)}; this report has "
-                            + ", ".join(sorted(known)))
+        raise VmtUsageError(f"{param('tolerance')} names unknown metric(s) {', '.join(unknown)}; this report "
+                            "has " + ", ".join(sorted(known)))
     names = [k for k in report["metrics"] if k in BETTER]
     names += [k for k in baseline["metrics"] if k in BETTER and k not in report["metrics"]]
     missing = [k for k in names if k not in baseline["metrics"]]
@@ -422,5 +423,5 @@ def check_comparable(report: dict, baseline: dict, allow_different_inputs: bool)
         raise VmtUsageError(f"baseline not comparable: {problems[0]}")
     if problems and not allow_different_inputs:
         raise VmtUsageError("baseline not comparable: " + "; ".join(problems)
-                            + " (pass --allow-different-inputs to compare anyway)")
+                            + f" (pass {param('allow_different_inputs')} to compare anyway)")
     return problems

@@ -168,7 +168,7 @@ def dynamic_degree(frames: np.ndarray, *, flow_preset: str = "medium", top: floa
     video is dynamic when at least round(4 T / 16) pairs move (T frames). VBench uses RAFT (learned) on
     frames resampled to ~8 fps; here OpenCV DIS (weight-free) on the frames given: DIS is coarse-to-fine
     patch matching, so it underestimates very large or textureless motion that RAFT recovers, and the verdict
-    depends on the frame rate you pass (resample with `--fps`-style reading first to match VBench)."""
+    depends on the frame rate you pass (read with `read_video(path, fps=8)` first to match VBench)."""
     from vmt.metrics.motion import to_gray
 
     f = np.asarray(frames)
