@@ -59,3 +59,18 @@ def test_cli_modules_import_each_other_without_cycles():
     assert {"main", "scaffold", "batch", "refine"} <= set(graph)
     assert "main" in graph and "scaffold" in graph["refine"]  # the graph is read, not empty
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_command_sizes_measure_every_command_and_follow_the_work():
+    """scripts/command_sizes.py (the measure of how thin each command is) sees every command and the helpers
+    its callback hands the work to."""
+    import sys
+
+    sys.path.insert(0, str(CLI.parent / "scripts"))
+    from command_sizes import command_sizes
+
+    rows = {r["command"]: r for r in command_sizes()}
+    assert {"refine", "transfer", "longgen train", "longgen sample", "predict-keypoints run", "eval fvd",
+            "eval motion", "recipes"} <= set(rows)
+    assert "refine._run" in rows["refine"]["helpers"] and "longgen._sample" in rows["longgen sample"]["helpers"]
+    assert all(r["with_helpers"] >= r["body_lines"] >= 1 for r in rows.values())
