@@ -235,7 +235,7 @@ def test_tps_reproduces_affine_maps_and_the_warp_shifts_a_frame():
 def test_paper_recipes_set_the_horizons(trained):
     from pathlib import Path
 
-    recipes = Path(__file__).resolve().parents[1] / "vmt" / "recipes" / "predict-keypoints"
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "predict-keypoints"
     for name, (c, h) in {"vox-8-16.toml": (8, 16), "vox-10-14.toml": (10, 14)}.items():
         out = trained / f"r{c}.npz"
         res = runner.invoke(app, ["predict-keypoints", "run", str(trained / "kp.npz"), "-m", str(trained / "model"),

@@ -183,7 +183,7 @@ def test_bad_inputs_exit_with_one_line_and_no_output(tmp_path):
     assert res.exit_code == 2 and "--motion-temperature" in res.output and not (tmp_path / "t.mp4").exists()
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "vmt" / "recipes" / "longgen").glob("*.toml")))
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes" / "longgen").glob("*.toml")))
 def test_recipes_name_only_real_options(recipe):
     from cli.main import load_recipe
 

@@ -13,7 +13,7 @@ from vmt.sampling.euler import Intervention, sample_euler
 from vmt.sampling.pnp import PredictPerturb, check_gate, parse_plan, pnp_step
 from vmt.sampling.sigmas import flow_sigmas
 
-RECIPES = Path(__file__).resolve().parents[1] / "vmt" / "recipes" / "refine"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "refine"
 
 
 class Counting:

@@ -339,7 +339,7 @@ def test_recipes_ship_with_the_package_and_are_taken_by_name(tiny_t2v, tmp_path)
     res = invoke("recipes")
     assert res.exit_code == 0
     rows = [line.split("\t") for line in res.stdout.strip().splitlines()]
-    shipped = sorted((Path(vmt.__file__).parent / "recipes").glob("*/*.toml"))
+    shipped = sorted((Path(vmt.__file__).resolve().parents[1] / "recipes").glob("*/*.toml"))  # top-level recipes/
     assert sorted(Path(r[2]) for r in rows) == shipped and len(shipped) >= 10
     assert all(r[3] for r in rows)  # every recipe says what it is
     assert ["transfer", "fastvmt-wan2.1-1.3b"] in [r[:2] for r in rows]
@@ -349,7 +349,7 @@ def test_recipes_ship_with_the_package_and_are_taken_by_name(tiny_t2v, tmp_path)
     assert res.exit_code == 0, res.output + (res.stderr or "")
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["params"]["plan"] == "none" and doc["params"]["steps"] == 2  # recipe value, flag wins
-    assert doc["params"]["recipe"].endswith("vmt/recipes/refine/nfe-x2.toml")
+    assert doc["params"]["recipe"].endswith("/recipes/refine/nfe-x2.toml")
     res = invoke("refine", "-p", "x", "-o", tmp_path / "b.mp4", "--recipe", "ditflow-baseline")
     assert_usage_error(res, "recipe 'ditflow-baseline' is for `vmt transfer`")
     res = invoke("refine", "-p", "x", "-o", tmp_path / "b.mp4", "--recipe", "no-such")

@@ -315,7 +315,7 @@ def test_cli_recipe_keys_match_options(tmp_path):
     from cli.main import load_recipe
     from cli.transfer import transfer as command
 
-    root = Path(__file__).resolve().parents[1] / "vmt" / "recipes" / "transfer"
+    root = Path(__file__).resolve().parents[1] / "recipes" / "transfer"
     fast = load_recipe(root / "fastvmt-wan2.1-1.3b.toml", "transfer")
     base = load_recipe(root / "ditflow-baseline.toml", "transfer")
     assert fast["window"] == 21 and fast["reuse_interval"] == 3 and fast["tile"] == "3x4" and fast["block"] == 14

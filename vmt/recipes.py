@@ -1,15 +1,31 @@
 """Recipes shipped with vmt: TOML files of published setups, one folder per command family
-(refine, transfer, longgen, predict-keypoints). `--recipe NAME` finds one here; `vmt recipes` lists them."""
+(refine, transfer, longgen, predict-keypoints), kept in the repository's top-level `recipes/` folder.
+`--recipe NAME` finds one there; `vmt recipes` lists them. An installed vmt has them as the package data of
+`vmt._recipes` (pyproject.toml maps that package to `recipes/`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmt.errors import VmtUsageError
 
-RECIPES_DIR = Path(__file__).resolve().parent
+
+def _recipes_dir() -> Path:
+    """The top-level `recipes/` folder when this vmt is a source checkout (run from the repository, or an
+    editable install), else the installed copy: the folder of the package `vmt._recipes`."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "recipes").is_dir():
+        return root / "recipes"
+    spec = importlib.util.find_spec("vmt._recipes")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return root / "recipes"  # not there: no shipped recipes (list_recipes is empty)
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 @dataclass(frozen=True)
