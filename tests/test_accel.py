@@ -93,6 +93,7 @@ def reference(tiny_t2v):
 
 
 # ------------------------------------------------------------------ gradient checkpointing
+@pytest.mark.slow
 def test_checkpointing_gives_the_same_gradients_and_recomputes_blocks(tiny_t2v, reference):
     b = _backend(tiny_t2v)  # on by default
     (ckpt,) = b._checkpointing.values()
@@ -106,6 +107,7 @@ def test_checkpointing_gives_the_same_gradients_and_recomputes_blocks(tiny_t2v, 
     assert not reference["backend"]._checkpointing
 
 
+@pytest.mark.slow
 def test_checkpointing_keeps_fewer_activations(tiny_t2v, reference):
     """Bytes of tensors autograd keeps for the backward of one guided loss, weights left out (saved-tensor
     hooks; inside a checkpointed block the checkpoint's own hooks take over: what is counted stays resident)."""
@@ -126,6 +128,7 @@ def test_checkpointing_keeps_fewer_activations(tiny_t2v, reference):
     assert ckpt < 0.8 * plain, (ckpt, plain)
 
 
+@pytest.mark.slow
 def test_checkpointing_with_transfer_and_pnp_is_exact(tiny_t2v, reference):
     b = _backend(tiny_t2v)
     assert torch.equal(_transfer_with_pnp(b).latents, reference["transfer"])
@@ -133,6 +136,7 @@ def test_checkpointing_with_transfer_and_pnp_is_exact(tiny_t2v, reference):
 
 
 # ------------------------------------------------------------------ group offload (hooks on the CPU)
+@pytest.mark.slow
 def test_group_offload_with_checkpointing_guidance_and_pnp(reference):
     b = _group_offloaded()
     from diffusers.hooks import HookRegistry
@@ -146,6 +150,7 @@ def test_group_offload_with_checkpointing_guidance_and_pnp(reference):
 
 
 # ------------------------------------------------------------------ float8 storage
+@pytest.mark.slow
 def test_float8_storage_close_to_bf16(tiny_t2v):
     ref = _backend(tiny_t2v, dtype="bfloat16")
     f8 = _backend(tiny_t2v, dtype="bfloat16", storage_dtype="float8_e4m3fn")
@@ -162,6 +167,7 @@ def test_float8_storage_close_to_bf16(tiny_t2v):
 
 
 # ------------------------------------------------------------------ attention backends
+@pytest.mark.slow
 def test_attention_backend_with_backward_is_used_everywhere(tiny_t2v, reference):
     b = _backend(tiny_t2v, attention_backend="_native_math", grad_checkpointing=False)
     assert b.attention_backend() == "_native_math"
@@ -214,6 +220,7 @@ def _stub_backend():
             del accel._BACKWARD_PROBES[key]
 
 
+@pytest.mark.slow
 def test_backend_without_backward_falls_back_in_guided_passes(tiny_t2v, reference):
     from vmt.backends.accel import has_backward
 
@@ -239,6 +246,7 @@ def test_backend_without_backward_falls_back_in_guided_passes(tiny_t2v, referenc
 
 
 # ------------------------------------------------------------------ regional compilation
+@pytest.mark.slow
 def test_compiled_blocks_keep_capture_and_truncation(tiny_t2v, reference):
     """torch.compile of each block (the 'eager' compiler backend: dynamo's tracing and graph breaks without a
     C++ toolchain; inductor is for the GPU suite) with checkpointing on."""
@@ -252,6 +260,7 @@ def test_compiled_blocks_keep_capture_and_truncation(tiny_t2v, reference):
 
 
 # ------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_cli_options_reach_the_model_and_the_sidecar(tiny_t2v, tmp_path):
     from vmt.io.video import write_video
 
@@ -285,6 +294,7 @@ def test_cli_bad_memory_options_fail_before_loading(tmp_path, args, message):
     np.testing.assert_equal(list(tmp_path.iterdir()), [])
 
 
+@pytest.mark.slow
 def test_checkpointing_on_both_experts_of_a_two_expert_model(tiny_t2v_2expert):
     """Each expert has its own checkpoint function; the guided pass at a sigma of either expert is exact."""
     plain = _backend(tiny_t2v_2expert, grad_checkpointing=False)
@@ -309,6 +319,7 @@ def test_checkpointing_on_both_experts_of_a_two_expert_model(tiny_t2v_2expert):
     assert all(c.calls > 0 for c in ckpt._checkpointing.values())  # both experts recomputed blocks
 
 
+@pytest.mark.slow
 def test_cli_refine_with_pnp_and_memory_options(tiny_t2v, tmp_path):
     out = tmp_path / "r.mp4"
     r = CliRunner().invoke(app, [
@@ -321,6 +332,7 @@ def test_cli_refine_with_pnp_and_memory_options(tiny_t2v, tmp_path):
     assert doc["compute"]["nfe"] == 6 and doc["params"]["storage_dtype"] == "float8_e4m3fn"
 
 
+@pytest.mark.slow
 def test_process_default_backend_without_backward_also_falls_back(tiny_t2v, reference):
     """No --attention-backend, but diffusers' process-wide default (DIFFUSERS_ATTN_BACKEND) lacks a backward."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry

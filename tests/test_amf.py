@@ -279,6 +279,7 @@ def test_fastvmt_losses_match_float64_references_and_gradients():
         assert abs(float(wk.grad[idx]) - fd) < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h,w", [(4, 5), (5, 4)])
 def test_windowed_amf_gradient_matches_finite_differences(h, w):
     """The fine stage has a hand-written backward (band gradients accumulated in place); it must be exact

@@ -38,6 +38,7 @@ def _diffusers_latents(folder, **overrides):
     ).frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_cfg", [True, False])
 def test_t2v_latents_equal_diffusers_wan_pipeline(tiny_t2v, batch_cfg):
     backend = WanBackend.from_pretrained(str(tiny_t2v), WanLoadOptions(batch_cfg=batch_cfg))
@@ -49,6 +50,7 @@ def test_t2v_latents_equal_diffusers_wan_pipeline(tiny_t2v, batch_cfg):
     assert backend.counts.nfe == REQ["steps"] and backend.counts.dit_forward == 2 * REQ["steps"]
 
 
+@pytest.mark.slow
 def test_two_expert_latents_equal_diffusers_and_use_both_experts(tiny_t2v_2expert):
     backend = WanBackend.from_pretrained(str(tiny_t2v_2expert))
     sig = backend.sigmas(REQ["steps"], REQ["shift"])[:-1]
@@ -64,6 +66,7 @@ def test_two_expert_latents_equal_diffusers_and_use_both_experts(tiny_t2v_2exper
     assert (other - ours).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_two_expert_cfg_off_below_one_as_diffusers(tiny_t2v_2expert):
     """guidance_scale <= 1 turns CFG off for both experts (diffusers and the P&P release), whatever
     guidance_scale_2 is; the per-expert rule applies the low-noise expert's CFG instead."""
@@ -92,6 +95,7 @@ def test_sigma_grid_is_diffusers_flow_match_euler():
     assert s[-1] == 0 and torch.all(s[:-1] > s[1:])
 
 
+@pytest.mark.slow
 def test_seed_reproducible_and_seed_sensitive(tiny_t2v):
     backend = WanBackend.from_pretrained(str(tiny_t2v))
     a = generate(backend, GenerationRequest(**REQ), decode=False).latents
@@ -115,6 +119,7 @@ def test_vae_round_trip_normalisation(tiny_t2v):
     assert enc.shape == z.shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["tiny_i2v", "tiny_i2v_clip"])
 def test_i2v_conditions_on_the_image(request, fixture):
     folder = request.getfixturevalue(fixture)
@@ -130,6 +135,7 @@ def test_i2v_conditions_on_the_image(request, fixture):
         generate(backend, GenerationRequest(**REQ))
 
 
+@pytest.mark.slow
 def test_i2v_latents_equal_diffusers(tiny_i2v):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
 

@@ -78,6 +78,7 @@ def _single_args(job: dict) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_batch_of_six_equals_six_single_runs_with_one_model_load(tiny_t2v, tmp_path, loads):
     jobs = write_jobs(tmp_path / "jobs.jsonl", SIX)
     res = invoke("refine", "--batch", jobs, "-o", tmp_path / "out", "--model", tiny_t2v, *SMALL)
@@ -104,6 +105,7 @@ def test_batch_of_six_equals_six_single_runs_with_one_model_load(tiny_t2v, tmp_p
     assert rows[2]["compute"]["nfe"] >= 3 and rows[4]["compute"]["nfe"] == 2  # steps 3; plan none
 
 
+@pytest.mark.slow
 def test_text_prompts_with_seeds_vbench_names_and_a_dry_run_that_plans_what_runs(tiny_t2v, tmp_path, loads):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# VBench-style prompt list\na cat, walking\n\nthe sea\n")
@@ -129,6 +131,7 @@ def test_text_prompts_with_seeds_vbench_names_and_a_dry_run_that_plans_what_runs
     assert [j["action"] for j in plan2["jobs"]] == ["skip"] * 6
 
 
+@pytest.mark.slow
 def test_transfer_batch_per_job_references_equal_single_runs_and_the_plan(tiny_t2v, tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "refs").mkdir()
@@ -156,6 +159,7 @@ def test_transfer_batch_per_job_references_equal_single_runs_and_the_plan(tiny_t
             (row["nfe"], row["dit_forward"], row["dit_backward"])
 
 
+@pytest.mark.slow
 def test_a_job_that_fails_at_run_time_is_recorded_and_the_others_run(tiny_t2v, tmp_path):
     rng = np.random.default_rng(1)
     write_video(tmp_path / "long.mp4", rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), fps=8)
@@ -240,6 +244,7 @@ def test_transfer_job_with_a_missing_reference_names_the_line(tiny_t2v, tmp_path
     assert loads == []
 
 
+@pytest.mark.slow
 def test_changed_parameters_are_an_error_naming_the_job_unless_overwrite(tiny_t2v, tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", SIX[:2])
     args = ["refine", "--batch", jobs, "-o", tmp_path / "out", "--model", tiny_t2v, *SMALL]
@@ -256,6 +261,7 @@ def test_changed_parameters_are_an_error_naming_the_job_unless_overwrite(tiny_t2
     assert json.loads((tmp_path / "out" / "0001.json").read_text())["params"]["seed"] == 5
 
 
+@pytest.mark.slow
 def test_sigterm_mid_batch_then_resume_runs_only_the_missing_jobs(tiny_t2v, tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"p{i}", "seed": i} for i in range(6)])
     out = tmp_path / "out"
@@ -294,6 +300,7 @@ def test_sigterm_mid_batch_then_resume_runs_only_the_missing_jobs(tiny_t2v, tmp_
         assert p.read_bytes() == data and p.stat().st_mtime_ns == mtime, name
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_write_the_same_files_as_one_process_and_one_manifest(tiny_t2v, tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": f"p{i}", "seed": 10 + i} for i in range(5)])
     common = ["refine", "--batch", str(jobs), "--model", str(tiny_t2v), *SMALL[:-3]]
@@ -348,6 +355,7 @@ def test_seeds_and_rank_shares():
         ranks_from_env({"RANK": "4", "WORLD_SIZE": "4"})
 
 
+@pytest.mark.slow
 def test_dry_run_weights_are_the_loaded_models_parameters(tiny_t2v):
     """Weights counted from the files' headers (no load) = the parameters of the loaded components, at the
     dtype they load in (the VAE stays float32)."""

@@ -88,6 +88,7 @@ def test_an_input_that_is_a_hard_link_to_an_output_is_refused(tiny_t2v, tmp_path
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_the_job_file_may_not_be_the_manifest(tiny_t2v, tmp_path):
     out = tmp_path / "out"
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a", "seed": 1}])
@@ -133,6 +134,7 @@ def test_bad_job_lines_exit_2_before_any_weights(tiny_t2v, tmp_path, line, patte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl"]
 
 
+@pytest.mark.slow
 def test_the_largest_seed_is_taken_as_is_and_differs_from_its_wrap_around(tiny_t2v, tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a", "seed": 2**64 - 1}, {"prompt": "a", "seed": 0}])
     res = invoke("refine", "--batch", jobs, "-o", tmp_path / "out", "--model", tiny_t2v, *SMALL)
@@ -173,6 +175,7 @@ def test_a_plan_of_too_many_jobs_is_refused_at_once(tiny_t2v, tmp_path):
     assert time.perf_counter() - started < 20  # answered, not planned
 
 
+@pytest.mark.slow
 def test_a_dry_run_streams_its_plan(tiny_t2v, tmp_path):
     """The first job's line is printed while the other 99999 are still being checked."""
     prompts = tmp_path / "prompts.txt"
@@ -207,6 +210,7 @@ def _perturb_weights(model: Path) -> None:
     save_file(tensors, f)
 
 
+@pytest.mark.slow
 def test_resume_redoes_jobs_whose_model_or_reference_changed_at_the_same_path(tiny_t2v, tmp_path):
     import shutil
 
@@ -241,6 +245,7 @@ def test_resume_redoes_jobs_whose_model_or_reference_changed_at_the_same_path(ti
 # ---------------------------------------------------------------- one batch per folder
 
 
+@pytest.mark.slow
 def test_a_folder_locked_by_another_batch_is_refused_and_a_crashed_holder_leaves_no_lock(tiny_t2v, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -41,6 +41,7 @@ def assert_clean_error(result, code: int, pattern: str, out: Path | None = None)
         assert not any(p.name.startswith(f".{out.stem}.") for p in out.parent.iterdir())
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_imports_no_torch():
     code = (
         "import sys, time; t = time.perf_counter(); sys.argv = ['vmt', '--help']\n"
@@ -61,6 +62,7 @@ def test_version():
     assert res.exit_code == 0 and res.stdout.strip() == f"vmt {vmt.__version__}"
 
 
+@pytest.mark.slow
 def test_refine_help_teaches():
     res = invoke("refine", "--help")
     assert res.exit_code == 0
@@ -70,6 +72,7 @@ def test_refine_help_teaches():
     assert "Examples" in res.stdout
 
 
+@pytest.mark.slow
 def test_refine_end_to_end_writes_video_and_sidecar(tiny_t2v, tmp_path):
     out = tmp_path / "fox.mp4"
     res = invoke("refine", "--prompt", "a fox", "--model", tiny_t2v, "-o", out, "--seed", "3", "--plan", "none",
@@ -87,6 +90,7 @@ def test_refine_end_to_end_writes_video_and_sidecar(tiny_t2v, tmp_path):
     assert len(doc["sigmas"]) == 4 and doc["sigmas"][-1] == 0
 
 
+@pytest.mark.slow
 def test_refine_same_seed_same_video(tiny_t2v, tmp_path):
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
     for out in (a, b):
@@ -96,6 +100,7 @@ def test_refine_same_seed_same_video(tiny_t2v, tmp_path):
     assert np.array_equal(read_video(a)[0], read_video(b)[0])
 
 
+@pytest.mark.slow
 def test_recipe_values_apply_and_flags_override(tiny_t2v, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[meta]\nnote = "test"\n[refine]\nsteps = 2\nguidance-scale = 3.0\nseed = 11\n')
@@ -147,6 +152,7 @@ def test_model_folder_missing_component(tiny_t2v, tmp_path):
     assert_clean_error(res, 1, "missing component 'text_encoder'", out)
 
 
+@pytest.mark.slow
 def test_bad_sizes_name_valid_values(tmp_path):
     out = tmp_path / "o.mp4"
     res = invoke("refine", "--prompt", "x", "-o", out, "--num-frames", "10", "--quiet")
@@ -155,6 +161,7 @@ def test_bad_sizes_name_valid_values(tmp_path):
     assert_clean_error(res, 2, "multiple of 16", out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "text", "truncated", "zero_frames"])
 def test_bad_image_input(tiny_i2v, tmp_path, kind):
     img = tmp_path / "in.mp4"
@@ -177,6 +184,7 @@ def test_bad_image_input(tiny_i2v, tmp_path, kind):
     assert_clean_error(res, code, pattern, out)
 
 
+@pytest.mark.slow
 def test_image_to_video_end_to_end(tiny_i2v, tmp_path):
     img = tmp_path / "first.mp4"
     write_video(img, np.full((1, 40, 60, 3), 90, np.uint8), fps=1)  # any size: resized and cropped
@@ -186,6 +194,7 @@ def test_image_to_video_end_to_end(tiny_i2v, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["model"]["pipeline"] == "WanImageToVideoPipeline"
 
 
+@pytest.mark.slow
 def test_internal_error_is_one_line_without_debug_and_traceback_with(tiny_t2v, tmp_path):
     """A real failure that is no user mistake: a model folder whose VAE statistics have the wrong length
     loads, then breaks inside generation (RuntimeError). One line and exit 1; --debug shows the traceback."""
@@ -206,6 +215,7 @@ def test_internal_error_is_one_line_without_debug_and_traceback_with(tiny_t2v, t
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_sigint_during_generation_leaves_no_output(tiny_t2v, tmp_path):
     out = tmp_path / "o.mp4"
     cmd = [sys.executable, "-m", "cli.main", "refine", "--prompt", "x", "--model", str(tiny_t2v), "-o", str(out),

@@ -57,6 +57,7 @@ def _lines_of_commit(folder: Path) -> int:
     return count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_at_every_line_of_a_commit_leaves_both_files_or_neither(tmp_path, sig):
     n = _lines_of_commit(tmp_path)

@@ -52,12 +52,14 @@ def clips(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = "import sys, cli.main; print('torch' in sys.modules, 'cv2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_motion_report_and_regression_gate(clips, tmp_path):
     base = tmp_path / "base.json"
     r = vmt("eval", "motion", clips["ref"], clips["same"], "--json", base)
@@ -108,6 +110,7 @@ def test_compare_tolerances_within_and_beyond():
         parse_tolerances(["fvd:5"])
 
 
+@pytest.mark.slow
 def test_temporal_folder_with_unreadable_file(tmp_path):
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -128,6 +131,7 @@ def test_temporal_folder_with_unreadable_file(tmp_path):
     assert r.exit_code == 2 and "--overwrite" in r.output and report.read_text() == before
 
 
+@pytest.mark.slow
 def test_physics_cli_on_falling_ball(tmp_path):
     h, w, ss = 96, 64, 4
     yy, xx = (np.mgrid[0 : h * ss, 0 : w * ss] + 0.5) / ss - 0.5
@@ -167,6 +171,7 @@ def _save_mean_detector(path):
     return path
 
 
+@pytest.mark.slow
 def test_fvd_cli_identical_sets_and_missing_detector(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
@@ -186,6 +191,7 @@ def test_fvd_cli_identical_sets_and_missing_detector(tmp_path):
     assert "missing_i3d.pt" in text and "--i3d PATH" in text
 
 
+@pytest.mark.slow
 def test_fid_cli_identical_sets_and_inception_score(tmp_path, monkeypatch):
     import torch
 
@@ -229,6 +235,7 @@ def small(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_gate_refuses_other_subcommand_inputs_and_parameters(small, tmp_path):
     base = tmp_path / "base.json"
     assert vmt("eval", "temporal", small / "a.mp4", "--flow-preset", "fast", "--json", base, "-q").exit_code == 0
@@ -251,6 +258,7 @@ def test_gate_refuses_other_subcommand_inputs_and_parameters(small, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_outputs_never_inputs_json_stdout_and_result_line(small, tmp_path):
     video = tmp_path / "clip[1].mp4"  # glob characters in an existing name: taken literally
     video.write_bytes((small / "a.mp4").read_bytes())
@@ -276,6 +284,7 @@ def test_outputs_never_inputs_json_stdout_and_result_line(small, tmp_path):
     assert r.exit_code == 0 and r.output.strip().startswith("result: no baseline")  # --quiet: only the result line
 
 
+@pytest.mark.slow
 def test_per_file_failures_honour_skip_bad_and_seams_real_module(tmp_path):
     """Seams through the real module: steps of 4 levels inside clips of 4 frames and 40 at their boundaries
     (flat frames; H.264 keeps them within a level);
@@ -296,6 +305,7 @@ def test_per_file_failures_honour_skip_bad_and_seams_real_module(tmp_path):
     assert m["inside_change"] == pytest.approx(4.0, abs=0.5) and m["boundary_change"] == pytest.approx(40, abs=1.5)
 
 
+@pytest.mark.slow
 def test_motion_textureless_reference_says_why(tmp_path):
     write_video(tmp_path / "flat.mp4", np.full((6, 48, 48, 3), 128, np.uint8), 10)
     write_video(tmp_path / "moving.mp4", translating(1, 0, t=6, h=48, w=48), 10)
@@ -309,6 +319,7 @@ def test_motion_textureless_reference_says_why(tmp_path):
 
 # ---------------------------------------------------------------- keypoints: run -> eval round trip
 
+@pytest.mark.slow
 def test_predict_keypoints_run_then_eval_keypoints(shared_data, tmp_path):
     from vmt.keypoints.data import load_sequences, save_sequences
 
@@ -361,6 +372,7 @@ def test_predict_keypoints_run_then_eval_keypoints(shared_data, tmp_path):
 
 # ---------------------------------------------------------------- motion fidelity on real clips
 
+@pytest.mark.slow
 def test_motion_fidelity_separates_real_clips(shared_data):
     """Threshold 0.75 from benchmarks/metrics.py on the shared clips (30 frames): same-motion pairs (a clip
     against itself, two overlapping crops of it) scored >= 0.79, unrelated pairs (other clips, the same clip
@@ -382,6 +394,7 @@ def test_motion_fidelity_separates_real_clips(shared_data):
     assert mf(runner, runner[::-1]) < 0  # time reversal of a pan: opposite motion
 
 
+@pytest.mark.slow
 def test_tables_full_width_without_terminal(small, tmp_path):
     """CliRunner is no terminal: long names print whole in the per-input table, whatever $COLUMNS says."""
     folder = tmp_path / "v"
@@ -394,6 +407,7 @@ def test_tables_full_width_without_terminal(small, tmp_path):
     assert long_name in r.output and "result: no baseline" in r.output
 
 
+@pytest.mark.slow
 def test_video_input_tracked_keypoints_score_the_forecast(shared_data, tmp_path):
     """`run` on a video saves the tracked keypoints beside the forecast; with --backtest they are the truth.
     (A model trained on tracker points of these videos: the shipped FOMM model refuses tracker points.)"""
@@ -417,6 +431,7 @@ def test_video_input_tracked_keypoints_score_the_forecast(shared_data, tmp_path)
     assert m["windows"] == 1 and m["ade_best"] <= m["ade_mean"] and m["zero_velocity_ade"] >= 0
 
 
+@pytest.mark.slow
 def test_motion_batch_scores_each_listed_pair_as_a_single_run_does(clips, tmp_path):
     """A pairs file pairs any reference with any video (what REF GEN folders, paired by name, cannot):
     paths are read from the file's folder, rows keep the file's order, each row is the single run's score."""
@@ -481,6 +496,7 @@ def test_motion_batch_refusals_are_one_line_usage_errors(clips, tmp_path, lines,
     assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_motion_batch_gate_compares_the_pairs_not_the_listing_path(clips, tmp_path):
     """A baseline from a pairs file is the baseline of the same pairs listed elsewhere; the same videos
     paired otherwise are other inputs (refused without --allow-different-inputs)."""

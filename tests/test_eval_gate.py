@@ -100,6 +100,7 @@ def test_malformed_baseline_is_refused_in_one_line_before_any_work(motion_run, t
     assert not (tmp_path / "out.json").exists()  # refused before scoring
 
 
+@pytest.mark.slow
 def test_the_unedited_baseline_still_gates(motion_run, tmp_path):
     ref, gen, base = motion_run
     r = vmt("eval", "motion", ref, gen, "--baseline", base, "--json", tmp_path / "out.json")
@@ -147,6 +148,7 @@ def test_forecast_with_nan_is_refused_like_a_truth_file_with_nan(tmp_path, bad):
 
 # ---------------------------------------------------------------- the seam score's direction
 
+@pytest.mark.slow
 def test_seam_gate_judges_the_distance_to_one(tmp_path):
     half = write_video(tmp_path / "half.mp4", chain(10, 5), 10)    # boundaries move half as much: 0.5
     even = write_video(tmp_path / "even.mp4", alternating(), 10)   # seamless: 1.0
@@ -191,6 +193,7 @@ def test_seam_gate_judges_the_distance_to_one(tmp_path):
 
 # ---------------------------------------------------------------- result lines say what happened
 
+@pytest.mark.slow
 def test_result_line_without_baseline_says_no_baseline(tmp_path):
     video = write_video(tmp_path / "v.mp4", alternating(), 10)
     r = vmt("eval", "seams", video, "--clip-length", "4")
@@ -202,6 +205,7 @@ def test_result_line_without_baseline_says_no_baseline(tmp_path):
     assert r.output.startswith("result: no baseline vmt eval seams: seam_score=")
 
 
+@pytest.mark.slow
 def test_physics_result_line_counts_videos_with_a_trajectory(tmp_path):
     rng = np.random.default_rng(0)
     noise = tmp_path / "noise"
@@ -229,6 +233,7 @@ def test_physics_result_line_counts_videos_with_a_trajectory(tmp_path):
 
 # ---------------------------------------------------------------- hidden files and temporaries
 
+@pytest.mark.slow
 def test_folders_and_globs_skip_hidden_files_and_part_temporaries(tmp_path):
     folder = tmp_path / "outs"
     folder.mkdir()
@@ -257,6 +262,7 @@ def test_folders_and_globs_skip_hidden_files_and_part_temporaries(tmp_path):
 
 # ---------------------------------------------------------------- package versions
 
+@pytest.mark.slow
 def test_baseline_made_with_other_opencv_is_compared_with_a_note(tmp_path):
     video = write_video(tmp_path / "v.mp4", translating(1, 0, t=6), 10)
     base = tmp_path / "base.json"

@@ -63,6 +63,7 @@ def test_logdet_matches_bruteforce_jacobian():
         assert abs(logdet[i].item() - ref.item()) < 1e-9
 
 
+@pytest.mark.slow
 def test_nll_decreases_to_the_true_conditional_entropy():
     # x | c ~ N([sin 2c, c^2], diag(0.1^2, 0.2^2)): the best achievable NLL is known in closed form.
     torch.manual_seed(0)
@@ -108,6 +109,7 @@ def test_mh_leaves_the_annealed_gaussian_invariant(elementwise, lam):
     assert (y.var(0) / var - 1).abs().max() < 0.05
 
 
+@pytest.mark.slow
 def test_mh_converges_from_a_wrong_start():
     gen = torch.Generator().manual_seed(2)
     g = torch.tensor([1.5, -1.0], dtype=torch.float64)
@@ -274,6 +276,7 @@ def _synthetic(num_seq=12, length=60, k=2, seed=0) -> Sequences:
     return Sequences([f"id{i % 3}#{i}" for i in range(num_seq)], flat, Layout(k, False))
 
 
+@pytest.mark.slow
 def test_synthetic_training_lowers_validation_nll_and_resume_is_exact(tmp_path):
     cfg = _tiny_cfg(hidden=24, flow_hidden=24)
     tr, va = split_by_identity(_synthetic(), ["id0"])
@@ -316,6 +319,7 @@ def test_save_load_forecast_round_trip(tmp_path):
     assert np.allclose(a, direct * rng[:, None] + lo[:, None], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_shared_data_training_lowers_validation_nll(shared_data, tmp_path):
     seqs = load_sequences(shared_data / "voxceleb" / "fomm_kp_dev.npz")
     assert seqs.layout == Layout(10, True)
@@ -459,6 +463,7 @@ def test_shrink_is_saved_loaded_and_checked(tmp_path):
             load_model(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_calibrate_shrink_never_uses_the_evaluation_identity(tmp_path):
     seqs = _synthetic()                                  # identities id0, id1, id2
     cfg = _tiny_cfg(param="residual")
@@ -543,6 +548,7 @@ def test_velocity_gain_is_saved_loaded_and_checked(tmp_path):
             load_model(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_calibrate_blend_never_uses_the_evaluation_identity(tmp_path):
     seqs = _synthetic()                                  # identities id0, id1, id2
     cfg = _tiny_cfg(param="residual")

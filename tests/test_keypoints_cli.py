@@ -51,6 +51,7 @@ def test_train_writes_model_and_validation_history(trained):
     assert res.exit_code == 2 and "--resume" in res.output
 
 
+@pytest.mark.slow
 def test_run_writes_predictions_in_the_spec_format(trained):
     out = trained / "pred.npz"
     res = runner.invoke(app, ["predict-keypoints", "run", str(trained / "kp.npz"), "-m", str(trained / "model"),
@@ -73,6 +74,7 @@ def test_run_writes_predictions_in_the_spec_format(trained):
     assert not np.array_equal(np.load(out3)["value"], pred["value"])
 
 
+@pytest.mark.slow
 def test_run_bad_inputs_fail_cleanly(trained):
     m = str(trained / "model")
     other = _kp_file(trained / "other.npz", k=3, jac=True)
@@ -91,6 +93,7 @@ def test_run_bad_inputs_fail_cleanly(trained):
         assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+@pytest.mark.slow
 def test_run_on_video_tracks_and_renders_with_a_tracker_model(tmp_path):
     pytest.importorskip("cv2")
     from vmt.io.video import read_video, write_video
@@ -124,6 +127,7 @@ def test_run_on_video_tracks_and_renders_with_a_tracker_model(tmp_path):
     assert frames.shape == (3, 64, 128, 3)   # keypoint panel | warped preview panel
 
 
+@pytest.mark.slow
 def test_run_with_a_fomm_checkpoint_extracts_keypoints_and_animates(tmp_path):
     pytest.importorskip("cv2")
     import torch
@@ -154,6 +158,7 @@ def test_run_with_a_fomm_checkpoint_extracts_keypoints_and_animates(tmp_path):
     assert frames.shape == (2, 256, 3 * 256, 3)        # keypoints | sample 0 | sample 2
 
 
+@pytest.mark.slow
 def test_run_refuses_outputs_that_clobber_or_are_not_videos(trained, tmp_path):
     kp = str(trained / "kp.npz")
     m = str(trained / "model")
@@ -232,6 +237,7 @@ def test_tps_reproduces_affine_maps_and_the_warp_shifts_a_frame():
     assert np.abs(out[5:-5, 5:-5].astype(int) - frame[3:-7, 2:-8].astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_paper_recipes_set_the_horizons(trained):
     from pathlib import Path
 

@@ -69,6 +69,7 @@ def test_public_layout_names_and_shapes(vox_ckpt):
     assert gen["final.weight"].shape == (3, 64, 7, 7)
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_and_detects_keypoints_in_range(vox_ckpt):
     model = load_fomm(vox_ckpt)
     frames = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
@@ -141,6 +142,7 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_non_fomm_files_and_pickles_are_refused(tmp_path):
     text = tmp_path / "notes.pth.tar"
     text.write_text("hello")

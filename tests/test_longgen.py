@@ -25,7 +25,7 @@ def _seeded_model(name: str, seed: int = 0) -> EncGAN3:
 
 # ---------------------------------------------------------------- shapes and sizes
 
-@pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", pytest.param("paper", marks=pytest.mark.slow)])
 def test_generator_shapes_and_range(name):
     model = _seeded_model(name)
     cfg = model.cfg
@@ -140,6 +140,7 @@ def test_prior_is_standard_normal_until_fitted():
                                rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fitted_prior_matches_the_posterior_means_in_float64(monkeypatch):
     # Encoders replaced by known Gaussians, z_v correlated with z_x: the fit must give their joint sample mean
     # and covariance (numpy, float64), the conditional of z_v given z_x must be the regression
@@ -207,6 +208,7 @@ def test_mixture_prior_finds_known_clusters():
     assert (w[3:] == 0).all() and abs(float(w.sum()) - 1) < 1e-9
 
 
+@pytest.mark.slow
 def test_motion_prior_learns_a_bounce_that_a_linear_fit_cannot():
     # Ground truth: the next motion keeps the previous one, reversed where the content is past a wall
     # (|x_0| > 0.8), plus Gaussian noise of known covariance. A linear map cannot reverse on one side only.
@@ -272,6 +274,7 @@ def test_chain_draws_motion_from_the_learned_prior_once_fitted():
     torch.testing.assert_close(std.flatten(1), eps)
 
 
+@pytest.mark.slow
 def test_videos_too_short_for_two_clips_fit_only_the_gaussian_priors():
     from vmt.longgen.data import ClipSource, moving_digits
     from vmt.longgen.train import fit_sampling_prior
@@ -649,6 +652,7 @@ def test_recall_chain_with_the_real_model_continues_from_the_reference_frame():
     torch.testing.assert_close(frames[:, :, 8:15], clips[1][:, :, 1:8])
 
 
+@pytest.mark.slow
 def test_a_200_frame_sample_has_exactly_200_frames():
     from vmt.longgen.sampling import stream_frames
 
@@ -661,6 +665,7 @@ def test_a_200_frame_sample_has_exactly_200_frames():
     assert not np.array_equal(frames, np.concatenate(list(stream_frames(model, 200, seed=4))))
 
 
+@pytest.mark.slow
 def test_sampling_memory_does_not_grow_with_length():
     """Host allocations while streaming 1,000 vs 100 frames (the frames are consumed, as a writer does).
 
@@ -684,6 +689,7 @@ def test_sampling_memory_does_not_grow_with_length():
 
 # ---------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_reconstruction_loss():
     from vmt.longgen.data import ClipSource, moving_digits
     from vmt.longgen.train import Trainer, TrainSettings, reconstruction_l1, train_steps
@@ -702,6 +708,7 @@ def test_a_few_training_steps_lower_the_reconstruction_loss():
     assert after < 0.9 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_image_warmup_trains_only_the_content_path_and_sharpens_the_first_frame():
     from vmt.longgen.data import ClipSource, moving_digits
     from vmt.longgen.train import Trainer, TrainSettings, train_steps
@@ -740,6 +747,7 @@ def _centre_of_ink(video: torch.Tensor) -> torch.Tensor:
     return torch.stack([(w * xs).sum((2, 3)) / total, (w * ys).sum((2, 3)) / total], 1)
 
 
+@pytest.mark.slow
 def test_vae_steps_follow_moving_digits_and_beat_black_and_copy_baselines():
     # Ground truths on held-out moving digits: the L1 of an all-black clip (digits cover ~10% of the canvas)
     # and of frame 0 copied to every frame, and the digits' true motion (centre of ink). Before the warp the
@@ -834,6 +842,7 @@ def _trainer(name="tiny", **kw):
     return Trainer(preset(name), TrainSettings(batch_size=2, **{"adv_warmup": 1, **kw}))
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_and_resume(tmp_path):
     from vmt.longgen.checkpoint import load_model, resume_trainer, save_run
     from vmt.longgen.data import synthetic_source
@@ -885,6 +894,7 @@ def test_missing_run_folder_is_a_clear_error(tmp_path):
         load_model(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_shipped_default_model_keeps_a_moving_digit_for_1000_frames():
     from vmt.longgen.checkpoint import DEFAULT_MODEL_DIR, load_model
     from vmt.longgen.sampling import stream_frames

@@ -35,6 +35,7 @@ def run_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_folder(run_dir):
     for name in ("model.safetensors", "train.safetensors", "config.json", "train.json",
                  "samples/step_000002.png", "samples/step_000003.png"):
@@ -49,6 +50,7 @@ def test_train_writes_a_complete_run_folder(run_dir):
     assert grid.size == (8 * 16, 6 * 16)  # frames across, samples down
 
 
+@pytest.mark.slow
 def test_model_flags_override_the_preset(tmp_path):
     from vmt.longgen.config import preset
 
@@ -61,6 +63,7 @@ def test_model_flags_override_the_preset(tmp_path):
     assert model["warp"] is False and model["signed_motion"] is True and model["size"] == 32
 
 
+@pytest.mark.slow
 def test_resume_continues_and_refuses_another_preset(run_dir, tmp_path):
     import shutil
 
@@ -76,6 +79,7 @@ def test_resume_continues_and_refuses_another_preset(run_dir, tmp_path):
     assert json.loads((run / "config.json").read_text())["step"] == 4
 
 
+@pytest.mark.slow
 def test_sample_200_frames_streams_exactly_200_frames(run_dir, tmp_path):
     from vmt.io.video import probe_video, read_video
 
@@ -95,6 +99,7 @@ def test_sample_200_frames_streams_exactly_200_frames(run_dir, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
 
 
+@pytest.mark.slow
 def test_saved_runs_sample_from_a_fitted_prior_and_standard_prior_restores_n01(run_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -120,6 +125,7 @@ def test_saved_runs_sample_from_a_fitted_prior_and_standard_prior_restores_n01(r
     assert set(fit) == {"r2", "r2_linear"}
 
 
+@pytest.mark.slow
 def test_sample_without_model_uses_the_shipped_default(tmp_path):
     from vmt.io.video import probe_video
     from vmt.longgen.checkpoint import DEFAULT_MODEL_DIR
@@ -133,6 +139,7 @@ def test_sample_without_model_uses_the_shipped_default(tmp_path):
     assert side["model"]["data"] == "synthetic:digits" and side["video"]["height"] == 32
 
 
+@pytest.mark.slow
 def test_reconstruct_keeps_the_frame_count_and_reports_l1(run_dir, tmp_path):
     from conftest import moving_pattern
 
@@ -148,6 +155,7 @@ def test_reconstruct_keeps_the_frame_count_and_reports_l1(run_dir, tmp_path):
     assert 0 < side["reconstruction_l1"] < 2 and side["video"]["frames"] == 19
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_with_one_line_and_no_output(tmp_path):
     res = _invoke("train", "synthetic:digits", "-o", str(tmp_path / "r0"), "--preset", "tiny", "--size", "48")
     assert res.exit_code == 2 and "power of two" in res.output and not (tmp_path / "r0").exists()

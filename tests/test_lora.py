@@ -63,6 +63,7 @@ def _backend(folder, **options):
     return WanBackend.from_pretrained(str(folder), WanLoadOptions(device="cpu", dtype="float32", **options))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PEFT, reason="diffusers loads LoRAs through peft, which is not installed")
 def test_lora_changes_the_model_by_its_weights_and_unloading_restores_it(tiny_t2v, tmp_path):
     plain = _backend(tiny_t2v)
@@ -79,6 +80,7 @@ def test_lora_changes_the_model_by_its_weights_and_unloading_restores_it(tiny_t2
     torch.testing.assert_close(_velocity_of(b.pipe.transformer, b), ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PEFT, reason="diffusers loads LoRAs through peft, which is not installed")
 def test_lora_into_one_expert_of_a_two_expert_model(tiny_t2v_2expert, tmp_path):
     plain = _backend(tiny_t2v_2expert)

@@ -119,6 +119,7 @@ def _videos(n, rng, frames=16, size=224):
     return [rng.integers(20, 200, (frames, size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_fvd_plumbing_identical_zero_and_shift_known(tmp_path):
     import torch
 

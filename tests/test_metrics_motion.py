@@ -82,6 +82,7 @@ def test_cosines_and_matching_match_brute_force():
     assert best_match_score(c, w2) == pytest.approx((c.max(0) * w2).sum() / w2.sum(), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_motion_fidelity_identical_reversed_static():
     moving = translating(2.0, 1.0)
     assert motion_fidelity(moving, moving, grid=GRID).score == pytest.approx(1.0, abs=1e-9)
@@ -97,6 +98,7 @@ def test_motion_fidelity_identical_reversed_static():
     assert abs(motion_fidelity(translating(2.0, 0.0), translating(0.0, 2.0, seed=4), grid=GRID).score) < 0.1
 
 
+@pytest.mark.slow
 def test_motion_fidelity_rotation():
     rot = rotating(2.5)
     assert motion_fidelity(rot, rot, grid=GRID).score == pytest.approx(1.0, abs=1e-9)

@@ -117,6 +117,7 @@ def _release_pnp_replay(pipe, folder, shape, steps, k_at, seed, prompt, negative
     return z, perturbed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_pipeline_noise_and_release_arithmetic_replay_the_release(tiny_t2v, dtype):
     """P&P in the parity modes equals the release's loop replayed from one generator: the start latent, then
@@ -180,6 +181,7 @@ def test_transfer_model_grid_starts_part_way_on_the_folder_grid(tiny_t2v):
     assert [int(t) for t in seen] == [int(t) for t in want]
 
 
+@pytest.mark.slow
 def test_cli_refine_parity_options_reach_out_json_and_bad_values_fail_early(tiny_t2v, tmp_path):
     import json
 
@@ -204,6 +206,7 @@ def test_cli_refine_parity_options_reach_out_json_and_bad_values_fail_early(tiny
     assert r.exit_code == 2 and "--grid 'unipc': use one of model, euler" in " ".join(r.output.split())
 
 
+@pytest.mark.slow
 def test_i2v_pipeline_noise_replays_the_i2v_release(tiny_i2v):
     """I2V (the release's I2V script: seed 42, tau 0): the start latent comes from diffusers' own
     prepare_latents with the generator (the image is encoded without drawing), the perturbations continue

@@ -18,6 +18,7 @@ def _run(args):
     return CliRunner().invoke(app, ["refine", *args])
 
 
+@pytest.mark.slow
 def test_t2v_plan_nfe_and_certain_fractions_in_sidecar(tiny_t2v, tmp_path):
     out = tmp_path / "a.mp4"
     r = _run(["--model", str(tiny_t2v), "--prompt", "a ball", *SMALL, "--steps", "6", "--plan", "1-2:2,3:1",
@@ -35,6 +36,7 @@ def test_t2v_plan_nfe_and_certain_fractions_in_sidecar(tiny_t2v, tmp_path):
     assert doc["pnp"]["time_refined_steps_s"] > 0 and "time_plain_steps_s" in doc["pnp"]
 
 
+@pytest.mark.slow
 def test_plan_none_equals_the_foundation_loop_bit_for_bit(tiny_t2v):
     from vmt.backends.wan import WanBackend, WanLoadOptions
     from vmt.generate import GenerationRequest, generate
@@ -50,6 +52,7 @@ def test_plan_none_equals_the_foundation_loop_bit_for_bit(tiny_t2v):
     assert not torch.allclose(plain, refined)
 
 
+@pytest.mark.slow
 def test_cli_plan_none_counts_plain_nfe_and_is_reproducible(tiny_t2v, tmp_path):
     outs = []
     for name, plan in (("p1.mp4", "none"), ("p2.mp4", "1:3"), ("p3.mp4", "1:3")):
@@ -67,6 +70,7 @@ def test_cli_plan_none_counts_plain_nfe_and_is_reproducible(tiny_t2v, tmp_path):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_default_plan_is_clipped_on_short_schedules(tiny_t2v, tmp_path):
     out = tmp_path / "d.mp4"
     r = _run(["--model", str(tiny_t2v), "--prompt", "x", *SMALL, "--steps", "4", "--certain-fraction", "1",
@@ -76,6 +80,7 @@ def test_default_plan_is_clipped_on_short_schedules(tiny_t2v, tmp_path):
     assert doc["params"]["plan"] == "2-3:3" and doc["compute"]["nfe"] == 4 + 6
 
 
+@pytest.mark.slow
 def test_i2v_with_refinement(tiny_i2v, tmp_path):
     from vmt.io.video import write_video
 
@@ -115,6 +120,7 @@ def test_two_expert_inner_loop_uses_the_expert_of_the_outer_timestep(tiny_t2v_2e
     assert calls == {"high": high, "low": low} and backend.counts.nfe == 8 + 6
 
 
+@pytest.mark.slow
 def test_two_expert_cli(tiny_t2v_2expert, tmp_path):
     out = tmp_path / "e.mp4"
     r = _run(["--model", str(tiny_t2v_2expert), "--prompt", "x", *SMALL, "--steps", "6", "--plan", "1-2:1",

@@ -42,6 +42,7 @@ def _opts(command: str) -> set[str]:
     return {o for p in find_command(command).params for o in (*getattr(p, "opts", []), *getattr(p, "secondary_opts", []))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, commands", _table(), ids=lambda v: " ".join(v)[:60])
 def test_readme_shared_options_exist_on_the_commands_it_names(options, commands):
     assert options and commands

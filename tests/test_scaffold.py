@@ -181,6 +181,7 @@ def test_block_beyond_the_model_is_an_error_before_weights_load(tiny_t2v, world)
     assert_usage_error(res, f"--block {n_blocks} is out of range: this model has {n_blocks} blocks")
 
 
+@pytest.mark.slow
 def test_rotary_limit_of_the_loaded_model_comes_from_its_config(tiny_t2v, world):
     # The tiny Wan's rotary table is 32 positions long: 33 latent frames (129 video frames) do not fit.
     res = invoke("refine", "-p", "x", "-o", world / "o.mp4", "--model", tiny_t2v, "--num-frames", "129",
@@ -248,6 +249,7 @@ def _hidden_part(folder: Path) -> bool:
     return any(p.name.startswith(".") and ".part" in p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_signal_during_longgen_streaming_removes_the_partial_video(tmp_path, sig, code):
     """Frames stream to ffmpeg as clips are made: the hidden temporary exists mid-run and is removed."""
@@ -259,6 +261,7 @@ def test_signal_during_longgen_streaming_removes_the_partial_video(tmp_path, sig
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_refine_sampling_exits_143_and_writes_nothing(tiny_t2v, tmp_path):
     out = tmp_path / "o.mp4"
     started = time.time()
@@ -270,6 +273,7 @@ def test_sigterm_during_refine_sampling_exits_143_and_writes_nothing(tiny_t2v, t
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_transfer_guidance_writes_nothing(tiny_t2v, tmp_path, sig, code):
     ref = tmp_path / "ref.mp4"
@@ -284,6 +288,7 @@ def test_signal_during_transfer_guidance_writes_nothing(tiny_t2v, tmp_path, sig,
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_eval_over_a_folder_writes_no_report(tmp_path, sig, code):
     clips = tmp_path / "clips"
@@ -308,6 +313,7 @@ def test_signal_during_eval_over_a_folder_writes_no_report(tmp_path, sig, code):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_longgen_train_creates_missing_parents_and_resume_keeps_the_runs_settings(tmp_path):
     run = tmp_path / "runs" / "digits"  # runs/ does not exist yet
     common = ["longgen", "train", "synthetic:digits", "-o", run, "--preset", "tiny", "--sample-every", "0",
@@ -331,6 +337,7 @@ def test_longgen_train_creates_missing_parents_and_resume_keeps_the_runs_setting
     assert train_doc["params"]["batch_size"] == 2 and train_doc["compute"]["batch_size"] == 2
 
 
+@pytest.mark.slow
 def test_recipes_ship_with_the_package_and_are_taken_by_name(tiny_t2v, tmp_path):
     """`vmt recipes` lists every shipped recipe with its line; `--recipe NAME` works from any folder and its
     values reach the run (sidecar); a recipe of another command or an unknown name is a clear usage error."""
@@ -356,6 +363,7 @@ def test_recipes_ship_with_the_package_and_are_taken_by_name(tiny_t2v, tmp_path)
     assert_usage_error(res, "shipped for this command: default, nfe-x2")
 
 
+@pytest.mark.slow
 def test_transfer_says_once_that_window_and_tile_were_clamped_unless_quiet(tiny_t2v, world):
     args = ["transfer", world / "ref.mp4", "-p", "x", "--model", tiny_t2v, "--height", "32", "--width", "48",
             "--num-frames", "5", "--steps", "2", "--guided-steps", "1", "--inner-steps", "1", "--block", "1"]

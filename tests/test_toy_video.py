@@ -61,6 +61,7 @@ def test_closed_form_bounce_matches_event_stepping():
     assert checked > 20
 
 
+@pytest.mark.slow
 def test_physics_metric_on_ground_truth_is_near_zero(balls):
     videos, _, bounces = balls
     assert videos.shape == (48, 1, 16, 32, 32) and videos.min() >= -1 and videos.max() <= 1
@@ -132,6 +133,7 @@ def test_untrained_model_is_the_gaussian_denoiser(s):
     assert mse < 1 + w - 0.05
 
 
+@pytest.mark.slow
 def test_model_shape_and_training_lowers_loss(balls):
     torch.manual_seed(0)
     model = ToyVideoFlow(channels=1, width=16)

@@ -203,6 +203,7 @@ def test_lr_decay_sequences_fastvmt_and_ditflow():
         assert np.allclose(lrs, [2e-3 - 1e-4 * g] * 5, rtol=0, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_ditflow_lr_reaches_the_optimiser(backend):
     """The learning rates the optimiser ran with, read back from it, across three guided steps of a transfer."""
     from vmt.transfer import TransferRequest, transfer
@@ -262,6 +263,7 @@ def test_sdedit_sigmas():
     assert len(s) == 51 and float(s[-1]) == 0.0
 
 
+@pytest.mark.slow
 def test_amf_loss_decreases_and_same_seed_same_result(backend):
     from vmt.transfer import TransferRequest, transfer
 
@@ -286,6 +288,7 @@ def _ref_file(tmp_path, n=11, name="ref.mp4"):
     return write_video(tmp_path / name, moving_pattern(n, 72, 96, dx=3, dy=1), 12.0)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_video_and_counts(tiny_t2v, tmp_path):
     ref = _ref_file(tmp_path)
     out = tmp_path / "out.mp4"
@@ -338,6 +341,7 @@ def _run_cli(tiny_t2v, ref, out, *extra):
     return read_video(out)[0], json.loads(out.with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_cli_refine_composes_with_guidance(tiny_t2v, tmp_path):
     """--refine adds Predict-and-Perturb to the same loop: NFE = the plan's count on the transfer's 3-step grid,
     the guidance's DiT passes are unchanged, and --refine --plan none is --no-refine bit for bit."""
@@ -397,6 +401,7 @@ def test_cli_bad_input_clear_error_no_output(tiny_t2v, tmp_path, case):
     assert [p.name for p in tmp_path.iterdir() if p.name != "ref.mp4"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height,width,grid,window,tile", [(240, 416, [15, 26], 15, "3x4"),
                                                            (32, 48, [2, 3], 2, "2x3")])
 def test_cli_default_window_and_tile_fit_small_outputs(tiny_t2v, tmp_path, height, width, grid, window, tile):
