@@ -1,11 +1,16 @@
 PY ?= .venv/bin/python
 
-.PHONY: setup test test-newest lock lint bench
+.PHONY: setup test test-fast test-newest lock lint bench
 setup:
 	./setup.sh
 
 test:
 	$(PY) -m pytest -q
+
+# the fast loop: the unit layer, without the tests marked slow (end-to-end and signal runs, training);
+# `make test` is the full suite, what CI runs
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
 
 # the suite against the newest release of every dependency (a separate venv; .venv keeps the lock)
 test-newest:
