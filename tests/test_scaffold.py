@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -42,12 +43,21 @@ def assert_usage_error(res, pattern: str) -> None:
     assert err.startswith("error: ") and pattern.lower() in err.lower(), err
 
 
-@pytest.fixture
-def world(tmp_path) -> Path:
-    """A folder with a real video, an image, a recipe and a keypoint file; nothing else."""
+@pytest.fixture(scope="module")
+def world_videos(tmp_path_factory) -> Path:
+    """The two videos of `world`, encoded once per module; each test gets its own copies."""
+    folder = tmp_path_factory.mktemp("world-videos")
     rng = np.random.default_rng(0)
-    write_video(tmp_path / "ref.mp4", rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), fps=8)
-    write_video(tmp_path / "img.mp4", np.full((1, 32, 32, 3), 90, np.uint8), fps=1)
+    write_video(folder / "ref.mp4", rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), fps=8)
+    write_video(folder / "img.mp4", np.full((1, 32, 32, 3), 90, np.uint8), fps=1)
+    return folder
+
+
+@pytest.fixture
+def world(tmp_path, world_videos) -> Path:
+    """A folder with a real video, an image, a recipe and a keypoint file; nothing else."""
+    for name in ("ref.mp4", "img.mp4"):
+        shutil.copyfile(world_videos / name, tmp_path / name)
     (tmp_path / "r.toml").write_text("steps = 2\n")
     (tmp_path / "sub").mkdir()
     return tmp_path
