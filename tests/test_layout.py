@@ -20,8 +20,14 @@ def test_top_level_layout():
 
 
 def test_every_package_is_listed_for_the_wheel():
+    """Every folder under vmt/ and cli/ with a package's name and files in it (a package, or package data
+    such as default_model/) is listed: an unlisted package is left out of the wheel, an unlisted data folder
+    makes setuptools warn."""
     listed = set(_setuptools()["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("vmt", "cli") for p in (ROOT / top).rglob("__init__.py")}
+    found = {".".join(d.relative_to(ROOT).parts) for top in ("vmt", "cli") for d in [ROOT / top, *(ROOT / top).rglob("*")]
+             if d.is_dir() and d.name.isidentifier() and d.name != "__pycache__"
+             and any(f.is_file() for f in d.iterdir())}
+    assert {"vmt", "cli", "vmt.backends"} <= found
     assert found <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
 
 
