@@ -94,6 +94,7 @@ def test_wan_backend_is_a_flow_backend(tiny_t2v):
     assert isinstance(backend, FlowBackend)
 
 
+@pytest.mark.slow
 def test_generate_and_transfer_on_the_toy_import_no_wan_backend():
     script = textwrap.dedent("""
         import sys

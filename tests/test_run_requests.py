@@ -63,6 +63,7 @@ def test_the_command_options_and_the_request_fields_agree_one_by_one(command, re
     assert dict(spec.ranges) == ranges_of(request_cls) and len(spec.ranges) >= 8
 
 
+@pytest.mark.slow
 def test_a_request_run_from_python_writes_the_cli_bytes_and_prints_nothing(tiny_t2v, tmp_path, capfd):
     seen: list[tuple[int, int, dict]] = []
     request = RefineRequest(prompt="a red fox", model=str(tiny_t2v), seed=3, plan="0:2", **SMALL)
