@@ -237,8 +237,21 @@ def error_text(error: BaseException, ctx: Any = None) -> str:
     from vmt.errors import VmtError
 
     if isinstance(error, VmtError):
-        return error.render(lambda name: flag(ctx, name)) if ctx is not None else error.render(_as_flag)
+        return _with_flags(error, ctx)
     return f"{type(error).__name__}: {error}"
+
+
+def note_text(note: str, ctx: Any = None) -> str:
+    """A library note as the command line says it: a vmt.errors.Note with its parameters written as flags,
+    any other text as it is."""
+    from vmt.errors import Note
+
+    return _with_flags(note, ctx) if isinstance(note, Note) else note
+
+
+def _with_flags(text: Any, ctx: Any) -> str:
+    """A VmtError or Note rendered with each parameter as the command's flag."""
+    return text.render(lambda name: flag(ctx, name)) if ctx is not None else text.render(_as_flag)
 
 
 def flag(ctx: Any, name: str) -> str:

@@ -47,7 +47,7 @@ from cli.batch import (
     run_batch,
     single_params,
 )
-from cli.scaffold import CommandSpec, run_command, video_output
+from cli.scaffold import CommandSpec, note_text, run_command, video_output
 from vmt.runs.fields import ranges_of
 from vmt.runs.transfer import TransferRequest
 from vmt.runtime import Timer
@@ -208,7 +208,8 @@ def _run(p: dict, ctx) -> None:
         reference = request.read_reference()
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
         backend = request.load()
-    notes = None if p["quiet"] else (lambda msg: console.print(Text.assemble(("note: ", "yellow"), msg)))
+    notes = None if p["quiet"] else (
+        lambda msg: console.print(Text.assemble(("note: ", "yellow"), note_text(msg, ctx))))
     with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
         c = request.run_on(backend, Path(p["output"]), prepared, timer, lambda d, t, info: advance(**info),
                            record=p, command=command_line(), reference=reference, notify=notes)

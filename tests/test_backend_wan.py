@@ -220,7 +220,7 @@ def test_geometry_from_config_checks_rotary_length_before_weights(tiny_t2v):
     geo.check_size(4 * (n - 1) + 1, 16, 16)  # exactly n latent frames: fits
     with pytest.raises(VmtUsageError, match=f"covers {n} .*at most {4 * (n - 1) + 1}"):
         geo.check_size(4 * n + 1, 16, 16)
-    with pytest.raises(VmtUsageError, match="--block 99 is out of range"):
+    with pytest.raises(VmtUsageError, match="^block 99 is out of range"):
         geo.check_block(99)
 
 

@@ -19,16 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Not the library's messages: helpers for the tests.
 SKIPPED = ("vmt/testing/",)
 
-# Not converted yet: modules being changed elsewhere, whose messages move to param() afterwards. This list is
-# what remains to do; remove an entry once its module's messages use param().
-EXCLUDED = (
-    "vmt/backends/wan.py",
-    "vmt/backends/base.py",  # no flags today; checked once the changes in progress there are in
-    "vmt/generate.py",
-    "vmt/transfer.py",
-    "vmt/sampling/",  # every module below
-    "vmt/motion/",  # every module below
-)
+# Modules left out of the check while their messages move to param(): none now, every module of vmt/ is
+# checked. A module added here must exist (test_excluded_modules_exist) and is what remains to convert.
+EXCLUDED: tuple[str, ...] = ()
 
 # A flag: one or two dashes, then a lowercase letter (`--overwrite`, `-o`, `--render-samples`), not inside a
 # word (`non-zero`, `4k+1`), not a negative number (`-1`). A replacement field of an f-string reads as FIELD
@@ -151,8 +144,8 @@ def test_excluded_modules_exist():
 
 
 def test_library_messages_name_parameters_not_flags():
-    """No string of the library outside docstrings names a flag (the rule: `flag_offenders`), except in the
-    modules of EXCLUDED, which are still to be converted."""
+    """No string of the library outside docstrings names a flag (the rule: `flag_offenders`), in any module of
+    vmt/ (EXCLUDED, the modules still to convert, is empty)."""
     offenders = [o for p in library_modules()
                  for o in flag_offenders(p.read_text(encoding="utf-8"), p.relative_to(ROOT).as_posix())]
     assert not offenders, ("strings naming command-line flags (write param('name') in messages; see "
@@ -200,3 +193,21 @@ def test_a_bad_value_names_the_parameter_in_python_and_the_flag_on_the_command_l
     r = runner.invoke(app, ["eval", "keypoints", str(truth), str(pred), "--k", "9"])
     assert r.exit_code == 2, r.output
     assert "--k must be between 1 and the 2 samples, got 9" in _one_line(r.output)
+
+
+def test_a_note_names_the_parameter_in_python_and_renders_flags_for_the_command_line():
+    """A note that is no error (a window clamped to the token grid) is a str with the parameter's name; the
+    command line writes it with the flag (cli.scaffold.note_text)."""
+    from cli.scaffold import note_text
+    from vmt.errors import Note
+    from vmt.motion.guidance import GuidanceConfig
+
+    cfg, notes = GuidanceConfig(window=21, tile=(3, 4)).fit_grid((2, 2, 3))
+    assert (cfg.window, cfg.tile) == (2, (2, 3))
+    assert [type(n) for n in notes] == [Note, Note]
+    assert notes[0] == "window 21 is larger than the 2x3 token grid; using 2"
+    assert notes[1] == "tile 3x4 is larger than the 2x3 token grid; using 2x3"
+    assert note_text(notes[0]) == "--window 21 is larger than the 2x3 token grid; using 2"
+    joined = Note("; ".join(n.message for n in notes))
+    assert note_text(joined).count("--") == 2 and str(joined) == "; ".join(notes)
+    assert note_text("plain text") == "plain text"

@@ -22,6 +22,28 @@ def param(name: str) -> str:
     return f"{_MARK}{name}{_MARK}"
 
 
+def render(text: str, name: Callable[[str], str] = lambda p: p) -> str:
+    """`text` with each parameter marked by `param` written by `name` (default: the parameter's own name)."""
+    return _PARAM.sub(lambda m: name(m.group(1)), text)
+
+
+class Note(str):
+    """A message for the user that is no error (a value adjusted to fit, say), naming parameters with `param`.
+
+    As a str it reads with the parameters' own names (a Python caller, a sidecar); `render(name)` writes them
+    otherwise (the command line: as flags). `message` keeps the marks, for joining notes into one."""
+
+    message: str
+
+    def __new__(cls, message: str) -> Note:
+        note = super().__new__(cls, render(message))
+        note.message = message
+        return note
+
+    def render(self, name: Callable[[str], str] = lambda p: p) -> str:
+        return render(self.message, name)
+
+
 class VmtError(Exception):
     """A runtime failure the user can fix (bad file, missing model part)."""
 
@@ -37,7 +59,7 @@ class VmtError(Exception):
 
     def render(self, name: Callable[[str], str] = lambda p: p) -> str:
         """The message with each named parameter written by `name` (default: the parameter's own name)."""
-        return _PARAM.sub(lambda m: name(m.group(1)), self.message)
+        return render(self.message, name)
 
     def __str__(self) -> str:
         return self.render()

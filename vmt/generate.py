@@ -54,13 +54,13 @@ from vmt.sampling.modes import ARITHMETIC_MODES, NOISE_MODES  # noqa: E402
 def check_modes(**modes: str) -> None:
     """Validate the sampling modes shared by refine and transfer: grid, noise, arithmetic, cfg_rule."""
     from vmt.backends.base import CFG_RULES
-    from vmt.errors import VmtUsageError
+    from vmt.errors import VmtUsageError, param
     from vmt.sampling.sigmas import GRIDS
 
     choices = {"grid": GRIDS, "noise": NOISE_MODES, "arithmetic": ARITHMETIC_MODES, "cfg_rule": CFG_RULES}
     for key, value in modes.items():
         if value not in choices[key]:
-            raise VmtUsageError(f"--{key.replace('_', '-')} {value!r}: use one of {', '.join(choices[key])}")
+            raise VmtUsageError(f"{param(key)} {value!r}: use one of {', '.join(choices[key])}")
 
 
 def start_noise(shape: tuple[int, ...], seed: int, device: torch.device, mode: str
@@ -107,9 +107,9 @@ def generate(
                                      cfg_rule=req.cfg_rule)
     if req.image is not None or backend.is_i2v:
         if req.image is None:
-            from vmt.errors import VmtUsageError
+            from vmt.errors import VmtUsageError, param
 
-            raise VmtUsageError(f"{backend.model_id} is an image-to-video model; pass --image")
+            raise VmtUsageError(f"{backend.model_id} is an image-to-video model; pass {param('image')}")
         with timer.stage("encode_image"):
             cond = backend.condition_on_image(cond, req.image, req.num_frames, req.height, req.width)
     schedule = backend.schedule(req.steps, req.shift, req.grid)

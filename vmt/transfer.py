@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vmt.backends.base import FlowBackend
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import Note, VmtError, VmtUsageError, param
 from vmt.motion.guidance import GuidanceConfig, MotionGuidance
 from vmt.runtime import Timer, make_generator
 from vmt.generate import run_loop
@@ -79,16 +79,16 @@ def load_reference(path: str | Path, num_frames: int, height: int, width: int,
     from vmt.io.video import read_video, valid_wan_frames
 
     if num_frames < MIN_FRAMES:
-        raise VmtUsageError(f"--num-frames {num_frames} is too few; motion transfer needs >= {MIN_FRAMES}")
+        raise VmtUsageError(f"{param('num_frames')} {num_frames} is too few; motion transfer needs >= {MIN_FRAMES}")
     frames, ref_fps = read_video(path, fps=fps, max_frames=num_frames, size=(height, width), resize="crop")
     n = valid_wan_frames(len(frames))
     if n < MIN_FRAMES:
         raise VmtUsageError(
             f"reference {path} has {len(frames)} frame{'s' * (len(frames) != 1)} at {ref_fps:g} fps; motion "
-            f"transfer needs at least {MIN_FRAMES} (use a longer clip or a higher --fps)"
+            f"transfer needs at least {MIN_FRAMES} (use a longer clip or a higher {param('fps')})"
         )
     if ref_fps <= 0:
-        raise VmtError(f"reference {path} reports no frame rate; pass --fps")
+        raise VmtError(f"reference {path} reports no frame rate; pass {param('fps')}")
     return frames[:n], ref_fps
 
 
@@ -99,9 +99,9 @@ def sdedit_sigmas(steps: int, shift: float, strength: float) -> torch.Tensor:
     FlowMatchEuler grid except at the low end, where diffusers stops at shift(shift(1/1000)) before 0.
     """
     if not 0 < strength <= 1:
-        raise VmtUsageError(f"--strength must be in (0, 1], got {strength}")
+        raise VmtUsageError(f"{param('strength')} must be in (0, 1], got {strength}")
     if steps < 1:
-        raise VmtUsageError(f"--steps must be >= 1, got {steps}")
+        raise VmtUsageError(f"{param('steps')} must be >= 1, got {steps}")
     u = torch.linspace(strength, 0.0, steps + 1, dtype=torch.float64)
     return shift_sigma(u, shift).to(torch.float32)
 
@@ -143,7 +143,8 @@ def transfer(
 
     `interventions` run after the motion guidance in the same loop (e.g. Predict-and-Perturb's `step`).
     A window or tile larger than the token grid is clamped to it (`GuidanceConfig.fit_grid`); `notify`
-    (default: stderr) hears about it once, and the result's `config` / `adjustments` record it.
+    (default: stderr) hears about it once, as a `vmt.errors.Note` (a str naming parameters; the command line
+    writes them as flags), and the result's `config` / `adjustments` record it.
     """
     timer = timer or Timer(sync_cuda=backend.device.type == "cuda")
     req.validate()
@@ -158,7 +159,7 @@ def transfer(
     if note:
         adjustments = [*adjustments, note]
     if adjustments and notify is not None:
-        notify("; ".join(adjustments))
+        notify(Note("; ".join(getattr(a, "message", a) for a in adjustments)))
     sdedit_sigmas(req.steps, req.shift, req.strength)  # validates steps and strength
     if req.grid == "model":
         schedule = backend.schedule(req.steps, req.shift, "model", strength=req.strength)

@@ -17,7 +17,7 @@ import torch
 
 from vmt.backends.base import CFG_RULES, ComputeCounts, Conditioning
 from vmt.backends.loading import ResolvedModel, resolve_model
-from vmt.errors import VmtError, VmtUsageError
+from vmt.errors import VmtError, VmtUsageError, param
 from vmt.runtime import resolve_device, resolve_dtype
 
 SUPPORTED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
@@ -64,7 +64,7 @@ class WanLoadOptions:
         from vmt.backends.accel import check_attention_backend, storage_dtype
 
         if self.offload not in OFFLOAD_MODES:
-            raise VmtUsageError(f"unknown --offload {self.offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+            raise VmtUsageError(f"unknown {param('offload')} {self.offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
         storage_dtype(self.storage_dtype)
         check_attention_backend(self.attention_backend)
         if self.loras:
@@ -134,19 +134,18 @@ class WanGeometry:
         st = self.scale_temporal
         if num_frames < 1 or (num_frames - 1) % st:
             lo = max(1, (num_frames - 1) // st * st + 1)
-            raise VmtUsageError(f"--num-frames {num_frames} is not of the form {st}k+1; use {lo} or {lo + st}")
+            raise VmtUsageError(f"{param('num_frames')} {num_frames} is not of the form {st}k+1; use {lo} or {lo + st}")
         mh, mw = self.scale_spatial * self.patch_size[1], self.scale_spatial * self.patch_size[2]
-        for name, v, m in (("--height", height, mh), ("--width", width, mw)):
+        for name, v, m in (("height", height, mh), ("width", width, mw)):
             if v < m or v % m:
                 lo = max(m, v // m * m)
-                raise VmtUsageError(f"{name} {v} must be a multiple of {m}; use {lo} or {lo + m}")
+                raise VmtUsageError(f"{param(name)} {v} must be a multiple of {m}; use {lo} or {lo + m}")
         grid = self.token_grid(num_frames, height, width)
-        limits = (("--num-frames", num_frames, st * self.patch_size[0]), ("--height", height, mh),
-                  ("--width", width, mw))
+        limits = (("num_frames", num_frames, st * self.patch_size[0]), ("height", height, mh), ("width", width, mw))
         for (name, v, per_token), tokens in zip(limits, grid):
             if tokens > self.rope_max_seq_len:
-                most = self.rope_max_seq_len * per_token + (1 if name == "--num-frames" else 0) - per_token
-                raise VmtUsageError(f"{name} {v} gives {tokens} positions along that axis; this model's rotary "
+                most = self.rope_max_seq_len * per_token + (1 if name == "num_frames" else 0) - per_token
+                raise VmtUsageError(f"{param(name)} {v} gives {tokens} positions along that axis; this model's rotary "
                                     f"embedding covers {self.rope_max_seq_len} (rope_max_seq_len): use at most "
                                     f"{most}")
 
@@ -159,7 +158,7 @@ class WanGeometry:
     def check_block(self, block: int) -> None:
         """A 0-based transformer block index that exists in this model."""
         if not 0 <= block < self.num_layers:
-            raise VmtUsageError(f"--block {block} is out of range: this model has {self.num_layers} blocks; use "
+            raise VmtUsageError(f"{param('block')} {block} is out of range: this model has {self.num_layers} blocks; use "
                                 f"0..{self.num_layers - 1} (the release uses 14 of Wan2.1-1.3B's 30)")
 
 
@@ -252,7 +251,7 @@ class WanBackend:
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, device)
         if options.offload != "none" and device.type != "cuda":
-            raise VmtUsageError("--offload needs a CUDA device; on CPU everything is already in host memory")
+            raise VmtUsageError(f"{param('offload')} needs a CUDA device; on CPU everything is already in host memory")
         resolved = options.resolved or inspect_model(model, options.revision)[0]
         try:
             # The Wan VAE is kept in float32: its decode is visibly worse in half precision.
@@ -322,9 +321,9 @@ class WanBackend:
         a two-expert model then applies each expert's scale, and guidance_scale <= 1 turns CFG off for both
         experts whatever guidance_scale_2 is). "per-expert": each expert applies CFG when its own scale != 1."""
         if guidance_scale_2 is not None and self.boundary_ratio is None:
-            raise VmtUsageError("--guidance-scale-2 applies only to two-expert models (Wan2.2 A14B)")
+            raise VmtUsageError(f"{param('guidance_scale_2')} applies only to two-expert models (Wan2.2 A14B)")
         if cfg_rule not in CFG_RULES:
-            raise VmtUsageError(f"--cfg-rule {cfg_rule!r}: use one of {', '.join(CFG_RULES)}")
+            raise VmtUsageError(f"{param('cfg_rule')} {cfg_rule!r}: use one of {', '.join(CFG_RULES)}")
         if cfg_rule == "diffusers":
             cfg = guidance_scale > 1.0
         else:
@@ -344,7 +343,7 @@ class WanBackend:
                            width: int) -> Conditioning:
         if not self.is_i2v:
             raise VmtUsageError(
-                f"--image needs an image-to-video model (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); "
+                f"{param('image')} needs an image-to-video model (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); "
                 f"{self.model_id} is text-to-video"
             )
         if image.shape[:2] != (height, width):
@@ -454,7 +453,7 @@ class WanBackend:
         from vmt.sampling.sigmas import GRIDS, Schedule, model_schedule
 
         if grid not in GRIDS:
-            raise VmtUsageError(f"--grid {grid!r}: use one of {', '.join(GRIDS)}")
+            raise VmtUsageError(f"{param('grid')} {grid!r}: use one of {', '.join(GRIDS)}")
         if grid == "model":
             return model_schedule(self.pipe.scheduler, steps, shift, strength)
         return Schedule(self.sigmas(steps, shift), None, "euler")

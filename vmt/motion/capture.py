@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 HEAD_MODES = ("qk", "logits")
 
@@ -79,7 +79,7 @@ def check_block(transformer, block: int) -> None:
     """Raise VmtUsageError unless `block` indexes a transformer block."""
     n = num_blocks(transformer)
     if not 0 <= block < n:
-        raise VmtUsageError(f"--block {block} is out of range: this model has {n} blocks; use 0..{n - 1} "
+        raise VmtUsageError(f"{param('block')} {block} is out of range: this model has {n} blocks; use 0..{n - 1} "
                             f"(the release uses 14 of Wan2.1-1.3B's 30)")
 
 

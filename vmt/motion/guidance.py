@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vmt.errors import VmtUsageError
+from vmt.errors import Note, VmtUsageError, param
 from vmt.motion.amf import all_pairs, global_amf, window_pairs, windowed_amf
 from vmt.motion.capture import HEAD_MODES, reduce_heads
 from vmt.motion.losses import distance_weights, masked_amf_loss, weighted_amf_loss, window_consistency_loss
@@ -73,21 +73,21 @@ class GuidanceConfig:
             if not ok:
                 raise VmtUsageError(msg)
 
-        need(self.amf in AMF_MODES, f"--amf {self.amf!r}: use one of {', '.join(AMF_MODES)}")
-        need(self.loss in LOSSES, f"--loss {self.loss!r}: use one of {', '.join(LOSSES)}")
-        need(self.ref_amf in REF_MODES, f"--ref-amf {self.ref_amf!r}: use one of {', '.join(REF_MODES)}")
-        need(self.lr_decay in LR_DECAYS, f"--lr-decay {self.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
-        need(self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-        need(self.head_mode in HEAD_MODES, f"--head-mode {self.head_mode!r}: use one of {', '.join(HEAD_MODES)}")
-        need(self.span >= 1, f"--span must be >= 1, got {self.span}")
-        need(self.window >= 1, f"--window must be >= 1, got {self.window}")
-        need(self.tile[0] >= 1 and self.tile[1] >= 1, f"--tile must be positive, got {self.tile}")
-        need(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        need(self.guided_steps >= 0, f"--guided-steps must be >= 0, got {self.guided_steps}")
-        need(self.inner_steps >= 1, f"--inner-steps must be >= 1, got {self.inner_steps}")
-        need(self.reuse_interval >= 1, f"--reuse-interval must be >= 1, got {self.reuse_interval}")
-        need(self.lr > 0 and self.lr_end >= 0, f"--lr must be > 0 and --lr-end >= 0, got {self.lr}, {self.lr_end}")
-        need(self.block >= 0, f"--block must be >= 0, got {self.block}")
+        need(self.amf in AMF_MODES, f"{param('amf')} {self.amf!r}: use one of {', '.join(AMF_MODES)}")
+        need(self.loss in LOSSES, f"{param('loss')} {self.loss!r}: use one of {', '.join(LOSSES)}")
+        need(self.ref_amf in REF_MODES, f"{param('ref_amf')} {self.ref_amf!r}: use one of {', '.join(REF_MODES)}")
+        need(self.lr_decay in LR_DECAYS, f"{param('lr_decay')} {self.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
+        need(self.optimizer in OPTIMIZERS, f"{param('optimizer')} {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        need(self.head_mode in HEAD_MODES, f"{param('head_mode')} {self.head_mode!r}: use one of {', '.join(HEAD_MODES)}")
+        need(self.span >= 1, f"{param('span')} must be >= 1, got {self.span}")
+        need(self.window >= 1, f"{param('window')} must be >= 1, got {self.window}")
+        need(self.tile[0] >= 1 and self.tile[1] >= 1, f"{param('tile')} must be positive, got {self.tile}")
+        need(self.temperature > 0, f"{param('temperature')} must be positive, got {self.temperature}")
+        need(self.guided_steps >= 0, f"{param('guided_steps')} must be >= 0, got {self.guided_steps}")
+        need(self.inner_steps >= 1, f"{param('inner_steps')} must be >= 1, got {self.inner_steps}")
+        need(self.reuse_interval >= 1, f"{param('reuse_interval')} must be >= 1, got {self.reuse_interval}")
+        need(self.lr > 0 and self.lr_end >= 0, f"{param('lr')} must be > 0 and {param('lr_end')} >= 0, got {self.lr}, {self.lr_end}")
+        need(self.block >= 0, f"{param('block')} must be >= 0, got {self.block}")
 
     def check_grid(self, grid: tuple[int, int, int], size: tuple[int, int] | None = None) -> None:
         """Raise VmtUsageError if the (F, h, w) token grid has too few frames for motion. A window or tile
@@ -99,7 +99,7 @@ class GuidanceConfig:
 
     def fit_grid(self, grid: tuple[int, int, int], size: tuple[int, int] | None = None
                  ) -> tuple[GuidanceConfig, list[str]]:
-        """The configuration that runs on the (F, h, w) token grid, and one note per clamped value.
+        """The configuration that runs on the (F, h, w) token grid, and one vmt.errors.Note per clamped value.
 
         The window side is clamped to min(h, w) and the tile to (min(th, h), min(tw, w)): the published
         defaults (window 21, tiles 3x4) are sized for the 30x52 grid of 480x832 and must not make smaller
@@ -113,11 +113,12 @@ class GuidanceConfig:
         notes = []
         window = min(self.window, h, w)
         if window != self.window:
-            notes.append(f"--window {self.window} is larger than the {h}x{w} token grid{where}; using {window}")
+            notes.append(Note(f"{param('window')} {self.window} is larger than the {h}x{w} token grid{where}; "
+                              f"using {window}"))
         tile = (min(self.tile[0], h), min(self.tile[1], w))
         if tile != tuple(self.tile):
-            notes.append(f"--tile {self.tile[0]}x{self.tile[1]} is larger than the {h}x{w} token grid{where}; "
-                         f"using {tile[0]}x{tile[1]}")
+            notes.append(Note(f"{param('tile')} {self.tile[0]}x{self.tile[1]} is larger than the {h}x{w} token grid"
+                              f"{where}; using {tile[0]}x{tile[1]}"))
         if not notes:
             return self, []
         return replace(self, window=window, tile=tile), notes
@@ -173,7 +174,7 @@ def optimise_latent(
     elif optimizer == "adam":
         opt = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999), eps=1e-8)
     else:
-        raise VmtUsageError(f"--optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        raise VmtUsageError(f"{param('optimizer')} {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     lrs = lr_schedule(lr, lr_end, inner_steps)
     losses: list[float] = []
     evaluated: list[int] = []

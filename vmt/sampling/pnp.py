@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 from vmt.sampling.euler import Intervention, StepState, VelocityFn, euler_step
 
 DEFAULT_PLAN = "2-5:3,6-14:1"
@@ -63,7 +63,7 @@ class Plan:
             by_sigma = next(((hi, lo, k) for hi, lo, k in self.sigma_ranges
                              if lo - _SIGMA_TOL <= sigma <= hi + _SIGMA_TOL), None)
         if by_index is not None and by_sigma is not None:
-            raise VmtUsageError(f"--plan items {by_index[0]}-{by_index[1]} and {by_sigma[0]:g}-{by_sigma[1]:g} "
+            raise VmtUsageError(f"{param('plan')} items {by_index[0]}-{by_index[1]} and {by_sigma[0]:g}-{by_sigma[1]:g} "
                                 f"both cover outer step {index} (sigma {sigma:.4f}); each step may appear once")
         if by_index is not None:
             return by_index[2]
@@ -97,8 +97,8 @@ class Plan:
         if self.last_step >= steps:
             a, b, _ = next(r for r in self.ranges if r[1] >= steps)
             raise VmtUsageError(
-                f"--plan range {a}-{b} goes beyond the {steps}-step schedule (outer steps 0-{steps - 1}); "
-                f"shorten the range or raise --steps"
+                f"{param('plan')} range {a}-{b} goes beyond the {steps}-step schedule (outer steps 0-{steps - 1}); "
+                f"shorten the range or raise {param('steps')}"
             )
         return self
 
@@ -133,32 +133,32 @@ def parse_plan(text: str) -> Plan:
             hi, lo = max(hi, lo), min(hi, lo)
             k = int(ms.group(3))
             if hi > 1:
-                raise VmtUsageError(f"--plan sigma range {item.strip()!r} goes above 1 (sigmas are in [0, 1])")
+                raise VmtUsageError(f"{param('plan')} sigma range {item.strip()!r} goes above 1 (sigmas are in [0, 1])")
             if k < 1:
-                raise VmtUsageError(f"--plan range {item.strip()!r} has K = 0; leave those sigmas out of the plan")
+                raise VmtUsageError(f"{param('plan')} range {item.strip()!r} has K = 0; leave those sigmas out of the plan")
             sigma_ranges.append((hi, lo, k))
             continue
         if m is None:
             raise VmtUsageError(
-                f"--plan item {item.strip()!r} is not STEP:K or FIRST-LAST:K with integers, nor HIGH-LOW:K with "
-                f"sigmas (e.g. --plan \"2-5:3,6-14:1\", --plan \"0.99-0.8:1\", or --plan none)"
+                f"{param('plan')} item {item.strip()!r} is not STEP:K or FIRST-LAST:K with integers, nor HIGH-LOW:K with "
+                f"sigmas (e.g. {param('plan')} \"2-5:3,6-14:1\", {param('plan')} \"0.99-0.8:1\", or {param('plan')} none)"
             )
         a = int(m.group(1))
         b = int(m.group(2)) if m.group(2) is not None else a
         k = int(m.group(3))
         if b < a:
-            raise VmtUsageError(f"--plan range {a}-{b} runs backwards; write it as {b}-{a}:{k}")
+            raise VmtUsageError(f"{param('plan')} range {a}-{b} runs backwards; write it as {b}-{a}:{k}")
         if k < 1:
-            raise VmtUsageError(f"--plan range {item.strip()!r} has K = 0; leave those steps out of the plan")
+            raise VmtUsageError(f"{param('plan')} range {item.strip()!r} has K = 0; leave those steps out of the plan")
         ranges.append((a, b, k))
     ranges.sort()
     for (a1, b1, _), (a2, b2, _) in itertools.pairwise(ranges):
         if a2 <= b1:
-            raise VmtUsageError(f"--plan ranges {a1}-{b1} and {a2}-{b2} overlap; each outer step may appear once")
+            raise VmtUsageError(f"{param('plan')} ranges {a1}-{b1} and {a2}-{b2} overlap; each outer step may appear once")
     sigma_ranges.sort(reverse=True)
     for (h1, l1, _), (h2, l2, _) in itertools.pairwise(sigma_ranges):
         if h2 >= l1:
-            raise VmtUsageError(f"--plan sigma ranges {h1:g}-{l1:g} and {h2:g}-{l2:g} overlap; each sigma may "
+            raise VmtUsageError(f"{param('plan')} sigma ranges {h1:g}-{l1:g} and {h2:g}-{l2:g} overlap; each sigma may "
                                 "appear once")
     return Plan(tuple(ranges), tuple(sigma_ranges))
 
@@ -166,13 +166,13 @@ def parse_plan(text: str) -> Plan:
 def check_gate(tau: float, certain_fraction: float, p_norm: float) -> None:
     """Validate the gate parameters (tau >= 0, may be inf; certain fraction in (0, 1]; p >= 1)."""
     if math.isnan(tau) or tau < 0:
-        raise VmtUsageError(f"--tau must be >= 0 (0 refines every voxel, inf none), got {tau}")
+        raise VmtUsageError(f"{param('tau')} must be >= 0 (0 refines every voxel, inf none), got {tau}")
     if math.isnan(certain_fraction) or not 0 < certain_fraction <= 1:
         raise VmtUsageError(
-            f"--certain-fraction must be in (0, 1] (1 turns early exit off), got {certain_fraction}"
+            f"{param('certain_fraction')} must be in (0, 1] (1 turns early exit off), got {certain_fraction}"
         )
     if math.isnan(p_norm) or p_norm < 1:
-        raise VmtUsageError(f"--p-norm must be >= 1, got {p_norm}")
+        raise VmtUsageError(f"{param('p_norm')} must be >= 1, got {p_norm}")
 
 
 def uncertainty(x0: torch.Tensor, x0_prev: torch.Tensor, p_norm: float = 1.0) -> torch.Tensor:
