@@ -133,44 +133,17 @@ def _written_before_signal(mark: int) -> str:
 # ---------------------------------------------------------------- declarations
 
 
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a number: lo/hi bounds (None: unbounded), open or closed; inf only if `inf_ok`."""
+# Ranges are declared in the library (on the run requests' fields); the command line uses the same ones.
+from vmt.runs.fields import (  # noqa: E402  (re-exported for the command modules)
+    AT_LEAST_1 as AT_LEAST_1,
+    FPS as FPS,
+    NON_NEGATIVE as NON_NEGATIVE,
+    POSITIVE as POSITIVE,
+    SEED as SEED,
+    UNIT as UNIT,
+    Range as Range,
+)
 
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    inf_ok: bool = False
-
-    def describe(self) -> str:
-        def num(x: float) -> str:
-            return str(x) if isinstance(x, int) else f"{x:g}"  # 2**64 - 1 as written, not 1.84467e+19
-
-        parts = []
-        if self.lo is not None:
-            parts.append(f"{'>' if self.lo_open else '>='} {num(self.lo)}")
-        if self.hi is not None:
-            parts.append(f"{'<' if self.hi_open else '<='} {num(self.hi)}")
-        return " and ".join(parts) or "finite"
-
-    def holds(self, v: float) -> bool:
-        # Integers are compared as integers: a float cannot tell 2**64 - 1 from 2**64.
-        if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and not self.inf_ok)):
-            return False
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            return False
-        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
-
-
-POSITIVE = Range(0, lo_open=True)
-NON_NEGATIVE = Range(0)
-AT_LEAST_1 = Range(1)
-UNIT = Range(0, 1)
-# Seeds seed 64-bit generators: a negative or larger seed would silently wrap onto another one.
-SEED = Range(0, 2**64 - 1)
-# Frame rates ffmpeg writes and reads sensibly: below 1 fps its timestamps overflow, above 240 a file breaks.
-FPS = Range(1, 240)
 # Ranges every command gets for these parameter names unless its CommandSpec says otherwise.
 DEFAULT_RANGES = {"seed": SEED, "fps": FPS, "video_fps": FPS}
 # Text options that may be empty: everything else given as "" (an unset shell variable) is an error.
@@ -489,13 +462,10 @@ def bare_command(root: Any, args: list[str]) -> bool:
     """Whether `args` name a (sub)command that shows its help when given nothing (`no_args_is_help`) and
     give it nothing: `vmt`, `vmt refine`, `vmt longgen train`. Walks the public command tree."""
     cmd = root
-    for i, arg in enumerate(args):
-        sub = getattr(cmd, "commands", {}).get(arg)
-        if sub is None:
+    for arg in args:
+        cmd = getattr(cmd, "commands", {}).get(arg)
+        if cmd is None:
             return False
-        cmd = sub
-        if i == len(args) - 1:
-            break
     return bool(getattr(cmd, "no_args_is_help", False))
 
 
