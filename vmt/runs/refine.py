@@ -21,7 +21,7 @@ from typing import Any
 
 from vmt.backends.base import CFG_RULES
 from vmt.runs.fields import AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, check_fields, choice, number, text
-from vmt.runs.shared import DEFAULT_MODEL, PNP_RANGES
+from vmt.runs.shared import PnpOptions, WanModelOptions
 from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
 
 # progress(done, total, info): after each denoising step; info holds display fields (sigma, P&P's K, ...).
@@ -29,8 +29,9 @@ Progress = Callable[[int, int, dict[str, str]], None]
 
 
 @dataclass
-class RefineRequest:
-    """A `vmt refine` run. Sizes in pixels and frames; see `vmt refine --help` for each option."""
+class RefineRequest(PnpOptions, WanModelOptions):
+    """A `vmt refine` run. Sizes in pixels and frames; see `vmt refine --help` for each option. The P&P gate and
+    the model and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
 
     progress_label = "denoising"  # what a progress bar over its steps says (a class attribute, not a field)
 
@@ -45,25 +46,10 @@ class RefineRequest:
     guidance_scale_2: float | None = number(None, NON_NEGATIVE, "CFG scale of the low-noise expert")
     shift: float | None = number(None, POSITIVE, "flow shift; None: the model's flow_shift")
     fps: float = number(16.0, FPS, "frame rate of the written video")
-    plan: str = text("default", "P&P plan: FIRST-LAST:K,..., HIGH-LOW:K, default or none")
-    tau: float = number(0.25, PNP_RANGES["tau"], "uncertainty gate")
-    certain_fraction: float = number(0.999, PNP_RANGES["certain_fraction"], "early exit of a step's inner loop")
-    p_norm: float = number(1.0, PNP_RANGES["p_norm"], "norm of the gate's change over channels")
     grid: str = choice("model", GRIDS, "sampling grid")
     noise: str = choice("pipeline", NOISE_MODES, "where the seeded noise is drawn")
     arithmetic: str = choice("float32", ARITHMETIC_MODES, "precision of the Euler update")
     cfg_rule: str = choice("diffusers", CFG_RULES, "when CFG applies")
-    model: str = text(DEFAULT_MODEL, "hub id or local diffusers folder")
-    revision: str | None = None
-    device: str = text("auto", "auto | cpu | cuda")
-    dtype: str = text("auto", "auto | float32 | bfloat16 | float16")
-    offload: str = text("none", "none | model | sequential | group")
-    vae_tiling: bool = False
-    grad_checkpointing: bool = True
-    storage_dtype: str = text("none", "none | float8_e4m3fn | float8_e5m2")
-    attention_backend: str | None = text(None, "a diffusers attention backend")
-    compile: bool = False
-    lora: list[str] | None = None  # PATH[:SCALE][@high|low|both]
     seed: int = number(0, SEED, "random seed")
 
     # ---------------------------------------------------------------- checks and plan (no weights)

@@ -7,12 +7,41 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from vmt.runs.fields import Range
+from dataclasses import dataclass
+
+from vmt.runs.fields import Range, number, text
 
 # P&P's gate: tau in [0, inf], the early-exit fraction in (0, 1], the norm p in [1, inf].
 PNP_RANGES = {"tau": Range(0, inf_ok=True), "certain_fraction": Range(0, 1, lo_open=True),
               "p_norm": Range(1, inf_ok=True)}
 DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+@dataclass(kw_only=True)
+class PnpOptions:
+    """Predict-and-Perturb's plan and uncertainty gate (fields of refine and of transfer --refine)."""
+
+    plan: str = text("default", "P&P plan: FIRST-LAST:K,..., HIGH-LOW:K, default or none")
+    tau: float = number(0.25, PNP_RANGES["tau"], "uncertainty gate")
+    certain_fraction: float = number(0.999, PNP_RANGES["certain_fraction"], "early exit of a step's inner loop")
+    p_norm: float = number(1.0, PNP_RANGES["p_norm"], "norm of the gate's change over channels")
+
+
+@dataclass(kw_only=True)
+class WanModelOptions:
+    """The Wan model a request runs on and how it loads (one value for a whole batch; `wan_load_options`)."""
+
+    model: str = text(DEFAULT_MODEL, "hub id or local diffusers folder")
+    revision: str | None = None
+    device: str = text("auto", "auto | cpu | cuda")
+    dtype: str = text("auto", "auto | float32 | bfloat16 | float16")
+    offload: str = text("none", "none | model | sequential | group")
+    vae_tiling: bool = False
+    grad_checkpointing: bool = True
+    storage_dtype: str = text("none", "none | float8_e4m3fn | float8_e5m2")
+    attention_backend: str | None = text(None, "a diffusers attention backend")
+    compile: bool = False
+    lora: list[str] | None = None  # PATH[:SCALE][@high|low|both]
 
 
 def wan_load_options(r: Any, resolved: Any = None, device: str | None = None):

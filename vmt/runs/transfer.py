@@ -22,15 +22,16 @@ from vmt.backends.base import CFG_RULES
 from vmt.runs.fields import (
     AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, Range, check_fields, choice, number, text,
 )
-from vmt.runs.shared import DEFAULT_MODEL, PNP_RANGES
+from vmt.runs.shared import PnpOptions, WanModelOptions
 from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
 
 Progress = Callable[[int, int, dict[str, str]], None]
 
 
 @dataclass
-class TransferRequest:
-    """A `vmt transfer` run; see `vmt transfer --help` for each option."""
+class TransferRequest(PnpOptions, WanModelOptions):
+    """A `vmt transfer` run; see `vmt transfer --help` for each option. The P&P gate (with refine) and the model
+    and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
 
     progress_label = "transfer"  # what a progress bar over its steps says (a class attribute, not a field)
 
@@ -66,25 +67,10 @@ class TransferRequest:
     ref_argmax: bool = False
     truncate: bool = True
     refine: bool = False
-    plan: str = text("default", "P&P plan")
-    tau: float = number(0.25, PNP_RANGES["tau"], "uncertainty gate")
-    certain_fraction: float = number(0.999, PNP_RANGES["certain_fraction"], "early exit")
-    p_norm: float = number(1.0, PNP_RANGES["p_norm"], "norm of the gate's change")
     grid: str = choice("euler", GRIDS, "sampling grid")
     noise: str = choice("pipeline", NOISE_MODES, "where the seeded noise is drawn")
     arithmetic: str = choice("float32", ARITHMETIC_MODES, "precision of the Euler update")
     cfg_rule: str = choice("diffusers", CFG_RULES, "when CFG applies")
-    model: str = text(DEFAULT_MODEL, "hub id or local diffusers folder")
-    revision: str | None = None
-    device: str = text("auto", "auto | cpu | cuda")
-    dtype: str = text("auto", "auto | float32 | bfloat16 | float16")
-    offload: str = text("none", "none | model | sequential | group")
-    vae_tiling: bool = False
-    grad_checkpointing: bool = True
-    storage_dtype: str = text("none", "none | float8_e4m3fn | float8_e5m2")
-    attention_backend: str | None = text(None, "a diffusers attention backend")
-    compile: bool = False
-    lora: list[str] | None = None
     seed: int = number(42, SEED, "random seed")
 
     # ---------------------------------------------------------------- checks and plan (no weights)
