@@ -248,15 +248,21 @@ def _content_key(cmd: BatchCommand, params: dict, resolved: Any, digests: dict[s
     """What a job's result depends on beyond its parameters: the model folder's content (its fingerprint) and
     each input file's sha256, so that a resumed batch redoes a job whose model or reference changed at the
     same path."""
-    from vmt.batch import file_digest
+    from vmt.io.digest import file_digest
+
+    def digest(path: Any) -> str:  # many jobs read one reference: hashed once (`digests` by resolved path)
+        key = str(Path(path).resolve())
+        if key not in digests:
+            digests[key] = file_digest(path)
+        return digests[key]
 
     inputs: dict[str, Any] = {}
     for name in cmd.spec.inputs:
         values = params.get(name)
         if isinstance(values, list):
-            inputs[name] = [file_digest(Path(v), digests) for v in values]
+            inputs[name] = [digest(v) for v in values]
         elif values is not None:
-            inputs[name] = file_digest(Path(values), digests)
+            inputs[name] = digest(values)
     return {"model_fingerprint": resolved.fingerprint, "input_sha256": inputs}
 
 

@@ -320,23 +320,6 @@ def check_batch_files(reads: Iterable[tuple[str, Path]], writes: Iterable[tuple[
                                     f"another {param('output')} folder")
 
 
-def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
-    """sha256 of a file's content (hex), read in 1 MiB blocks; `cache` maps resolved paths already hashed."""
-    import hashlib
-
-    key = str(Path(path).resolve())
-    if cache is not None and key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    if cache is not None:
-        cache[key] = digest
-    return digest
-
-
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     """One batch per output folder at a time: an exclusive, non-blocking lock on the folder itself (no lock

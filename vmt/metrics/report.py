@@ -365,19 +365,10 @@ REPORT_PARAMS = {"json_out", "baseline", "tolerance", "skip_bad", "overwrite", "
                  "allow_different_inputs", "device", "batch_size", "detector"}
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content (hex): what makes two runs' inputs the same, whatever their paths."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def input_digests(inputs: dict[str, Any]) -> dict[str, list[str]]:
     """{role: path or [paths]} -> {role: [sha256, ...]} in the same order."""
+    from vmt.io.digest import file_digest
+
     out = {}
     for role, paths in inputs.items():
         out[role] = [file_digest(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
