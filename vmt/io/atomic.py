@@ -219,10 +219,9 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         try:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            _restore(previous, record)
         finally:
-            _restore(previous, record)  # also when a signal interrupted the loop above halfway
+            _restore(previous, record)  # again, when a signal interrupted the first pass halfway
         if arrived:
             signal.raise_signal(arrived[0])  # its handler runs now, as if it had just arrived
 
