@@ -310,7 +310,9 @@ def test_an_interrupted_torchrun_batch_prints_one_summary_line(tiny_t2v, tmp_pat
                             cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
-    while not list(out.glob("*.json")) and time.time() < deadline and proc.poll() is None:
+    # pathlib's glob matches hidden names too: wait for a committed sidecar, not a commit's temporary.
+    while (not [p for p in out.glob("*.json") if not p.name.startswith(".")] and time.time() < deadline
+           and proc.poll() is None):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     os.killpg(proc.pid, signal.SIGTERM)  # the launcher and its workers, as a scheduler's preemption does
@@ -319,7 +321,7 @@ def test_an_interrupted_torchrun_batch_prints_one_summary_line(tiny_t2v, tmp_pat
     assert len(lines) == 1, err[-3000:]
     assert "run the same command again to resume" in lines[0] and "(2 processes)" in lines[0]
     assert "no output was written" not in err
-    videos = sorted(out.glob("*.mp4"))
+    videos = sorted(p for p in out.glob("*.mp4") if not p.name.startswith("."))
     assert videos and all(v.with_suffix(".json").exists() for v in videos)
     # Counted when rank 0 stopped; the other rank may still finish the commit it was in (one job more).
     counted = int(lines[0].split("interrupted: ")[1].split(" of 8 jobs complete")[0])
