@@ -16,11 +16,11 @@ from cli.refine_options import (
     ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
 )
 from cli.batch import (
-    BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
+    BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
     run_batch, single_params,
 )
 from cli.scaffold import CommandSpec, run_command, video_output
-from vmt.runs.fields import ranges_of
+from vmt.runs.fields import request_from
 from vmt.runs.refine import RefineRequest
 from vmt.runtime import Timer
 
@@ -108,19 +108,19 @@ def refine(
     format: FormatOpt = "text",
 ) -> None:
     if is_batch(locals()):
-        run_batch(ctx, BATCH, locals())
+        run_batch(ctx, SPEC, RefineRequest, locals())
         return
     run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
-SPEC = CommandSpec("refine", inputs={"image": "file"}, outputs={"output": video_output},
-                   ranges=ranges_of(RefineRequest))
+SPEC = CommandSpec("refine", inputs=RefineRequest.job_kind.inputs, outputs={"output": video_output},
+                   request=RefineRequest)
 
 
 def _run(p: dict, ctx) -> None:
     """A single run: the request checks itself, the model loads once (with a spinner), one video is written."""
     require(ctx, p, ("prompt", "output"))
-    request = BATCH.make(p)
+    request = request_from(RefineRequest, p)
     pnp_plan = request.check()
     quiet_libraries(p["debug"])
     with status(f"Loading {p['model']}...", p["quiet"]), (timer := Timer()).stage("load"):
@@ -133,5 +133,3 @@ def _run(p: dict, ctx) -> None:
                       f"NFE {counts['nfe']} ({counts['nfe'] / request.steps:.2f}x), DiT passes "
                       f"{counts['dit_forward']}, denoise {timer.stages.get('denoise', 0):.1f}s")
 
-
-BATCH = BatchCommand(SPEC, RefineRequest, required=("prompt",))

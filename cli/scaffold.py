@@ -178,13 +178,22 @@ class CommandSpec:
     name: the recipe table and sidecar subcommand ("refine", "longgen-sample").
     inputs: parameter -> "file" | "dir" | "any" (must exist, and be of that kind).
     outputs: parameter -> Output.
-    ranges: parameter -> Range, for numbers beyond "finite" (every float must at least be finite).
+    ranges: parameter -> Range, for numbers beyond "finite" (every float must at least be finite); by
+    default the declared ranges of `request`.
+    request: the run request (vmt.runs) whose fields the options are: recipe values take their types from it.
     """
 
     name: str
     inputs: Mapping[str, str] = field(default_factory=dict)
     outputs: Mapping[str, Output | Callable[[], Output]] = field(default_factory=dict)
     ranges: Mapping[str, Range] = field(default_factory=dict)
+    request: type | None = None
+
+    def __post_init__(self) -> None:
+        if self.request is not None and not self.ranges:  # declared once, on the request's fields
+            from vmt.runs.fields import ranges_of
+
+            object.__setattr__(self, "ranges", ranges_of(self.request))
 
     def output(self, name: str) -> Output:
         out = self.outputs[name]
@@ -239,13 +248,18 @@ def flag(ctx: Any, name: str) -> str:
     return longs[0] if longs else opts[0]
 
 
-def param_types(ctx: Any) -> dict[str, tuple[type, bool]]:
-    """Parameter name -> (base type, is a list), read from the command function's annotations."""
+def param_types(ctx: Any, request: type | None = None) -> dict[str, tuple[type, bool]]:
+    """Parameter name -> (base type, is a list): a run request's fields as the request declares them
+    (vmt.runs.fields.value_types), the command's other options from the command function's annotations."""
+    if request is not None:
+        from vmt.runs.fields import value_types
+
+        return {**param_types(ctx), **value_types(request)}
     import types
     import typing
 
     fn = getattr(ctx, "command", ctx).callback
-    if fn in _TYPES_CACHE:  # a batch asks once per job; the annotations never change
+    if fn in _TYPES_CACHE:  # the annotations never change
         return _TYPES_CACHE[fn]
     hints = typing.get_type_hints(fn, include_extras=False) if fn is not None else {}
     out = {}
@@ -269,34 +283,8 @@ def param_types(ctx: Any) -> dict[str, tuple[type, bool]]:
 _TYPES_CACHE: dict[Any, dict[str, tuple[type, bool]]] = {}
 
 
-_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string",
-               Path: "a path (string)"}
-
-
-def convert_recipe_value(base: type, is_list: bool, value: Any) -> Any:
-    """A recipe value in the option's own type; ValueError naming the expected type when it does not fit.
-
-    TOML values are typed, so nothing is coerced: "no" is not a boolean, 2.5 is not an integer.
-    """
-    if is_list:
-        if not isinstance(value, list):
-            raise ValueError(f"a list ({_TYPE_NAMES.get(base, 'a string')} each)")
-        return [convert_recipe_value(base, False, v) for v in value]
-    if base is bool:
-        ok = isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ValueError(_TYPE_NAMES.get(base, "a string"))
-    return Path(value).expanduser() if base is Path else value
-
-
-def recipe_values(ctx: Any, path: Path, command: str, allowed: set[str]) -> dict[str, Any]:
+def recipe_values(ctx: Any, path: Path, command: str, allowed: set[str],
+                  request: type | None = None) -> dict[str, Any]:
     """Read a TOML recipe (keys at top level or under a [command] table) into typed parameter values."""
     import tomllib
 
@@ -321,7 +309,9 @@ def recipe_values(ctx: Any, path: Path, command: str, allowed: set[str]) -> dict
             raw.update(val)
         else:
             raw[key] = val
-    types_ = param_types(ctx)
+    from vmt.runs.fields import convert_value
+
+    types_ = param_types(ctx, request)
     out = {}
     for key, val in raw.items():
         name = key.replace("-", "_")
@@ -329,7 +319,7 @@ def recipe_values(ctx: Any, path: Path, command: str, allowed: set[str]) -> dict
             raise VmtUsageError(f"recipe {path}: unknown key {key!r} for `vmt {command}`; known keys: "
                                 + ", ".join(sorted(k.replace("_", "-") for k in allowed)))
         try:
-            out[name] = convert_recipe_value(*types_.get(name, (str, False)), val)
+            out[name] = convert_value(*types_.get(name, (str, False)), val)
         except ValueError as e:
             raise VmtUsageError(f"recipe {path}: {key} = {val!r} is not valid for {flag(ctx, name)}: expected "
                                 f"{e}") from None
@@ -349,7 +339,7 @@ def _from_default(ctx: typer.Context, name: str) -> bool:
 
 
 def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], recipe: Path | None,
-                   not_from_recipe: frozenset[str] = NOT_FROM_RECIPE) -> Params:
+                   not_from_recipe: frozenset[str] = NOT_FROM_RECIPE, request: type | None = None) -> Params:
     """Merge a recipe into the parameters: recipe values replace defaults, command-line flags win."""
     from vmt.recipes import find_recipe
 
@@ -358,7 +348,7 @@ def resolve_params(ctx: typer.Context, command: str, params: dict[str, Any], rec
     if recipe is not None:
         merged["recipe"] = path = find_recipe(recipe, command)
         allowed = {k for k in params if k not in not_from_recipe and k in _params_by_name(ctx)}
-        for key, val in recipe_values(ctx, path, command, allowed).items():
+        for key, val in recipe_values(ctx, path, command, allowed, request).items():
             if _from_default(ctx, key):
                 merged[key] = val
                 given.add(key)
@@ -374,7 +364,7 @@ def check_values(ctx: typer.Context, spec: CommandSpec, p: dict[str, Any]) -> No
     of seeds and frame rates), and no text option is empty unless it may be."""
     from vmt.errors import VmtUsageError
 
-    types_ = param_types(ctx)
+    types_ = param_types(ctx, spec.request)
     declared = _params_by_name(ctx)
     for name, value in p.items():
         if (isinstance(value, str) and not value.strip() and name not in EMPTY_OK and name in declared
@@ -449,7 +439,7 @@ def run_command(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any],
 
     def go() -> Any:
         p = resolve_params(ctx, spec.name, params, params.get("recipe"),
-                           NOT_FROM_RECIPE | frozenset(spec.outputs))
+                           NOT_FROM_RECIPE | frozenset(spec.outputs), spec.request)
         check_values(ctx, spec, p)
         check_paths(ctx, spec, p)
         with output_policy(bool(p.get("overwrite", False))):

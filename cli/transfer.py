@@ -43,12 +43,12 @@ from cli.refine_options import (
     TauOpt,
 )
 from cli.batch import (
-    BatchCommand, BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
+    BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
     run_batch,
     single_params,
 )
 from cli.scaffold import CommandSpec, note_text, run_command, video_output
-from vmt.runs.fields import ranges_of
+from vmt.runs.fields import request_from
 from vmt.runs.transfer import TransferRequest
 from vmt.runtime import Timer
 
@@ -186,13 +186,13 @@ def transfer(
     format: FormatOpt = "text",
 ) -> None:
     if is_batch(locals()):
-        run_batch(ctx, BATCH, locals())
+        run_batch(ctx, SPEC, TransferRequest, locals())
         return
     run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
 
 
-SPEC = CommandSpec("transfer", inputs={"reference": "file"}, outputs={"output": video_output},
-                   ranges=ranges_of(TransferRequest))
+SPEC = CommandSpec("transfer", inputs=TransferRequest.job_kind.inputs, outputs={"output": video_output},
+                   request=TransferRequest)
 
 
 def _run(p: dict, ctx) -> None:
@@ -201,7 +201,7 @@ def _run(p: dict, ctx) -> None:
     from rich.text import Text
 
     require(ctx, p, ("reference", "prompt", "output"))
-    request = BATCH.make(p)
+    request = request_from(TransferRequest, p)
     prepared = request.check()
     quiet_libraries(p["debug"])
     with (timer := Timer()).stage("read_reference"):
@@ -219,5 +219,3 @@ def _run(p: dict, ctx) -> None:
                       f"{c['dit_forward']}, backward {c['dit_backward']}; guidance {st.get('guidance', 0):.1f}s, "
                       f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s")
 
-
-BATCH = BatchCommand(SPEC, TransferRequest, required=("prompt", "reference"))

@@ -240,7 +240,7 @@ def test_bad_job_files_exit_2_naming_the_line_before_any_load(tiny_t2v, tmp_path
 def test_transfer_job_with_a_missing_reference_names_the_line(tiny_t2v, tmp_path, loads):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "x", "reference": "gone.mp4"}])
     res = invoke("transfer", "--batch", jobs, "-o", tmp_path / "out", "--model", tiny_t2v, "--device", "cpu")
-    _assert_one_line_usage_error(res, f"line 1: {tmp_path / 'gone.mp4'} not found")
+    _assert_one_line_usage_error(res, f"line 1: REFERENCE {tmp_path / 'gone.mp4'} not found")
     assert loads == []
 
 

@@ -8,7 +8,7 @@ request can check itself and the command line derives its checks from the same d
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -80,8 +80,8 @@ def choices_of(cls: type) -> dict[str, tuple[str, ...]]:
 
 
 def check_fields(request: Any) -> None:
-    """Every declared range and choice of a request holds, and no text is empty where it may not be; raises
-    VmtUsageError naming the parameter."""
+    """Every declared range and choice of a request holds, and no text is empty unless declared `empty_ok` (an
+    unset shell variable is no value); raises VmtUsageError naming the parameter."""
     for f in fields(request):
         value = getattr(request, f.name)
         rng, options = f.metadata.get("range"), f.metadata.get("choices")
@@ -92,6 +92,62 @@ def check_fields(request: Any) -> None:
             raise VmtUsageError(f"{param(f.name)} must be {rng.describe()}, got {value}")
         if options is not None and value not in options:
             raise VmtUsageError(f"{param(f.name)} {value!r}: use one of {', '.join(options)}")
-        if isinstance(value, str) and not value.strip() and "empty_ok" in f.metadata \
-                and not f.metadata["empty_ok"]:
+        if isinstance(value, str) and not value.strip() and not f.metadata.get("empty_ok", False):
             raise VmtUsageError(f"{param(f.name)} is empty; give a value")
+
+
+def value_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """Field name -> (base type, is a list) of a request class, from its annotations: `int | None` -> (int,
+    False), `list[str] | None` -> (str, True). Recipes and batch lines convert their values with these."""
+    import types
+    import typing
+
+    if cls in _TYPES:
+        return _TYPES[cls]
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        hint, is_list = hints[f.name], False
+        for _ in range(3):  # peel Optional[...] and list[...]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            origin = typing.get_origin(hint)
+            if origin in (typing.Union, types.UnionType) and len(args) == 1:
+                hint = args[0]
+            elif origin is list and args:
+                hint, is_list = args[0], True
+        out[f.name] = (hint if isinstance(hint, type) else str, is_list)
+    _TYPES[cls] = out
+    return out
+
+
+_TYPES: dict[type, dict[str, tuple[type, bool]]] = {}
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def convert_value(base: type, is_list: bool, value: Any) -> Any:
+    """A value from a typed file (TOML recipe, JSON job line) in the parameter's own type; ValueError naming
+    the expected type when it does not fit. Nothing is coerced: "no" is not a boolean, 2.5 is not an integer."""
+    from pathlib import Path
+
+    if is_list:
+        if not isinstance(value, list):
+            raise ValueError(f"a list ({_TYPE_NAMES.get(base, 'a string')} each)")
+        return [convert_value(base, False, v) for v in value]
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError("a path (string)" if base is Path else _TYPE_NAMES.get(base, "a string"))
+    return Path(value).expanduser() if base is Path else value
+
+
+def request_from(cls: type, values: Mapping[str, Any]) -> Any:
+    """The request of class `cls` from a mapping that holds its fields (other keys, such as the command line's
+    run options, are left out)."""
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vmt.backends.base import CFG_RULES
+from vmt.runs.batch import JobKind
 from vmt.runs.fields import AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, check_fields, choice, number, text
 from vmt.runs.shared import PnpOptions, WanModelOptions
 from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
@@ -33,6 +34,7 @@ class RefineRequest(PnpOptions, WanModelOptions):
     """A `vmt refine` run. Sizes in pixels and frames; see `vmt refine --help` for each option. The P&P gate and
     the model and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
 
+    job_kind = JobKind("refine", ("prompt",), {"image": "file"})  # for the batch engine (a class attribute, not a field)
     progress_label = "denoising"  # what a progress bar over its steps says (a class attribute, not a field)
 
     prompt: str = text(doc="what the video shows")

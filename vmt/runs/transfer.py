@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vmt.backends.base import CFG_RULES
+from vmt.runs.batch import JobKind
 from vmt.runs.fields import (
     AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, Range, check_fields, choice, number, text,
 )
@@ -33,6 +34,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
     """A `vmt transfer` run; see `vmt transfer --help` for each option. The P&P gate (with refine) and the model
     and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
 
+    job_kind = JobKind("transfer", ("prompt", "reference"), {"reference": "file"})  # for the batch engine (a class attribute, not a field)
     progress_label = "transfer"  # what a progress bar over its steps says (a class attribute, not a field)
 
     reference: Path | None = None  # the video whose motion is transferred
