@@ -124,13 +124,13 @@ class KeypointsTrainRequest:
     def read(self, output: str | Path, overwrite: bool = False) -> TrainInputs:
         """Check, then read the training keypoints (FOMM's detector on videos with `fomm`, else the tracker)
         and, when resuming, the step the run in `output` reached."""
+        self.check(output, overwrite)  # before torch loads: a bad request fails at once
         import torch
 
         from vmt.keypoints.model import read_config
         from vmt.keypoints.pipeline import training_inputs
         from vmt.runtime import resolve_device
 
-        self.check(output, overwrite)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
         device = resolve_device(self.device)
         seqs, source = training_inputs(Path(self.data), self.video_fps, _load_fomm(self.fomm, device))
