@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +20,9 @@ from cli.common import (
     status,
     step_progress,
 )
-from cli.scaffold import (
-    AT_LEAST_1, NON_NEGATIVE, NPZ_OUTPUT, POSITIVE, RUN_FOLDER, CommandSpec, Output, Range, run_command, video_output,
-)
+from cli.scaffold import NPZ_OUTPUT, RUN_FOLDER, CommandSpec, Output, run_command, video_output
+from vmt.runs.fields import ranges_of
+from vmt.runs.keypoints import KeypointsRunRequest, KeypointsTrainRequest
 
 app = typer.Typer(
     help="Forecast keypoints of a driving video (GRU-NF) with optional inference-time MCMC refinement "
@@ -90,10 +91,6 @@ frame warped by the mean forecast (thin-plate spline, no weights).
 """
 
 
-def _ints(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 @app.command("train", help=TRAIN_HELP, no_args_is_help=True)
 def train(
     ctx: typer.Context,
@@ -145,70 +142,18 @@ def train(
     run_command(ctx, TRAIN_SPEC, locals(), _train)
 
 
-def _check_train(p: dict) -> Path:
-    from vmt.errors import VmtUsageError
-
-    out = Path(p["output"])  # numbers, DATA and the folder kind were checked by the scaffold (TRAIN_SPEC)
-    if p["param"] not in ("residual", "minmax"):
-        raise VmtUsageError(f"--param must be residual or minmax, got {p['param']!r}")
-    if out.is_dir() and any(out.iterdir()) and not (p["resume"] or p["overwrite"]):
-        raise VmtUsageError(f"{out} is not empty; pass --resume to continue it or --overwrite to replace it")
-    if p["resume"] and not (out / "config.json").is_file():
-        raise VmtUsageError(f"--resume: {out} holds no model; drop --resume to start a new run")
-    return out
-
-
 def _train(p: dict) -> None:
-    out = _check_train(p)
-    import torch
-
-    from vmt.io.atomic import write_json_atomic
-    from vmt.keypoints.model import ModelConfig, read_config
-    from vmt.keypoints.pipeline import training_inputs
-    from vmt.keypoints.train import TrainConfig, train_model
-    from vmt.provenance import build_sidecar
-    from vmt.runtime import Timer, peak_memory, resolve_device
-
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    timer, dev = Timer(), resolve_device(p["device"])
+    request = KeypointsTrainRequest(**{f.name: p[f.name] for f in fields(KeypointsTrainRequest) if f.name in p})
     with status("Reading keypoints...", p["quiet"]):
-        seqs, kp_source = training_inputs(Path(p["data"]), p["video_fps"], _fomm(p, dev))
-    cfg = ModelConfig(num_kp=seqs.layout.num_kp, jacobian=seqs.layout.jacobian, param=p["param"], rollout=p["rollout"],
-                      **{k: p[k] for k in ("context", "horizon", "hidden", "layers", "dropout", "cond_dim",
-                                           "flow_hidden", "blocks", "min_range", "frame_step", "head_weight")})
-    tc = TrainConfig(**{k: p[k] for k in ("steps", "batch", "lr", "weight_decay", "grad_clip", "eval_every", "seed")})
-    out.mkdir(parents=True, exist_ok=True)
-    start = int(read_config(out).get("step", 0)) if p["resume"] else 0
-    last_val = {"v": "-"}
-    with step_progress(tc.steps - start, "training", p["quiet"]) as advance, timer.stage("train"):
-        def on_step(step: int, m: dict) -> None:
-            last_val["v"] = f"{m['val_nll']:.3f}" if "val_nll" in m else last_val["v"]
-            advance(step=step, nll=f"{m['nll']:.3f}", val_nll=last_val["v"])
-
-        res = train_model(seqs, cfg, tc, out, val_identities=_ints(p["val_identities"]), augment=p["augment"],
-                          window_stride=p["window_stride"], resume=p["resume"], device=dev, on_step=on_step,
-                          keypoints_source=kp_source, data_file=str(p["data"]))
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-    write_json_atomic(out / "train.json", build_sidecar(
-        command_line(), "predict-keypoints train", resolved, output=out, timings=timer.stages,
-        memory=peak_memory(dev), extra={k: res[k] for k in ("best_val_nll", "train_seconds", "history",
-                                                            "train_windows", "val_windows")}),
-        replace=True)  # a run folder's own file: rewritten on --resume
+        inputs = request.read(p["output"], p["overwrite"])
+    with step_progress(request.steps - inputs.start, request.progress_label, p["quiet"]) as advance:
+        res = request.run(p["output"], inputs=inputs, progress=lambda d, t, info: advance(**info),
+                          overwrite=p["overwrite"], record=p, command=command_line())
     if not p["quiet"]:
         best = res["best_val_nll"]
-        console.print(f"[green]wrote[/] {out} ({seqs.layout.describe()}, {res['train_windows']} training windows, "
+        console.print(f"[green]wrote[/] {p['output']} ({res['layout']}, {res['train_windows']} training windows, "
                       f"{res['train_seconds']:.0f}s" + (f", best validation NLL {best:.3f} nats/frame)"
                                                         if best is not None else ")"))
-
-
-def _fomm(p: dict, dev):
-    """The FOMM model of --fomm, or None."""
-    if p.get("fomm") is None:
-        return None
-    from vmt.keypoints.fomm import load_fomm
-
-    with status("Loading FOMM...", p["quiet"]):
-        return load_fomm(p["fomm"], dev)
 
 
 @app.command("run", help=RUN_HELP, no_args_is_help=True)
@@ -262,74 +207,17 @@ def run(
 RUN_SPEC = CommandSpec(
     "predict-keypoints", inputs={"input": "file", "model": "dir", "fomm": "file", "source": "file"},
     outputs={"output": NPZ_OUTPUT, "render": lambda: Output(video_output().suffixes, sidecar=False)},
-    ranges={"samples": AT_LEAST_1, "mcmc_steps": AT_LEAST_1, "batch": AT_LEAST_1, "step_size": POSITIVE,
-            "temperature": POSITIVE, "context": Range(2), "horizon": AT_LEAST_1},
+    ranges=ranges_of(KeypointsRunRequest),
 )
-TRAIN_SPEC = CommandSpec(
-    "predict-keypoints", inputs={"data": "any", "fomm": "file"}, outputs={"output": RUN_FOLDER},
-    ranges={"context": Range(2), "horizon": AT_LEAST_1, "steps": AT_LEAST_1, "batch": AT_LEAST_1,
-            "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE, "eval_every": AT_LEAST_1,
-            "window_stride": AT_LEAST_1, "frame_step": AT_LEAST_1, "hidden": AT_LEAST_1, "layers": AT_LEAST_1,
-            "dropout": Range(0, 1, hi_open=True), "cond_dim": AT_LEAST_1, "flow_hidden": AT_LEAST_1,
-            "blocks": AT_LEAST_1, "min_range": POSITIVE, "head_weight": NON_NEGATIVE},
-)
-
-
-def _check_run(p: dict) -> None:
-    from vmt.errors import VmtUsageError
-    from vmt.io.atomic import check_output_path
-    from vmt.keypoints.pipeline import check_run_sources, is_video, keypoints_path
-
-    # Inputs, -o and --render (suffix, folder, overwrite, not an input) were checked by the scaffold (RUN_SPEC).
-    check_run_sources(Path(p["input"]), p["render"], p["source"], p["fomm"])
-    if is_video(p["input"]):  # the extracted keypoints are written beside the forecast
-        check_output_path(keypoints_path(Path(p["output"])), p["overwrite"], sidecar=False)
-    if p["feedback"] not in ("mean", "sample"):
-        raise VmtUsageError(f"--feedback must be mean or sample, got {p['feedback']!r}")
-    if p["acceptance"] not in ("element", "vector"):
-        raise VmtUsageError(f"--acceptance must be element or vector, got {p['acceptance']!r}")
+TRAIN_SPEC = CommandSpec("predict-keypoints", inputs={"data": "any", "fomm": "file"}, outputs={"output": RUN_FOLDER},
+                         ranges=ranges_of(KeypointsTrainRequest))
 
 
 def _run(p: dict) -> None:
-    _check_run(p)
-    from vmt.errors import VmtUsageError
-    from vmt.keypoints import DEFAULT_MODEL_DIR
-    from vmt.keypoints.model import SampleOptions, load_model
-    from vmt.keypoints.pipeline import forecast_input, parse_samples, render_forecast, run_record, write_forecast
-    from vmt.io.atomic import commit_together
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory, resolve_device
-
-    timer, dev = Timer(), resolve_device(p["device"])
-    model_dir = Path(p["model"]) if p["model"] is not None else DEFAULT_MODEL_DIR
-    with timer.stage("load"):
-        net, doc = load_model(model_dir)
-        net.to(dev)
-        fomm = _fomm(p, dev)
-    context, horizon = p["context"] or net.cfg.context, p["horizon"] or net.cfg.horizon
-    if context < 2 or horizon < 1:
-        raise VmtUsageError(f"--context must be >= 2 and --horizon >= 1 (got {context}, {horizon})")
-    picks = parse_samples(p["render_samples"], p["samples"])
-    opts = SampleOptions(samples=p["samples"], feedback=p["feedback"], refine=p["refine"], mcmc_steps=p["mcmc_steps"],
-                         step_size=p["step_size"], elementwise=p["acceptance"] == "element",
-                         temperature=p["temperature"])
-    with status("Reading keypoints...", p["quiet"]), timer.stage("predict"):
-        fc = forecast_input(net, doc, model_dir, Path(p["input"]), context, horizon, opts, seed=p["seed"],
-                            batch=p["batch"], video_fps=p["video_fps"], fomm=fomm, backtest=p["backtest"])
-    with commit_together():  # forecast, keypoints, preview and sidecar appear together
-        with timer.stage("write"):
-            kp_file = write_forecast(fc, Path(p["output"]), context, horizon)
-        if p["render"] is not None:
-            with status("Rendering...", p["quiet"]), timer.stage("render"):
-                render_forecast(fc, Path(p["render"]), p["video_fps"], source=p["source"] and Path(p["source"]),
-                                fomm=fomm, samples=picks, preview=p["preview"])
-        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-        resolved.update(context=context, horizon=horizon, model=str(model_dir))
-        compute, extra = run_record(fc, timer.stages["predict"], horizon, opts, kp_file, p["render"], fomm is not None)
-        write_sidecar(Path(p["output"]), build_sidecar(
-            command_line(), "predict-keypoints run", resolved, output=Path(p["output"]), timings=timer.stages,
-            model={"dir": str(model_dir), "config": doc["config"], "best_val_nll": doc.get("best_val_nll")},
-            memory=peak_memory(dev), compute=compute, extra=extra))
+    request = KeypointsRunRequest(**{f.name: p[f.name] for f in fields(KeypointsRunRequest) if f.name in p})
+    with status("Forecasting keypoints...", p["quiet"]):
+        r = request.run(p["output"], overwrite=p["overwrite"], record=p, command=command_line())
     if not p["quiet"]:
-        console.print(f"[green]wrote[/] {p['output']} ({len(fc.contexts)} sequences x {p['samples']} samples x "
-                      f"{horizon} frames, {extra['method']})" + "".join(f" and {x}" for x in (kp_file, p["render"]) if x))
+        console.print(f"[green]wrote[/] {p['output']} ({r['sequences']} sequences x {r['samples']} samples x "
+                      f"{r['horizon']} frames, {r['method']})"
+                      + "".join(f" and {x}" for x in (r["keypoints_file"], r["render"]) if x))

@@ -135,7 +135,8 @@ def forecast_input(net: GRUNF, doc: dict, model_dir: Path, input: Path, context:
                    on_batch=None, backtest: bool = False) -> Forecast:
     """Read `input` (keypoint .npz or video), check it suits the model, and forecast `horizon` frames: past
     the end of each sequence, or (`backtest`) its last `horizon` frames from the `context` before them, so
-    that the forecast can be scored against the truth (`vmt eval keypoints`)."""
+    that the forecast can be scored against the truth (`vmt eval keypoints`). `on_batch(done, total)`: after
+    each forward batch, with the sequences forecast so far and in all."""
     from vmt.keypoints.predict import forecast
 
     cfg = net.cfg
@@ -155,7 +156,15 @@ def forecast_input(net: GRUNF, doc: dict, model_dir: Path, input: Path, context:
     ends = np.asarray([len(s) - (horizon if backtest else 0) for s in seqs.flat], dtype=np.int64)
     contexts = np.stack([s[e - context : e] for s, e in zip(seqs.flat, ends)])
     stats: dict = {}
-    pred = forecast(net, contexts, horizon, opts, seed=seed, batch=batch, stats=stats, on_batch=on_batch)
+    done = 0
+
+    def batch_done(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_batch is not None:
+            on_batch(done, len(contexts))
+
+    pred = forecast(net, contexts, horizon, opts, seed=seed, batch=batch, stats=stats, on_batch=batch_done)
     return Forecast(seqs, contexts, pred, source, frame, stats, ends if backtest else None)
 
 
