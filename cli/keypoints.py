@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from cli.common import (
     step_progress,
 )
 from cli.scaffold import NPZ_OUTPUT, RUN_FOLDER, CommandSpec, Output, run_command, video_output
-from vmt.runs.fields import ranges_of
+from vmt.runs.fields import request_from
 from vmt.runs.keypoints import KeypointsRunRequest, KeypointsTrainRequest
 
 app = typer.Typer(
@@ -143,7 +142,7 @@ def train(
 
 
 def _train(p: dict) -> None:
-    request = KeypointsTrainRequest(**{f.name: p[f.name] for f in fields(KeypointsTrainRequest) if f.name in p})
+    request = request_from(KeypointsTrainRequest, p)
     with status("Reading keypoints...", p["quiet"]):
         inputs = request.read(p["output"], p["overwrite"])
     with step_progress(request.steps - inputs.start, request.progress_label, p["quiet"]) as advance:
@@ -207,14 +206,14 @@ def run(
 RUN_SPEC = CommandSpec(
     "predict-keypoints", inputs={"input": "file", "model": "dir", "fomm": "file", "source": "file"},
     outputs={"output": NPZ_OUTPUT, "render": lambda: Output(video_output().suffixes, sidecar=False)},
-    ranges=ranges_of(KeypointsRunRequest),
+    request=KeypointsRunRequest,
 )
 TRAIN_SPEC = CommandSpec("predict-keypoints", inputs={"data": "any", "fomm": "file"}, outputs={"output": RUN_FOLDER},
-                         ranges=ranges_of(KeypointsTrainRequest))
+                         request=KeypointsTrainRequest)
 
 
 def _run(p: dict) -> None:
-    request = KeypointsRunRequest(**{f.name: p[f.name] for f in fields(KeypointsRunRequest) if f.name in p})
+    request = request_from(KeypointsRunRequest, p)
     with status("Forecasting keypoints...", p["quiet"]):
         r = request.run(p["output"], overwrite=p["overwrite"], record=p, command=command_line())
     if not p["quiet"]:

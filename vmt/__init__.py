@@ -8,8 +8,9 @@ __version__ = "0.1.0.dev0"
 
 def __getattr__(name: str):
     """The run requests, imported on first use (`from vmt import RefineRequest`) so `import vmt` stays cheap."""
-    if name in ("RefineRequest", "TransferRequest"):
+    if name.endswith("Request") or name == "Batch":
         import vmt.runs
 
-        return getattr(vmt.runs, name)
+        if name in vmt.runs.__all__:
+            return getattr(vmt.runs, name)
     raise AttributeError(f"module 'vmt' has no attribute {name!r}")

@@ -5,7 +5,9 @@ recipes, batch lines and Python callers all build these; each request checks its
     RefineRequest(prompt="a red fox running through snow", steps=20).run("fox.mp4")
 """
 
+from vmt.runs.batch import Batch
+from vmt.runs.keypoints import KeypointsRunRequest, KeypointsTrainRequest
 from vmt.runs.refine import RefineRequest
 from vmt.runs.transfer import TransferRequest
 
-__all__ = ["RefineRequest", "TransferRequest"]
+__all__ = ["Batch", "KeypointsRunRequest", "KeypointsTrainRequest", "RefineRequest", "TransferRequest"]
