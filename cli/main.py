@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from cli import eval as eval_cli
 from cli import keypoints as predict_keypoints
-from cli import longgen, refine, transfer
+from cli import compare, longgen, refine, transfer
 from cli.scaffold import NOT_FROM_RECIPE, bare_command, main_standalone, recipe_values
 
 
@@ -90,6 +90,9 @@ def recipes() -> None:
 
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
 app.add_typer(eval_cli.app, name="eval")
+app.command("compare", help=compare.HELP, no_args_is_help=True,
+            short_help="Does A beat B? Paired metrics with confidence intervals over seeds and prompts.")(
+    compare.compare)
 
 
 def find_command(path: str) -> Any:

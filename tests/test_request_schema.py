@@ -68,7 +68,9 @@ def test_options_are_the_request_fields(path, spec):
     signature = inspect.signature(inspect.unwrap(cmd.callback)).parameters
     fields = {f.name: f for f in dataclasses.fields(spec.request)}
     # predict-keypoints train's --batch is a batch size, a field; elsewhere --batch is the job file
-    options = {name for name in signature if name != "ctx" and (name in fields or name not in COMMAND_LINE_ONLY)}
+    # (outputs are arguments of run(), not fields)
+    command_line_only = COMMAND_LINE_ONLY | set(spec.outputs)
+    options = {name for name in signature if name != "ctx" and (name in fields or name not in command_line_only)}
     assert options == set(fields), (sorted(options - set(fields)), sorted(set(fields) - options))
     command_types, request_types = param_types(cmd), value_types(spec.request)
     for name in options:

@@ -1,0 +1,108 @@
+"""`vmt compare A B`: paired comparison of two sets of outputs of the same jobs (vmt.runs.compare)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import DebugOpt, OverwriteOpt, QuietOpt, command_line, console, status
+from cli.eval import run_eval
+from cli.scaffold import JSON_REPORT, CommandSpec
+from vmt.runs.compare import CompareRequest
+from vmt.runs.fields import request_from
+
+HELP = """Does A beat B? Paired metrics of two sets of outputs of the same jobs, with a bootstrap confidence
+interval resampled by prompt, the win rate, a verdict per metric, and the compute each side paid.
+
+A and B: two `--batch` output folders (or their manifest.jsonl), paired by job (prompt, seed, reference),
+or two folders of videos paired by file name.
+
+[bold]Examples[/]
+
+  vmt refine --batch prompts.txt --seeds 0-4 -o pnp/ --plan default
+
+  vmt refine --batch prompts.txt --seeds 0-4 -o plain/ --plan none
+
+  vmt compare pnp/ plain/ --json compare.json --gate warp_error
+
+  vmt compare transfers/ baseline/ --metrics temporal,motion          # transfer batches know their references
+
+Verdicts: a_better or b_better when the whole 95% interval of the mean difference is on one side of 0,
+else no_difference. Exit codes: 0 ok, 1 A is detectably worse than B on a --gate metric, 2 bad usage,
+3 the comparison could not be computed.
+"""
+
+
+def compare(
+    ctx: typer.Context,
+    a: Annotated[Path | None, typer.Argument(help="Outputs of method A: a batch output folder, its manifest, "
+                                             "or a folder of videos.", show_default=False)] = None,
+    b: Annotated[Path | None, typer.Argument(help="Outputs of method B, of the same jobs.",
+                                             show_default=False)] = None,
+    references: Annotated[Path | None, typer.Option("--references", help="Folder of reference videos paired "
+                                                    "by file name (motion metrics).", show_default=False)] = None,
+    metrics: Annotated[str, typer.Option("--metrics", help="auto (temporal, + motion with references) or a "
+                                         "comma-separated list of temporal, motion, physics, seams.")] = "auto",
+    gate: Annotated[list[str] | None, typer.Option("--gate", help="Exit 1 when A is detectably worse than B "
+                                                   "on this metric (repeatable).", show_default=False)] = None,
+    clip_length: Annotated[int | None, typer.Option("--clip-length", help="Frames per clip (seams).",
+                                                    show_default=False)] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Read at most this many frames of "
+                                                   "each video.", show_default=False)] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 10_000,
+    level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.compare/1) "
+                                                  "here; - for stdout.", show_default=False)] = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    run_eval(ctx, SPEC, locals(), _compare)
+
+
+SPEC = CommandSpec("compare", inputs={"a": "any", "b": "any", "references": "dir"},
+                   outputs={"json_out": JSON_REPORT}, request=CompareRequest)
+
+
+def _compare(p: dict) -> None:
+    to_stdout = p["json_out"] is not None and str(p["json_out"]) == "-"
+    with status("Scoring both sets...", p["quiet"] or to_stdout):
+        report = request_from(CompareRequest, p).run(None if to_stdout else p["json_out"],
+                                                     overwrite=p["overwrite"], command=command_line())
+    show_report(report, p["quiet"], to_stdout)
+    if not report["gate"]["passed"]:
+        raise typer.Exit(1)
+
+
+def show_report(report: dict, quiet: bool, to_stdout: bool) -> None:
+    """The verdict table and the cost line on the console; the JSON document on stdout for --json -."""
+    import json
+
+    from rich.table import Table
+
+    if to_stdout:
+        typer.echo(json.dumps(report, indent=2))
+    if quiet:
+        return
+    table = Table(title=f"A vs B: {report['pairs']} pairs in {report['groups']} prompt groups", title_justify="left")
+    for col in ("metric", "better", "A", "B", "A-B (better +)", "CI", "win rate", "verdict"):
+        table.add_column(col)
+    style = {"a_better": "green", "b_better": "red", "no_difference": "dim"}
+    for name, m in report["metrics"].items():
+        ci = m.get("ci")
+        table.add_row(name, m["better"], _num(m.get("a_mean")), _num(m.get("b_mean")),
+                      _num(m.get("mean_difference")), "-" if not ci else f"[{_num(ci[0])}, {_num(ci[1])}]",
+                      _num(m.get("win_rate")), f"[{style[m['verdict']]}]{m['verdict']}[/]")
+    console.print(table)
+    ratios = report["cost"]["a_over_b"]
+    if ratios:
+        console.print("cost A/B: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    for g in report["gate"]["failed"]:
+        console.print(f"[red]gate[/]: A is worse than B on {g}")
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
