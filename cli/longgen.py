@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from contextlib import ExitStack, contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +14,10 @@ from cli.common import (
     DebugOpt, DeviceOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console, status,
     step_progress,
 )
-from cli.scaffold import (
-    AT_LEAST_1, NON_NEGATIVE, POSITIVE, RUN_FOLDER, CommandSpec, run_command, video_output,
-)
+from cli.scaffold import RUN_FOLDER, CommandSpec, run_command, video_output
 from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
+from vmt.runs.fields import ranges_of
+from vmt.runs.longgen import LonggenReconstructRequest, LonggenSampleRequest, LonggenTrainRequest
 
 HELP = """Long videos from a small video VAE-GAN (EncGAN3) run as a Markov chain of clips (REncGAN3).
 
@@ -129,80 +132,30 @@ def train(
     run_command(ctx, TRAIN_SPEC, locals(), _train)
 
 
-TRAIN_SPEC = CommandSpec(
-    "longgen-train", outputs={"output": RUN_FOLDER},
-    ranges={"steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "lr": POSITIVE, "kl_weight": NON_NEGATIVE,
-            "adv_weight": NON_NEGATIVE, "image_warmup": NON_NEGATIVE, "adv_warmup": NON_NEGATIVE,
-            "mask_weight": NON_NEGATIVE, "pyramid_levels": AT_LEAST_1, "max_frames": AT_LEAST_1,
-            "sample_every": NON_NEGATIVE, "save_every": NON_NEGATIVE},
-)
-_MODEL_FLAGS = ("preset", "size", "attention", "signed_motion", "warp")
-_SETTING_FLAGS = ("batch_size", "lr", "kl_weight", "adv_weight", "image_warmup", "adv_warmup", "mask_weight",
-                  "pyramid_levels", "recall")
+TRAIN_SPEC = CommandSpec("longgen-train", outputs={"output": RUN_FOLDER}, ranges=ranges_of(LonggenTrainRequest))
 
 
-def _parse_strides(text: str) -> tuple[int, ...]:
-    from vmt.errors import VmtUsageError
-
-    try:
-        vals = tuple(int(s) for s in str(text).split(",") if s.strip())
-    except ValueError:
-        vals = ()
-    if not vals or min(vals) < 1:
-        raise VmtUsageError(f"--stride {text!r} must be positive integers separated by commas, e.g. 1 or 2,3")
-    return vals
+def _request(cls, p: dict):
+    """The run request of the resolved parameters (its fields; output, quiet and the like stay here)."""
+    return cls(**{f.name: p[f.name] for f in fields(cls) if f.name in p})
 
 
-def _model_config(p: dict):
-    from vmt.longgen.config import preset as get_preset
-
-    cfg = get_preset(p["preset"])
-    overrides = {k: p[k] for k in ("size", "attention", "signed_motion", "warp") if p[k] is not None}
-    return cfg.with_(**overrides) if overrides else cfg
+@contextmanager
+def _bar(label: str, quiet: bool):
+    """A progress(done, total, info) for a request's run() whose bar opens at its first call: the total is
+    known then, and the checks, loading and data reading (with their own spinner) are over."""
+    with ExitStack() as stack:
+        opened = functools.cache(lambda total: stack.enter_context(step_progress(total, label, quiet)))
+        yield lambda done, total, info: opened(total)(**info)
 
 
 def _train(p) -> None:
-    from vmt.errors import VmtUsageError
-
-    run_dir = p["output"]
-    strides = _parse_strides(p["stride"])
-    has_run = (run_dir / "config.json").exists()
-    if has_run and not (p["resume"] or p["overwrite"]):
-        raise VmtUsageError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-                            "start over")
-    if p["resume"] and not has_run:
-        raise VmtUsageError(f"--resume: {run_dir} holds no run (no config.json); drop --resume to start one")
-
-    from vmt.longgen.data import open_source
-    from vmt.longgen.train import TrainSettings, open_trainer, train_run
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory, resolve_device
-
-    dev = resolve_device(p["device"])
-    timer = Timer(sync_cuda=dev.type == "cuda")
-    trainer, settings, p["seed"] = open_trainer(
-        run_dir, resume=p["resume"], settings=TrainSettings(**{k: p[k] for k in _SETTING_FLAGS}),
-        cfg=_model_config(p), seed=p["seed"], steps=p["steps"], device=dev,
-        given={k: p[k] for k in (*_SETTING_FLAGS, "seed") if k in p.given},
-        model_given=bool(p.given & set(_MODEL_FLAGS)))
-    cfg = trainer.cfg
-    with status("Reading training data...", p["quiet"]), timer.stage("data"):
-        source = open_source(p["data"], cfg.size, strides=strides, fps=p["fps"], max_frames=p["max_frames"],
-                             seed=p["seed"])
-        source.check(trainer.window)
-    with step_progress(p["steps"] - trainer.step_count, "training", p["quiet"]) as advance:
-        out = train_run(run_dir, trainer, source, steps=p["steps"], seed=p["seed"], data=p["data"],
-                        sample_every=p["sample_every"], save_every=p["save_every"], timer=timer,
-                        on_step=lambda logs: advance(**{k: f"{v:.3f}" for k, v in logs.items()}))
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-    resolved.update(settings.to_dict())
-    doc = build_sidecar(command_line(), "longgen train", resolved, output=run_dir,
-                        model={"config": cfg.to_dict(), "parameters": sum(q.numel() for q in trainer.model.parameters())},
-                        timings=timer.stages, compute={"steps": trainer.step_count, "batch_size": settings.batch_size},
-                        memory=peak_memory(dev), extra={**out, "videos": len(source.videos)})
-    write_sidecar(run_dir / "train.mp4", doc, replace=True)  # -> RUN_DIR/train.json, rewritten on --resume
+    with _bar("training", p["quiet"]) as progress:
+        out = _request(LonggenTrainRequest, p).run(
+            p["output"], given=p.given, overwrite=p["overwrite"], progress=progress, record=p,
+            command=command_line(), status=lambda message: status(message, p["quiet"]))
     if not p["quiet"]:
-        console.print(f"[green]trained[/] {run_dir} to step {trainer.step_count} "
+        console.print(f"[green]trained[/] {p['output']} to step {out['step']} "
                       + "  ".join(f"{k}={v:.3f}" for k, v in out["final_losses"].items()))
 
 
@@ -255,57 +208,16 @@ def sample(
 
 
 SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"model": "dir"}, outputs={"output": video_output},
-                          ranges={"frames": AT_LEAST_1, "motion_temperature": NON_NEGATIVE})
+                          ranges=ranges_of(LonggenSampleRequest))
 
 
 def _sample(p) -> None:
-    from vmt.io.atomic import commit_together
-    from vmt.longgen.checkpoint import load_model
-    from vmt.longgen.recall import resolve_ref_index
-    from vmt.runtime import Timer, resolve_device
-
-    dev = resolve_device(p["device"])
-    timer = Timer(sync_cuda=dev.type == "cuda")
-    with timer.stage("load"):
-        net, meta = load_model(p["model"], dev)
-    r = resolve_ref_index(p["ref_index"], net.cfg.frames)
-    with commit_together():  # the video and its sidecar appear together
-        n, clips = _sample_into(p, net, meta, r, timer, dev)
+    with _bar("sampling", p["quiet"]) as progress:
+        out = _request(LonggenSampleRequest, p).run(p["output"], overwrite=p["overwrite"], progress=progress,
+                                                    record=p, command=command_line())
     if not p["quiet"]:
-        console.print(f"[green]wrote[/] {p['output']} ({n} frames from {clips} clips, {net.cfg.size}x{net.cfg.size}) "
-                      f"in {timer.stages['generate']:.1f}s")
-
-
-def _sample_into(p, net, meta, r, timer, dev) -> tuple[int, int]:
-    """Stream the long sample into the video and write its sidecar; returns (frames, clips)."""
-    from vmt.io.video import VideoWriter
-    from vmt.longgen.checkpoint import resolve_run_dir
-    from vmt.longgen.generator import CHAIN_WARP, TRAIN_WARP
-    from vmt.longgen.sampling import write_long_video
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import peak_memory
-
-    output = p["output"]
-    with step_progress(p["frames"], "sampling", p["quiet"]) as advance, timer.stage("generate"), \
-            VideoWriter(output, p["fps"]) as writer:
-        n = write_long_video(net, p["frames"], writer.write, seed=p["seed"], ref_index=p["ref_index"],
-                             carry_motion=p["carry_motion"], standard_prior=p["standard_prior"],
-                             motion_temperature=p["motion_temperature"],
-                             warp=TRAIN_WARP if p["subpixel"] else CHAIN_WARP,
-                             on_clip=lambda k: [advance() for _ in range(k)])
-    motion = ("standard normal" if p["standard_prior"] else
-              "learned" if net.motion_prior.is_fitted else "gaussian given content")
-    clips = 1 + -(-max(0, p["frames"] - net.cfg.frames) // r)
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-    doc = build_sidecar(command_line(), "longgen sample", resolved, output=output,
-                        model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
-                               "trained_steps": meta.get("step"), "data": meta.get("data"),
-                               "motion_prior": motion},
-                        timings=timer.stages, compute={"clips": clips, "frames": n}, memory=peak_memory(dev),
-                        extra={"video": {"frames": n, "fps": p["fps"], "height": net.cfg.size,
-                                         "width": net.cfg.size}})
-    write_sidecar(output, doc)
-    return n, clips
+        console.print(f"[green]wrote[/] {p['output']} ({out['frames']} frames from {out['clips']} clips, "
+                      f"{out['size']}x{out['size']}) in {out['seconds']:.1f}s")
 
 
 RECON_HELP = """Reconstruct a video through the model: encode each clip (content of its first frame, movement of
@@ -342,48 +254,13 @@ def reconstruct(
 
 
 RECON_SPEC = CommandSpec("longgen-reconstruct", inputs={"video": "file", "model": "dir"},
-                         outputs={"output": video_output}, ranges={"max_frames": AT_LEAST_1})
+                         outputs={"output": video_output}, ranges=ranges_of(LonggenReconstructRequest))
 
 
 def _reconstruct(p) -> None:
-    output = p["output"]
-
-    import numpy as np
-
-    from vmt.io.atomic import commit_together
-    from vmt.io.video import VideoWriter, read_video
-    from vmt.longgen.checkpoint import load_model, resolve_run_dir
-    from vmt.longgen.sampling import reconstruct_frames
-    from vmt.provenance import build_sidecar, write_sidecar
-    from vmt.runtime import Timer, peak_memory, resolve_device
-
-    dev = resolve_device(p["device"])
-    timer = Timer(sync_cuda=dev.type == "cuda")
-    with timer.stage("load"):
-        net, meta = load_model(p["model"], dev)
-    with timer.stage("read"):
-        frames, src_fps = read_video(p["video"], fps=p["fps"], max_frames=p["max_frames"],
-                                     size=(net.cfg.size, net.cfg.size))
-    out_fps = src_fps if src_fps > 0 else 10.0
-    with commit_together():  # the video and its sidecar appear together
-        err_sum, done = 0.0, 0
-        with step_progress(len(frames), "reconstructing", p["quiet"]) as advance, timer.stage("reconstruct"), \
-                VideoWriter(output, out_fps) as writer:
-            for chunk in reconstruct_frames(net, frames, recall=p["recall"]):
-                real = frames[done : done + len(chunk)].astype(np.float64)
-                err_sum += float(np.abs(chunk.astype(np.float64) - real).sum()) / 127.5
-                done += len(chunk)
-                writer.write(chunk)
-                for _ in range(len(chunk)):
-                    advance()
-        l1 = err_sum / frames[:done].size
-        resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}
-        doc = build_sidecar(command_line(), "longgen reconstruct", resolved, output=output,
-                            model={"run_dir": str(resolve_run_dir(p["model"])), "config": meta["model"],
-                                   "trained_steps": meta.get("step")},
-                            timings=timer.stages, compute={"frames": done}, memory=peak_memory(dev),
-                            extra={"reconstruction_l1": l1, "video": {"frames": done, "fps": out_fps,
-                                                                      "height": net.cfg.size, "width": net.cfg.size}})
-        write_sidecar(output, doc)
+    with _bar("reconstructing", p["quiet"]) as progress:
+        out = _request(LonggenReconstructRequest, p).run(p["output"], overwrite=p["overwrite"], progress=progress,
+                                                         record=p, command=command_line())
     if not p["quiet"]:
-        console.print(f"[green]wrote[/] {output} ({done} frames) reconstruction L1 {l1:.4f} (frames in [-1, 1])")
+        console.print(f"[green]wrote[/] {p['output']} ({out['frames']} frames) reconstruction L1 {out['l1']:.4f} "
+                      "(frames in [-1, 1])")
