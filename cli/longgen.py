@@ -16,7 +16,6 @@ from cli.common import (
 )
 from cli.scaffold import RUN_FOLDER, CommandSpec, run_command, video_output
 from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
-from vmt.runs.fields import ranges_of
 from vmt.runs.longgen import LonggenReconstructRequest, LonggenSampleRequest, LonggenTrainRequest
 
 HELP = """Long videos from a small video VAE-GAN (EncGAN3) run as a Markov chain of clips (REncGAN3).
@@ -132,7 +131,7 @@ def train(
     run_command(ctx, TRAIN_SPEC, locals(), _train)
 
 
-TRAIN_SPEC = CommandSpec("longgen-train", outputs={"output": RUN_FOLDER}, ranges=ranges_of(LonggenTrainRequest))
+TRAIN_SPEC = CommandSpec("longgen-train", outputs={"output": RUN_FOLDER}, request=LonggenTrainRequest)
 
 
 def _request(cls, p: dict):
@@ -208,7 +207,7 @@ def sample(
 
 
 SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"model": "dir"}, outputs={"output": video_output},
-                          ranges=ranges_of(LonggenSampleRequest))
+                          request=LonggenSampleRequest)
 
 
 def _sample(p) -> None:
@@ -254,7 +253,7 @@ def reconstruct(
 
 
 RECON_SPEC = CommandSpec("longgen-reconstruct", inputs={"video": "file", "model": "dir"},
-                         outputs={"output": video_output}, ranges=ranges_of(LonggenReconstructRequest))
+                         outputs={"output": video_output}, request=LonggenReconstructRequest)
 
 
 def _reconstruct(p) -> None:

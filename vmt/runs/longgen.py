@@ -266,7 +266,7 @@ class LonggenReconstructRequest:
     its frame differences) with the run folder `model` and decode it; the sidecar reports the L1 error.
     See `vmt longgen reconstruct --help` for each option."""
 
-    video: str | Path
+    video: Path  # a str is taken too
     model: str = text(doc="run folder written by `vmt longgen train`")
     recall: bool = False
     fps: float | None = number(None, FPS, "resample the input to this frame rate first")
