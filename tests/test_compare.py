@@ -75,6 +75,7 @@ def test_orientation_win_rate_and_verdicts():
     assert nan.pairs == 2
 
 
+@pytest.mark.slow
 def test_pnp_beats_plain_euler_on_a_mixture_whose_density_is_known():
     """Ground truth: a blurred (undertrained) velocity of a Gaussian mixture spreads samples off the modes;
     Predict-and-Perturb pulls them back (benchmarks/refine_gmm.py, its 64-d mixture, seed 0). Per sample, the
@@ -116,6 +117,7 @@ def _clips(shared_data, folder: Path, n: int = 4, jitter: int = 0) -> list[Path]
     return out
 
 
+@pytest.mark.slow
 def test_real_clips_against_jittered_copies(shared_data, tmp_path):
     real = _clips(shared_data, tmp_path / "real")
     _clips(shared_data, tmp_path / "jitter", jitter=3)
