@@ -6,7 +6,6 @@ shows progress, prints what the result says and maps its outcome to the exit cod
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +34,7 @@ from vmt.runs.eval import (
     SeamsEvalRequest,
     TemporalEvalRequest,
 )
-from vmt.runs.fields import ranges_of
+from vmt.runs.fields import request_from
 
 HELP = """Score videos with the metrics of the papers vmt implements; print a table, write JSON, gate CI.
 
@@ -79,7 +78,10 @@ BaselineOpt = Annotated[Path | None, typer.Option("--baseline", help="A previous
 ToleranceOpt = Annotated[list[str] | None, typer.Option("--tolerance", "-t", help="NAME=VALUE (absolute) or "
                                                         "NAME=VALUE% (of the baseline's value); repeatable; "
                                                         "'*=2%' sets the default (0: any worsening fails; for the "
-                                                        "seam score, moving further from 1).",
+                                                        "seam score, moving further from 1); 'auto': 3 "
+                                                        "standard errors of the difference of the means, from "
+                                                        "the spread of both reports' per-input values (a "
+                                                        "baseline over several seeds does not flap).",
                                                         rich_help_panel="Report")]
 AllowDiffOpt = Annotated[bool, typer.Option("--allow-different-inputs", help="Compare with a baseline made on "
                                             "other inputs (content) or parameters (recorded in the report).",
@@ -107,7 +109,7 @@ def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], requ
     eval's exit codes: usage errors 2, anything else that fails 3 (the request raises every failure as a
     VmtError), and by the result's outcome: failed inputs without --skip-bad 3, a regression 1, else 0."""
     def body(p: dict) -> None:
-        request = request_class(**{f.name: p[f.name] for f in fields(request_class) if f.name in p})
+        request = request_from(request_class, p)
         plan = request.check()
         with step_progress(plan.total, request.progress_label, p["quiet"] or plan.total < 2) as advance:
             result = request.run(plan, progress=lambda d, t, i: advance(**i), record=p, command=command_line())
@@ -128,8 +130,7 @@ def eval_spec(name: str, request_class: type, inputs: dict[str, str] | None = No
     """A subcommand's declarations: its file inputs and --baseline must exist, numbers in the request's ranges.
     Videos given as folders or globs, and --json (which must not be any of them), are checked by the request
     once the inputs are expanded."""
-    return CommandSpec(f"eval-{name}", inputs={"baseline": "file", **(inputs or {})},
-                       ranges=ranges_of(request_class))
+    return CommandSpec(f"eval-{name}", inputs={"baseline": "file", **(inputs or {})}, request=request_class)
 
 
 # ---------------------------------------------------------------- fvd / fid

@@ -244,31 +244,71 @@ def require_gated(doc: dict, path: str | Path, subcommand: str, params: dict | N
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed worsening: `value` percent of the baseline's magnitude when relative, else absolute units."""
+    """Allowed worsening: `value` percent of the baseline's magnitude when relative, else absolute units; or
+    `auto`: from the measured spread of the per-input values of both reports (`auto_allowance`)."""
 
     value: float
     relative: bool
+    auto: bool = False
 
     def allowed(self, baseline: float) -> float:
         return abs(baseline) * self.value / 100.0 if self.relative else self.value
 
     def __str__(self) -> str:
+        if self.auto:
+            return f"auto ({AUTO_SIGMAS:g} standard errors)"
         return f"{self.value:g}%" if self.relative else f"{self.value:g}"
 
 
+# `--tolerance auto`: a gated mean may be worse than the baseline's by this many standard errors of the
+# difference of the two means (one-sided: a rerun of the same method flags a metric about once in 740 times).
+AUTO_SIGMAS = 3.0
 _TOL_RE = re.compile(r"^\s*([A-Za-z0-9_*.-]+)\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(%?)\s*$")
+_AUTO_RE = re.compile(r"^\s*(?:([A-Za-z0-9_*.-]+)\s*=\s*)?auto\s*$")
 
 
 def parse_tolerances(specs: list[str]) -> dict[str, Tolerance]:
-    """`["fvd=5%", "ssim=0.01", "*=2%"]` -> {name: Tolerance}; `*` sets the default for unnamed metrics."""
+    """`["fvd=5%", "ssim=0.01", "*=2%"]` -> {name: Tolerance}; `*` sets the default for unnamed metrics;
+    `auto` (or `NAME=auto`) takes the tolerance from the spread of the per-input values."""
     out = {}
     for spec in specs:
+        auto = _AUTO_RE.match(spec)
+        if auto:
+            out[(auto.group(1) or "*").replace("-", "_")] = Tolerance(0.0, False, auto=True)
+            continue
         m = _TOL_RE.match(spec)
         if not m:
-            raise VmtUsageError(f"{param('tolerance')} {spec!r} is not NAME=VALUE or NAME=VALUE%; e.g. "
-                                "fvd=5% or ssim=0.01")
+            raise VmtUsageError(f"{param('tolerance')} {spec!r} is not NAME=VALUE, NAME=VALUE% or auto; e.g. "
+                                "fvd=5%, ssim=0.01 or auto")
         out[m.group(1).replace("-", "_")] = Tolerance(float(m.group(2)), m.group(3) == "%")
     return out
+
+
+def _item_values(doc: dict, name: str) -> list[float]:
+    """The finite per-input values of metric `name` in a report's items ("closer" metrics as the distance to
+    their target), the values its mean was taken over."""
+    out = []
+    for item in doc.get("items") or []:
+        v = (item.get("metrics") or {}).get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(abs(v - TARGET[name]) if BETTER.get(name) == "closer" else float(v))
+    return out
+
+
+def auto_allowance(name: str, report: dict, baseline: dict) -> float | None:
+    """AUTO_SIGMAS standard errors of the difference of the two means of `name`, each from the spread of its
+    report's per-input values (sample standard deviation / sqrt(n)): what a rerun on other seeds or prompts
+    moves the mean by. None when either report has fewer than two per-input values (a set metric such as
+    FVD, or a count): there is no spread to measure, and the check is then exact."""
+    a, b = _item_values(report, name), _item_values(baseline, name)
+    if len(a) < 2 or len(b) < 2:
+        return None
+
+    def var_of_mean(v: list[float]) -> float:
+        m = sum(v) / len(v)
+        return sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)
+
+    return AUTO_SIGMAS * math.sqrt(var_of_mean(a) + var_of_mean(b))
 
 
 @dataclass
@@ -317,7 +357,15 @@ def compare(report: dict, baseline: dict, tolerances: dict[str, Tolerance]) -> l
         if cur is None:
             checks.append(Check(name, base, None, better, str(tol), True, "not finite in this run"))
             continue
-        allow = tol.allowed(base)
+        tol_text = str(tol)
+        if tol.auto:
+            allow = auto_allowance(name, report, baseline)
+            if allow is None:
+                allow, tol_text = 0.0, "auto: exact (no per-input spread)"
+            else:
+                tol_text = f"auto {allow:.4g}"
+        else:
+            allow = tol.allowed(base)
         if better == "closer":
             target = TARGET[name]
             worse = abs(cur - target) - abs(base - target)
@@ -327,7 +375,7 @@ def compare(report: dict, baseline: dict, tolerances: dict[str, Tolerance]) -> l
             what = "worse"
         regressed = worse > allow + 1e-12 * max(1.0, abs(base))
         reason = f"{what} by {worse:.6g} (> {allow:.6g} allowed)" if regressed else ""
-        checks.append(Check(name, base, cur, better, str(tol), regressed, reason))
+        checks.append(Check(name, base, cur, better, tol_text, regressed, reason))
     return checks
 
 
@@ -355,7 +403,6 @@ def attach_baseline(report: dict, path: str | Path, checks: list[Check],
                                 "not_compared": [c.name for c in checks if not c.compared],
                                 "versions_differ": differ or {}})
     return report
-
 
 
 # ---------------------------------------------------------------- the gate: exit codes, comparability
