@@ -7,6 +7,8 @@
 #                    on a GPU box e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
 #   VMT_PYTHON       interpreter for the venv (default: python3)
 #   VMT_VENV         the venv's folder (default: .venv)
+# Run as root on Debian (CI), it also installs chromium and chromium-driver with apt when chromium is
+# missing, for the HTML report's browser test; without network that step only says so (the test then skips).
 # torch is never replaced by the second step: it is held at the version just installed or kept. A kept torch
 # whose own requirements conflict with the lock (some releases pin sympy exactly) fails that step, and so may a
 # Python or platform other than the lock's (its header names them): VMT_DEPS=newest then.
@@ -47,6 +49,13 @@ if [ "$DEPS" = newest ]; then
 else
     echo "setup: dependencies from constraints.txt"
     "$VPY" -m pip install -q -c constraints.txt -c "$TORCH_PIN" -e ".[dev]"
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver (apt) for the HTML report's browser test"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+            >/dev/null 2>&1; then
+        echo "setup: could not install chromium (no network?); tests/test_html_report.py's browser test will skip"
+    fi
 fi
 "$VPY" -c "import torch, diffusers, vmt; print(f'setup: vmt {vmt.__version__}, torch {torch.__version__}, diffusers {diffusers.__version__}')"
 echo "setup: done. Activate with: source $VENV/bin/activate"

@@ -9,7 +9,7 @@ import typer
 
 from cli.common import DebugOpt, OverwriteOpt, QuietOpt, command_line, console, status
 from cli.eval import run_eval
-from cli.scaffold import JSON_REPORT, CommandSpec
+from cli.scaffold import HTML_REPORT, JSON_REPORT, CommandSpec
 from vmt.runs.compare import CompareRequest
 from vmt.runs.fields import request_from
 
@@ -28,6 +28,8 @@ or two folders of videos paired by file name.
   vmt compare pnp/ plain/ --json compare.json --gate warp_error
 
   vmt compare transfers/ baseline/ --metrics temporal,motion          # transfer batches know their references
+
+  vmt compare pnp/ plain/ --html compare.html     # a page to look at: plots, thumbnails, side-by-side videos
 
 Verdicts: a_better or b_better when the whole 95% interval of the mean difference is on one side of 0,
 else no_difference. Exit codes: 0 ok, 1 A is detectably worse than B on a --gate metric, 2 bad usage,
@@ -54,8 +56,13 @@ def compare(
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 10_000,
     level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    html_videos: Annotated[int, typer.Option("--html-videos", help="Pairs shown as side-by-side videos "
+                                             "(reference | A | B) in the HTML report: best, worst, median.")] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.compare/1) "
                                                   "here; - for stdout.", show_default=False)] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page of the "
+                                                  "report here: verdicts, plots, thumbnails, videos.",
+                                                  show_default=False)] = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -64,13 +71,13 @@ def compare(
 
 
 SPEC = CommandSpec("compare", inputs={"a": "any", "b": "any", "references": "dir"},
-                   outputs={"json_out": JSON_REPORT}, request=CompareRequest)
+                   outputs={"json_out": JSON_REPORT, "html_out": HTML_REPORT}, request=CompareRequest)
 
 
 def _compare(p: dict) -> None:
     to_stdout = p["json_out"] is not None and str(p["json_out"]) == "-"
     with status("Scoring both sets...", p["quiet"] or to_stdout):
-        report = request_from(CompareRequest, p).run(None if to_stdout else p["json_out"],
+        report = request_from(CompareRequest, p).run(None if to_stdout else p["json_out"], html_out=p["html_out"],
                                                      overwrite=p["overwrite"], command=command_line())
     show_report(report, p["quiet"], to_stdout)
     if not report["gate"]["passed"]:

@@ -168,6 +168,7 @@ def video_output() -> Output:
 
 NPZ_OUTPUT = Output(frozenset({".npz"}))
 JSON_REPORT = Output(frozenset({".json"}), sidecar=False, stdout_ok=True)
+HTML_REPORT = Output(frozenset({".html"}), sidecar=False)
 RUN_FOLDER = Output(folder=True, sidecar=False)
 
 

@@ -145,6 +145,7 @@ class CompareRequest:
     resamples: int = number(10_000, Range(100, 1_000_000), "bootstrap resamples")
     level: float = number(0.95, Range(0.5, 1, hi_open=True), "confidence level of the interval")
     seed: int = number(0, Range(0, 2**32 - 1), "seed of the bootstrap")
+    html_videos: int = number(3, Range(0, 3), "pairs shown as side-by-side videos in the HTML report")
 
     def families(self, with_references: bool) -> list[str]:
         if self.metrics.strip() == "auto":
@@ -205,10 +206,13 @@ class CompareRequest:
                 out[name] = float(v) if isinstance(v, (int, float, bool)) and v is not None else float("nan")
         return out
 
-    def run(self, json_out: str | Path | None = None, *, progress: Progress | None = None,
-            overwrite: bool = False, command: list[str] | None = None) -> dict[str, Any]:
+    def run(self, json_out: str | Path | None = None, *, html_out: str | Path | None = None,
+            progress: Progress | None = None, overwrite: bool = False,
+            command: list[str] | None = None) -> dict[str, Any]:
         """Score every pair, compare every metric, and return the report (schema vmt.compare/1); write it to
-        `json_out` atomically when given. The gate's outcome is `report["gate"]["passed"]`."""
+        `json_out` atomically when given, and its page (vmt.html_report.compare_html: plots, thumbnails,
+        `html_videos` side-by-side videos) to `html_out`; the two appear together. The gate's outcome is
+        `report["gate"]["passed"]`."""
         import numpy as np
 
         from vmt.metrics.paired import compare_metric
@@ -256,11 +260,22 @@ class CompareRequest:
                        "reference": None if ia.reference is None else str(ia.reference), "a_metrics": sa,
                        "b_metrics": sb} for (ia, ib), (sa, sb) in zip(pairs, scored, strict=True)],
         })
-        if json_out is not None:
-            from vmt.io.atomic import atomic_path
+        # The page first (it encodes videos in temporary folders), then both files in one commit.
+        page = None
+        if html_out is not None:
+            from vmt.html_report import compare_html
 
-            with atomic_path(Path(json_out), replace=overwrite) as tmp:
-                tmp.write_text(json.dumps(report, indent=2) + "\n")
+            page = compare_html(report, videos=self.html_videos)
+        if json_out is not None or page is not None:
+            from vmt.html_report import write_html
+            from vmt.io.atomic import atomic_path, commit_together
+
+            with commit_together():
+                if json_out is not None:
+                    with atomic_path(Path(json_out), replace=overwrite) as tmp:
+                        tmp.write_text(json.dumps(report, indent=2) + "\n")
+                if page is not None:
+                    write_html(html_out, page, overwrite=overwrite)
         return report
 
 
