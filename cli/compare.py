@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DebugOpt, OverwriteOpt, QuietOpt, command_line, console, status
-from cli.eval import run_eval
-from cli.scaffold import HTML_REPORT, JSON_REPORT, CommandSpec
+from cli.common import DebugOpt, OverwriteOpt, QuietOpt, command_line, status
+from cli.display import show_compare
+from cli.eval import eval_exit_code
+from cli.scaffold import run_command, HTML_REPORT, JSON_REPORT, CommandSpec
 from vmt.runs.compare import CompareRequest
 from vmt.runs.fields import request_from
 
@@ -67,7 +68,7 @@ def compare(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    run_eval(ctx, SPEC, locals(), _compare)
+    run_command(ctx, SPEC, locals(), _compare, eval_exit_code)
 
 
 SPEC = CommandSpec("compare", inputs={"a": "any", "b": "any", "references": "dir"},
@@ -78,38 +79,8 @@ def _compare(p: dict) -> None:
     to_stdout = p["json_out"] is not None and str(p["json_out"]) == "-"
     with status("Scoring both sets...", p["quiet"] or to_stdout):
         report = request_from(CompareRequest, p).run(None if to_stdout else p["json_out"], html_out=p["html_out"],
-                                                     overwrite=p["overwrite"], command=command_line())
-    show_report(report, p["quiet"], to_stdout)
+                                                     overwrite=p["overwrite"], command=command_line(),
+                                                     debug=p["debug"])
+    show_compare(report, p["quiet"], to_stdout)
     if not report["gate"]["passed"]:
         raise typer.Exit(1)
-
-
-def show_report(report: dict, quiet: bool, to_stdout: bool) -> None:
-    """The verdict table and the cost line on the console; the JSON document on stdout for --json -."""
-    import json
-
-    from rich.table import Table
-
-    if to_stdout:
-        typer.echo(json.dumps(report, indent=2))
-    if quiet:
-        return
-    table = Table(title=f"A vs B: {report['pairs']} pairs in {report['groups']} prompt groups", title_justify="left")
-    for col in ("metric", "better", "A", "B", "A-B (better +)", "CI", "win rate", "verdict"):
-        table.add_column(col)
-    style = {"a_better": "green", "b_better": "red", "no_difference": "dim"}
-    for name, m in report["metrics"].items():
-        ci = m.get("ci")
-        table.add_row(name, m["better"], _num(m.get("a_mean")), _num(m.get("b_mean")),
-                      _num(m.get("mean_difference")), "-" if not ci else f"[{_num(ci[0])}, {_num(ci[1])}]",
-                      _num(m.get("win_rate")), f"[{style[m['verdict']]}]{m['verdict']}[/]")
-    console.print(table)
-    ratios = report["cost"]["a_over_b"]
-    if ratios:
-        console.print("cost A/B: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    for g in report["gate"]["failed"]:
-        console.print(f"[red]gate[/]: A is worse than B on {g}")
-
-
-def _num(v) -> str:
-    return "-" if v is None else f"{v:.4g}"

@@ -140,3 +140,34 @@ class BatchProgress:
         else:
             console.print(f"[{self.done}/{self.total}] {status} {label} in {seconds:.1f}s, {self.eta()}",
                           soft_wrap=True)
+
+
+def show_compare(report: dict, quiet: bool, to_stdout: bool) -> None:
+    """The verdict table and the cost line on the console; the JSON document on stdout for --json -."""
+    import json
+
+    from rich.table import Table
+
+    if to_stdout:
+        print(json.dumps(report, indent=2))  # stdout, not the stderr console
+    if quiet:
+        return
+    table = Table(title=f"A vs B: {report['pairs']} pairs in {report['groups']} prompt groups", title_justify="left")
+    for col in ("metric", "better", "A", "B", "A-B (better +)", "CI", "win rate", "verdict"):
+        table.add_column(col)
+    style = {"a_better": "green", "b_better": "red", "no_difference": "dim"}
+    for name, m in report["metrics"].items():
+        ci = m.get("ci")
+        table.add_row(name, m["better"], _num(m.get("a_mean")), _num(m.get("b_mean")),
+                      _num(m.get("mean_difference")), "-" if not ci else f"[{_num(ci[0])}, {_num(ci[1])}]",
+                      _num(m.get("win_rate")), f"[{style[m['verdict']]}]{m['verdict']}[/]")
+    console.print(table)
+    ratios = report["cost"]["a_over_b"]
+    if ratios:
+        console.print("cost A/B: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    for g in report["gate"]["failed"]:
+        console.print(f"[red]gate[/]: A is worse than B on {g}")
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4g}"

@@ -116,7 +116,12 @@ def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], requ
         for kind, block in result.view(p["quiet"]):
             console.print(_table(*block) if kind == "table" else STYLES[kind] + escape(note_text(block, ctx)))
         raise typer.Exit(EXIT_CODES.get(result.outcome, EXIT_PASS))
-    run_command(ctx, spec, params, body, lambda e: EXIT_USAGE if isinstance(e, VmtUsageError) else EXIT_RUNTIME)
+    run_command(ctx, spec, params, body, eval_exit_code)
+
+
+def eval_exit_code(error: BaseException) -> int:
+    """A usage error 2; any other failure 3, never 1 (1 is a regression)."""
+    return EXIT_USAGE if isinstance(error, VmtUsageError) else EXIT_RUNTIME
 
 
 def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> Table:

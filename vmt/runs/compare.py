@@ -208,11 +208,17 @@ class CompareRequest:
 
     def run(self, json_out: str | Path | None = None, *, html_out: str | Path | None = None,
             progress: Progress | None = None, overwrite: bool = False,
-            command: list[str] | None = None) -> dict[str, Any]:
+            command: list[str] | None = None, debug: bool = False) -> dict[str, Any]:
         """Score every pair, compare every metric, and return the report (schema vmt.compare/1); write it to
         `json_out` atomically when given, and its page (vmt.html_report.compare_html: plots, thumbnails,
         `html_videos` side-by-side videos) to `html_out`; the two appear together. The gate's outcome is
-        `report["gate"]["passed"]`."""
+        `report["gate"]["passed"]`. A failure that is not a VmtError is raised as one (unless `debug`)."""
+        from vmt.runs.eval import failures_as_errors
+
+        with failures_as_errors(debug):
+            return self._run(json_out, html_out, progress, overwrite, command)
+
+    def _run(self, json_out, html_out, progress, overwrite, command) -> dict[str, Any]:
         import numpy as np
 
         from vmt.metrics.paired import compare_metric

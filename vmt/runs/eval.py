@@ -210,7 +210,7 @@ def _input_error(e: Exception) -> str:
 
 
 @contextlib.contextmanager
-def _failures(debug: bool) -> Iterator[None]:
+def failures_as_errors(debug: bool) -> Iterator[None]:
     """A failure that is not a VmtError becomes one (the run failed, not the request), naming the exception
     (its cause); with `debug` it propagates as it is, with its traceback."""
     try:
@@ -277,7 +277,7 @@ class EvalOptions:
 
     def check(self) -> EvalPlan:
         """Values, inputs, report options and the baseline's form; returns the plan `run` scores."""
-        with _failures(self.debug):
+        with failures_as_errors(self.debug):
             check_fields(self)
             plan = self._plan()
             self._check_report(plan)
@@ -319,7 +319,7 @@ class EvalOptions:
         from vmt.metrics.report import check_comparable, input_digests, require_gated
 
         t0 = time.perf_counter()
-        with _failures(self.debug), output_policy(self.overwrite):
+        with failures_as_errors(self.debug), output_policy(self.overwrite):
             plan = plan if plan is not None else self.check()
             params = {k: (str(v) if isinstance(v, Path) else v)
                       for k, v in (record if record is not None else asdict(self)).items()}
