@@ -71,6 +71,9 @@ app.info.help = reflow(HELP)
 
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.eval/1.1) to this "
                                               "file; '-' writes it to stdout.", rich_help_panel="Report")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML page of the "
+                                              "report (tables, per-input plots, baseline checks) here.",
+                                              rich_help_panel="Report", show_default=False)]
 BaselineOpt = Annotated[Path | None, typer.Option("--baseline", help="A previous --json report of the same "
                                                   "subcommand, inputs and parameters: exit 1 when a metric is "
                                                   "worse than there by more than its tolerance.",
@@ -159,7 +162,7 @@ def fvd(
                                        "non-overlapping clip.")] = "first",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per detector call.")] = 8,
     device: DeviceOpt = "auto",
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -188,7 +191,7 @@ def fid(
                                                   "generated frames.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Frames per detector call.")] = 32,
     device: DeviceOpt = "auto",
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -236,7 +239,7 @@ def motion(
     min_motion: Annotated[float, typer.Option("--min-motion", help="RMS step (frame diagonals per frame) below "
                                               "which a track is static and left out.")] = 1e-3,
     max_frames: MaxFramesOpt = None,
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -267,7 +270,7 @@ def temporal(
     flow_preset: Annotated[str, typer.Option("--flow-preset", help="DIS flow preset: ultrafast | fast | "
                                              "medium.")] = "medium",
     max_frames: MaxFramesOpt = None,
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -299,7 +302,7 @@ def physics(
     start: Annotated[int, typer.Option("--start", help="First frame of the segment.")] = 0,
     end: Annotated[int | None, typer.Option("--end", help="End frame (exclusive) of the segment.")] = None,
     max_frames: MaxFramesOpt = None,
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
@@ -330,7 +333,7 @@ def keypoints(
     truth: Annotated[Path, typer.Argument(help="Keypoint file (names, lengths, value).", show_default=False)],
     pred: Annotated[Path, typer.Argument(help="`predict-keypoints run` output.", show_default=False)],
     k: Annotated[int, typer.Option("--k", help="Best K of the N samples for MAE and APD.")] = 5,
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -354,7 +357,7 @@ def seams(
     clip_length: Annotated[int, typer.Option("--clip-length", help="Frames per generated clip (boundaries "
                                              "every N frames).", show_default=False)] = 0,
     max_frames: MaxFramesOpt = None,
-    json_out: JsonOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
     allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:

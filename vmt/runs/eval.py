@@ -262,6 +262,7 @@ class EvalOptions:
     scored_as: ClassVar[str] = "scored"
 
     json_out: Path | None = None  # write the report here ("-": standard output)
+    html_out: Path | None = None  # and a self-contained HTML page of it here (vmt.html_report.eval_html)
     baseline: Path | None = None  # a previous report of the same subcommand, inputs and parameters
     tolerance: list[str] | None = None  # NAME=VALUE (absolute) or NAME=VALUE% (of the baseline's value)
     allow_different_inputs: bool = False  # compare with a baseline made on other inputs or parameters
@@ -301,6 +302,13 @@ class EvalOptions:
             check_not_inputs({param("json_out"): Path(self.json_out)}, named)
             check_output_path(self.json_out, self.overwrite, sidecar=False, suffixes={".json"},
                               what=param("json_out"))
+        if self.html_out is not None:
+            outputs = {param("html_out"): Path(self.html_out)}
+            if self.json_out is not None and str(self.json_out) != "-":
+                outputs[param("json_out")] = Path(self.json_out)
+            check_not_inputs(outputs, named)
+            check_output_path(self.html_out, self.overwrite, sidecar=False, suffixes={".html"},
+                              what=param("html_out"))
         plan.tolerances = parse_tolerances(self.tolerance or [])
         if plan.tolerances and self.baseline is None:
             raise VmtUsageError(f"{param('tolerance')} needs {param('baseline')} FILE (a previous "
@@ -359,6 +367,21 @@ class EvalOptions:
                           written)
 
     def _write(self, report: dict) -> Path | None:
+        """json_out (or stdout) and html_out; the report file and its page appear together."""
+
+        from vmt.io.atomic import commit_together
+
+        if self.html_out is not None:
+            from vmt.html_report import eval_html, write_html
+
+            page = eval_html(report)
+            with commit_together():
+                written = self._write_json(report)
+                write_html(self.html_out, page)
+            return written
+        return self._write_json(report)
+
+    def _write_json(self, report: dict) -> Path | None:
         import json
         import sys
 
