@@ -31,6 +31,7 @@ from vmt.runs.eval import (
     KeypointsEvalRequest,
     MotionEvalRequest,
     PhysicsEvalRequest,
+    DriftEvalRequest,
     SeamsEvalRequest,
     TemporalEvalRequest,
 )
@@ -365,3 +366,31 @@ def seams(
 
 
 SEAMS_SPEC = eval_spec("seams", SeamsEvalRequest)
+
+
+# ---------------------------------------------------------------- drift
+
+@app.command("drift", no_args_is_help=True, help=reflow("""Drift of long videos made of segments (a chain of
+clips): per segment the colour shift from the first segment (CIE Lab delta E of the segment means; about 2 is
+visible side by side), the sharpness relative to the first segment (variance of the Laplacian; below 1 detail
+washes out) and the seam score of each boundary (1 is seamless). Gated: the final and largest delta E (lower),
+the final sharpness and the mean seam (closer to 1).
+
+[bold]Example[/]  vmt eval drift long.mp4 --segment-frames 80 --json drift.json --plot drift.png
+"""))
+def drift(
+    ctx: typer.Context,
+    videos: Annotated[list[str], typer.Argument(help="Video(s): files, folders or globs.", show_default=False)],
+    segment_frames: Annotated[int, typer.Option("--segment-frames", help="Frames each segment contributes "
+                                                "(a chain of 81-frame clips conditioned on one frame: 80).")] = 81,
+    max_frames: MaxFramesOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw delta E, sharpness and seams per "
+                                              "segment into this PNG.", show_default=False)] = None,
+    json_out: JsonOpt = None, html_out: HtmlOpt = None, baseline: BaselineOpt = None, tolerance: ToleranceOpt = None,
+    allow_different_inputs: AllowDiffOpt = False, skip_bad: SkipBadOpt = False, overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
+) -> None:
+    run_eval(ctx, DRIFT_SPEC, locals(), DriftEvalRequest)
+
+
+DRIFT_SPEC = eval_spec("drift", DriftEvalRequest)

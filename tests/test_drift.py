@@ -83,3 +83,42 @@ def test_colour_matching_brings_a_shifted_frame_back_to_the_anchor(shared_data):
     # the content is the frame's own, not the anchor's
     assert np.abs(matched.astype(float) - shifted.astype(float)).mean() < np.abs(
         matched.astype(float) - anchor.astype(float)).mean()
+
+
+@pytest.mark.slow
+def test_eval_drift_reports_plots_and_gates_a_ramp_against_the_clean_clip(shared_data, tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from vmt.io.video import write_video
+
+    frames = _clip(shared_data, 1)
+    ramped = frames.astype(np.int16)
+    for j, start in enumerate(range(0, len(frames), 20)):
+        ramped[start:start + 20, ..., 0] += 4 * j
+    write_video(tmp_path / "clean.mp4", frames, 10.0)
+    write_video(tmp_path / "ramp.mp4", np.clip(ramped, 0, 255).astype(np.uint8), 10.0)
+    run = CliRunner().invoke
+    res = run(app, ["eval", "drift", str(tmp_path / "clean.mp4"), "--segment-frames", "20", "--json",
+                    str(tmp_path / "clean.json"), "--plot", str(tmp_path / "clean.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    item = clean["items"][0]["metrics"]
+    assert item["segments"] == -(-len(frames) // 20) and len(item["delta_e"]) == item["segments"]
+    assert clean["metrics"]["max_delta_e"]["value"] < 5
+    with Image.open(tmp_path / "clean.png") as im:
+        assert im.format == "PNG" and im.size[0] > 600
+        assert np.asarray(im.convert("L")).std() > 5  # drawn, not blank
+    res = run(app, ["eval", "drift", str(tmp_path / "ramp.mp4"), "--segment-frames", "20", "--baseline",
+                    str(tmp_path / "clean.json"), "--allow-different-inputs", "--json", str(tmp_path / "r.json"),
+                    "-q"])
+    assert res.exit_code == 1, res.output  # the colour drifted: a regression against the clean clip
+    report = json.loads((tmp_path / "r.json").read_text())
+    deltas = report["items"][0]["metrics"]["delta_e"]
+    assert all(b > a for a, b in zip(deltas, deltas[1:]))
+    assert "final_delta_e" in report["baseline"]["regressions"]
+    res = run(app, ["eval", "drift", str(tmp_path / "clean.mp4"), "--segment-frames", "200"])
+    assert res.exit_code == 3 and "at least two" in res.output  # one segment: nothing to drift from

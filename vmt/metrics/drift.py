@@ -115,3 +115,32 @@ def drift(frames: np.ndarray, segment_frames: int) -> DriftReport:
     sharpness = [s / max(sharp[0], 1e-12) for s in sharp]
     return DriftReport(segment_frames, len(segs), delta_e, sharpness, seams, max(delta_e), delta_e[-1],
                        sharpness[-1], float(np.mean(seams)))
+
+
+def plot_drift(path, videos: list[tuple[str, dict]]) -> None:
+    """A PNG (written atomically) of delta E, relative sharpness and seam score per segment, one line per
+    video: `videos` are (name, DriftReport.as_dict()) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a file
+    import matplotlib.pyplot as plt
+
+    from vmt.io.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+    for name, m in videos:
+        segs = range(1, len(m["delta_e"]) + 1)
+        axes[0].plot(segs, m["delta_e"], marker="o", label=name)
+        axes[1].plot(segs, m["sharpness"], marker="o")
+        axes[2].plot(range(1, len(m["seams"]) + 1), m["seams"], marker="o")
+    for ax, title, ref in zip(axes, ("colour shift from segment 1 (delta E)", "sharpness / segment 1",
+                                     "seam score per boundary (1 = seamless)"), (None, 1.0, 1.0)):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("boundary" if "seam" in title else "segment")
+        if ref is not None:
+            ax.axhline(ref, color="grey", lw=0.8, ls="--")
+    if len(videos) <= 8:
+        axes[0].legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -50,8 +50,9 @@ BETTER: dict[str, str] = {
     "physics_rms": "lower", "physics_max": "lower", "flicker": "higher", "no_trajectory": "lower",
     "ade_mean": "lower", "fde_mean": "lower", "ade_best": "lower", "fde_best": "lower",
     "seam_score": "closer",
+    "final_delta_e": "lower", "max_delta_e": "lower", "final_sharpness": "closer", "mean_seam": "closer",
 }
-TARGET: dict[str, float] = {"seam_score": 1.0}
+TARGET: dict[str, float] = {"seam_score": 1.0, "final_sharpness": 1.0, "mean_seam": 1.0}
 DIRECTIONS = ("lower", "higher", "closer")
 
 # The gated metrics (those BETTER names) each subcommand reports: a baseline of that subcommand must hold every
@@ -64,6 +65,7 @@ GATED: dict[str, tuple[str, ...]] = {
     "physics": ("physics_rms", "physics_max", "no_trajectory"),
     "keypoints": ("ade_mean", "ade_best", "fde_mean", "fde_best", "mae_best_k", "apd", "apd_mae", "energy_distance"),
     "seams": ("seam_score",),
+    "drift": ("final_delta_e", "max_delta_e", "final_sharpness", "mean_seam"),
 }
 
 # The packages whose versions decide each subcommand's numbers ("ffmpeg": the binary that decodes the videos).
@@ -76,6 +78,7 @@ METRIC_PACKAGES: dict[str, tuple[str, ...]] = {
     "physics": ("ffmpeg", "numpy", "opencv"),
     "keypoints": ("numpy", "scipy"),
     "seams": ("ffmpeg", "numpy"),
+    "drift": ("ffmpeg", "numpy", "opencv"),
 }
 
 

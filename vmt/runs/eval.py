@@ -705,6 +705,60 @@ class SeamsEvalRequest(_VideosRequest):
         return summarize(items)
 
 
+@dataclass
+class DriftEvalRequest(_VideosRequest):
+    """`vmt eval drift`: per segment of a long video, the colour shift from the first segment (CIE Lab delta
+    E of the segment means), the sharpness relative to the first segment (variance of the Laplacian) and the
+    seam score of each boundary (vmt.metrics.drift); `plot` draws them per segment (PNG)."""
+
+    subcommand: ClassVar[str] = "drift"
+    columns: ClassVar[tuple[str, ...]] = ("segments", "max_delta_e", "final_delta_e", "final_sharpness",
+                                          "mean_seam")
+    headline: ClassVar[str | None] = "final_delta_e"
+
+    segment_frames: int = number(81, Range(2), "frames per segment")
+    max_frames: int | None = number(None, AT_LEAST_1, "use at most this many frames of each video")
+    plot: Path | None = None  # a PNG of delta E, sharpness and seams per segment, one line per video
+
+    def _check_report(self, plan: EvalPlan) -> None:
+        super()._check_report(plan)
+        if self.plot is not None:
+            from vmt.io.atomic import check_not_inputs, check_output_path
+
+            check_not_inputs({param("plot"): Path(self.plot)}, {param("videos"): p for p in plan.work})
+            check_output_path(self.plot, self.overwrite, sidecar=False, suffixes={".png"}, what=param("plot"))
+
+    def _score_video(self, path: Path) -> dict:
+        from vmt.io.video import read_video
+        from vmt.metrics.drift import drift
+
+        frames, _ = read_video(path, max_frames=self.max_frames)
+        try:
+            return drift(frames, self.segment_frames).as_dict()
+        except ValueError as e:
+            raise VmtUsageError(f"{path}: {e} ({param('segment_frames')} {self.segment_frames})") from None
+
+    def _summarize(self, items: list[dict]) -> dict:
+        import numpy as np
+
+        ms = [i["metrics"] for i in items]
+        out = {k: float(np.mean([m[k] for m in ms])) if ms else float("nan")
+               for k in ("final_delta_e", "max_delta_e", "final_sharpness", "mean_seam")}
+        out["videos"] = len(ms)
+        return out
+
+    def _write(self, report: dict) -> Path | None:
+        if self.plot is None:
+            return super()._write(report)
+        from vmt.io.atomic import commit_together
+        from vmt.metrics.drift import plot_drift
+
+        with commit_together():
+            written = super()._write(report)
+            plot_drift(self.plot, [(Path(i["name"]).name, i["metrics"]) for i in report["items"]])
+        return written
+
+
 # ---------------------------------------------------------------- keypoints
 
 
