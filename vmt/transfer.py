@@ -173,9 +173,8 @@ def transfer(
         if cache is None:
             z_ref = backend.encode_video(reference).float()  # (1, C, F, h, w)
         else:
-            device = getattr(backend, "execution_device", backend.device)
             z_ref = cache.latent(backend, reference, lambda: backend.encode_video(reference).float(),
-                                 notify).to(device)
+                                 notify).to(backend.execution_device)
     with timer.stage("encode_prompt"):
         cond = backend.encode_prompt(req.prompt, req.negative_prompt, req.guidance_scale, cfg_rule=req.cfg_rule)
         cond_ref = backend.encode_prompt("", "", 1.0)  # the reference branch: empty prompt, no CFG

@@ -164,30 +164,30 @@ def _verify(meta: Any, kind: str, key: dict, tensors: dict[str, torch.Tensor]) -
 
 def model_key(backend) -> dict:
     """What of a loaded model changes the reference passes' numbers: its content fingerprint (configs and
-    weights; the model id when it has none), LoRAs (with their files' sha256), dtypes, device type, attention
-    backend, VAE tiling, compilation, and the torch/diffusers versions. Not: the folder's path, offloading,
-    gradient checkpointing (the reference passes take no gradient)."""
+    weights), LoRAs (with their files' sha256), dtypes, device type and GPU name, attention backend, VAE
+    tiling, compilation, and the torch/diffusers versions. Not: the folder's path, offloading, gradient
+    checkpointing (the reference passes take no gradient). A backend without a fingerprint (no model folder)
+    is keyed by its whole `describe()`."""
     import diffusers
 
     from vmt.io.digest import file_digest
 
-    d = backend.describe() if hasattr(backend, "describe") else {}
+    d = backend.describe()
+    device = torch.device(backend.device)
+    common = {"device_type": device.type, "torch": torch.__version__, "diffusers": diffusers.__version__,
+              # another GPU model can round differently
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    if not d.get("fingerprint"):
+        return {"describe": d, **common}
     loras = []
     for lo in d.get("loras") or []:
         p = Path(str(lo.get("path", "")))
         loras.append({**{k: lo.get(k) for k in ("scale", "expert")},
                       "sha256": file_digest(p) if p.is_file() else str(lo.get("path"))})
-    return {
-        "fingerprint": d.get("fingerprint") or getattr(backend, "model_id", type(backend).__name__),
-        **{k: d.get(k) for k in ("pipeline", "two_experts", "boundary_ratio", "dtype", "storage_dtype",
-                                 "vae_tiling", "compile", "attention_backend")},
-        "loras": loras,
-        "device_type": torch.device(backend.device).type,
-        "device_name": torch.cuda.get_device_name(backend.device) if torch.device(backend.device).type == "cuda"
-        else None,  # another GPU model can round differently
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-    }
+    return {"fingerprint": d["fingerprint"],
+            **{k: d.get(k) for k in ("pipeline", "two_experts", "boundary_ratio", "dtype", "storage_dtype",
+                                     "vae_tiling", "compile", "attention_backend")},
+            "loras": loras, **common}
 
 
 @dataclass
@@ -219,12 +219,11 @@ class ReferenceCache:
         """z_ref from the cache, or `encode()` and store it."""
         key = self.latent_key(backend, frames)
         self._latent_key = key
-        expected = list(backend.latent_shape(len(frames), frames.shape[1], frames.shape[2])) \
-            if hasattr(backend, "latent_shape") else None
+        expected = list(backend.latent_shape(len(frames), frames.shape[1], frames.shape[2]))
 
         def check(t: dict) -> str | None:
             z = t.get("z_ref")
-            if z is None or (expected is not None and list(z.shape) != expected) or z.dtype != torch.float32:
+            if z is None or list(z.shape) != expected or z.dtype != torch.float32:
                 return "latent of another shape"
             return None
 

@@ -149,14 +149,16 @@ class TransferRequest(PnpOptions, WanModelOptions):
 
     def reference_cache(self):
         """The cache of the reference passes this run uses (vmt.motion.cache.ReferenceCache), or None when
-        `no_motion_cache`. The reference is named by its file's sha256 and how it was read."""
+        `no_motion_cache`. The reference is named by its file's sha256 (when the file is there: frames read
+        elsewhere are named by their own digest, which every key holds) and how it was read."""
         if self.no_motion_cache:
             return None
         from vmt.io.digest import file_digest
         from vmt.motion.cache import MotionCache, ReferenceCache, default_cache_dir
 
         root = Path(self.motion_cache) if self.motion_cache is not None else default_cache_dir()
-        identity = {"file_sha256": file_digest(Path(self.reference)), "num_frames": self.num_frames,
+        ref = Path(self.reference)
+        identity = {"file_sha256": file_digest(ref) if ref.is_file() else None, "num_frames": self.num_frames,
                     "height": self.height, "width": self.width, "fps": self.fps}
         return ReferenceCache(MotionCache(root), identity, self.cache_key_parts())
 
