@@ -175,6 +175,13 @@ def transfer(
     compile: CompileOpt = False,
     lora: LoraOpt = None,
     seed: SeedOpt = 42,
+    motion_cache: Annotated[Path | None, typer.Option(
+        "--motion-cache", help="Folder caching the reference latent and reference AMF, keyed by the reference's "
+        "content, the model and every setting they depend on: a later run on the same reference skips their "
+        "VAE encode and DiT passes. Default: $XDG_CACHE_HOME/vmt/motion (~/.cache/vmt/motion).",
+        rich_help_panel=_G, show_default=False)] = None,
+    no_motion_cache: Annotated[bool, typer.Option("--no-motion-cache", help="Compute the reference passes "
+                                                  "afresh and write no cache.", rich_help_panel=_G)] = False,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,

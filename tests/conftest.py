@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside this checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def private_user_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty XDG_CACHE_HOME (what `vmt transfer` caches by default goes there, never
+    into the user's ~/.cache, and no test sees another's entries). Hugging Face and torch keep finding their
+    caches where they were."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    for var, sub in (("HF_HOME", "huggingface"), ("TORCH_HOME", "torch")):
+        if not os.environ.get(var):
+            monkeypatch.setenv(var, os.path.join(home, sub))
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
 
 
 def _tiny(tmp_path_factory, kind: str) -> Path:

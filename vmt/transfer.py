@@ -20,6 +20,7 @@ import torch
 
 from vmt.backends.base import FlowBackend
 from vmt.errors import Note, VmtError, VmtUsageError, param
+from vmt.motion.cache import ReferenceCache
 from vmt.motion.guidance import GuidanceConfig, MotionGuidance
 from vmt.runtime import Timer, make_generator
 from vmt.generate import run_loop
@@ -64,6 +65,7 @@ class TransferResult:
     grid: tuple[int, int, int] = (0, 0, 0)
     config: dict = field(default_factory=dict)  # the guidance configuration that ran (window/tile as clamped)
     adjustments: list[str] = field(default_factory=list)  # what was clamped to the token grid, and why
+    cache: dict | None = None  # the reference cache's report (ReferenceCache.report); None: no cache
 
 
 def load_reference(path: str | Path, num_frames: int, height: int, width: int,
@@ -135,6 +137,7 @@ def transfer(
     decode: bool = True,
     timer: Timer | None = None,
     notify: Callable[[str], None] | None = _stderr,
+    cache: ReferenceCache | None = None,
 ) -> TransferResult:
     """Generate a video with `req.prompt` that moves like `reference` (T, H, W, 3) uint8 at the output size.
 
@@ -142,6 +145,8 @@ def transfer(
     A window or tile larger than the token grid is clamped to it (`GuidanceConfig.fit_grid`); `notify`
     (default: stderr) hears about it once, as a `vmt.errors.Note` (a str naming parameters; the command line
     writes them as flags), and the result's `config` / `adjustments` record it.
+    `cache` (vmt.motion.cache): load the reference latent and reference AMF from it, or compute and store
+    them; a hit skips the VAE encode and the reference DiT passes and gives the same result.
     """
     timer = timer or Timer(sync_cuda=backend.device.type == "cuda")
     req.validate()
@@ -165,7 +170,11 @@ def transfer(
     sigmas = schedule.sigmas
 
     with timer.stage("encode_reference"):
-        z_ref = backend.encode_video(reference).float()  # (1, C, F, h, w)
+        if cache is None:
+            z_ref = backend.encode_video(reference).float()  # (1, C, F, h, w)
+        else:
+            z_ref = cache.latent(backend, reference, lambda: backend.encode_video(reference).float(),
+                                 notify).to(backend.execution_device)
     with timer.stage("encode_prompt"):
         cond = backend.encode_prompt(req.prompt, req.negative_prompt, req.guidance_scale, cfg_rule=req.cfg_rule)
         cond_ref = backend.encode_prompt("", "", 1.0)  # the reference branch: empty prompt, no CFG
@@ -175,12 +184,51 @@ def transfer(
     z = (1 - s0) * z_ref + s0 * eps  # SDEdit start from the noised reference
 
     timestep_at = schedule.timestep_lookup(backend.num_train_timesteps)
+    timestep_of = timestep_at if schedule.timesteps is not None else None
+    refs = None
+    n_refs = 0 if cfg.guided_steps == 0 else 1 if cfg.ref_amf == "clean" else min(cfg.guided_steps, len(sigmas) - 1)
+    if cache is not None and n_refs:
+        refs = cache.amf(*_reference_key(cfg, req, sigmas[:n_refs], timestep_of), [amf_shape(cfg, grid)] * n_refs,
+                         notify)
     guidance = MotionGuidance(backend, cfg, z_ref, cond, cond_ref, eps_ref, grid, timer=timer,
-                              timestep_of=timestep_at if schedule.timesteps is not None else None)
+                              timestep_of=timestep_of, references=refs,
+                              keep_references=cache is not None and refs is None)
     z, frames, records = run_loop(backend, z, schedule, cond, [guidance, *interventions], on_step,
                                   decode, timer, arithmetic=req.arithmetic)
+    if guidance.keep_references and len(guidance.computed) == n_refs > 0:
+        cache.put_amf(guidance.computed, guidance.reference_passes, notify)
     # The loop's time minus the guidance's own stages is the ordinary sampling.
     st = timer.stages
     st["sampling"] = round(st.pop("denoise") - st.get("reference_amf", 0.0) - st.get("guidance", 0.0), 4)
     return TransferResult(z, frames, [float(s) for s in sigmas], guidance.history, records, dict(timer.stages),
-                          grid, cfg.as_dict(), adjustments)
+                          grid, cfg.as_dict(), adjustments, None if cache is None else cache.report)
+
+
+def amf_shape(cfg: GuidanceConfig, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(P, S, 2): the shape of the AMF under cfg on the (F, h, w) token grid."""
+    from vmt.motion.amf import window_pairs
+
+    f, h, w = grid
+    pairs = len(window_pairs(f, cfg.span)) if cfg.amf == "windowed" else f * f
+    return pairs, h * w, 2
+
+
+def _reference_key(cfg: GuidanceConfig, req: TransferRequest, sigmas: torch.Tensor, timestep_of
+                   ) -> tuple[dict, dict]:
+    """What the reference AMF depends on beyond the reference latent (the cache's key): the AMF settings
+    (window and tile as clamped) and the passes' own inputs. A clean reference is one pass at sigma 0; a
+    per-step one re-noises with eps' at each guided sigma, so the seed and noise mode that draw eps' are in
+    it. Not in it: the prompt, CFG, the optimiser and loss settings, `truncate` (the capture block's q/k are
+    the same with or without the later blocks)."""
+    amf = {k: getattr(cfg, k) for k in ("amf", "block", "span", "window", "temperature", "head_mode", "chunk",
+                                       "ref_amf", "ref_argmax")}
+    amf["tile"] = list(cfg.tile)
+
+    def t(s) -> float | None:
+        return None if timestep_of is None else float(timestep_of(s))
+
+    if cfg.ref_amf == "clean":
+        return amf, {"sigmas": [0.0], "timesteps": [t(torch.tensor(0.0))]}
+    return amf, {"sigmas": [float(s) for s in sigmas], "timesteps": [t(s) for s in sigmas], "grid": req.grid,
+                 "steps": req.steps, "shift": req.shift, "strength": req.strength, "seed": req.seed,
+                 "noise": req.noise}

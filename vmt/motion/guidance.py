@@ -216,19 +216,24 @@ class MotionGuidance(Intervention):
     uses its positive branch only). cond_ref: the empty prompt's. ref_noise: eps' for the re-noised reference
     (fixed across steps). grid: (F, h, w) token grid. timer: optional vmt.runtime.Timer (stages
     "reference_amf" and "guidance"). Per guided step it records `state.record["guidance"]` and `history`.
+    references: the reference AMFs already computed (vmt.motion.cache), one per guided step (one in all for
+    a clean reference); None: computed here, their DiT forward passes counted in `reference_passes` (from
+    the backend's counter) and, with `keep_references`, kept in `computed` (on CPU) for the cache to store.
     """
 
     name = "motion_guidance"
 
     def __init__(self, backend: AttentionAccess, cfg: GuidanceConfig, z_ref: torch.Tensor, cond, cond_ref,
                  ref_noise: torch.Tensor, grid: tuple[int, int, int], timer=None,
-                 timestep_of: Callable | None = None):
+                 timestep_of: Callable | None = None, references: list[torch.Tensor] | None = None,
+                 keep_references: bool = False):
         cfg, self.adjustments = cfg.fit_grid(grid)  # what runs: window and tile clamped to the grid
         self.backend, self.cfg = backend, cfg
         self.z_ref, self.cond, self.cond_ref, self.ref_noise = z_ref, cond, cond_ref, ref_noise
         self.grid = grid
         self.timer = timer
         self.timestep_of = timestep_of  # sigma -> the transformer's timestep (model grid); None: 1000 * sigma
+        self.references, self.keep_references = references, keep_references
         self.reset()
         backend.check_block(cfg.block)  # every expert that can run a guided step must have the block
 
@@ -236,6 +241,8 @@ class MotionGuidance(Intervention):
         """A fresh run: no history, and a clean reference AMF computed again (its passes are counted)."""
         self.history: list[dict] = []
         self._clean_ref = None
+        self.computed: list[torch.Tensor] = []
+        self.reference_passes = 0
 
     def _stage(self, name: str):
         if self.timer is None:
@@ -265,6 +272,17 @@ class MotionGuidance(Intervention):
         q, k, scale = self._qk(z, sigma, self.cond_ref, backward=False)
         return compute_amf(q, k, scale, self.cfg, hard=self.cfg.ref_argmax)[0]
 
+    def _reference(self, state: StepState) -> torch.Tensor:
+        """This guided step's reference AMF: given (`references`), or computed, counted and kept."""
+        if self.references is not None:
+            return self.references[0 if self.cfg.ref_amf == "clean" else state.index].to(state.z.device)
+        before = self.backend.counts.dit_forward
+        ref = self.reference_amf(state.sigma)
+        self.reference_passes += self.backend.counts.dit_forward - before
+        if self.keep_references and (self.cfg.ref_amf != "clean" or not self.computed):
+            self.computed.append(ref.to("cpu"))
+        return ref
+
     def loss(self, z: torch.Tensor, sigma: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The guidance loss of latent z against the reference AMF, and its parts."""
         q, k, scale = self._qk(z, sigma, self.cond, backward=True)
@@ -292,7 +310,7 @@ class MotionGuidance(Intervention):
         if state.index >= cfg.guided_steps:
             return None
         with self._stage("reference_amf"):
-            ref = self.reference_amf(state.sigma)
+            ref = self._reference(state)
         lr, lr_end = step_lrs(cfg, state.index)
         with self._stage("guidance"), self.backend.frozen():
             res = optimise_latent(

@@ -74,6 +74,8 @@ class TransferRequest(PnpOptions, WanModelOptions):
     arithmetic: str = choice("float32", ARITHMETIC_MODES, "precision of the Euler update")
     cfg_rule: str = choice("diffusers", CFG_RULES, "when CFG applies")
     seed: int = number(42, SEED, "random seed")
+    motion_cache: Path | None = None  # folder of the reference latent/AMF cache; None: vmt.motion.cache.default_cache_dir()
+    no_motion_cache: bool = False  # compute the reference passes afresh and store nothing
 
     # ---------------------------------------------------------------- checks and plan (no weights)
 
@@ -108,6 +110,9 @@ class TransferRequest(PnpOptions, WanModelOptions):
         pnp_plan = check_pnp(self, self.steps) if self.refine else None
         check_modes(grid=self.grid, noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule)
         wan_load_options(self)
+        if self.motion_cache is not None and not self.no_motion_cache and Path(self.motion_cache).exists() \
+                and not Path(self.motion_cache).is_dir():
+            raise VmtUsageError(f"{param('motion_cache')} {self.motion_cache} is not a folder")
         return cfg, pnp_plan
 
     def check_model(self, geometry) -> None:
@@ -136,6 +141,26 @@ class TransferRequest(PnpOptions, WanModelOptions):
         from vmt.transfer import load_reference
 
         return load_reference(Path(self.reference), self.num_frames, self.height, self.width, self.fps)
+
+    def cache_key_parts(self) -> dict[str, Any]:
+        """Inputs of the reference passes beyond the reference itself, the model and the guidance settings,
+        for the cache key (vmt.motion.cache.ReferenceCache.extra): none for text-to-video."""
+        return {}
+
+    def reference_cache(self):
+        """The cache of the reference passes this run uses (vmt.motion.cache.ReferenceCache), or None when
+        `no_motion_cache`. The reference is named by its file's sha256 (when the file is there: frames read
+        elsewhere are named by their own digest, which every key holds) and how it was read."""
+        if self.no_motion_cache:
+            return None
+        from vmt.io.digest import file_digest
+        from vmt.motion.cache import MotionCache, ReferenceCache, default_cache_dir
+
+        root = Path(self.motion_cache) if self.motion_cache is not None else default_cache_dir()
+        ref = Path(self.reference)
+        identity = {"file_sha256": file_digest(ref) if ref.is_file() else None, "num_frames": self.num_frames,
+                    "height": self.height, "width": self.width, "fps": self.fps}
+        return ReferenceCache(MotionCache(root), identity, self.cache_key_parts())
 
     def load(self, device: str | None = None, inspected=None):
         """Resolve the model, check the capture block against its config, load it (a text-to-video Wan)."""
@@ -209,8 +234,9 @@ class TransferRequest(PnpOptions, WanModelOptions):
             if progress is not None:
                 progress(state.index + 1, self.steps, {"sigma": f"{float(state.sigma):.3f}", **state.summary})
 
+        cache = self.reference_cache()
         result = transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
-                          timer=timer, notify=notify)
+                          timer=timer, notify=notify, cache=cache)
         out_fps = self.fps if self.fps is not None else ref_fps
         with timer.stage("write"), commit_together():  # the video and its sidecar appear together
             write_video(output, result.frames, out_fps)
@@ -227,6 +253,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
                               "width": self.width},
                     "reference": {"path": str(self.reference), "frames_used": len(frames), "fps": ref_fps},
                     "token_grid": list(result.grid),
+                    "motion_cache": None if cache is None else {"dir": str(cache.store.root), **result.cache},
                     "guidance": {"config": result.config, "adjusted": result.adjustments,
                                  "final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
                                  "steps": result.guidance},
