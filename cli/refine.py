@@ -64,7 +64,11 @@ def refine(
     output: BatchOutputOpt = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
     image: Annotated[Path | None, typer.Option("--image", help="First frame for image-to-video models "
-                                               "(resized and centre-cropped to the output size).")] = None,
+                                               "(a still image, or a video's first frame; fitted to the "
+                                               "output size by --image-fit).")] = None,
+    image_fit: Annotated[str, typer.Option("--image-fit", help="stretch: resize to the output size as "
+                                           "diffusers' Wan I2V pipeline does (Lanczos, aspect not kept) | crop: "
+                                           "centre-crop to the output's aspect ratio first.")] = "stretch",
     num_frames: Annotated[int, typer.Option("--num-frames", "-f", help="Frames to generate (4k+1).")] = 81,
     height: Annotated[int, typer.Option("--height", help="Height in pixels (multiple of 16).")] = 480,
     width: Annotated[int, typer.Option("--width", help="Width in pixels (multiple of 16).")] = 832,

@@ -71,6 +71,9 @@ of --block) matches the reference's, then sampling goes on with ordinary CFG.
 
   vmt transfer ref.mp4 --prompt "..." -o refined.mp4 --refine   # + Predict-and-Perturb
 
+  vmt transfer ref.mp4 --image photo.jpg --prompt "..." -o onto-photo.mp4 \\
+      --recipe fastvmt-wan2.1-i2v-14b-480p               # image-to-video: the photo is the first frame
+
   vmt transfer --batch refs.jsonl -o out/ --naming "{reference}-{seed}.mp4"   # "reference" per line
 
 Defaults are the FastVMT release's for Wan2.1-T2V-1.3B: 480x832, up to 81 frames, 50 steps, shift 7,
@@ -94,6 +97,12 @@ def transfer(
                                                "the default of jobs without one).", show_default=False)] = None,
     output: BatchOutputOpt = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG).")] = "",
+    image: Annotated[Path | None, typer.Option("--image", help="Image-to-video models: the first frame (a photo) "
+                                               "the reference's motion is transferred onto; fitted to the "
+                                               "output size by --image-fit.")] = None,
+    image_fit: Annotated[str, typer.Option("--image-fit", help="stretch: resize to the output size as "
+                                           "diffusers' Wan I2V pipeline does (Lanczos, aspect not kept) | crop: "
+                                           "centre-crop to the output's aspect ratio first.")] = "stretch",
     num_frames: Annotated[int, typer.Option("--num-frames", "-f", help="Most frames to take from the reference "
                                             "(cut to the largest 4k+1 available; >= 5).")] = 81,
     height: Annotated[int, typer.Option("--height", help="Height in pixels (multiple of 16).")] = 480,
@@ -213,13 +222,15 @@ def _run(p: dict, ctx) -> None:
     quiet_libraries(p["debug"])
     with (timer := Timer()).stage("read_reference"):
         reference = request.read_reference()
+        first_frame = request.read_image()  # (None without --image)
     with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
         backend = request.load()
     notes = None if p["quiet"] else (
         lambda msg: console.print(Text.assemble(("note: ", "yellow"), note_text(msg, ctx))))
     with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
         c = request.run_on(backend, Path(p["output"]), prepared, timer, lambda d, t, info: advance(**info),
-                           record=p, command=command_line(), reference=reference, notify=notes)
+                           record=p, command=command_line(), reference=reference, notify=notes,
+                           first_frame=first_frame)
     if not p["quiet"]:
         st = timer.stages
         console.print(f"[green]wrote[/] {p['output']} ({p['width']}x{p['height']}) NFE {c['nfe']}, DiT forward "

@@ -323,6 +323,12 @@ def test_the_protocols_declare_exactly_what_generate_transfer_and_the_cli_use(tm
     req = TransferRequest(prompt="a red dot", height=8, width=12, steps=3, guidance_scale=3.0, grid="model")
     transfer(tr, _reference_clip(), req, GuidanceConfig(**GUIDE, guided_steps=1, ref_amf="clean"),
              [PredictPerturb(parse_plan("1:1"))], notify=None)
+    ti = Recorder(ToyFlowBackend(is_i2v=True))  # onto an image: the first frame is the image's
+    first = np.full((8, 12, 3), 200, np.uint8)
+    res = transfer(ti, _reference_clip(), req, GuidanceConfig(**GUIDE, guided_steps=1), image=first, notify=None)
+    assert np.abs(res.frames[0].astype(int) - 200).max() <= 1
+    assert np.abs(res.frames[1:].astype(int) - 200).max() > 10
+    tr._seen.update(ti._seen)
     job = TransferRunRequest(reference=tmp_path / "ref.mp4", prompt="a dot", height=8, width=12, steps=3,
                              refine=True, plan="1:1")
     cfg = GuidanceConfig(**GUIDE, guided_steps=1)

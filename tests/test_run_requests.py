@@ -113,15 +113,24 @@ def test_the_readme_python_api_runs_as_written(tmp_path):
     from vmt.testing.tiny_wan import save_tiny_wan
 
     blocks = _python_blocks("Python API")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     cache = tmp_path / "hub"
     commit = "0" * 40
     repo = cache / "models--Wan-AI--Wan2.1-T2V-1.3B-Diffusers"
     save_tiny_wan(repo / "snapshots" / commit, "t2v", num_layers=15)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
+    i2v = cache / "models--Wan-AI--Wan2.1-I2V-14B-480P-Diffusers"  # 20 blocks: the recipe's block 19
+    save_tiny_wan(i2v / "snapshots" / commit, "i2v-clip", num_layers=20)
+    (i2v / "refs").mkdir()
+    (i2v / "refs" / "main").write_text(commit)
     work = tmp_path / "work"
     work.mkdir()
+    from PIL import Image
+
+    from tests.conftest import moving_pattern
+
+    Image.fromarray(moving_pattern(1, 150, 200, seed=3)[0]).save(work / "dog.jpg")  # the photo of the last block
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     outputs = []
@@ -131,7 +140,7 @@ def test_the_readme_python_api_runs_as_written(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         outputs.append(res.stdout)
     assert sorted(p.name for p in work.iterdir()) == sorted(
-        f"{n}.{x}" for n in ("fox", "boat", "fox-0", "fox-1", "wolf") for x in ("mp4", "json"))
+        [f"{n}.{x}" for n in ("fox", "boat", "fox-0", "fox-1", "wolf", "dog") for x in ("mp4", "json")] + ["dog.jpg"])
     # What the comments say it prints.
     assert outputs[0].strip() == "{'nfe': 41, 'dit_forward': 82, 'dit_backward': 0}"
     lines = outputs[1].splitlines()
@@ -141,4 +150,7 @@ def test_the_readme_python_api_runs_as_written(tmp_path):
     # 2 guided steps, each 3 inner steps with the gradient recomputed every 3rd: one backward per guided step.
     assert wolf["model"]["revision"] == commit and wolf["compute"]["dit_backward"] == 2
     assert wolf["reference"]["path"] == "fox-0.mp4" and len(wolf["guidance"]["steps"]) == 2
+    dog = json.loads((work / "dog.json").read_text())
+    assert dog["image"]["fit"] == "crop" and dog["image"]["size"] == [150, 200]
+    assert dog["model"]["pipeline"] == "WanImageToVideoPipeline"
     shutil.rmtree(cache)

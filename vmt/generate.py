@@ -24,7 +24,8 @@ class GenerationRequest:
 
     prompt: str
     negative_prompt: str = ""
-    image: np.ndarray | None = None  # (H, W, 3) uint8, already sized, for image-to-video
+    image: np.ndarray | None = None  # (H, W, 3) uint8, already sized, for image-to-video (vmt.io.read_image)
+    clip_image: np.ndarray | None = None  # the image as given, for a CLIP image encoder (None: `image`)
     num_frames: int = 81
     height: int = 480
     width: int = 832
@@ -45,6 +46,7 @@ class GenerationRequest:
     def params(self) -> dict:
         d = asdict(self)
         d["image"] = None if self.image is None else list(self.image.shape)
+        d["clip_image"] = None if self.clip_image is None else list(self.clip_image.shape)
         return d
 
 
@@ -111,7 +113,8 @@ def generate(
 
             raise VmtUsageError(f"{backend.model_id} is an image-to-video model; pass {param('image')}")
         with timer.stage("encode_image"):
-            cond = backend.condition_on_image(cond, req.image, req.num_frames, req.height, req.width)
+            extra = {} if req.clip_image is None else {"clip_image": req.clip_image}
+            cond = backend.condition_on_image(cond, req.image, req.num_frames, req.height, req.width, **extra)
     schedule = backend.schedule(req.steps, req.shift, req.grid)
     device = backend.execution_device
     shape = backend.latent_shape(req.num_frames, req.height, req.width)

@@ -123,6 +123,36 @@ def transfer_noise(shape: tuple[int, ...], seed: int, device: torch.device, mode
     return eps, eps_ref
 
 
+class FirstFrameAnchor(Intervention):
+    """Image-to-video transfer: the first latent frame is the image's latent, re-noised to each step's sigma
+    with the SDEdit start noise, before every step: (1 - s) z_img + s eps. At sigma 0 (`at_end`) it is z_img
+    itself, so the first output frame is the image through the VAE.
+
+    Why: SDEdit starts every frame from the noised reference (frame 0 from the reference's first frame, not
+    the photo) and the motion guidance optimises the whole latent, frame 0 included, towards the reference's
+    attention; on their own they would pull the first frame away from the photo that should fix it. The
+    replacement keeps frame 0 on the photo's own noising path (what the model would see of a video that
+    starts with the photo), and leaves frames 1.. to the model, the guidance and any other intervention."""
+
+    name = "first_frame"
+
+    def __init__(self, z_img: torch.Tensor, eps: torch.Tensor):
+        self.z_img = z_img  # (1, C, 1, h, w)
+        self.eps = eps[:, :, :1]
+
+    def at(self, z: torch.Tensor, sigma) -> torch.Tensor:
+        s = float(sigma)
+        out = z.clone()
+        out[:, :, :1] = (1 - s) * self.z_img + s * self.eps
+        return out
+
+    def before_step(self, state: StepState, velocity) -> torch.Tensor | None:
+        return self.at(state.z, state.sigma)
+
+    def at_end(self, z: torch.Tensor) -> torch.Tensor:
+        return self.at(z, 0.0)
+
+
 def _stderr(msg: str) -> None:
     print(f"note: {msg}", file=sys.stderr)
 
@@ -138,8 +168,15 @@ def transfer(
     timer: Timer | None = None,
     notify: Callable[[str], None] | None = _stderr,
     cache: ReferenceCache | None = None,
+    image: np.ndarray | None = None,
+    clip_image: np.ndarray | None = None,
 ) -> TransferResult:
     """Generate a video with `req.prompt` that moves like `reference` (T, H, W, 3) uint8 at the output size.
+
+    On an image-to-video model `image` (H, W, 3) uint8 at the output size (vmt.io.read_image) is the first
+    frame (`clip_image`: the image as given, for a CLIP image encoder; None: `image`): the generated branch is
+    conditioned on it, the reference branch on the reference's own first frame, and the first latent frame
+    follows the image's own noising path (FirstFrameAnchor).
 
     `interventions` run after the motion guidance in the same loop (e.g. Predict-and-Perturb's `step`).
     A window or tile larger than the token grid is clamped to it (`GuidanceConfig.fit_grid`); `notify`
@@ -178,10 +215,26 @@ def transfer(
     with timer.stage("encode_prompt"):
         cond = backend.encode_prompt(req.prompt, req.negative_prompt, req.guidance_scale, cfg_rule=req.cfg_rule)
         cond_ref = backend.encode_prompt("", "", 1.0)  # the reference branch: empty prompt, no CFG
+    anchor = None
+    if image is not None or backend.is_i2v:
+        if image is None:
+            raise VmtUsageError(f"{backend.model_id} is an image-to-video model; pass {param('image')}")
+        with timer.stage("encode_image"):
+            extra = {} if clip_image is None else {"clip_image": clip_image}
+            cond = backend.condition_on_image(cond, image, t_frames, h, w, **extra)  # refuses a T2V model
+            # The reference AMF is the attention of the reference's own latent. An I2V model reads a latent
+            # together with its first-frame condition; conditioned on the photo, the reference's frames would
+            # contradict their condition and its attention would no longer be the reference's motion. So the
+            # reference branch is conditioned on the reference's first frame: the AMF is taken under the
+            # conditioning the model would have had, had it generated the reference from its first frame.
+            cond_ref = backend.condition_on_image(cond_ref, reference[0], t_frames, h, w)
     device = z_ref.device
     eps, eps_ref = transfer_noise(z_ref.shape, req.seed, device, req.noise)
     s0 = float(sigmas[0])
     z = (1 - s0) * z_ref + s0 * eps  # SDEdit start from the noised reference
+    if image is not None:  # ... whose first frame is the image's (runs first: the guidance sees it)
+        anchor = FirstFrameAnchor(backend.first_frame_latent(cond).to(device), eps)
+        z = anchor.at(z, s0)
 
     timestep_at = schedule.timestep_lookup(backend.num_train_timesteps)
     timestep_of = timestep_at if schedule.timesteps is not None else None
@@ -193,10 +246,16 @@ def transfer(
     guidance = MotionGuidance(backend, cfg, z_ref, cond, cond_ref, eps_ref, grid, timer=timer,
                               timestep_of=timestep_of, references=refs,
                               keep_references=cache is not None and refs is None)
-    z, frames, records = run_loop(backend, z, schedule, cond, [guidance, *interventions], on_step,
-                                  decode, timer, arithmetic=req.arithmetic)
+    loop = [guidance, *interventions] if anchor is None else [anchor, guidance, *interventions]
+    z, frames, records = run_loop(backend, z, schedule, cond, loop, on_step, decode and anchor is None, timer,
+                                  arithmetic=req.arithmetic)
     if guidance.keep_references and len(guidance.computed) == n_refs > 0:
         cache.put_amf(guidance.computed, guidance.reference_passes, notify)
+    if anchor is not None:
+        z = anchor.at_end(z)
+        if decode:
+            with timer.stage("decode"):
+                frames = backend.decode(z)
     # The loop's time minus the guidance's own stages is the ordinary sampling.
     st = timer.stages
     st["sampling"] = round(st.pop("denoise") - st.get("reference_amf", 0.0) - st.get("guidance", 0.0), 4)

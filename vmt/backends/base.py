@@ -118,8 +118,12 @@ class LatentCodec(Protocol):
         """(F, h, w) of the model's token grid for a video of this size (capture_qk's S = F * h * w)."""
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
-                           width: int) -> Conditioning:
-        """Add first-frame conditioning from an image (H, W, 3) uint8 already sized to (height, width)."""
+                           width: int, clip_image: np.ndarray | None = None) -> Conditioning:
+        """Add first-frame conditioning from an image (H, W, 3) uint8 already sized to (height, width);
+        `clip_image`: the image as given (any size) for a model's image encoder, if it has one (None: `image`)."""
+
+    def first_frame_latent(self, cond: Conditioning) -> torch.Tensor:
+        """The normalised latent (1, C, 1, h, w) float32 of the first frame `condition_on_image` gave `cond`."""
 
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         """Frames (T, H, W, 3) uint8 -> normalised latent (1, C, F, h, w) float32 (posterior mode) on the

@@ -105,6 +105,7 @@ class WanGeometry:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     rope_max_seq_len: int = 1024
     num_layers: int = 30
+    is_i2v: bool = False  # a WanImageToVideoPipeline folder (model_index.json): it needs a first-frame image
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> WanGeometry:
@@ -118,6 +119,11 @@ class WanGeometry:
                 raise VmtError(f"cannot read {f}: {e}") from e
 
         vae = config("vae")
+        index = folder / "model_index.json"
+        try:
+            pipeline = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+        except (OSError, json.JSONDecodeError) as e:
+            raise VmtError(f"cannot read {index}: {e}") from e
         experts = [c for c in (config("transformer"), config("transformer_2")) if c]
         tr = experts[0] if experts else {}
         return cls(
@@ -127,6 +133,7 @@ class WanGeometry:
             rope_max_seq_len=int(tr.get("rope_max_seq_len") or 1024),
             # every expert that may run a guided step must have the block
             num_layers=min((int(c.get("num_layers") or 30) for c in experts), default=30),
+            is_i2v=pipeline == "WanImageToVideoPipeline",
         )
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
@@ -340,7 +347,13 @@ class WanBackend:
         return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2, cfg_rule=cfg_rule)
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
-                           width: int) -> Conditioning:
+                           width: int, clip_image: np.ndarray | None = None) -> Conditioning:
+        """The conditioning of an image-to-video model on `image` (H, W, 3) uint8 at the output size (e.g.
+        vmt.io.read_image): normalised by the pipeline's own video processor (its Lanczos resize is an identity
+        on an image already at the size, so the VAE gets diffusers' tensor bit for bit), VAE-encoded as the
+        first frame by the pipeline's prepare_latents; with a CLIP image encoder (Wan2.1 I2V) also
+        `clip_image` (None: `image`) through CLIP. diffusers hands CLIP the image as the user passed it, before
+        any resize: give the unfitted image there for its embeddings."""
         if not self.is_i2v:
             raise VmtUsageError(
                 f"{param('image')} needs an image-to-video model (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); "
@@ -348,8 +361,11 @@ class WanBackend:
             )
         if image.shape[:2] != (height, width):
             raise VmtUsageError(f"image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
+        from PIL import Image
+
         dev = self.execution_device
-        x = _to_video_tensor(image[None])[:, :, 0].to(dev)  # (1, 3, H, W)
+        x = self.pipe.video_processor.preprocess(Image.fromarray(image), height=height, width=width)
+        x = x.to(dev, dtype=torch.float32)  # (1, 3, H, W), as the pipeline's __call__ moves it
         dummy = torch.zeros(self.latent_shape(num_frames, height, width), device=dev)
         with torch.no_grad():
             out = self.pipe.prepare_latents(
@@ -358,14 +374,21 @@ class WanBackend:
             image_embeds = None
             main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
             if main.config.image_dim is not None:
-                from PIL import Image
-
-                image_embeds = self.pipe.encode_image(Image.fromarray(image), dev).to(self.dtype)
+                seen = image if clip_image is None else clip_image
+                image_embeds = self.pipe.encode_image(Image.fromarray(seen), dev).to(self.dtype)
         if self.expand_timesteps:
             _, condition, mask = out
             return cond.with_(latent_condition=condition, first_frame_mask=mask, image_embeds=image_embeds)
         _, condition = out
         return cond.with_(latent_condition=condition, image_embeds=image_embeds)
+
+    def first_frame_latent(self, cond: Conditioning) -> torch.Tensor:
+        """The normalised latent (1, C, 1, h, w) float32 of the image `condition_on_image` encoded: the first
+        latent frame of the condition (after the mask channels of a Wan2.1-style I2V model; the VAE is causal
+        in time, so that frame is the image's own latent)."""
+        if cond.latent_condition is None:
+            raise VmtUsageError(f"no first-frame image conditions this run; pass {param('image')}")
+        return cond.latent_condition[:, -self.latent_channels:, :1].float()
 
     # ------------------------------------------------------------------ the model
     def transformer_at(self, sigma: float, timestep: torch.Tensor | float | None = None):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vmt.backends.base import CFG_RULES
+from vmt.io.image import IMAGE_FITS
 from vmt.runs.batch import JobKind
 from vmt.runs.fields import AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, check_fields, choice, number, text
 from vmt.runs.shared import PnpOptions, WanModelOptions
@@ -39,7 +40,8 @@ class RefineRequest(PnpOptions, WanModelOptions):
 
     prompt: str = text(doc="what the video shows")
     negative_prompt: str = text("", "what to steer away from (CFG)", empty_ok=True)
-    image: Path | None = None  # first frame for image-to-video models (resized and centre-cropped)
+    image: Path | None = None  # first frame for image-to-video models (fitted to the size by image_fit)
+    image_fit: str = choice("stretch", IMAGE_FITS, "how the image meets the output size")
     num_frames: int = number(81, AT_LEAST_1, "frames (4k+1)")
     height: int = number(480, AT_LEAST_1, "pixels (multiple of 16)")
     width: int = number(832, AT_LEAST_1, "pixels (multiple of 16)")
@@ -128,18 +130,19 @@ class RefineRequest(PnpOptions, WanModelOptions):
         video and its sidecar as one commit. The command line's single runs and batch jobs run this."""
         from vmt.generate import GenerationRequest, generate
         from vmt.io.atomic import commit_together
-        from vmt.io.video import read_video, write_video
+        from vmt.io.video import write_video
         from vmt.provenance import build_sidecar, write_sidecar
         from vmt.runs.shared import make_pnp, plain, refine_summary
         from vmt.runtime import peak_memory
 
         timer.sync_cuda = backend.device.type == "cuda"
-        image = None
+        image, clip_image, image_doc = None, None, None
         if self.image is not None:
             with timer.stage("read_image"):
-                image = read_video(self.image, size=(self.height, self.width), max_frames=1)[0][0]
+                image, clip_image, image_doc = read_first_frame(self.image, self.height, self.width, self.image_fit)
         req = GenerationRequest(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, image=image, num_frames=self.num_frames,
+            prompt=self.prompt, negative_prompt=self.negative_prompt, image=image, clip_image=clip_image,
+            num_frames=self.num_frames,
             height=self.height, width=self.width, steps=self.steps, guidance_scale=self.guidance_scale,
             guidance_scale_2=self.guidance_scale_2, shift=self.shift, seed=self.seed, grid=self.grid,
             noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule,
@@ -163,7 +166,21 @@ class RefineRequest(PnpOptions, WanModelOptions):
                 extra={"sigmas": result.sigmas, "timesteps": result.timesteps,
                        "video": {"frames": int(len(result.frames)), "fps": self.fps, "height": self.height,
                                  "width": self.width},
-                       "pnp": pnp_doc, "steps": result.steps, **(sidecar_extra or {})},
+                       "image": image_doc, "pnp": pnp_doc, "steps": result.steps, **(sidecar_extra or {})},
             )
             write_sidecar(output, doc)
         return backend.counts.as_dict()
+
+
+def read_first_frame(path, height: int, width: int, fit: str):
+    """An image-to-video run's first frame: (fitted (H, W, 3) uint8, the image as read for a CLIP encoder,
+    the sidecar's `image` block: path, sha256 of the file, fit, original size)."""
+    import numpy as np
+
+    from vmt.io.digest import file_digest
+    from vmt.io.image import fit_image, load_rgb
+
+    pil = load_rgb(path)
+    fitted = fit_image(pil, height, width, fit)
+    doc = {"path": str(path), "sha256": file_digest(path), "fit": fit, "size": [pil.height, pil.width]}
+    return fitted, np.asarray(pil), doc

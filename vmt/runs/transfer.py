@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vmt.backends.base import CFG_RULES
+from vmt.io.image import IMAGE_FITS
 from vmt.runs.batch import JobKind
 from vmt.runs.fields import (
     AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, Range, check_fields, choice, number, text,
@@ -34,11 +35,13 @@ class TransferRequest(PnpOptions, WanModelOptions):
     """A `vmt transfer` run; see `vmt transfer --help` for each option. The P&P gate (with refine) and the model
     and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
 
-    job_kind = JobKind("transfer", ("prompt", "reference"), {"reference": "file"})  # for the batch engine (a class attribute, not a field)
+    job_kind = JobKind("transfer", ("prompt", "reference"), {"reference": "file", "image": "file"})  # for the batch engine (a class attribute, not a field)
     progress_label = "transfer"  # what a progress bar over its steps says (a class attribute, not a field)
 
     reference: Path | None = None  # the video whose motion is transferred
     prompt: str | None = text(None, "what the new video shows")
+    image: Path | None = None  # image-to-video models: the first frame (the photo the motion is transferred onto)
+    image_fit: str = choice("stretch", IMAGE_FITS, "how the image meets the output size")
     negative_prompt: str = text("", "what to steer away from (CFG)", empty_ok=True)
     num_frames: int = number(81, AT_LEAST_1, "most frames taken from the reference")
     height: int = number(480, AT_LEAST_1, "pixels (multiple of 16)")
@@ -116,8 +119,17 @@ class TransferRequest(PnpOptions, WanModelOptions):
         return cfg, pnp_plan
 
     def check_model(self, geometry) -> None:
-        """Checks against the model's config files (no weights): the capture block exists."""
+        """Checks against the model's config files (no weights): the capture block exists, and an image is
+        given exactly when the model is image-to-video."""
+        from vmt.errors import VmtUsageError, param
+
         geometry.check_block(self.block)
+        if geometry.is_i2v and self.image is None:
+            raise VmtUsageError(f"{self.model} is an image-to-video model; pass {param('image')} (the first frame "
+                                "the reference's motion is transferred onto)")
+        if not geometry.is_i2v and self.image is not None:
+            raise VmtUsageError(f"{param('image')} needs an image-to-video model (e.g. "
+                                f"Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); {self.model} is text-to-video")
 
     def estimate(self, prepared, geometry) -> dict[str, Any]:
         """Planned model evaluations: sampling NFE (no early exit), DiT forward and backward passes (sampling:
@@ -162,20 +174,29 @@ class TransferRequest(PnpOptions, WanModelOptions):
                     "height": self.height, "width": self.width, "fps": self.fps}
         return ReferenceCache(MotionCache(root), identity, self.cache_key_parts())
 
+    def read_image(self):
+        """The first frame of an image-to-video run, or None without `image`: (fitted (H, W, 3) uint8, the
+        image as read for a CLIP encoder, the sidecar's `image` block)."""
+        if self.image is None:
+            return None
+        from vmt.runs.refine import read_first_frame
+
+        return read_first_frame(Path(self.image), self.height, self.width, self.image_fit)
+
     def load(self, device: str | None = None, inspected=None):
-        """Resolve the model, check the capture block against its config, load it (a text-to-video Wan)."""
+        """Resolve the model, check the capture block and the image against its config, load it (a Wan
+        text-to-video model, or an image-to-video one with `image`). `inspected`: (resolved, geometry) already
+        read by a caller that ran each job's check_model (a batch: its shared request has no image of its own)."""
         from vmt.backends.wan import WanBackend, inspect_model
-        from vmt.errors import VmtUsageError
         from vmt.runs.shared import quiet_loading, wan_load_options
 
         resolved, geometry = inspected or inspect_model(self.model, self.revision)
-        self.check_model(geometry)
+        if inspected is None:
+            self.check_model(geometry)
+        else:
+            geometry.check_block(self.block)
         with quiet_loading():
-            backend = WanBackend.from_pretrained(self.model, wan_load_options(self, resolved, device))
-        if backend.is_i2v:
-            raise VmtUsageError(f"{backend.model_id} is an image-to-video model; motion transfer needs a "
-                                "text-to-video Wan model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-        return backend
+            return WanBackend.from_pretrained(self.model, wan_load_options(self, resolved, device))
 
     def run(self, output: str | Path, *, backend=None, progress: Progress | None = None,
             overwrite: bool = False, timer=None, notify: Callable[[str], None] | None = None,
@@ -191,23 +212,28 @@ class TransferRequest(PnpOptions, WanModelOptions):
         output = Path(output)
         prepared = self.check()
         check_output_path(output, overwrite, suffixes=VIDEO_WRITE_SUFFIXES, what="output")
-        check_not_inputs({"output": output, "sidecar": sidecar_path(output)}, {"reference": Path(self.reference)})
+        inputs = {"reference": Path(self.reference)}
+        if self.image is not None:
+            inputs["image"] = Path(self.image)
+        check_not_inputs({"output": output, "sidecar": sidecar_path(output)}, inputs)
         timer = timer or Timer()
-        with timer.stage("read_reference"):  # a bad reference fails before minutes of loading
+        with timer.stage("read_reference"):  # a bad reference or image fails before minutes of loading
             reference = self.read_reference()
+            first_frame = self.read_image()  # (None without an image)
         if backend is None:
             with timer.stage("load"):
                 backend = self.load()
         with output_policy(overwrite):
             return self.run_on(backend, output, prepared, timer, progress, record, command, sidecar_extra,
-                               reference=reference, notify=notify)
+                               reference=reference, notify=notify, first_frame=first_frame)
 
     def run_on(self, backend, output: Path, prepared, timer, progress: Progress | None = None,
                record: dict[str, Any] | None = None, command: list[str] | None = None,
                sidecar_extra: dict[str, Any] | None = None, reference=None,
-               notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+               notify: Callable[[str], None] | None = None, first_frame=None) -> dict[str, Any]:
         """One video on a loaded backend, checks done (`check()` gave `prepared`): transfer, then write the
-        video and its sidecar as one commit. `reference`: (frames, fps) already read, else read here."""
+        video and its sidecar as one commit. `reference`: (frames, fps) already read, else read here;
+        `first_frame`: what `read_image()` gave, else read here."""
         from vmt.io.atomic import commit_together
         from vmt.io.video import write_video
         from vmt.provenance import build_sidecar, write_sidecar
@@ -222,6 +248,10 @@ class TransferRequest(PnpOptions, WanModelOptions):
                 reference = self.read_reference()
         frames, ref_fps = reference
         timer.sync_cuda = backend.device.type == "cuda"
+        if first_frame is None and self.image is not None:
+            with timer.stage("read_image"):
+                first_frame = self.read_image()
+        image, clip_image, image_doc = first_frame or (None, None, None)
         req = TransferSampling(
             prompt=self.prompt, negative_prompt=self.negative_prompt, height=self.height, width=self.width,
             steps=self.steps, shift=self.shift, guidance_scale=self.guidance_scale, strength=self.strength,
@@ -236,7 +266,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
 
         cache = self.reference_cache()
         result = transfer(backend, frames, req, cfg, interventions=[pnp] if pnp else [], on_step=on_step,
-                          timer=timer, notify=notify, cache=cache)
+                          timer=timer, notify=notify, cache=cache, image=image, clip_image=clip_image)
         out_fps = self.fps if self.fps is not None else ref_fps
         with timer.stage("write"), commit_together():  # the video and its sidecar appear together
             write_video(output, result.frames, out_fps)
@@ -252,6 +282,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
                     "video": {"frames": len(result.frames), "fps": out_fps, "height": self.height,
                               "width": self.width},
                     "reference": {"path": str(self.reference), "frames_used": len(frames), "fps": ref_fps},
+                    "image": image_doc,
                     "token_grid": list(result.grid),
                     "motion_cache": None if cache is None else {"dir": str(cache.store.root), **result.cache},
                     "guidance": {"config": result.config, "adjusted": result.adjustments,

@@ -202,7 +202,7 @@ class ToyFlowBackend:
         return (num_frames, height // SCALE, width // SCALE)
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
-                           width: int) -> Conditioning:
+                           width: int, clip_image: np.ndarray | None = None) -> Conditioning:
         if image.shape[:2] != (height, width):
             raise VmtUsageError(f"image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
         first = self.encode_video(image[None])  # (1, C, 1, h, w)
@@ -211,6 +211,9 @@ class ToyFlowBackend:
         mask = torch.ones((1, 1, *shape[2:]), device=self.device)
         mask[:, :, 0] = 0
         return cond.with_(latent_condition=given, first_frame_mask=mask)
+
+    def first_frame_latent(self, cond: Conditioning) -> torch.Tensor:
+        return cond.latent_condition[:, :, :1].float()
 
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)  # (T, H, W, 3)
