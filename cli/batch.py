@@ -1,7 +1,8 @@
-"""The batch path of `vmt refine` and `vmt transfer` (--batch, --dry-run) on the command line: the batch
-options, the command line's values resolved (recipe) and checked, then the library's batch engine
-(vmt.runs.batch.Batch) with progress bars, the dry run's plan on stdout, and interrupts said once. Imports no
-torch at module level.
+"""How `vmt refine` and `vmt transfer` run a request on the command line: one video (`run_single`: a
+spinner while the model loads, a bar over the steps, the request's summary line) or a batch (--batch,
+--dry-run: the batch options, the command line's values resolved and checked, then the library's batch
+engine vmt.runs.batch.Batch with progress bars, the dry run's plan on stdout, interrupts said once).
+`run_request` picks one. Imports no torch at module level.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Annotated
 import typer
 
 from cli.common import command_line, quiet_libraries
-from cli.display import BatchProgress, console, status
+from cli.display import BatchProgress, console, status, step_progress
 from cli.scaffold import (
-    NOT_FROM_RECIPE, CommandSpec, Terminated, check_paths, check_values, error_text, flag, print_error,
-    resolve_params, run_guarded,
+    NOT_FROM_RECIPE, CommandSpec, Terminated, check_paths, check_values, error_text, flag, note_text,
+    print_error, resolve_params, run_command, run_guarded,
 )
 from vmt.runs.batch import BatchWatcher
 
@@ -68,6 +69,38 @@ def single_params(params: dict) -> dict:
     from vmt.runs.batch import BATCH_OPTIONS
 
     return {k: v for k, v in params.items() if k not in BATCH_OPTIONS}
+
+
+def run_request(ctx: typer.Context, spec: CommandSpec, params: dict) -> None:
+    """A command's one call: its locals() as a batch (`run_batch`) or as a single run (`run_single`)."""
+    if is_batch(params):
+        run_batch(ctx, spec, spec.request, params)
+    else:
+        run_command(ctx, spec, single_params(params), lambda p: run_single(ctx, spec.request, p))
+
+
+def run_single(ctx: typer.Context, request_class: type, p: dict) -> None:
+    """One video: the request checks itself, reads its inputs (a bad file fails before minutes of loading),
+    loads the model once (with a spinner), runs with a bar over its steps, and says what it wrote."""
+    from rich.text import Text
+
+    from vmt.runs.fields import request_from
+    from vmt.runtime import Timer
+
+    require(ctx, p, (*request_class.job_kind.required, "output"))
+    request = request_from(request_class, p)
+    prepared = request.check()
+    quiet_libraries(p["debug"])
+    inputs = request.read_inputs(timer := Timer())
+    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
+        backend = request.load()  # the size is checked against the config before the weights load
+    notes = None if p["quiet"] else (
+        lambda msg: console.print(Text.assemble(("note: ", "yellow"), note_text(msg, ctx))))
+    with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
+        counts = request.run_on(backend, Path(p["output"]), prepared, timer, lambda d, t, info: advance(**info),
+                                record=p, command=command_line(), notify=notes, **inputs)
+    if not p["quiet"]:
+        console.print(f"[green]wrote[/] {p['output']} {request.summary(counts, timer)}")
 
 
 class _Shown(BatchWatcher):

@@ -171,3 +171,32 @@ def show_compare(report: dict, quiet: bool, to_stdout: bool) -> None:
 
 def _num(v) -> str:
     return "-" if v is None else f"{v:.4g}"
+
+
+def show_recipes(recipes: list) -> None:
+    """The shipped recipes: a table in a terminal; in a pipe one tab-separated line per recipe (command,
+    name, path, about) on stdout."""
+    import sys
+
+    from rich.table import Table
+
+    if not sys.stdout.isatty():
+        for r in recipes:
+            print(f"{r.family}\t{r.name}\t{r.path}\t{r.about}")
+        return
+    table = Table(title="vmt recipes (use: vmt COMMAND --recipe NAME)", title_justify="left")
+    for col in ("name", "command", "about"):
+        table.add_column(col)
+    for r in recipes:
+        table.add_row(r.name, f"vmt {r.family}", r.about)
+    Console().print(table)
+
+
+def rich_table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]):
+    """A rich Table of plain rows: (header, "left" | "right") columns, cells as text."""
+    from rich.table import Column, Table
+
+    table = Table(*(Column(c, justify=j, no_wrap=True) for c, j in columns), title=title, title_justify="left")
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Column, Table
 
 from cli.common import (
     DebugOpt,
@@ -23,6 +22,7 @@ from cli.common import (
     reflow,
     step_progress,
 )
+from cli.display import rich_table
 from cli.scaffold import CommandSpec, note_text, run_command
 from vmt.errors import VmtUsageError
 from vmt.runs.eval import (
@@ -118,7 +118,7 @@ def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], requ
         with step_progress(plan.total, request.progress_label, p["quiet"] or plan.total < 2) as advance:
             result = request.run(plan, progress=lambda d, t, i: advance(**i), record=p, command=command_line())
         for kind, block in result.view(p["quiet"]):
-            console.print(_table(*block) if kind == "table" else STYLES[kind] + escape(note_text(block, ctx)))
+            console.print(rich_table(*block) if kind == "table" else STYLES[kind] + escape(note_text(block, ctx)))
         raise typer.Exit(EXIT_CODES.get(result.outcome, EXIT_PASS))
     run_command(ctx, spec, params, body, eval_exit_code)
 
@@ -126,13 +126,6 @@ def run_eval(ctx: typer.Context, spec: CommandSpec, params: dict[str, Any], requ
 def eval_exit_code(error: BaseException) -> int:
     """A usage error 2; any other failure 3, never 1 (1 is a regression)."""
     return EXIT_USAGE if isinstance(error, VmtUsageError) else EXIT_RUNTIME
-
-
-def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> Table:
-    table = Table(*(Column(c, justify=j, no_wrap=True) for c, j in columns), title=title, title_justify="left")
-    for row in rows:
-        table.add_row(*row)
-    return table
 
 
 def eval_spec(name: str, request_class: type, inputs: dict[str, str] | None = None) -> CommandSpec:

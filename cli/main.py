@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from cli import eval as eval_cli
 from cli import keypoints as predict_keypoints
 from cli import compare, longgen, refine, transfer
+from cli.display import show_recipes
 from cli.scaffold import NOT_FROM_RECIPE, bare_command, main_standalone, recipe_values
 
 
@@ -70,23 +71,9 @@ def recipes() -> None:
     """List the recipes shipped with vmt: the settings of published setups. Pass one to its command with
     --recipe NAME; flags given on the command line override its values. In a terminal: a table; in a pipe:
     one line per recipe (command, name, path, about; tab-separated)."""
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table
-
     from vmt.recipes import list_recipes
 
-    if not sys.stdout.isatty():
-        for r in list_recipes():
-            typer.echo(f"{r.family}\t{r.name}\t{r.path}\t{r.about}")
-        return
-    table = Table(title="vmt recipes (use: vmt COMMAND --recipe NAME)", title_justify="left")
-    for col in ("name", "command", "about"):
-        table.add_column(col)
-    for r in list_recipes():
-        table.add_row(r.name, f"vmt {r.family}", r.about)
-    Console().print(table)
+    show_recipes(list_recipes())
 
 app.add_typer(predict_keypoints.app, name="predict-keypoints")
 app.add_typer(eval_cli.app, name="eval")

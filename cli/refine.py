@@ -10,19 +10,14 @@ import typer
 from cli.common import (
     DEFAULT_MODEL, AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, LoraOpt,
     ModelOpt, OffloadOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
-    command_line, console, quiet_libraries, reflow, status, step_progress,
+    reflow,
 )
 from cli.refine_options import (
     ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
 )
-from cli.batch import (
-    BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
-    run_batch, single_params,
-)
-from cli.scaffold import CommandSpec, run_command, video_output
-from vmt.runs.fields import request_from
+from cli.batch import BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, run_request
+from cli.scaffold import CommandSpec, video_output
 from vmt.runs.refine import RefineRequest
-from vmt.runtime import Timer
 
 HELP = reflow("""Generate a video from a text prompt (or an image) with a Wan model, refining the early (motion)
 steps with Predict-and-Perturb: at a fixed noise level the model re-noises and re-denoises its own clean
@@ -111,29 +106,8 @@ def refine(
     dry_run: DryRunOpt = False,
     format: FormatOpt = "text",
 ) -> None:
-    if is_batch(locals()):
-        run_batch(ctx, SPEC, RefineRequest, locals())
-        return
-    run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
+    run_request(ctx, SPEC, locals())
 
 
 SPEC = CommandSpec("refine", inputs=RefineRequest.job_kind.inputs, outputs={"output": video_output},
                    request=RefineRequest)
-
-
-def _run(p: dict, ctx) -> None:
-    """A single run: the request checks itself, the model loads once (with a spinner), one video is written."""
-    require(ctx, p, ("prompt", "output"))
-    request = request_from(RefineRequest, p)
-    pnp_plan = request.check()
-    quiet_libraries(p["debug"])
-    with status(f"Loading {p['model']}...", p["quiet"]), (timer := Timer()).stage("load"):
-        backend = request.load()  # the size is checked against the config before the weights load
-    with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
-        counts = request.run_on(backend, Path(p["output"]), pnp_plan, timer, lambda d, t, info: advance(**info),
-                                record=p, command=command_line())
-    if not p["quiet"]:
-        console.print(f"[green]wrote[/] {p['output']} ({request.num_frames} frames, {p['width']}x{p['height']}) "
-                      f"NFE {counts['nfe']} ({counts['nfe'] / request.steps:.2f}x), DiT passes "
-                      f"{counts['dit_forward']}, denoise {timer.stages.get('denoise', 0):.1f}s")
-

@@ -25,12 +25,7 @@ from cli.common import (
     SeedOpt,
     StorageDtypeOpt,
     VaeTilingOpt,
-    command_line,
-    console,
-    quiet_libraries,
     reflow,
-    status,
-    step_progress,
 )
 from cli.refine_options import (
     ArithmeticOpt,
@@ -42,15 +37,9 @@ from cli.refine_options import (
     PNormOpt,
     TauOpt,
 )
-from cli.batch import (
-    BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, is_batch, require,
-    run_batch,
-    single_params,
-)
-from cli.scaffold import CommandSpec, note_text, run_command, video_output
-from vmt.runs.fields import request_from
+from cli.batch import BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, run_request
+from cli.scaffold import CommandSpec, video_output
 from vmt.runs.transfer import TransferRequest
-from vmt.runtime import Timer
 
 HELP = reflow("""Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
 
@@ -201,39 +190,8 @@ def transfer(
     dry_run: DryRunOpt = False,
     format: FormatOpt = "text",
 ) -> None:
-    if is_batch(locals()):
-        run_batch(ctx, SPEC, TransferRequest, locals())
-        return
-    run_command(ctx, SPEC, single_params(locals()), lambda p: _run(p, ctx))
+    run_request(ctx, SPEC, locals())
 
 
 SPEC = CommandSpec("transfer", inputs=TransferRequest.job_kind.inputs, outputs={"output": video_output},
                    request=TransferRequest)
-
-
-def _run(p: dict, ctx) -> None:
-    """A single run: checks, the reference read (a bad one fails before minutes of loading), one load, one
-    video with its sidecar."""
-    from rich.text import Text
-
-    require(ctx, p, ("reference", "prompt", "output"))
-    request = request_from(TransferRequest, p)
-    prepared = request.check()
-    quiet_libraries(p["debug"])
-    with (timer := Timer()).stage("read_reference"):
-        reference = request.read_reference()
-        first_frame = request.read_image()  # (None without --image)
-    with status(f"Loading {p['model']}...", p["quiet"]), timer.stage("load"):
-        backend = request.load()
-    notes = None if p["quiet"] else (
-        lambda msg: console.print(Text.assemble(("note: ", "yellow"), note_text(msg, ctx))))
-    with step_progress(request.steps, request.progress_label, p["quiet"]) as advance:
-        c = request.run_on(backend, Path(p["output"]), prepared, timer, lambda d, t, info: advance(**info),
-                           record=p, command=command_line(), reference=reference, notify=notes,
-                           first_frame=first_frame)
-    if not p["quiet"]:
-        st = timer.stages
-        console.print(f"[green]wrote[/] {p['output']} ({p['width']}x{p['height']}) NFE {c['nfe']}, DiT forward "
-                      f"{c['dit_forward']}, backward {c['dit_backward']}; guidance {st.get('guidance', 0):.1f}s, "
-                      f"reference AMF {st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s")
-

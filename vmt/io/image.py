@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vmt.errors import VmtError, VmtUsageError, param
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_FITS = ("stretch", "crop")
 
@@ -67,6 +70,7 @@ def fit_image(image, height: int, width: int, fit: str = "stretch") -> np.ndarra
     """A PIL RGB image fitted to (height, width) as uint8 (H, W, 3): "stretch" is diffusers' VaeImageProcessor
     resize (Lanczos to exactly width x height, whatever the aspect); "crop" centre-crops to the aspect first
     (`crop_box`), then the same resize."""
+    import numpy as np
     from PIL import Image
 
     if fit not in IMAGE_FITS:

@@ -123,11 +123,26 @@ class RefineRequest(PnpOptions, WanModelOptions):
         with output_policy(overwrite):
             return self.run_on(backend, output, pnp_plan, timer, progress, record, command, sidecar_extra)
 
+    def read_inputs(self, timer) -> dict[str, Any]:
+        """The input files read before the model loads (a bad one fails first), as `run_on` keywords: the
+        first frame of an image-to-video run."""
+        if self.image is None:
+            return {}
+        with timer.stage("read_image"):
+            return {"first_frame": read_first_frame(self.image, self.height, self.width, self.image_fit)}
+
+    def summary(self, counts: dict[str, Any], timer) -> str:
+        """What a finished run says after "wrote OUTPUT": size, compute, time."""
+        return (f"({self.num_frames} frames, {self.width}x{self.height}) NFE {counts['nfe']} "
+                f"({counts['nfe'] / self.steps:.2f}x), DiT passes {counts['dit_forward']}, denoise "
+                f"{timer.stages.get('denoise', 0):.1f}s")
+
     def run_on(self, backend, output: Path, pnp_plan, timer, progress: Progress | None = None,
                record: dict[str, Any] | None = None, command: list[str] | None = None,
-               sidecar_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               sidecar_extra: dict[str, Any] | None = None, notify=None, first_frame=None) -> dict[str, Any]:
         """One video on a loaded backend, checks done (`check()` gave `pnp_plan`): generate, then write the
-        video and its sidecar as one commit. The command line's single runs and batch jobs run this."""
+        video and its sidecar as one commit. The command line's single runs and batch jobs run this.
+        `first_frame`: what `read_inputs` read, else read here; `notify`: unused (generation has no notes)."""
         from vmt.generate import GenerationRequest, generate
         from vmt.io.atomic import commit_together
         from vmt.io.video import write_video
@@ -136,10 +151,9 @@ class RefineRequest(PnpOptions, WanModelOptions):
         from vmt.runtime import peak_memory
 
         timer.sync_cuda = backend.device.type == "cuda"
-        image, clip_image, image_doc = None, None, None
-        if self.image is not None:
-            with timer.stage("read_image"):
-                image, clip_image, image_doc = read_first_frame(self.image, self.height, self.width, self.image_fit)
+        if first_frame is None:
+            first_frame = self.read_inputs(timer).get("first_frame")
+        image, clip_image, image_doc = first_frame or (None, None, None)
         req = GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, image=image, clip_image=clip_image,
             num_frames=self.num_frames,

@@ -35,7 +35,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
     """A `vmt transfer` run; see `vmt transfer --help` for each option. The P&P gate (with refine) and the model
     and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
 
-    job_kind = JobKind("transfer", ("prompt", "reference"), {"reference": "file", "image": "file"})  # for the batch engine (a class attribute, not a field)
+    job_kind = JobKind("transfer", ("reference", "prompt"), {"reference": "file", "image": "file"})  # for the batch engine (a class attribute, not a field)
     progress_label = "transfer"  # what a progress bar over its steps says (a class attribute, not a field)
 
     reference: Path | None = None  # the video whose motion is transferred
@@ -226,6 +226,19 @@ class TransferRequest(PnpOptions, WanModelOptions):
         with output_policy(overwrite):
             return self.run_on(backend, output, prepared, timer, progress, record, command, sidecar_extra,
                                reference=reference, notify=notify, first_frame=first_frame)
+
+    def read_inputs(self, timer) -> dict[str, Any]:
+        """The input files read before the model loads (a bad reference or image fails first), as `run_on`
+        keywords: the reference's frames and rate, the first frame of an image-to-video run."""
+        with timer.stage("read_reference"):
+            return {"reference": self.read_reference(), "first_frame": self.read_image()}
+
+    def summary(self, counts: dict[str, Any], timer) -> str:
+        """What a finished run says after "wrote OUTPUT": size, compute, the time of each part."""
+        st = timer.stages
+        return (f"({self.width}x{self.height}) NFE {counts['nfe']}, DiT forward {counts['dit_forward']}, backward "
+                f"{counts['dit_backward']}; guidance {st.get('guidance', 0):.1f}s, reference AMF "
+                f"{st.get('reference_amf', 0):.1f}s, sampling {st.get('sampling', 0):.1f}s")
 
     def run_on(self, backend, output: Path, prepared, timer, progress: Progress | None = None,
                record: dict[str, Any] | None = None, command: list[str] | None = None,
