@@ -8,6 +8,8 @@ real latent (16 channels) and text (4096 x 512 tokens) widths. Measured, each wi
                 published 50-step default plan (71 NFE) is extrapolated from them
   transfer      one guided step as released (reference AMF + 10 inner steps, forward+backward every 3rd),
                 windowed vs global AMF, with and without gradient checkpointing
+  transfer-i2v  the same guided step onto a photo: the architecture as image-to-video (36 input channels,
+                the photo conditioning every pass), windowed AMF
   options       --offload group (CUDA streams with and without checkpointing), --storage-dtype float8_e4m3fn,
                 --attention-backend (each usable one of sage / flash / _flash_3 / _native_cudnn; sage has no
                 backward, so its guided passes run on the fallback), --compile (inductor, last: compiling takes
@@ -177,19 +179,22 @@ def refine_case(backend, args, plan_text: str) -> dict:
 
 
 def transfer_case(backend, args, amf: str) -> dict:
-    """One guided step as released: reference AMF + 10 inner steps with a forward+backward every 3rd."""
+    """One guided step as released: reference AMF + 10 inner steps with a forward+backward every 3rd. On an
+    image-to-video backend the photo (the reference's last frame, mirrored) fixes the first frame."""
     from vmt.motion.guidance import GuidanceConfig
     from vmt.transfer import TransferRequest, transfer
 
     frames = reference_frames(args.frames, args.height, args.width)
+    image = np.ascontiguousarray(frames[-1, :, ::-1]) if backend.is_i2v else None
     req = TransferRequest(prompt="a robot dancing", height=args.height, width=args.width, steps=1, seed=0)
     block = min(14, backend.geometry.num_layers - 1)
     cfg = GuidanceConfig(amf=amf, block=block, guided_steps=1, inner_steps=10, reuse_interval=3)
     backend.counts.nfe = backend.counts.dit_forward = backend.counts.dit_backward = 0
     notes: list[str] = []
-    res = transfer(backend, frames, req, cfg, decode=False, notify=notes.append)
+    res = transfer(backend, frames, req, cfg, decode=False, notify=notes.append, image=image)
     st = res.timings
-    return {"amf": amf, "block": block, "guided_step_s": round(st.get("guidance", 0) + st.get("reference_amf", 0), 4),
+    return {"amf": amf, "block": block, "i2v": backend.is_i2v,
+            "guided_step_s": round(st.get("guidance", 0) + st.get("reference_amf", 0), 4),
             "guidance_s": round(st.get("guidance", 0), 4), "reference_amf_s": round(st.get("reference_amf", 0), 4),
             "dit_forward": int(backend.counts.dit_forward), "dit_backward": int(backend.counts.dit_backward),
             "final_amf_loss": res.guidance[0]["final_amf_loss"] if res.guidance else None, "notes": notes}
@@ -209,12 +214,16 @@ def option_sets(device: torch.device, arch: str) -> list[tuple[str, dict]]:
     else:
         sets.append(("attention-_native_math", {"attention_backend": "_native_math"}))
         sets.append(("compile", {"compile": True, "compile_backend": "eager"}))
+    # Last: it swaps the master for the image-to-video variant of the architecture.
+    sets.append(("i2v", {}))
     return sets
 
 
 def cases_for(name: str, arch: str) -> list[tuple[str, object]]:
     """The measurements of one option set: refine plain always; P&P with the defaults; guided windowed
     always, global AMF with and without checkpointing."""
+    if name == "i2v":  # motion transfer onto a photo (vmt transfer --image)
+        return [("transfer-i2v-windowed", "windowed")]
     out = [("refine-plain", "none")]
     if name == "default":
         out.append(("refine-pnp", "pnp"))
@@ -260,6 +269,11 @@ def run_suite(args) -> dict:
         for name, opts in option_sets(device, arch):
             if only is not None and name not in only:
                 continue
+            if name == "i2v":  # the same architecture as image-to-video: its own random-weight master
+                del master
+                free_memory(device)
+                master = build_arch_wan(arch, device=device if device.type == "cuda" else "cpu", dtype=dtype,
+                                        i2v=True).to("cpu")
             backend, build_error = None, None
             for case, what in cases_for(name, arch):
                 row = {"arch": arch, "options": name, "case": case}

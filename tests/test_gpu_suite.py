@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_suite_cpu_preset_writes_its_json(tmp_path):
     out = tmp_path / "suite.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    sets = "default,no-checkpointing,group-offload,float8-storage,attention-_native_math"
+    sets = "default,no-checkpointing,group-offload,float8-storage,attention-_native_math,i2v"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--preset", "cpu",
                         "--options", sets, "--out", str(out)], env=env, capture_output=True, text=True,
                        timeout=600, cwd=tmp_path)
@@ -30,7 +30,8 @@ def test_gpu_suite_cpu_preset_writes_its_json(tmp_path):
         ("default", "refine-plain"), ("default", "refine-pnp"), ("default", "transfer-guided-windowed"),
         ("default", "transfer-guided-global"), ("no-checkpointing", "refine-plain"),
         ("no-checkpointing", "transfer-guided-windowed"), ("no-checkpointing", "transfer-guided-global"),
-        *((s, c) for s in sets.split(",")[2:] for c in ("refine-plain", "transfer-guided-windowed")),
+        *((s, c) for s in sets.split(",")[2:-1] for c in ("refine-plain", "transfer-guided-windowed")),
+        ("i2v", "transfer-i2v-windowed"),
     }
     for c in doc["cases"]:
         assert c["status"] == "ok", c
@@ -44,7 +45,9 @@ def test_gpu_suite_cpu_preset_writes_its_json(tmp_path):
             # one guided step as released: 10 inner steps, a forward+backward at 0, 3, 6, 9; one reference
             # forward; then the step's CFG pair
             assert c["dit_backward"] == 4 and c["dit_forward"] == 4 + 1 + 2 and c["guided_step_s"] > 0
+            assert c["i2v"] == (c["options"] == "i2v")  # onto a photo: the image-to-video architecture
     models = {c["options"]: c["model"] for c in doc["cases"]}
+    assert models["i2v"]["pipeline"] == "WanImageToVideoPipeline"
     assert models["default"]["grad_checkpointing"] is True and models["no-checkpointing"]["grad_checkpointing"] is False
     assert models["group-offload"]["offload"] == "group"
     assert models["float8-storage"]["storage_dtype"] == "float8_e4m3fn"

@@ -107,15 +107,19 @@ WAN_ARCHS = {
 }
 
 
-def build_arch_wan(arch: str = "small", seed: int = 0, device="cpu", dtype=None):
+def build_arch_wan(arch: str = "small", seed: int = 0, device="cpu", dtype=None, i2v: bool = False):
     """A WanPipeline whose transformer has a real Wan architecture (WAN_ARCHS) with random weights, around a
     minimal VAE (z_dim 16, base_dim 8) and a one-layer UMT5 with d_model 4096 (the real text width, so the
     DiT's text projection and its 512 text tokens are the real ones). For timing and memory, not samples.
 
     device: where the transformer is built (random init on a GPU takes seconds); dtype: its dtype.
+    i2v: an image-to-video pipeline (WanImageToVideoPipeline without a CLIP encoder, as Wan2.2 I2V: the
+    transformer reads 16 noisy + 4 mask + 16 image-condition channels).
     """
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     if arch not in WAN_ARCHS:
@@ -130,7 +134,7 @@ def build_arch_wan(arch: str = "small", seed: int = 0, device="cpu", dtype=None)
                            temperal_downsample=[False, True, True]).eval()
     with torch.device(device):
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+            patch_size=(1, 2, 2), in_channels=36 if i2v else 16, out_channels=16, text_dim=4096, freq_dim=256,
             cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, **WAN_ARCHS[arch],
         ).eval()
     if dtype is not None:
@@ -138,5 +142,6 @@ def build_arch_wan(arch: str = "small", seed: int = 0, device="cpu", dtype=None)
         text_encoder.to(dtype)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
                                         num_train_timesteps=1000)
-    return WanPipeline(transformer=transformer, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                       scheduler=scheduler)
+    pipeline = WanImageToVideoPipeline if i2v else WanPipeline
+    return pipeline(transformer=transformer, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                    scheduler=scheduler)
