@@ -220,6 +220,23 @@ def test_cli_transfer_onto_a_photo(request, fixture, tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_transfer_onto_a_photo_at_240x416(tiny_i2v, tmp_path):
+    """A real output size (the reference and photo resampled to it): exactly the frames and size asked for."""
+    from vmt.io.video import probe_video
+
+    ref = _reference(tmp_path)
+    photo = _save(tmp_path, "photo.jpg", _content(300, 500, 40))
+    out = tmp_path / "wide.mp4"
+    r = _transfer(ref, "--prompt", "x", "--image", photo, "-o", out, "--model", tiny_i2v, "--height", 240,
+                  "--width", 416, "--num-frames", 5, "--steps", 2, "--guided-steps", 1, "--inner-steps", 2,
+                  "--block", 1, "--device", "cpu", "--quiet", "--no-motion-cache")
+    assert r.exit_code == 0, r.output
+    info = probe_video(out)
+    assert (info.num_frames, info.height, info.width) == (5, 240, 416)
+    assert json.loads(out.with_suffix(".json").read_text())["image"]["size"] == [300, 500]
+
+
+@pytest.mark.slow
 def test_cli_transfer_image_with_refine_and_global_amf(tiny_i2v, tmp_path):
     ref = _reference(tmp_path)
     photo = _save(tmp_path, "photo.png", _content(64, 64, 20))
