@@ -340,7 +340,9 @@ class WanBackend:
         return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2, cfg_rule=cfg_rule)
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
-                           width: int) -> Conditioning:
+                           width: int, image_embeds: torch.Tensor | None = None) -> Conditioning:
+        """`image_embeds`: a CLIP image embedding to use instead of `image`'s own (`image_embedding`; a long
+        chain keeps its first frame's), on models that take one."""
         if not self.is_i2v:
             raise VmtUsageError(
                 f"{param('image')} needs an image-to-video model (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); "
@@ -355,17 +357,28 @@ class WanBackend:
             out = self.pipe.prepare_latents(
                 x, 1, self.latent_channels, height, width, num_frames, torch.float32, dev, None, dummy, None
             )
-            image_embeds = None
-            main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
-            if main.config.image_dim is not None:
-                from PIL import Image
-
-                image_embeds = self.pipe.encode_image(Image.fromarray(image), dev).to(self.dtype)
+            if image_embeds is None or not self.uses_image_embedding:
+                image_embeds = self.image_embedding(image)
         if self.expand_timesteps:
             _, condition, mask = out
             return cond.with_(latent_condition=condition, first_frame_mask=mask, image_embeds=image_embeds)
         _, condition = out
         return cond.with_(latent_condition=condition, image_embeds=image_embeds)
+
+    @property
+    def uses_image_embedding(self) -> bool:
+        """Whether the transformer takes a CLIP image embedding (Wan2.1 I2V) besides the image latent."""
+        main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+        return main.config.image_dim is not None
+
+    @torch.no_grad()
+    def image_embedding(self, image: np.ndarray) -> torch.Tensor | None:
+        """The CLIP image embedding of an (H, W, 3) uint8 image, or None on models that use none."""
+        if not self.uses_image_embedding:
+            return None
+        from PIL import Image
+
+        return self.pipe.encode_image(Image.fromarray(image), self.execution_device).to(self.dtype)
 
     # ------------------------------------------------------------------ the model
     def transformer_at(self, sigma: float, timestep: torch.Tensor | float | None = None):
