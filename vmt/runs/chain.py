@@ -363,9 +363,10 @@ class WanChainRequest(PnpOptions, WanModelOptions):
 
     def run(self, output: str | Path, *, overwrite: bool = False, progress: Progress | None = None,
             on_segment: OnSegment | None = None, record: dict[str, Any] | None = None,
-            command: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
+            command: list[str] | None = None, device: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Make (or resume) the chain and write `output` with its JSON sidecar, committed together. Returns
-        {"frames", "segments", "generated", "resumed", "nfe", "dit_forward", "seconds", "drift"}."""
+        {"frames", "segments", "generated", "resumed", "nfe", "dit_forward", "seconds", "drift"}. `dry_run`:
+        check everything, load no weights, write nothing, and return `dry_run()`'s plan."""
         from vmt.backends.wan import inspect_model
         from vmt.io.atomic import check_not_inputs, check_output_path, output_policy, sidecar_path
         from vmt.io.video import VIDEO_WRITE_SUFFIXES, read_video
@@ -373,6 +374,8 @@ class WanChainRequest(PnpOptions, WanModelOptions):
         output = Path(output)
         plan = self.check()
         check_output_path(output, overwrite, suffixes=VIDEO_WRITE_SUFFIXES, what="output")
+        if dry_run:
+            return self.dry_run()
         inputs = {k: Path(v) for k, v in (("image", self.image), ("prompts", self.prompts)) if v is not None}
         check_not_inputs({"output": output, "sidecar": sidecar_path(output)}, inputs)
         models = {"i2v": inspect_model(self.model, self.revision)}
@@ -597,3 +600,27 @@ def is_wan_model(model: str | None) -> bool:
     from vmt.backends.loading import _is_hub_id
 
     return _is_hub_id(model)
+
+
+def sample_request(model: str | None, given: frozenset[str] | set[str] = frozenset()) -> type:
+    """The request `vmt longgen sample` runs: WanChainRequest for a Wan model (`is_wan_model`), else
+    vmt.runs.longgen.LonggenSampleRequest (EncGAN3). Options given that only the other one takes are an error
+    naming the first of them."""
+    from dataclasses import fields
+
+    from vmt.errors import VmtUsageError, param
+    from vmt.runs.longgen import LonggenSampleRequest
+
+    if model is not None and Path(model).expanduser().is_file():
+        raise VmtUsageError(f"{param('model')} {model} is a file; give a folder (an EncGAN3 run folder or a "
+                            "diffusers Wan model) or a hub id")
+    wan = is_wan_model(model)
+    chosen, other = (WanChainRequest, LonggenSampleRequest) if wan else (LonggenSampleRequest, WanChainRequest)
+    own = {f.name for f in fields(chosen)} | ({"dry_run"} if wan else set())
+    foreign = sorted(({f.name for f in fields(other)} | ({"dry_run"} if not wan else set())) - own)
+    bad = [name for name in foreign if name in given]
+    if bad:
+        what = "EncGAN3 run folders (vmt longgen train)" if wan else "Wan image-to-video models"
+        raise VmtUsageError(f"{param(bad[0])} applies to {what}; {param('model')} {model or '(default)'} is "
+                            f"{'a Wan model' if wan else 'an EncGAN3 run'}")
+    return chosen
