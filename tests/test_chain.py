@@ -288,6 +288,7 @@ def test_sigterm_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, ti
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(whole.read_bytes()).digest()
     a, b = _sidecar(out)["chain"]["per_segment"], _sidecar(whole)["chain"]["per_segment"]
     assert [s["frames_sha256"] for s in a] == [s["frames_sha256"] for s in b]
+    assert _sidecar(out)["chain"]["controls"] == _sidecar(whole)["chain"]["controls"]
 
 
 def test_mean_lab_of_chunks_is_the_mean_of_frames():

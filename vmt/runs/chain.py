@@ -581,12 +581,22 @@ class _Chain:
                                  "ref_index": req.ref_index, "ref": self.plan.ref,
                                  "controls": {"colour_match": req.colour_match,
                                               "anchor_embedding": req.anchor_embedding,
-                                              "anchor_embedding_used": self.anchor_embeds is not None,
+                                              "anchor_embedding_used": req.anchor_embedding
+                                              and takes_image_embedding(self.models["i2v"][0].folder),
                                               "cond_noise": req.cond_noise},
                                  "per_segment": self.records},
                        "drift": None if report is None else report.as_dict()})
             write_sidecar(output, doc)
         return report
+
+
+def takes_image_embedding(folder: Path) -> bool:
+    """Whether a Wan I2V folder's transformer takes a CLIP image embedding (its config's image_dim; no weights)."""
+    sub = "transformer" if (Path(folder) / "transformer").is_dir() else "transformer_2"
+    try:
+        return json.loads((Path(folder) / sub / "config.json").read_text()).get("image_dim") is not None
+    except (OSError, ValueError):
+        return False
 
 
 def is_wan_model(model: str | None) -> bool:
