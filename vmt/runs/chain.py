@@ -30,14 +30,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vmt.backends.base import CFG_RULES
 from vmt.runs.fields import AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, check_fields, choice, number, text
 from vmt.runs.shared import PnpOptions, WanModelOptions
 from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
+
+if TYPE_CHECKING:  # numpy loads with the work, not with `vmt --help`
+    import numpy as np
 
 Progress = Callable[[int, int, dict[str, str]], None]
 # on_segment(index, total, status, seconds): after each segment ("done", or "resumed" when reused).
@@ -131,6 +132,8 @@ def read_timeline(path: Path) -> list[dict[str, Any]]:
 
 
 def sha256_of(array: np.ndarray) -> str:
+    import numpy as np
+
     a = np.ascontiguousarray(array)
     return hashlib.sha256(repr((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
 
@@ -158,6 +161,8 @@ class DriftStream:
         self.last: np.ndarray | None = None
 
     def add(self, chunk: np.ndarray) -> None:
+        import numpy as np
+
         from vmt.metrics.drift import laplacian_variance, mean_lab
         from vmt.metrics.seams import frame_steps
 
@@ -183,6 +188,8 @@ class DriftStream:
 
     def report(self, segment_frames: int):
         """A vmt.metrics.drift.DriftReport, or None with fewer than two chunks."""
+        import numpy as np
+
         from vmt.metrics.drift import DriftReport, delta_e76
 
         if len(self.count) < 2:
@@ -353,6 +360,8 @@ class WanChainRequest(PnpOptions, WanModelOptions):
     def conditioning_frame(self, source: np.ndarray, anchor: np.ndarray, seed: int) -> np.ndarray:
         """The frame segment j + 1 is encoded from: segment j's frame at ref_index, colour-matched to the
         anchor (`colour_match`), plus seeded Gaussian noise (`cond_noise`, [-1, 1] units), as uint8."""
+        import numpy as np
+
         from vmt.metrics.drift import match_colour
 
         frame = match_colour(source, anchor) if self.colour_match else np.array(source, copy=True)
@@ -425,6 +434,8 @@ class _Chain:
 
     def stored(self, j: int, key: dict[str, Any]) -> np.ndarray | None:
         """Segment j's frames if stored with `key`; None if absent (or different, with overwrite)."""
+        import numpy as np
+
         from vmt.errors import VmtUsageError, param
 
         npz, meta = self.paths(j)
@@ -539,6 +550,8 @@ class _Chain:
 
     def store(self, j: int, key, frames: np.ndarray, cond, counts, seconds: float) -> None:
         """Segment j's frames (and conditioning frame) and its record, appearing together."""
+        import numpy as np
+
         from vmt.io.atomic import atomic_path, commit_together, write_json_atomic
 
         npz, meta = self.paths(j)
@@ -553,6 +566,8 @@ class _Chain:
 
     def write(self, output: Path, record, command):
         """Stream the kept frames of every segment from the run folder into the video; sidecar with it."""
+        import numpy as np
+
         from vmt.io.atomic import commit_together
         from vmt.io.video import VideoWriter
         from vmt.provenance import build_sidecar, write_sidecar
