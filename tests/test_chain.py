@@ -262,9 +262,10 @@ def _wait_for_segments(folder: Path, n: int, proc, deadline: float) -> None:
 
 @pytest.mark.slow
 def test_sigterm_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, tiny_i2v, first_frame):
-    steps = SMALL.index("--steps") + 1  # 8 steps: a segment takes long enough to be caught in flight
+    # 128x128 and 60 steps: a segment takes ~0.7 s on one thread, long enough to be caught in flight.
     args = ["longgen", "sample", "-m", str(tiny_i2v), "--image", str(first_frame), "-p", "x", "--frames", "21",
-            *SMALL[:steps], "8", *SMALL[steps + 1:]]
+            "--segment-frames", "5", "--height", "128", "--width", "128", "--steps", "60", "--device", "cpu",
+            "--plan", "none", "--quiet"]
     whole = tmp_path / "whole.mp4"
     assert invoke(*args, "-o", whole).exit_code == 0
     out = tmp_path / "resumed.mp4"
@@ -281,7 +282,7 @@ def test_sigterm_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, ti
     assert 4 <= len(kept) < 10 and not out.exists(), kept  # at least 2 segments, not all 5; no video yet
     assert not [p for p in chain_folder(out).iterdir() if p.name.startswith(".")]  # no half-written file
     # Stored segments are checked against the request: another step count is refused, naming it.
-    one_line_error(invoke(*[a if a != "8" else "6" for a in args], "-o", out), 2, "--steps was 8, now 6",
+    one_line_error(invoke(*[a if a != "60" else "59" for a in args], "-o", out), 2, "--steps was 60, now 59",
                    "--overwrite")
     res = invoke(*args, "-o", out)
     assert res.exit_code == 0, res.output
