@@ -200,3 +200,72 @@ def rich_table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]
     for row in rows:
         table.add_row(*row)
     return table
+
+
+class ChainProgress(BatchProgress):
+    """Progress of a long-video chain: a bar over its segments (ETA from the segments made in this run;
+    segments reused from the run folder count as done at once) and one over the denoising steps of the
+    segment in flight. Gives the library's `progress` (`step`) and `on_segment` (`segment`) callbacks."""
+
+    def __init__(self, quiet: bool):
+        super().__init__(0, quiet)
+        self._step_bar = None
+
+    def __enter__(self) -> ChainProgress:
+        super().__enter__()
+        if self._progress is not None:
+            self._progress.update(self._overall, description="segments")
+        return self
+
+    @property
+    def callbacks(self) -> dict:
+        """The keywords of WanChainRequest.run that report to these bars."""
+        return {"progress": self.step, "on_segment": self.segment}
+
+    def _total(self, total: int) -> None:
+        self.total = total
+        if self._progress is not None:
+            self._progress.update(self._overall, total=total)
+
+    def step(self, done: int, total: int, info: dict) -> None:
+        if self._progress is None:
+            return
+        if self._step_bar is None:
+            self._step_bar = self._progress.add_task(f"denoising {info.get('segment', '')}", total=total, info="")
+        fields = {k: v for k, v in info.items() if k != "segment"}
+        self._progress.update(self._step_bar, completed=done, info="  ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def segment(self, index: int, total: int, status: str, seconds: float) -> None:
+        self._total(total)
+        if self._progress is not None and self._step_bar is not None:
+            self._progress.remove_task(self._step_bar)
+            self._step_bar = None
+        if status == "resumed":  # no time measured: it does not enter the ETA
+            self.done += 1
+            if self._progress is not None:
+                self._progress.update(self._overall, advance=1, info=self.eta())
+            elif not self.quiet:
+                console.print(f"[{self.done}/{self.total}] segment {index + 1} reused from the run folder")
+            return
+        self.finished(f"segment {index + 1}", "done", seconds)
+
+
+def show_chain(out: dict, quiet: bool) -> None:
+    """What a Wan chain run reports: its plan (a dry run: always printed) or the video it wrote."""
+    if out.get("dry_run"):
+        est, mem = out["estimate"], out["memory"]
+        console.print(f"[bold]{out['model']}[/]: {est['segments']} segments of {est['segment_frames']} frames -> "
+                      f"{est['frames']} frames; NFE {est['nfe']} ({est['nfe_per_segment']} a segment), DiT passes "
+                      f"{est['dit_forward']}; estimated peak GPU memory {mem['peak_gib']} GiB (one segment)",
+                      soft_wrap=True)
+        for s in out["segments"]:
+            cond = "first" if s["conditioned_on"] is None else f"on frame {s['conditioned_on']} of the last"
+            console.print(f"  segment {s['segment']}: output frames {s['output_frames'][0]}-{s['output_frames'][1]}"
+                          f" (its frames {s['keeps'][0]}-{s['keeps'][1]}), seed {s['seed']}, {cond}: {s['prompt']}",
+                          soft_wrap=True, markup=False)
+        return
+    if not quiet:
+        d = out["drift"] or {}
+        console.print(f"[green]wrote[/] {out['frames']} frames from {out['segments']} segments ({out['resumed']} "
+                      f"reused) NFE {out['nfe']}, DiT passes {out['dit_forward']}, denoise {out['seconds']:.1f}s"
+                      + (f"; drift: final delta E {d['final_delta_e']:.2f}, mean seam {d['mean_seam']:.2f}" if d else ""))

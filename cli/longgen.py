@@ -11,11 +11,18 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    DebugOpt, DeviceOpt, OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, SeedOpt, command_line, console, status,
-    step_progress,
+    AttentionBackendOpt, CompileOpt, DebugOpt, DeviceOpt, DtypeOpt, GradCheckpointingOpt, LoraOpt, OffloadOpt,
+    OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
+    command_line, console, status, step_progress,
+)
+from cli.display import ChainProgress, show_chain
+from cli.refine_options import (
+    ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
 )
 from cli.scaffold import RUN_FOLDER, CommandSpec, run_command, video_output
 from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
+from vmt.runs.chain import WanChainRequest, sample_request
+from vmt.runs.fields import request_from
 from vmt.runs.longgen import LonggenReconstructRequest, LonggenSampleRequest, LonggenTrainRequest
 
 HELP = """Long videos from a small video VAE-GAN (EncGAN3) run as a Markov chain of clips (REncGAN3).
@@ -44,9 +51,13 @@ ModelDirOpt = Annotated[str, typer.Option("--model", "-m", help="Run folder writ
                                           rich_help_panel="Model", show_default=False)]
 DefaultModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Run folder written by `vmt longgen train` (default: the small moving-digits model "
-    "shipped with vmt, cpu preset).", rich_help_panel="Model", show_default=False)]
+    "shipped with vmt, cpu preset), or a Wan image-to-video model: a hub id or a diffusers folder (one with "
+    "model_index.json) runs the Wan chain.", rich_help_panel="Model", show_default=False)]
 RefIndexOpt = Annotated[int, typer.Option("--ref-index", help="Frame of each clip that conditions the next one "
                                           "(-1: the last frame, one frame of overlap; -k: k frames of overlap).")]
+CHAIN = "Wan chain (with a Wan image-to-video --model)"
+
+_chain_opt = functools.partial(typer.Option, rich_help_panel=CHAIN)  # an option of the Wan chain's panel
 
 TRAIN_HELP = """Train EncGAN3 with recall training on a folder of videos or on synthetic moving digits.
 
@@ -163,6 +174,14 @@ SAMPLE_HELP = """Sample a long video: clip after clip, each conditioned on a fra
 Frames are streamed to ffmpeg as clips are made, so memory does not grow with --frames. Without -m the small
 model shipped with vmt is used (32x32 moving digits, cpu preset).
 
+With a Wan image-to-video model as -m (a hub id, or a diffusers folder with model_index.json) the clips are Wan
+segments of --segment-frames frames: segment 1 starts from --image (or is text-to-video on --t2v-model), each
+next one is conditioned on the frame of the one before at --ref-index, and the video has exactly --frames
+frames (segment j uses seed + j). Finished segments are kept in a run folder beside the output (OUT.chain/):
+rerun the same command after an interruption and it continues; the folder is removed once the video is
+written. Drift controls: --colour-match, --anchor-embedding, --cond-noise (see the README on what was and was
+not measured). --dry-run prints the segments, NFE and a GPU memory estimate without loading weights.
+
 [bold]Examples[/]
 
   vmt longgen sample --frames 1000 -o digits.mp4
@@ -172,6 +191,12 @@ model shipped with vmt is used (32x32 moving digits, cpu preset).
   vmt longgen sample -m runs/faces --frames 300 --seed 7 -o faces.mp4
 
   vmt longgen sample -m runs/faces --frames 300 --ref-index -4 -o overlap4.mp4
+
+  vmt longgen sample -m Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --image first.png -p "a boat on a river" \\
+      --frames 401 -o long.mp4
+
+  vmt longgen sample -m Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --image first.png --prompts story.txt \\
+      --frames 801 --dry-run -o long.mp4
 """
 
 
@@ -181,7 +206,8 @@ def sample(
     output: OutputOpt,
     model: DefaultModelOpt = None,
     frames: Annotated[int, typer.Option("--frames", "-f", help="Frames to generate (any count >= 1).")] = 160,
-    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written video.")] = 10.0,
+    fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of the written video (default: 10 for "
+                                              "EncGAN3, 16 for Wan).", show_default=False)] = None,
     ref_index: RefIndexOpt = -1,
     carry_motion: Annotated[bool, typer.Option("--carry-motion", help="Reuse the motion latent of the previous "
                                                "clip instead of drawing a fresh one.")] = False,
@@ -196,23 +222,80 @@ def sample(
                                            "mirrored borders, as in training, instead of by whole pixels with "
                                            "black entering at the borders (resampling blurs long chains; "
                                            "mirroring folds content into copies).")] = False,
+    prompt: Annotated[str | None, _chain_opt("--prompt", "-p", help="What the video shows (every segment).",
+                                             show_default=False)] = None,
+    prompts: Annotated[Path | None, _chain_opt("--prompts", help="Timeline file: one prompt a line, a segment "
+                                               "each (the last repeated); or .jsonl with \"prompt\" and optional "
+                                               "negative_prompt, seed_offset, guidance_scale, shift per segment.",
+                                               show_default=False)] = None,
+    negative_prompt: Annotated[str, _chain_opt("--negative-prompt", help="What to steer away from (CFG).")] = "",
+    image: Annotated[Path | None, _chain_opt("--image", help="First frame (resized and centre-cropped to the "
+                                             "output size).", show_default=False)] = None,
+    t2v_model: Annotated[str | None, _chain_opt("--t2v-model", help="Text-to-video Wan model that makes segment "
+                                                "1 when no --image is given (loaded, used, freed).",
+                                                show_default=False)] = None,
+    segment_frames: Annotated[int, _chain_opt("--segment-frames", help="Frames per segment (4k+1).")] = 81,
+    height: Annotated[int, _chain_opt("--height", help="Height in pixels (multiple of 16).")] = 480,
+    width: Annotated[int, _chain_opt("--width", help="Width in pixels (multiple of 16).")] = 832,
+    steps: Annotated[int, _chain_opt("--steps", help="Denoising steps per segment.")] = 50,
+    guidance_scale: Annotated[float, _chain_opt("--guidance-scale", "-g", help="CFG scale (1 = off).")] = 5.0,
+    shift: Annotated[float | None, _chain_opt("--shift", help="Flow shift (default: the model's).",
+                                              show_default=False)] = None,
+    colour_match: Annotated[bool, _chain_opt("--colour-match/--no-colour-match", help="Give each conditioning "
+                                             "frame the first frame's Lab colour mean and spread before it is "
+                                             "encoded.")] = True,
+    anchor_embedding: Annotated[bool, _chain_opt("--anchor-embedding/--no-anchor-embedding", help="Condition "
+                                                 "every segment on the first frame's CLIP image embedding "
+                                                 "(models with one: Wan2.1 I2V).")] = True,
+    cond_noise: Annotated[float, _chain_opt("--cond-noise", help="Std of Gaussian noise added to each "
+                                            "conditioning frame ([-1, 1] pixel units; 0: none).")] = 0.0,
+    plan: PlanOpt = "default",
+    tau: TauOpt = 0.25,
+    certain_fraction: CertainFractionOpt = 0.999,
+    p_norm: PNormOpt = 1.0,
+    grid: GridOpt = "model",
+    noise: NoiseOpt = "pipeline",
+    arithmetic: ArithmeticOpt = "float32",
+    cfg_rule: CfgRuleOpt = "diffusers",
+    revision: RevisionOpt = None,
+    dtype: DtypeOpt = "auto",
+    offload: OffloadOpt = "none",
+    vae_tiling: VaeTilingOpt = False,
+    grad_checkpointing: GradCheckpointingOpt = True,
+    storage_dtype: StorageDtypeOpt = "none",
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = False,
+    lora: LoraOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    dry_run: Annotated[bool, _chain_opt("--dry-run", help="Wan chain: print the segments, NFE and the GPU "
+                                        "memory estimate; load no weights, write nothing.")] = False,
 ) -> None:
     run_command(ctx, SAMPLE_SPEC, locals(), _sample)
 
 
-SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"model": "dir"}, outputs={"output": video_output},
-                          request=LonggenSampleRequest)
+SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"image": "file", "prompts": "file"},
+                          outputs={"output": video_output}, request=LonggenSampleRequest,
+                          requests=(WanChainRequest,))
 
 
 def _sample(p) -> None:
+    (_chain if sample_request(p["model"], p.given) is WanChainRequest else _encgan3)(p)
+
+
+def _chain(p) -> None:
+    with ChainProgress(p["quiet"]) as bars:  # the segments' bar and the steps' bar of the one in flight
+        show_chain(request_from(WanChainRequest, p).run(p["output"], dry_run=p["dry_run"], overwrite=p["overwrite"],
+                                                        record=p, command=command_line(), **bars.callbacks), p["quiet"])
+
+
+def _encgan3(p) -> None:
     with _bar("sampling", p["quiet"]) as progress:
-        out = _request(LonggenSampleRequest, p).run(p["output"], overwrite=p["overwrite"], progress=progress,
+        out = request_from(LonggenSampleRequest, p).run(p["output"], overwrite=p["overwrite"], progress=progress,
                                                     record=p, command=command_line())
     if not p["quiet"]:
         console.print(f"[green]wrote[/] {p['output']} ({out['frames']} frames from {out['clips']} clips, "

@@ -182,6 +182,8 @@ class CommandSpec:
     ranges: parameter -> Range, for numbers beyond "finite" (every float must at least be finite); by
     default the declared ranges of `request`.
     request: the run request (vmt.runs) whose fields the options are: recipe values take their types from it.
+    requests: further run requests of a command that runs one of several (longgen sample: EncGAN3 or a Wan
+    chain); every option is a field of one of them, and an option two of them share has one default and type.
     """
 
     name: str
@@ -189,12 +191,20 @@ class CommandSpec:
     outputs: Mapping[str, Output | Callable[[], Output]] = field(default_factory=dict)
     ranges: Mapping[str, Range] = field(default_factory=dict)
     request: type | None = None
+    requests: tuple[type, ...] = ()
 
     def __post_init__(self) -> None:
         if self.request is not None and not self.ranges:  # declared once, on the request's fields
             from vmt.runs.fields import ranges_of
 
-            object.__setattr__(self, "ranges", ranges_of(self.request))
+            merged: dict[str, Range] = {}
+            for cls in (*self.requests[::-1], self.request):
+                merged.update(ranges_of(cls))
+            object.__setattr__(self, "ranges", merged)
+
+    @property
+    def all_requests(self) -> tuple[type, ...]:
+        return () if self.request is None else (self.request, *self.requests)
 
     def output(self, name: str) -> Output:
         out = self.outputs[name]

@@ -57,23 +57,34 @@ def _specs() -> list[tuple[str, CommandSpec]]:
 
 def test_commands_with_requests():
     assert {path for path, _ in _specs()} >= {"refine", "transfer", "predict-keypoints train",
-                                               "predict-keypoints run"}
+                                               "predict-keypoints run", "longgen sample"}
+    assert {r.__name__ for p, s in _specs() if p == "longgen sample" for r in s.all_requests} == {
+        "LonggenSampleRequest", "WanChainRequest"}
 
 
 @pytest.mark.parametrize("path, spec", _specs(), ids=[p for p, _ in _specs()])
 def test_options_are_the_request_fields(path, spec):
     """The command function's parameters (what Typer builds the options from: names, annotations, defaults)
-    against the request's dataclass fields."""
+    against the request's dataclass fields. A command with several requests (spec.requests: longgen sample
+    runs EncGAN3 or a Wan chain) has the union of their fields as options, and an option two requests share
+    has the default and type of each."""
     cmd = _commands()[path]
     signature = inspect.signature(inspect.unwrap(cmd.callback)).parameters
-    fields = {f.name: f for f in dataclasses.fields(spec.request)}
+    for request in spec.all_requests:
+        _check_fields(cmd, signature, spec, request, {f.name for r in spec.all_requests
+                                                      for f in dataclasses.fields(r)})
+
+
+def _check_fields(cmd, signature, spec, request, all_fields: set[str]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(request)}
     # predict-keypoints train's --batch is a batch size, a field; elsewhere --batch is the job file
     # (outputs are arguments of run(), not fields)
     command_line_only = COMMAND_LINE_ONLY | set(spec.outputs)
-    options = {name for name in signature if name != "ctx" and (name in fields or name not in command_line_only)}
-    assert options == set(fields), (sorted(options - set(fields)), sorted(set(fields) - options))
-    command_types, request_types = param_types(cmd), value_types(spec.request)
-    for name in options:
+    options = {name for name in signature if name != "ctx" and (name in all_fields or name not in command_line_only)}
+    assert options == all_fields, (sorted(options - all_fields), sorted(all_fields - options))
+    assert set(fields) <= options
+    command_types, request_types = param_types(cmd), value_types(request)
+    for name in fields:
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else None
         given = signature[name].default

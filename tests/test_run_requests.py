@@ -113,24 +113,24 @@ def test_the_readme_python_api_runs_as_written(tmp_path):
     from vmt.testing.tiny_wan import save_tiny_wan
 
     blocks = _python_blocks("Python API")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     cache = tmp_path / "hub"
     commit = "0" * 40
-    repo = cache / "models--Wan-AI--Wan2.1-T2V-1.3B-Diffusers"
-    save_tiny_wan(repo / "snapshots" / commit, "t2v", num_layers=15)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    i2v = cache / "models--Wan-AI--Wan2.1-I2V-14B-480P-Diffusers"  # 20 blocks: the recipe's block 19
-    save_tiny_wan(i2v / "snapshots" / commit, "i2v-clip", num_layers=20)
-    (i2v / "refs").mkdir()
-    (i2v / "refs" / "main").write_text(commit)
+    # 20 blocks in the I2V model: the recipe's capture block 19 of the transfer onto a photo
+    for name, kind, layers in (("Wan2.1-T2V-1.3B-Diffusers", "t2v", 15), ("Wan2.1-I2V-14B-480P-Diffusers", "i2v-clip", 20)):
+        repo = cache / f"models--Wan-AI--{name}"
+        save_tiny_wan(repo / "snapshots" / commit, kind, num_layers=layers)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
     work = tmp_path / "work"
     work.mkdir()
+    import numpy as np
     from PIL import Image
 
     from tests.conftest import moving_pattern
 
-    Image.fromarray(moving_pattern(1, 150, 200, seed=3)[0]).save(work / "dog.jpg")  # the photo of the last block
+    Image.fromarray(moving_pattern(1, 150, 200, seed=3)[0]).save(work / "dog.jpg")  # the photo of a block
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 224, 3), dtype=np.uint8)).save(work / "first.png")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     outputs = []
@@ -140,7 +140,9 @@ def test_the_readme_python_api_runs_as_written(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         outputs.append(res.stdout)
     assert sorted(p.name for p in work.iterdir()) == sorted(
-        [f"{n}.{x}" for n in ("fox", "boat", "fox-0", "fox-1", "wolf", "dog") for x in ("mp4", "json")] + ["dog.jpg"])
+        [f"{n}.{x}" for n in ("fox", "boat", "fox-0", "fox-1", "wolf", "dog", "long") for x in ("mp4", "json")]
+        + ["dog.jpg", "first.png"])  # the chain's run folder is gone once its video is written
+    assert outputs[4].splitlines() == ["4", "33 4"]
     # What the comments say it prints.
     assert outputs[0].strip() == "{'nfe': 41, 'dit_forward': 82, 'dit_backward': 0}"
     lines = outputs[1].splitlines()

@@ -347,13 +347,15 @@ class WanBackend:
         return Conditioning(pos, neg, guidance_scale=guidance_scale, guidance_scale_2=g2, cfg_rule=cfg_rule)
 
     def condition_on_image(self, cond: Conditioning, image: np.ndarray, num_frames: int, height: int,
-                           width: int, clip_image: np.ndarray | None = None) -> Conditioning:
+                           width: int, clip_image: np.ndarray | None = None,
+                           image_embeds: torch.Tensor | None = None) -> Conditioning:
         """The conditioning of an image-to-video model on `image` (H, W, 3) uint8 at the output size (e.g.
         vmt.io.read_image): normalised by the pipeline's own video processor (its Lanczos resize is an identity
         on an image already at the size, so the VAE gets diffusers' tensor bit for bit), VAE-encoded as the
         first frame by the pipeline's prepare_latents; with a CLIP image encoder (Wan2.1 I2V) also
         `clip_image` (None: `image`) through CLIP. diffusers hands CLIP the image as the user passed it, before
-        any resize: give the unfitted image there for its embeddings."""
+        any resize: give the unfitted image there for its embeddings. `image_embeds`: a CLIP image embedding
+        to use instead of the image's own (`image_embedding`; a long chain keeps its first frame's)."""
         if not self.is_i2v:
             raise VmtUsageError(
                 f"{param('image')} needs an image-to-video model (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers); "
@@ -371,11 +373,8 @@ class WanBackend:
             out = self.pipe.prepare_latents(
                 x, 1, self.latent_channels, height, width, num_frames, torch.float32, dev, None, dummy, None
             )
-            image_embeds = None
-            main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
-            if main.config.image_dim is not None:
-                seen = image if clip_image is None else clip_image
-                image_embeds = self.pipe.encode_image(Image.fromarray(seen), dev).to(self.dtype)
+            if image_embeds is None or not self.uses_image_embedding:
+                image_embeds = self.image_embedding(image if clip_image is None else clip_image)
         if self.expand_timesteps:
             _, condition, mask = out
             return cond.with_(latent_condition=condition, first_frame_mask=mask, image_embeds=image_embeds)
@@ -389,6 +388,21 @@ class WanBackend:
         if cond.latent_condition is None:
             raise VmtUsageError(f"no first-frame image conditions this run; pass {param('image')}")
         return cond.latent_condition[:, -self.latent_channels:, :1].float()
+
+    @property
+    def uses_image_embedding(self) -> bool:
+        """Whether the transformer takes a CLIP image embedding (Wan2.1 I2V) besides the image latent."""
+        main = self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+        return main.config.image_dim is not None
+
+    @torch.no_grad()
+    def image_embedding(self, image: np.ndarray) -> torch.Tensor | None:
+        """The CLIP image embedding of an (H, W, 3) uint8 image, or None on models that use none."""
+        if not self.uses_image_embedding:
+            return None
+        from PIL import Image
+
+        return self.pipe.encode_image(Image.fromarray(image), self.execution_device).to(self.dtype)
 
     # ------------------------------------------------------------------ the model
     def transformer_at(self, sigma: float, timestep: torch.Tensor | float | None = None):

@@ -6,6 +6,7 @@ recipes, batch lines and Python callers all build these; each request checks its
 """
 
 from vmt.runs.batch import Batch
+from vmt.runs.chain import WanChainRequest
 from vmt.runs.compare import CompareRequest
 from vmt.runs.keypoints import KeypointsRunRequest, KeypointsTrainRequest
 from vmt.runs.longgen import LonggenReconstructRequest, LonggenSampleRequest, LonggenTrainRequest
@@ -13,4 +14,5 @@ from vmt.runs.refine import RefineRequest
 from vmt.runs.transfer import TransferRequest
 
 __all__ = ["Batch", "CompareRequest", "KeypointsRunRequest", "KeypointsTrainRequest", "LonggenReconstructRequest",
-           "LonggenSampleRequest", "LonggenTrainRequest", "RefineRequest", "TransferRequest"]
+           "LonggenSampleRequest", "LonggenTrainRequest", "RefineRequest", "TransferRequest",
+           "WanChainRequest"]

@@ -190,7 +190,7 @@ class LonggenSampleRequest:
 
     model: str | None = None
     frames: int = number(160, AT_LEAST_1, "frames to generate")
-    fps: float = number(10.0, FPS, "frame rate of the written video")
+    fps: float | None = number(None, FPS, "frame rate of the written video (None: 10)")
     ref_index: int = number(-1, None, "frame of each clip that conditions the next one (negative: from the end)")
     carry_motion: bool = False
     standard_prior: bool = False
@@ -239,7 +239,7 @@ class LonggenSampleRequest:
         from vmt.provenance import build_sidecar, write_sidecar
         from vmt.runtime import peak_memory
 
-        with timer.stage("generate"), VideoWriter(output, self.fps) as writer:
+        with timer.stage("generate"), VideoWriter(output, self.fps or 10.0) as writer:
             n = write_long_video(net, self.frames, writer.write, seed=self.seed, ref_index=self.ref_index,
                                  carry_motion=self.carry_motion, standard_prior=self.standard_prior,
                                  motion_temperature=self.motion_temperature,
@@ -254,7 +254,7 @@ class LonggenSampleRequest:
                                    "trained_steps": meta.get("step"), "data": meta.get("data"),
                                    "motion_prior": motion},
                             timings=timer.stages, compute={"clips": clips, "frames": n}, memory=peak_memory(dev),
-                            extra={"video": {"frames": n, "fps": self.fps, "height": net.cfg.size,
+                            extra={"video": {"frames": n, "fps": self.fps or 10.0, "height": net.cfg.size,
                                              "width": net.cfg.size}})
         write_sidecar(output, doc)
         return n, clips
