@@ -296,45 +296,11 @@ _TYPES_CACHE: dict[Any, dict[str, tuple[type, bool]]] = {}
 
 def recipe_values(ctx: Any, path: Path, command: str, allowed: set[str],
                   request: type | None = None) -> dict[str, Any]:
-    """Read a TOML recipe (keys at top level or under a [command] table) into typed parameter values."""
-    import tomllib
+    """A TOML recipe's values in the options' types (vmt.recipes.recipe_values; a request's fields as it
+    declares them, the command's other options as annotated)."""
+    from vmt.recipes import recipe_values as read
 
-    from vmt.errors import VmtUsageError
-
-    if path.is_dir():
-        raise VmtUsageError(f"--recipe {path} is a folder; give a .toml file or a recipe name (see `vmt recipes`)")
-    if not path.is_file():
-        raise VmtUsageError(f"recipe {path} not found; give a .toml file or a recipe name (see `vmt recipes`)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise VmtUsageError(f"recipe {path} is not valid TOML: {e}") from e
-    raw: dict[str, Any] = {}
-    for key, val in data.items():
-        if isinstance(val, dict):
-            if key in ("meta", "about"):
-                continue  # free-form description of the recipe
-            if key != command:
-                raise VmtUsageError(f"recipe {path} has a [{key}] table; this command (vmt {command}) reads "
-                                    f"[{command}] or top-level keys")
-            raw.update(val)
-        else:
-            raw[key] = val
-    from vmt.runs.fields import convert_value
-
-    types_ = param_types(ctx, request)
-    out = {}
-    for key, val in raw.items():
-        name = key.replace("-", "_")
-        if name not in allowed:
-            raise VmtUsageError(f"recipe {path}: unknown key {key!r} for `vmt {command}`; known keys: "
-                                + ", ".join(sorted(k.replace("_", "-") for k in allowed)))
-        try:
-            out[name] = convert_value(*types_.get(name, (str, False)), val)
-        except ValueError as e:
-            raise VmtUsageError(f"recipe {path}: {key} = {val!r} is not valid for {flag(ctx, name)}: expected "
-                                f"{e}") from None
-    return out
+    return read(path, command, param_types(ctx, request), allowed)
 
 
 class Params(dict):

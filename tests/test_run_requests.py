@@ -156,3 +156,28 @@ def test_the_readme_python_api_runs_as_written(tmp_path):
     assert dog["image"]["fit"] == "crop" and dog["image"]["size"] == [150, 200]
     assert dog["model"]["pipeline"] == "WanImageToVideoPipeline"
     shutil.rmtree(cache)
+
+
+def test_a_recipe_loads_into_a_request_from_python(tmp_path):
+    """vmt.recipes.load_recipe: the shipped recipe's values, typed as the request's fields, read independently
+    here with tomllib; a bad recipe names the parameter, not a flag."""
+    import tomllib
+
+    from vmt.errors import VmtUsageError
+    from vmt.recipes import find_recipe, load_recipe
+
+    values = load_recipe("wan2.2-a14b-t2v", RefineRequest)
+    data = tomllib.loads(find_recipe("wan2.2-a14b-t2v", "refine").read_text())
+    flat = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    flat.update({k.replace("-", "_"): v for k, v in data.get("refine", {}).items()})
+    assert values == {k: float(v) if isinstance(RefineRequest.__dataclass_fields__[k].default, float)
+                      and isinstance(v, int) else v for k, v in flat.items()}
+    request = RefineRequest(**values, prompt="a fox")
+    assert all(getattr(request, k) == v for k, v in values.items())
+    request.check()  # the recipe's values are valid for the request
+    bad = tmp_path / "bad.toml"
+    bad.write_text("guidance_scale = 'high'\n")
+    with pytest.raises(VmtUsageError) as e:
+        load_recipe(bad, RefineRequest)
+    assert "guidance_scale = 'high' is not valid for guidance_scale: expected a number" in str(e.value)
+    assert "--" not in str(e.value)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vmt.errors import VmtUsageError
+from vmt.errors import VmtUsageError, param
 
 
 def _recipes_dir() -> Path:
@@ -77,3 +79,61 @@ def find_recipe(spec: str | Path, command: str) -> Path:
     names = ", ".join(r.name for r in recipes if r.family == family(command)) or "none"
     raise VmtUsageError(f"no recipe file or shipped recipe named {text!r}; shipped for this command: {names} "
                         "(see `vmt recipes`)")
+
+
+def recipe_values(path: Path, command: str, types: Mapping[str, tuple[type, bool]],
+                  allowed: Iterable[str]) -> dict[str, Any]:
+    """A TOML recipe's values (keys at top level or under a [command] table; [meta] is free text), each in
+    its parameter's type (`types`: name -> (base type, is a list), e.g. vmt.runs.fields.value_types of a
+    request). Keys may be written with dashes. An unknown key, a value of another type or a table of another
+    command is a VmtUsageError naming it."""
+    from vmt.runs.fields import convert_value
+
+    allowed = set(allowed)
+    if path.is_dir():
+        raise VmtUsageError(f"{param('recipe')} {path} is a folder; give a .toml file or a recipe name (see "
+                            "`vmt recipes`)")
+    if not path.is_file():
+        raise VmtUsageError(f"recipe {path} not found; give a .toml file or a recipe name (see `vmt recipes`)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise VmtUsageError(f"recipe {path} is not valid TOML: {e}") from e
+    raw: dict[str, Any] = {}
+    for key, val in data.items():
+        if isinstance(val, dict):
+            if key in ("meta", "about"):
+                continue  # free-form description of the recipe
+            if key != command:
+                raise VmtUsageError(f"recipe {path} has a [{key}] table; this command (vmt {command}) reads "
+                                    f"[{command}] or top-level keys")
+            raw.update(val)
+        else:
+            raw[key] = val
+    out = {}
+    for key, val in raw.items():
+        name = key.replace("-", "_")
+        if name not in allowed:
+            raise VmtUsageError(f"recipe {path}: unknown key {key!r} for `vmt {command}`; known keys: "
+                                + ", ".join(sorted(k.replace("_", "-") for k in allowed)))
+        try:
+            out[name] = convert_value(*types.get(name, (str, False)), val)
+        except ValueError as e:
+            raise VmtUsageError(f"recipe {path}: {key} = {val!r} is not valid for {param(name)}: expected "
+                                f"{e}") from None
+    return out
+
+
+def load_recipe(recipe: str | Path, request: type, command: str | None = None) -> dict[str, Any]:
+    """A recipe (a shipped name or a .toml path) as keyword arguments of a run request class, for Python:
+
+        RefineRequest(**load_recipe("wan2.2-a14b-t2v", RefineRequest), prompt="a fox in snow")
+
+    `command`: the recipe table to read (default: the request's command, e.g. "refine")."""
+    from dataclasses import fields
+
+    from vmt.runs.fields import value_types
+
+    command = command or request.job_kind.command
+    return recipe_values(find_recipe(recipe, command), command, value_types(request),
+                         [f.name for f in fields(request)])
