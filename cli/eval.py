@@ -369,13 +369,15 @@ visible side by side), the sharpness relative to the first segment (variance of 
 washes out) and the seam score of each boundary (1 is seamless). Gated: the final and largest delta E (lower),
 the final sharpness and the mean seam (closer to 1).
 
-[bold]Example[/]  vmt eval drift long.mp4 --segment-frames 80 --json drift.json --plot drift.png
+[bold]Example[/]  vmt eval drift long.mp4 --segment-frames 81 --overlap 1 --json drift.json --plot drift.png
 """))
 def drift(
     ctx: typer.Context,
     videos: Annotated[list[str], typer.Argument(help="Video(s): files, folders or globs.", show_default=False)],
-    segment_frames: Annotated[int, typer.Option("--segment-frames", help="Frames each segment contributes "
-                                                "(a chain of 81-frame clips conditioned on one frame: 80).")] = 81,
+    segment_frames: Annotated[int, typer.Option("--segment-frames", help="Frames of the first segment (and of "
+                                                "each, without --overlap).")] = 81,
+    overlap: Annotated[int, typer.Option("--overlap", help="Frames each segment shares with the one before and "
+                                         "does not repeat (`vmt longgen sample` on Wan, --ref-index -1: 1).")] = 0,
     max_frames: MaxFramesOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw delta E, sharpness and seams per "
                                               "segment into this PNG.", show_default=False)] = None,

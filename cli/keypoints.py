@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli.display import reflow
 from cli.common import (
     DebugOpt,
     DeviceOpt,
@@ -90,7 +91,7 @@ frame warped by the mean forecast (thin-plate spline, no weights).
 """
 
 
-@app.command("train", help=TRAIN_HELP, no_args_is_help=True)
+@app.command("train", help=reflow(TRAIN_HELP), no_args_is_help=True)
 def train(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Keypoint sequences (.npz), a video or a folder of videos.",
@@ -155,7 +156,7 @@ def _train(p: dict) -> None:
                                                         if best is not None else ")"))
 
 
-@app.command("run", help=RUN_HELP, no_args_is_help=True)
+@app.command("run", help=reflow(RUN_HELP), no_args_is_help=True)
 def run(
     ctx: typer.Context,
     input: Annotated[Path, typer.Argument(help="Keypoint .npz or a video file.", show_default=False)],

@@ -15,7 +15,7 @@ from cli.common import (
     OutputOpt, OverwriteOpt, QuietOpt, RecipeOpt, RevisionOpt, SeedOpt, StorageDtypeOpt, VaeTilingOpt,
     command_line, console, status, step_progress,
 )
-from cli.display import ChainProgress, show_chain
+from cli.display import ChainProgress, reflow, show_chain
 from cli.refine_options import (
     ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
 )
@@ -44,7 +44,7 @@ The model is trained here, on your videos or on synthetic moving digits (no weig
   vmt longgen reconstruct clip.mp4 -m runs/faces -o rec.mp4
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(help=reflow(HELP), no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 ModelDirOpt = Annotated[str, typer.Option("--model", "-m", help="Run folder written by `vmt longgen train`.",
@@ -81,7 +81,7 @@ minutes on a CPU), tiny (16x16, for tests).
 """
 
 
-@app.command("train", help=TRAIN_HELP, no_args_is_help=True)
+@app.command("train", help=reflow(TRAIN_HELP), no_args_is_help=True)
 def train(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Folder of videos, or synthetic:digits.", show_default=False)],
@@ -200,7 +200,7 @@ not measured). --dry-run prints the segments, NFE and a GPU memory estimate with
 """
 
 
-@app.command("sample", help=SAMPLE_HELP, no_args_is_help=True)
+@app.command("sample", help=reflow(SAMPLE_HELP), no_args_is_help=True)
 def sample(
     ctx: typer.Context,
     output: OutputOpt,
@@ -313,7 +313,7 @@ its frame differences) and decode it. Shows what the model keeps of real footage
 """
 
 
-@app.command("reconstruct", help=RECON_HELP, no_args_is_help=True)
+@app.command("reconstruct", help=reflow(RECON_HELP), no_args_is_help=True)
 def reconstruct(
     ctx: typer.Context,
     video: Annotated[Path, typer.Argument(help="Input video (resized to the model's size, centre crop).",

@@ -122,3 +122,17 @@ def test_eval_drift_reports_plots_and_gates_a_ramp_against_the_clean_clip(shared
     assert "final_delta_e" in report["baseline"]["regressions"]
     res = run(app, ["eval", "drift", str(tmp_path / "clean.mp4"), "--segment-frames", "200"])
     assert res.exit_code == 3 and "at least two" in res.output  # one segment: nothing to drift from
+
+
+def test_overlap_puts_the_boundaries_where_a_chain_has_them():
+    """A chain of 9-frame segments conditioned on the last frame adds 8 new frames a segment: boundaries at
+    9 and 17. Flat colours changing exactly there give the closed-form delta E with overlap 1, not without."""
+    colours = [(200, 30, 40), (180, 60, 40), (150, 90, 60)]
+    video = np.concatenate([np.full((n, 8, 8, 3), c, np.uint8) for n, c in zip((9, 8, 8), colours)])
+    want = [float(np.linalg.norm(_lab_reference(np.array(c)) - _lab_reference(np.array(colours[0]))))
+            for c in colours]
+    r = drift(video, 9, overlap=1)
+    assert r.segments == 3 and r.delta_e == pytest.approx(want, rel=0.02, abs=0.3)
+    assert drift(video, 9).delta_e[1] != pytest.approx(want[1], rel=0.02, abs=0.3)  # boundaries at 9 and 18
+    with pytest.raises(ValueError):
+        drift(video, 9, overlap=8)

@@ -88,19 +88,23 @@ class DriftReport:
         return asdict(self)
 
 
-def drift(frames: np.ndarray, segment_frames: int) -> DriftReport:
-    """Drift of frames (T, H, W, 3) uint8 cut into segments of `segment_frames` frames. Raises ValueError
-    when there are fewer than two segments or a segment has fewer than two frames to measure motion in."""
-    from vmt.metrics.seams import frame_steps
+def drift(frames: np.ndarray, segment_frames: int, overlap: int = 0) -> DriftReport:
+    """Drift of frames (T, H, W, 3) uint8 cut into segments: the first of `segment_frames` frames, each next
+    one of `segment_frames - overlap` (a recall chain conditioned on the last frame of the segment before,
+    whose frame is not repeated: overlap 1). Raises ValueError when there are fewer than two segments or a
+    segment has fewer than two frames to measure motion in."""
+    from vmt.metrics.seams import chain_boundaries, frame_steps
 
     frames = np.asarray(frames)
     n = len(frames)
     if segment_frames < 2:
         raise ValueError(f"segments need at least 2 frames, got {segment_frames}")
-    starts = list(range(0, n, segment_frames))
+    if not 0 <= overlap <= segment_frames - 2:
+        raise ValueError(f"overlap must be in 0..{segment_frames - 2} for segments of {segment_frames}, got {overlap}")
+    starts = [0, *chain_boundaries(n, segment_frames, segment_frames - overlap)]
     if len(starts) < 2:
         raise ValueError(f"{n} frames hold one segment of {segment_frames}; drift needs at least two")
-    segs = [frames[s:s + segment_frames] for s in starts]
+    segs = [frames[a:b] for a, b in zip(starts, [*starts[1:], n])]
     if len(segs[-1]) < 2:  # a one-frame tail has no inside motion and a noisy colour mean: part of the last
         segs[-2:] = [np.concatenate(segs[-2:])]
         starts = starts[:-1]

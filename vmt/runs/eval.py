@@ -716,7 +716,8 @@ class DriftEvalRequest(_VideosRequest):
                                           "mean_seam")
     headline: ClassVar[str | None] = "final_delta_e"
 
-    segment_frames: int = number(81, Range(2), "frames per segment")
+    segment_frames: int = number(81, Range(2), "frames of the first segment (and of each, without overlap)")
+    overlap: int = number(0, NON_NEGATIVE, "frames a segment shares with the one before (a chain on its last frame: 1)")
     max_frames: int | None = number(None, AT_LEAST_1, "use at most this many frames of each video")
     plot: Path | None = None  # a PNG of delta E, sharpness and seams per segment, one line per video
 
@@ -734,9 +735,10 @@ class DriftEvalRequest(_VideosRequest):
 
         frames, _ = read_video(path, max_frames=self.max_frames)
         try:
-            return drift(frames, self.segment_frames).as_dict()
+            return drift(frames, self.segment_frames, self.overlap).as_dict()
         except ValueError as e:
-            raise VmtUsageError(f"{path}: {e} ({param('segment_frames')} {self.segment_frames})") from None
+            raise VmtUsageError(f"{path}: {e} ({param('segment_frames')} {self.segment_frames}, "
+                                f"{param('overlap')} {self.overlap})") from None
 
     def _summarize(self, items: list[dict]) -> dict:
         import numpy as np
