@@ -181,3 +181,18 @@ def test_a_recipe_loads_into_a_request_from_python(tmp_path):
         load_recipe(bad, RefineRequest)
     assert "guidance_scale = 'high' is not valid for guidance_scale: expected a number" in str(e.value)
     assert "--" not in str(e.value)
+
+
+@pytest.mark.parametrize("family, request_class", [("refine", RefineRequest), ("transfer", TransferRequest)])
+def test_every_shipped_recipe_makes_a_valid_request(family, request_class):
+    """Each shipped refine and transfer recipe, read by vmt.recipes.load_recipe, gives a request that passes
+    its own checks (no model): a recipe with a key, value or range the request refuses fails here."""
+    from vmt.recipes import list_recipes, load_recipe
+
+    names = [r.name for r in list_recipes() if r.family == family]
+    assert names
+    for name in names:
+        values = load_recipe(name, request_class)
+        required = {"prompt": "x"} if family == "refine" else {"prompt": "x", "reference": "ref.mp4"}
+        request = request_class(**{**required, **values})
+        request.check()
