@@ -10,6 +10,9 @@ real latent (16 channels) and text (4096 x 512 tokens) widths. Measured, each wi
                 windowed vs global AMF, with and without gradient checkpointing
   transfer-i2v  the same guided step onto a photo: the architecture as image-to-video (36 input channels,
                 the photo conditioning every pass), windowed AMF
+  chain         a 3-segment long video (vmt longgen sample on Wan: each segment conditioned on the last frame
+                of the one before), the I2V architecture saved and loaded as a user's folder: seconds per
+                segment and peak memory
   options       --offload group (CUDA streams with and without checkpointing), --storage-dtype float8_e4m3fn,
                 --attention-backend (each usable one of sage / flash / _flash_3 / _native_cudnn; sage has no
                 backward, so its guided passes run on the fallback), --compile (inductor, last: compiling takes
@@ -200,6 +203,33 @@ def transfer_case(backend, args, amf: str) -> dict:
             "final_amf_loss": res.guidance[0]["final_amf_loss"] if res.guidance else None, "notes": notes}
 
 
+def chain_case(master, args, workdir: Path) -> dict:
+    """A 3-segment long video (vmt.runs.chain.WanChainRequest, the recall chain of `vmt longgen sample` on a
+    Wan model) on the image-to-video architecture, saved to a folder and loaded as a user's model is: seconds
+    per segment (sampling, decode), frames out, the chain's drift numbers."""
+    from PIL import Image
+
+    from vmt.runs.chain import WanChainRequest
+
+    folder = workdir / "i2v-model"
+    if not folder.is_dir():
+        master.save_pretrained(folder)
+    photo = workdir / "first.png"
+    Image.fromarray(reference_frames(1, args.height, args.width)[0]).save(photo)
+    m = args.frames
+    request = WanChainRequest(model=str(folder), image=photo, prompt="a boat on a river", frames=3 * m - 2,
+                              segment_frames=m, height=args.height, width=args.width, steps=args.steps,
+                              plan="none", device=args.device, dtype=args.dtype)
+    seconds: list[float] = []
+    out = workdir / "chain.mp4"
+    t0 = time.perf_counter()
+    result = request.run(out, overwrite=True, on_segment=lambda j, n, status, s: seconds.append(round(s, 3)))
+    return {"segments": result["segments"], "frames": result["frames"], "segment_s": seconds,
+            "seconds_per_segment": round(sum(seconds[1:]) / max(len(seconds) - 1, 1), 4),  # the first warms up
+            "wall_s": round(time.perf_counter() - t0, 3), "nfe": result["nfe"],
+            "drift": {k: (result["drift"] or {}).get(k) for k in ("final_delta_e", "mean_seam")}}
+
+
 def option_sets(device: torch.device, arch: str) -> list[tuple[str, dict]]:
     """(name, WanLoadOptions fields) in the order they run; the big architecture gets the memory ones only."""
     sets = [("default", {}), ("no-checkpointing", {"grad_checkpointing": False})]
@@ -222,8 +252,8 @@ def option_sets(device: torch.device, arch: str) -> list[tuple[str, dict]]:
 def cases_for(name: str, arch: str) -> list[tuple[str, object]]:
     """The measurements of one option set: refine plain always; P&P with the defaults; guided windowed
     always, global AMF with and without checkpointing."""
-    if name == "i2v":  # motion transfer onto a photo (vmt transfer --image)
-        return [("transfer-i2v-windowed", "windowed")]
+    if name == "i2v":  # motion transfer onto a photo (vmt transfer --image); a long video on Wan
+        return [("transfer-i2v-windowed", "windowed"), ("chain-3-segments", "chain")]
     out = [("refine-plain", "none")]
     if name == "default":
         out.append(("refine-pnp", "pnp"))
@@ -254,6 +284,9 @@ def run_suite(args) -> dict:
     doc = {"schema": SCHEMA, "device": _device_name(device), "dtype": args.dtype,
            "size": {"frames": args.frames, "height": args.height, "width": args.width}, "steps": args.steps,
            "budget_s": args.budget_s, "versions": _versions(), "cases": []}
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="vmt-gpu-suite-"))
     for arch in [a for a in args.archs.split(",") if a]:
         if arch not in WAN_ARCHS:
             raise SystemExit(f"unknown --archs entry {arch!r}; use {', '.join(WAN_ARCHS)}")
@@ -289,9 +322,16 @@ def run_suite(args) -> dict:
                             if case.startswith("refine"):
                                 plan = "none" if what == "none" else f"0-{args.steps - 1}:1"
                                 row.update(refine_case(backend, args, plan))
+                            elif what == "chain":  # loads its own copy from a folder, as a user's run does
+                                del backend
+                                backend = None
+                                free_memory(device)
+                                row.update(chain_case(master, args, workdir))
                             else:
                                 row.update(transfer_case(backend, args, what))
-                        row.update(mem.as_dict(), status="ok", model=backend.describe())
+                        row.update(mem.as_dict(), status="ok")
+                        if backend is not None:
+                            row["model"] = backend.describe()
                     except Exception as e:  # one failing case (OOM, missing kernel) must not end the suite
                         row.update(status="oom" if is_oom(e) else "error", error=f"{type(e).__name__}: {e}"[:500])
                         if backend is None:
@@ -305,6 +345,9 @@ def run_suite(args) -> dict:
             free_memory(device)
         del master
         free_memory(device)
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
     doc["summary"] = summarize(doc["cases"])
     doc["wall_s"] = round(time.perf_counter() - start, 2)
     return doc

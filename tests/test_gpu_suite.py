@@ -31,7 +31,7 @@ def test_gpu_suite_cpu_preset_writes_its_json(tmp_path):
         ("default", "transfer-guided-global"), ("no-checkpointing", "refine-plain"),
         ("no-checkpointing", "transfer-guided-windowed"), ("no-checkpointing", "transfer-guided-global"),
         *((s, c) for s in sets.split(",")[2:-1] for c in ("refine-plain", "transfer-guided-windowed")),
-        ("i2v", "transfer-i2v-windowed"),
+        ("i2v", "transfer-i2v-windowed"), ("i2v", "chain-3-segments"),
     }
     for c in doc["cases"]:
         assert c["status"] == "ok", c
@@ -41,12 +41,16 @@ def test_gpu_suite_cpu_preset_writes_its_json(tmp_path):
             assert c["seconds_per_step"] > 0 and c["seconds_per_nfe"] > 0
             # CFG on: two DiT passes per evaluation; P&P's plan 0-1:1 adds one evaluation per step
             assert c["nfe"] == (4 if c["case"] == "refine-pnp" else 2) and c["dit_forward"] == 2 * c["nfe"]
+        elif c["case"] == "chain-3-segments":
+            # 3 segments of 9 frames on the last frame of the one before: 9 + 8 + 8 frames, 2 steps each
+            assert c["segments"] == 3 and c["frames"] == 25 and c["nfe"] == 6 and len(c["segment_s"]) == 3
+            assert c["seconds_per_segment"] > 0 and c["drift"]["final_delta_e"] is not None
         else:
             # one guided step as released: 10 inner steps, a forward+backward at 0, 3, 6, 9; one reference
             # forward; then the step's CFG pair
             assert c["dit_backward"] == 4 and c["dit_forward"] == 4 + 1 + 2 and c["guided_step_s"] > 0
             assert c["i2v"] == (c["options"] == "i2v")  # onto a photo: the image-to-video architecture
-    models = {c["options"]: c["model"] for c in doc["cases"]}
+    models = {c["options"]: c["model"] for c in doc["cases"] if "model" in c}
     assert models["i2v"]["pipeline"] == "WanImageToVideoPipeline"
     assert models["default"]["grad_checkpointing"] is True and models["no-checkpointing"]["grad_checkpointing"] is False
     assert models["group-offload"]["offload"] == "group"
