@@ -180,3 +180,28 @@ def test_manifests_pair_by_job_and_report_the_compute_each_side_paid(tmp_path, s
     (tmp_path / "b" / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     res = invoke("compare", tmp_path / "a", tmp_path / "b")
     assert res.exit_code == 2 and "line 2" in res.output and "failed" in res.output, res.output
+
+
+@pytest.mark.slow
+def test_compare_of_two_refine_batches_pairs_by_job_and_draws_the_step_records(tiny_t2v, tmp_path):
+    """Two real batches of the same jobs (P&P against plain Euler on the tiny model): paired by job, the
+    NFE ratio read from the sidecars is the plans' (3 steps + 2 refinements over 3), and the HTML page draws
+    P&P's per-step certain fraction from A's sidecars (B has none)."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a red fox\na blue boat\n")
+    small = ["--model", tiny_t2v, "--num-frames", "5", "--height", "32", "--width", "32", "--steps", "3",
+             "--device", "cpu", "-q"]
+    for out, plan in (("pnp", "0-1:1"), ("plain", "none")):
+        res = invoke("refine", "--batch", jobs, "-o", tmp_path / out, "--plan", plan, *small)
+        assert res.exit_code == 0, res.output
+    res = invoke("compare", tmp_path / "pnp", tmp_path / "plain", "--resamples", 200, "--json",
+                 tmp_path / "c.json", "--html", tmp_path / "c.html", "--html-videos", 1, "-q")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["pairs"] == 2 and report["groups"] == 2
+    assert report["cost"]["a_over_b"]["nfe"] == pytest.approx(5 / 3)
+    page = (tmp_path / "c.html").read_text()
+    assert "Step records" in page and "P&amp;P certain fraction" in page
+    records = page.split("Step records", 1)[1].split("<h2>", 1)[0]
+    figures = records.count("<figure>")
+    assert figures == 1 and records.count("<polyline") == 1  # A's line; plain Euler recorded no gate

@@ -196,6 +196,72 @@ def cost_svg(points: Sequence[tuple[str, float, float]], *, x_label: str, y_labe
     return "".join(parts) + "</svg>"
 
 
+def line_svg(series: dict[str, Sequence[tuple[float, float]]], *, x_label: str, y_label: str, width: int = 300,
+             height: int = 170) -> str:
+    """Lines of (x, y) points, one per named series (A blue, B orange): a per-step record over the steps."""
+    pts = [(x, y) for line in series.values() for x, y in line if math.isfinite(x) and math.isfinite(y)]
+    ax = _Axis([p[0] for p in pts], 50, width - 12, include_zero=False)
+    ay = _Axis([p[1] for p in pts], height - 36, 10, include_zero=False)
+    parts = [f"<svg width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" "
+             f"aria-label=\"{esc(y_label)} over {esc(x_label)}\">",
+             f"<line x1=\"{ax.x0}\" y1=\"{ay.x0}\" x2=\"{ax.x1}\" y2=\"{ay.x0}\" stroke=\"#9aa3ad\"/>",
+             f"<line x1=\"{ax.x0}\" y1=\"{ay.x0}\" x2=\"{ax.x0}\" y2=\"{ay.x1}\" stroke=\"#9aa3ad\"/>"]
+    for t in ax.ticks(4):
+        parts.append(f"<text x=\"{ax(t):.1f}\" y=\"{ay.x0 + 13}\" text-anchor=\"middle\">{esc(_tick_text(t))}</text>")
+    for t in ay.ticks(4):
+        parts.append(f"<text x=\"{ax.x0 - 4}\" y=\"{ay(t) + 4:.1f}\" text-anchor=\"end\">{esc(_tick_text(t))}</text>")
+    parts.append(f"<text x=\"{(ax.x0 + ax.x1) / 2:.1f}\" y=\"{height - 6}\" text-anchor=\"middle\">"
+                 f"{esc(x_label)}</text>")
+    colors = {"A": "#1d5fa8", "B": "#d9822b"}
+    for name, line in series.items():
+        xy = " ".join(f"{ax(x):.1f},{ay(y):.1f}" for x, y in line if math.isfinite(x) and math.isfinite(y))
+        if xy:
+            parts.append(f"<polyline points=\"{xy}\" fill=\"none\" stroke=\"{colors.get(name, '#555')}\" "
+                         f"stroke-width=\"2\"><title>{esc(name)}</title></polyline>")
+    return "".join(parts) + "</svg>"
+
+
+def step_records(video: str | Path | None) -> dict[str, list[tuple[float, float]]]:
+    """What a video's sidecar recorded step by step, as curves: P&P's certain fraction at the end of each
+    refined step (`pnp.final_certain_fraction`: the share of voxels the uncertainty gate had settled) and the
+    guidance's final AMF loss per guided step (`guidance.final_amf_loss`). Empty without a sidecar."""
+    import json
+
+    if not video:
+        return {}
+    try:
+        doc = json.loads(Path(video).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, list[tuple[float, float]]] = {}
+    certain = (doc.get("pnp") or {}).get("final_certain_fraction") if isinstance(doc, dict) else None
+    if isinstance(certain, dict) and certain:
+        out["P&P certain fraction"] = sorted((float(k), float(v)) for k, v in certain.items()
+                                             if isinstance(v, (int, float)))
+    losses = (doc.get("guidance") or {}).get("final_amf_loss") if isinstance(doc, dict) else None
+    if isinstance(losses, list) and losses:
+        out["AMF loss"] = [(float(i), float(v)) for i, v in enumerate(losses) if isinstance(v, (int, float))]
+    return out
+
+
+def _records_section(report: dict, sample: list[tuple[str, int]]) -> list[str]:
+    """Per sampled pair, the step records both sidecars hold (P&P's gate, the guidance's AMF loss)."""
+    figures = []
+    for label, i in sample:
+        item = report["items"][i]
+        a, b = step_records(item.get("a")), step_records(item.get("b"))
+        for name in sorted(set(a) | set(b)):
+            series = {k: v for k, v in (("A", a.get(name)), ("B", b.get(name))) if v}
+            x_label = "refined step" if name.startswith("P&P") else "guided step"
+            figures.append(f"<figure>{line_svg(series, x_label=x_label, y_label=name)}<figcaption>{esc(name)}, "
+                           f"{esc(label)} pair {i + 1} (A blue, B orange)</figcaption></figure>")
+    if not figures:
+        return []
+    return ["<h2>Step records</h2><p class=\"muted\">From the outputs' sidecars: the share of voxels P&P's "
+            "uncertainty gate had settled at the end of each refined step, and the motion guidance's AMF loss "
+            "per guided step.</p>", f"<div class=\"plots\">{''.join(figures)}</div>"]
+
+
 # ---------------------------------------------------------------- frames as data: URIs
 
 
@@ -420,6 +486,7 @@ def compare_html(report: dict, *, videos: int = MAX_VIDEOS, thumb_height: int = 
                         f"{esc(metric)} A-B {_num(diffs[i])}): {esc(names)} &middot; {esc(item.get('group', ''))}"
                         "</figcaption></figure>")
 
+    body += _records_section(report, video_sample(report, max(videos, 1)))
     thumbs = _Thumbs(thumb_height, video_frames)
     names = list(report["metrics"])
     body.append(f"<h2>Pairs</h2><p class=\"muted\">The middle of the first {video_frames} frames of each video; "
