@@ -39,7 +39,15 @@ def _sidecar(path: Path, request) -> dict:
     doc = json.loads(path.read_text())
     names = {f.name for f in fields(request)}
     doc["params"] = {k: v for k, v in doc["params"].items() if k in names}
-    return {k: v for k, v in doc.items() if k not in VOLATILE}
+
+    def rounded(v):  # the motion prior's fit statistics sum in BLAS, whose order may vary in the last bit
+        if isinstance(v, float):
+            return float(f"{v:.12g}")
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        return [rounded(x) for x in v] if isinstance(v, list) else v
+
+    return {k: (rounded(v) if k == "motion_prior_fit" else v) for k, v in doc.items() if k not in VOLATILE}
 
 
 def _tensors(path: Path) -> dict:
