@@ -190,6 +190,11 @@ class CompareRequest:
         if self.set_metric_names() and self.references is None:
             raise VmtUsageError(f"FVD and FID measure each set against real videos: give {param('references')} "
                                 "(a folder of reference videos paired by file name)")
+        from vmt.metrics import detectors as D
+
+        for name in self.set_metric_names():  # a missing detector fails before any video is scored
+            spec_name, field_name = SET_METRICS[name]
+            D.find_detector(getattr(D, spec_name), getattr(self, field_name))
 
     def set_metric_names(self) -> list[str]:
         return [name for name, (_, field_name) in SET_METRICS.items() if getattr(self, field_name) is not None]
