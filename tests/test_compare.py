@@ -329,3 +329,30 @@ def test_set_metrics_need_references_and_their_detector(shared_data, tmp_path):
                  tmp_path / "missing_i3d.pt")
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "missing_i3d.pt" in text and "--i3d PATH" in text, res.output
+
+
+def test_the_physics_benchmark_pairs_samples_by_start_noise():
+    """benchmarks/refine_physics.py's paired comparison on rendered ground truth: A = 40 real ball videos
+    (all trackable), B = the same videos with the first 20 replaced by noise (not trackable). Trackable:
+    difference 0.5, a_better, win rate 0.75 (20 wins, 20 ties); the residual compares only the 20 pairs
+    trackable on both sides, which are identical: an interval of exactly 0."""
+    import importlib.util
+
+    from vmt.testing.toy_video import BallWorld, ball_score, sample_balls, to_uint8_frames
+
+    spec = importlib.util.spec_from_file_location("refine_physics", ROOT / "benchmarks" / "refine_physics.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    world = BallWorld()
+    videos, _, _ = sample_balls(world, 40, torch.Generator().manual_seed(0))
+    noise = torch.rand(videos.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    a = [ball_score(to_uint8_frames(v), threshold=128, radius=world.radius, min_found=0.75) for v in videos]
+    b = [ball_score(to_uint8_frames(v), threshold=128, radius=world.radius, min_found=0.75)
+         for v in torch.cat([noise[:20], videos[20:]])]
+    assert all(s.trackable for s in a) and not any(s.trackable for s in b[:20])
+    (row,) = bench.paired_comparisons({"P&P x": a, "euler y": b}, resamples=2000, seed=0)
+    assert (row["a"], row["b"], row["both_trackable"], row["only_a_trackable"]) == ("P&P x", "euler y", 20, 20)
+    t = row["metrics"]["trackable"]
+    assert t["verdict"] == "a_better" and t["mean_difference"] == 0.5 and t["win_rate"] == 0.75 and t["ci"][0] > 0.2
+    r = row["metrics"]["residual_px"]
+    assert r["pairs"] == 20 and r["ci"] == [0.0, 0.0] and r["verdict"] == "no_difference"
