@@ -10,6 +10,12 @@ trackable (found in at least 75% of the frames, and the tracked pixels look like
 not noise; the fit uses those frames), the trackable fraction, and the fitted vertical acceleration against the true
 gravity. Training videos scored the same way give the floor (rendering + tracking error).
 
+Then the paired comparison of `vmt compare` (vmt.metrics.paired.compare_metric) on this ground truth: each P&P
+sampler against each Euler sampler, sample by sample (the same starting noise for both), on the "trackable"
+indicator (1/0, higher better) and on the residual where both videos are trackable (lower better); each
+sample is its own bootstrap group (the starts are independent). Verdicts, intervals and win rates go into the
+JSON under "paired".
+
     python benchmarks/refine_physics.py [--train-minutes 6] [--samples 128] [--steps 20] [--threshold 128]
 """
 
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vmt.metrics.paired import compare_metric
 from vmt.sampling.euler import sample_euler
 from vmt.sampling.pnp import DEFAULT_PLAN, Plan, PredictPerturb, parse_plan
 from vmt.sampling.sigmas import flow_sigmas
@@ -45,10 +52,14 @@ def scaled_plan(steps: int, base: str = DEFAULT_PLAN, base_steps: int = 50) -> P
     return Plan(tuple(out))
 
 
-def score(videos: torch.Tensor, world: BallWorld, threshold: float, min_found: float) -> dict:
+def score(videos: torch.Tensor, world: BallWorld, threshold: float, min_found: float,
+          per_sample: list | None = None) -> dict:
+    """The summary row; with `per_sample` (a list), each video's BallScore is appended to it as well."""
     gravity = world.gravity
     scores = [ball_score(to_uint8_frames(v), threshold=threshold, radius=world.radius, min_found=min_found)
               for v in videos]
+    if per_sample is not None:
+        per_sample.extend(scores)
     ok = [s for s in scores if s.trackable]
     res = np.array([s.residual_px for s in ok])
     grav = np.array([s.gravity_px for s in ok])
@@ -61,6 +72,36 @@ def score(videos: torch.Tensor, world: BallWorld, threshold: float, min_found: f
         "median_gravity_error": round(float(np.median(np.abs(grav - gravity))), 4) if len(ok) else nan,
         "bounce_fraction": round(float(np.mean([s.bounce_frame >= 0 for s in ok])), 4) if len(ok) else nan,
     }
+
+
+def paired_comparisons(per_method: dict[str, list], resamples: int, seed: int) -> list[dict]:
+    """Each P&P sampler (A) against each Euler sampler (B), per sample: the trackable indicator (higher
+    better) and the residual where both are trackable (lower better; NaN elsewhere, so compare_metric leaves
+    those pairs out). One bootstrap group per sample."""
+    out = []
+    pnps = [m for m in per_method if m.startswith("P&P")]
+    eulers = [m for m in per_method if m.startswith("euler")]
+    for a in pnps:
+        for b in eulers:
+            sa, sb = per_method[a], per_method[b]
+            groups = np.arange(len(sa))
+            metrics = {}
+            for metric, better, value in (("trackable", "higher", lambda s: float(s.trackable)),
+                                          ("residual_px", "lower",
+                                           lambda s: float(s.residual_px) if s.trackable else float("nan"))):
+                try:
+                    metrics[metric] = compare_metric([value(s) for s in sa], [value(s) for s in sb], groups,
+                                                     better, resamples=resamples, seed=seed).as_dict()
+                except ValueError:  # no sample trackable on both sides
+                    metrics[metric] = {"better": better, "pairs": 0, "verdict": "no_difference", "ci": None,
+                                       "a_mean": float("nan"), "b_mean": float("nan"),
+                                       "mean_difference": float("nan"), "win_rate": float("nan")}
+            both = sum(1 for x, y in zip(sa, sb, strict=True) if x.trackable and y.trackable)
+            only_a = sum(1 for x, y in zip(sa, sb, strict=True) if x.trackable and not y.trackable)
+            only_b = sum(1 for x, y in zip(sa, sb, strict=True) if y.trackable and not x.trackable)
+            out.append({"a": a, "b": b, "samples": len(sa), "both_trackable": both, "only_a_trackable": only_a,
+                        "only_b_trackable": only_b, "metrics": metrics})
+    return out
 
 
 def main() -> None:
@@ -80,6 +121,7 @@ def main() -> None:
                          "background noise above the metric's default 25)")
     ap.add_argument("--min-found", type=float, default=0.75,
                     help="trackable: the ball is found and ball-shaped in at least this fraction of frames")
+    ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the paired comparison")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-model", type=Path, help="write the trained (EMA) weights here")
@@ -124,6 +166,7 @@ def main() -> None:
     floor = score(real, world, args.threshold, args.min_found)
     rows = [{"method": "training videos (floor)", "nfe": 0, "seconds": 0.0, **floor}]
     dumps = {"real": np.stack([to_uint8_frames(v)[..., 0] for v in real])}
+    per_method: dict[str, list] = {}
     for name, (grid, tau) in methods.items():
         calls = [0]
 
@@ -138,8 +181,9 @@ def main() -> None:
             chunks.append(sample_euler(velocity, z0[i:i + args.chunk].clone(), grid, [pnp] if pnp else []))
         seconds = time.perf_counter() - t1
         n_chunks = math.ceil(args.samples / args.chunk)
+        per_method[name] = []
         row = {"method": name, "nfe": round(calls[0] / n_chunks, 2), "seconds": round(seconds, 1),
-               **score(torch.cat(chunks), world, args.threshold, args.min_found)}
+               **score(torch.cat(chunks), world, args.threshold, args.min_found, per_method[name])}
         if pnp is not None:
             cf = [r["certain_fraction"][-1] for r in pnp.steps]
             row["mean_final_certain_fraction"] = round(sum(cf) / len(cf), 4)
@@ -155,6 +199,15 @@ def main() -> None:
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r.get(c, "")) for c in cols))
+    paired = paired_comparisons(per_method, args.resamples, args.seed)
+    print()
+    print("paired (A against B, same starting noise; diff > 0 favours A) | metric | A | B | diff | 95% CI | "
+          "win rate | verdict")
+    for p in paired:
+        for metric, c in p["metrics"].items():
+            ci = "n/a" if c["ci"] is None else f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
+            print(f"{p['a']} vs {p['b']} | {metric} ({c['pairs']} pairs) | {c['a_mean']:.4f} | {c['b_mean']:.4f} | "
+                  f"{c['mean_difference']:+.4f} | {ci} | {c['win_rate']:.3f} | {c['verdict']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "refine_physics.json"
     meta = {"train_steps_run": len(losses), "train_seconds": round(train_s, 1),
@@ -162,7 +215,7 @@ def main() -> None:
             "world": vars(world) if hasattr(world, "__dict__") else str(world),
             "params": sum(p.numel() for p in model.parameters())}
     args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": args_json, **meta, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"args": args_json, **meta, "rows": rows, "paired": paired}, indent=1))
     print(f"wrote {out}")
 
 

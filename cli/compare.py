@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DebugOpt, OverwriteOpt, QuietOpt, command_line, status
+from cli.common import DebugOpt, DeviceOpt, OverwriteOpt, QuietOpt, command_line, status
 from cli.display import show_compare
 from cli.eval import eval_exit_code
 from cli.scaffold import run_command, HTML_REPORT, JSON_REPORT, CommandSpec
@@ -31,6 +31,12 @@ or two folders of videos paired by file name.
   vmt compare transfers/ baseline/ --metrics temporal,motion          # transfer batches know their references
 
   vmt compare pnp/ plain/ --html compare.html     # a page to look at: plots, thumbnails, side-by-side videos
+
+  vmt compare pnp/ plain/ --references real/ --i3d i3d_torchscript.pt --inception inception-2015-12-05.pt
+
+FVD (--i3d) and FID (--inception) are set metrics: each side's distance to the --references set, the
+difference, and an interval from --set-resamples resamples of the prompt groups (fewer than the per-pair
+metrics: every resample recomputes two Frechet distances); there is no per-pair win rate.
 
 Verdicts: a_better or b_better when the whole 95% interval of the mean difference is on one side of 0,
 else no_difference. Exit codes: 0 ok, 1 A is detectably worse than B on a --gate metric, 2 bad usage,
@@ -59,6 +65,14 @@ def compare(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     html_videos: Annotated[int, typer.Option("--html-videos", help="Pairs shown as side-by-side videos "
                                              "(reference | A | B) in the HTML report: best, worst, median.")] = 3,
+    i3d: Annotated[Path | None, typer.Option("--i3d", help="I3D TorchScript file (i3d_torchscript.pt): adds "
+                                             "FVD against --references.", show_default=False)] = None,
+    inception: Annotated[Path | None, typer.Option("--inception", help="Inception TorchScript file "
+                                                   "(inception-2015-12-05.pt): adds per-frame FID against "
+                                                   "--references.", show_default=False)] = None,
+    set_resamples: Annotated[int, typer.Option("--set-resamples", help="Bootstrap resamples of the set "
+                                               "metrics (FVD, FID).")] = 200,
+    device: DeviceOpt = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report (schema vmt.compare/1) "
                                                   "here; - for stdout.", show_default=False)] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page of the "

@@ -158,10 +158,16 @@ def show_compare(report: dict, quiet: bool, to_stdout: bool) -> None:
     style = {"a_better": "green", "b_better": "red", "no_difference": "dim"}
     for name, m in report["metrics"].items():
         ci = m.get("ci")
-        table.add_row(name, m["better"], _num(m.get("a_mean")), _num(m.get("b_mean")),
-                      _num(m.get("mean_difference")), "-" if not ci else f"[{_num(ci[0])}, {_num(ci[1])}]",
+        # a set metric (FVD, FID) has one value per side and their difference, no per-pair mean or win rate
+        table.add_row(name, m["better"], _num(m.get("a_mean", m.get("a_value"))),
+                      _num(m.get("b_mean", m.get("b_value"))), _num(m.get("mean_difference", m.get("difference"))),
+                      "-" if not ci else f"[{_num(ci[0])}, {_num(ci[1])}]",
                       _num(m.get("win_rate")), f"[{style[m['verdict']]}]{m['verdict']}[/]")
     console.print(table)
+    sets = [n for n, m in report["metrics"].items() if m.get("kind") == "set" and m.get("resamples")]
+    if sets:
+        console.print(f"{', '.join(sets)}: set metrics, A and B each against the references; CI from "
+                      f"{report['metrics'][sets[0]]['resamples']} resamples of the prompt groups")
     ratios = report["cost"]["a_over_b"]
     if ratios:
         console.print("cost A/B: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))

@@ -205,3 +205,179 @@ def test_compare_of_two_refine_batches_pairs_by_job_and_draws_the_step_records(t
     records = page.split("Step records", 1)[1].split("<h2>", 1)[0]
     figures = records.count("<figure>")
     assert figures == 1 and records.count("<polyline") == 1  # A's line; plain Euler recorded no gate
+
+
+# ---------------------------------------------------------------- set metrics (FVD, FID)
+
+
+def test_frechet_to_a_fixed_reference_equals_the_two_set_distance():
+    """The bootstrap's fast route (reference square root once, Gram matrix when N < D) against
+    frechet_distance_features, with fewer and with more samples than dimensions, duplicates included."""
+    from vmt.metrics.frechet import frechet_distance_features, frechet_to_reference, reference_fit
+
+    rng = np.random.default_rng(4)
+    ref = rng.normal(0, 1, (40, 12)) @ rng.normal(0, 1, (12, 12))
+    ref_fit = reference_fit(ref)
+    for n in (5, 30):
+        x = rng.normal(0.3, 1.5, (n, 12))
+        x = np.concatenate([x, x[:2]])  # a resample repeats rows
+        # rel 1e-7: square roots of the rounding-level eigenvalues of a singular covariance (N < D)
+        assert frechet_to_reference(x, ref_fit) == pytest.approx(frechet_distance_features(x, ref), rel=1e-7)
+
+
+def test_set_metric_comparison_on_features_with_a_known_shift():
+    """A drawn from the reference distribution, B the same draws shifted by 3 on every axis: B's distance
+    is larger by about |shift|^2 = 36, A better; A against itself: every resample's difference is 0."""
+    from vmt.metrics.paired import compare_set_metric
+
+    rng = np.random.default_rng(5)
+    reference = rng.normal(0, 1, (200, 4))
+    a = [rng.normal(0, 1, (3, 4)) for _ in range(30)]  # 30 jobs of 3 feature rows (frames) each
+    b = [x + 3.0 for x in a]
+    groups = np.arange(30) // 2  # 15 prompts, 2 seeds each
+    c = compare_set_metric(a, b, reference, groups, resamples=200, seed=0)
+    assert c.verdict == "a_better" and c.ci[0] > 20 and c.groups == 15 and c.pairs == 30
+    assert c.difference == pytest.approx(c.b_value - c.a_value) and c.difference == pytest.approx(36, rel=0.2)
+    same = compare_set_metric(a, a, reference, groups, resamples=200, seed=0)
+    assert same.verdict == "no_difference" and same.ci == (0.0, 0.0) and same.difference == 0.0
+    with pytest.raises(ValueError, match="2 groups"):
+        compare_set_metric(a, b, reference, [0] * 30)
+
+
+def _save_projection_detectors(folder: Path) -> tuple[Path, Path]:
+    """Tiny deterministic TorchScript feature extractors: 4x4 average-pooled colours (clip: pooled over the
+    16 frames too) through a fixed random projection; I3D-like to 3 dims, Inception-like to 8 per frame."""
+    gen = torch.Generator().manual_seed(0)
+
+    class PoolI3D(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randn(48, 3, generator=gen))
+
+        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                    return_features: bool = True) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool3d(x, [1, 4, 4]).flatten(1) @ self.w
+
+    class PoolInception(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randn(48, 8, generator=gen))
+
+        def forward(self, x: torch.Tensor, return_features: bool = False,
+                    no_output_bias: bool = False) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x / 255.0, [4, 4]).flatten(1) @ self.w
+
+    i3d, inception = folder / "i3d.pt", folder / "inception.pt"
+    torch.jit.save(torch.jit.script(PoolI3D()), str(i3d))
+    torch.jit.save(torch.jit.script(PoolInception()), str(inception))
+    return i3d, inception
+
+
+@pytest.mark.slow
+def test_fvd_and_fid_find_re_encoded_clips_closer_to_the_real_ones_than_degraded_copies(shared_data, tmp_path):
+    """References: real clips. A: the same clips decoded and encoded again (near-identical). B: blurred and
+    colour-shifted copies. FVD and FID both say A is better, with intervals above 0; A against itself finds
+    no difference; one FVD value matches an independent float64 computation with scipy.linalg.sqrtm."""
+    from scipy import linalg
+
+    from vmt.metrics.detectors import i3d_clips
+
+    videos = sorted((shared_data / "voxceleb").glob("*.mp4"))[:4]
+    if len(videos) < 4:
+        pytest.skip("needs 4 VoxCeleb clips in shared data")
+    for side in ("refs", "a", "b"):
+        (tmp_path / side).mkdir()
+    refs = []
+    for v in videos:  # five 16-frame clips of each video: 20 clips, 20 groups (4 are too few to resample)
+        frames, fps = read_video(v, max_frames=80, size=(64, 64))
+        for s in range(5):
+            refs.append(write_video(tmp_path / "refs" / f"{v.stem}_{s}.mp4", frames[16 * s:16 * (s + 1)], fps))
+    for p in refs:
+        frames, fps = read_video(p)
+        write_video(tmp_path / "a" / p.name, frames, fps)
+        x = frames.astype(np.float32)
+        blurred = sum(np.roll(np.roll(x, dy, 1), dx, 2) for dy in range(-3, 4) for dx in range(-3, 4)) / 49
+        write_video(tmp_path / "b" / p.name, np.clip(blurred + np.array([70.0, 50.0, 30.0]), 0, 255)
+                    .astype(np.uint8), fps)
+    i3d, inception = _save_projection_detectors(tmp_path)
+    res = invoke("compare", tmp_path / "a", tmp_path / "b", "--references", tmp_path / "refs", "--metrics",
+                 "temporal", "--i3d", i3d, "--inception", inception, "--resamples", 500, "--device", "cpu",
+                 "--json", tmp_path / "r.json", "--html", tmp_path / "r.html", "--gate", "fvd")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    for name in ("fvd", "fid"):
+        m = report["metrics"][name]
+        assert m["kind"] == "set" and m["resamples"] == 200 and m["better"] == "lower", m
+        assert m["verdict"] == "a_better" and m["ci"][0] > 0 and m["b_value"] > 5 * m["a_value"], (name, str(m))
+        assert m["difference"] == pytest.approx(m["b_value"] - m["a_value"])
+    assert report["pairs"] == 20 and report["groups"] == 20
+    assert report["metrics"]["fid"]["reference_samples"] == 20 * 16  # every frame of the 20 references
+    assert report["metrics"]["fvd"]["reference_samples"] == 20  # one 16-frame clip per reference
+    assert "fvd: a set metric" in (tmp_path / "r.html").read_text()
+
+    # The FVD of A, independently: features by the detector file itself, sqrtm of the covariance product.
+    module = torch.jit.load(str(i3d))
+
+    def feats(folder: Path) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([module(i3d_clips(read_video(folder / p.name, max_frames=16)[0])).double()
+                                   .numpy() for p in refs])
+
+    fa, fr = feats(tmp_path / "a"), feats(tmp_path / "refs")
+    s1, s2 = np.cov(fa, rowvar=False), np.cov(fr, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    diff = fa.mean(0) - fr.mean(0)
+    expected = diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert report["metrics"]["fvd"]["a_value"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+    (tmp_path / "a4").mkdir()  # A against itself on 4 of the clips (their 4 references), to keep it quick
+    for p in refs[::5]:
+        (tmp_path / "a4" / p.name).write_bytes((tmp_path / "a" / p.name).read_bytes())
+    res = invoke("compare", tmp_path / "a4", tmp_path / "a4", "--references", tmp_path / "refs", "--metrics",
+                 "temporal", "--i3d", i3d, "--inception", inception, "--set-resamples", 50, "--device", "cpu",
+                 "--json", "-")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    for name in ("fvd", "fid"):
+        assert doc["metrics"][name]["verdict"] == "no_difference" and doc["metrics"][name]["ci"] == [0.0, 0.0]
+        assert doc["metrics"][name]["resamples"] == 50
+
+
+def test_set_metrics_need_references_and_their_detector(shared_data, tmp_path):
+    _clips(shared_data, tmp_path / "a", n=2)
+    i3d, _ = _save_projection_detectors(tmp_path)
+    res = invoke("compare", tmp_path / "a", tmp_path / "a", "--i3d", i3d)
+    assert res.exit_code == 2 and "--references" in res.output and "Traceback" not in res.output, res.output
+    res = invoke("compare", tmp_path / "a", tmp_path / "a", "--references", tmp_path / "a", "--gate", "fid")
+    assert res.exit_code == 2 and "--inception" in res.output, res.output
+    res = invoke("compare", tmp_path / "a", tmp_path / "a", "--references", tmp_path / "a", "--i3d",
+                 tmp_path / "missing_i3d.pt")
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "missing_i3d.pt" in text and "--i3d PATH" in text, res.output
+
+
+def test_the_physics_benchmark_pairs_samples_by_start_noise():
+    """benchmarks/refine_physics.py's paired comparison on rendered ground truth: A = 40 real ball videos
+    (all trackable), B = the same videos with the first 20 replaced by noise (not trackable). Trackable:
+    difference 0.5, a_better, win rate 0.75 (20 wins, 20 ties); the residual compares only the 20 pairs
+    trackable on both sides, which are identical: an interval of exactly 0."""
+    import importlib.util
+
+    from vmt.testing.toy_video import BallWorld, ball_score, sample_balls, to_uint8_frames
+
+    spec = importlib.util.spec_from_file_location("refine_physics", ROOT / "benchmarks" / "refine_physics.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    world = BallWorld()
+    videos, _, _ = sample_balls(world, 40, torch.Generator().manual_seed(0))
+    noise = torch.rand(videos.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    a = [ball_score(to_uint8_frames(v), threshold=128, radius=world.radius, min_found=0.75) for v in videos]
+    b = [ball_score(to_uint8_frames(v), threshold=128, radius=world.radius, min_found=0.75)
+         for v in torch.cat([noise[:20], videos[20:]])]
+    assert all(s.trackable for s in a) and not any(s.trackable for s in b[:20])
+    (row,) = bench.paired_comparisons({"P&P x": a, "euler y": b}, resamples=2000, seed=0)
+    assert (row["a"], row["b"], row["both_trackable"], row["only_a_trackable"]) == ("P&P x", "euler y", 20, 20)
+    t = row["metrics"]["trackable"]
+    assert t["verdict"] == "a_better" and t["mean_difference"] == 0.5 and t["win_rate"] == 0.75 and t["ci"][0] > 0.2
+    r = row["metrics"]["residual_px"]
+    assert r["pairs"] == 20 and r["ci"] == [0.0, 0.0] and r["verdict"] == "no_difference"

@@ -393,8 +393,9 @@ def _verdict_rows(report: dict) -> list[list]:
         ci = m.get("ci")
         verdict = m.get("verdict", "no_difference")
         rows.append([esc(name) + (" <span class=\"muted\">(gate)</span>" if name in gated else ""),
-                     esc(m.get("better", "")), ("n", _num(m.get("a_mean"))), ("n", _num(m.get("b_mean"))),
-                     ("n", _num(m.get("mean_difference"))),
+                     esc(m.get("better", "")), ("n", _num(m.get("a_mean", m.get("a_value")))),
+                     ("n", _num(m.get("b_mean", m.get("b_value")))),
+                     ("n", _num(m.get("mean_difference", m.get("difference")))),
                      ("n", "-" if not ci else f"[{_num(ci[0])}, {_num(ci[1])}]"),
                      ("n", _num(m.get("win_rate"), 3)), ("n", _num(m.get("pairs"))),
                      f"<span class=\"{esc(verdict)}\">{esc(verdict)}</span>"
@@ -455,10 +456,15 @@ def compare_html(report: dict, *, videos: int = MAX_VIDEOS, thumb_height: int = 
             f"<p class=\"muted\">A-B is oriented so that a positive value favours A; CI: the {esc(_num(params.get('level')))} "
             "bootstrap interval of its mean, resampled by prompt; a_better / b_better when the whole interval is "
             "on one side of 0.</p>",
+            *[f"<p class=\"muted\">{esc(n)}: a set metric: A's and B's value against the references, their "
+              f"difference, and its interval from {esc(_num(m.get('resamples')))} resamples of the prompt groups "
+              "(no per-pair win rate).</p>" for n, m in report["metrics"].items() if m.get("kind") == "set"],
             "<h2>Paired differences</h2>",
             "<p class=\"muted\">Each dot is one pair (green: A better, red: B better); the square is the mean, "
             "the whisker its interval, the dashed line 0.</p><div class=\"plots\">"]
     for name, m in report["metrics"].items():
+        if m.get("kind") == "set":  # FVD, FID: one value per side, no pairs to plot
+            continue
         diffs = pair_differences(report, name)
         svg = strip_svg(diffs, ci=m.get("ci"), mean=m.get("mean_difference"), label=name)
         body.append(f"<figure class=\"plot\">{svg}<figcaption>{esc(name)}: A-B ({esc(m.get('better', ''))} "

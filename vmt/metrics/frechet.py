@@ -88,6 +88,40 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, method: str = "eigh") -> float
     return max(value, 0.0)
 
 
+@dataclass(frozen=True)
+class ReferenceFit:
+    """A fixed reference set's Gaussian fit with the square root of its covariance, computed once, so that
+    many sets can be measured against it (the resamples of a bootstrap) at one eigendecomposition each."""
+
+    stats: GaussianStats
+    sqrt_sigma: np.ndarray
+    trace: float
+
+
+def reference_fit(features: np.ndarray) -> ReferenceFit:
+    st = gaussian_stats(features)
+    return ReferenceFit(st, _psd_sqrt(st.sigma), float(np.trace(st.sigma)))
+
+
+def frechet_to_reference(features: np.ndarray, ref: ReferenceFit) -> float:
+    """Frechet distance between the Gaussian fit of features (N, D) and a fixed reference, equal to
+    frechet_distance_features(features, reference) up to rounding. With Xc the centred features over
+    sqrt(N-1) and R = sqrt(S_ref), R S R = (Xc R)^T (Xc R), whose non-zero eigenvalues are those of the
+    N x N Gram matrix (Xc R)(Xc R)^T: the smaller of the two is decomposed."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise VmtError(f"need features (N, D) with N >= 2, got shape {x.shape}")
+    if x.shape[1] != len(ref.stats.mu):
+        raise VmtError(f"feature sizes differ: {x.shape[1]} vs {len(ref.stats.mu)}")
+    mu = x.mean(0)
+    xc = (x - mu) / np.sqrt(len(x) - 1)
+    y = xc @ ref.sqrt_sigma
+    g = y @ y.T if len(x) < x.shape[1] else y.T @ y
+    tr_cross = float(np.sqrt(np.clip(np.linalg.eigvalsh((g + g.T) / 2), 0.0, None)).sum())
+    diff = mu - ref.stats.mu
+    return max(float(diff @ diff + np.sum(xc * xc) + ref.trace - 2.0 * tr_cross), 0.0)
+
+
 def frechet_distance_features(x: np.ndarray, y: np.ndarray, *, method: str = "eigh") -> float:
     """Frechet distance between Gaussian fits of features x (N, D) and y (M, D)."""
     a, b = gaussian_stats(x), gaussian_stats(y)

@@ -7,6 +7,11 @@ group, a per-pair bootstrap would give intervals that are too narrow and verdict
 
     c = compare_metric(a, b, groups, better="higher")    # a, b: (N,) values of the same N jobs
     c.verdict   # "a_better" | "no_difference" | "b_better"
+
+Set metrics (FVD, FID) have no per-pair value: compare_set_metric measures each side's set against one fixed
+reference set, and resamples the same prompt groups on both sides to get an interval of the difference.
+
+    c = compare_set_metric(a_feats, b_feats, ref_feats, groups)   # per job: detector features (n_i, D)
 """
 
 from __future__ import annotations
@@ -107,3 +112,64 @@ def compare_metric(a: Sequence[float], b: Sequence[float], groups: Sequence[Hash
     ci = cluster_bootstrap(d, groups, resamples=resamples, level=level, seed=seed)
     return MetricComparison(better, int(len(d)), len(set(map(str, groups))), float(a.mean()), float(b.mean()),
                             float(d.mean()), ci, win_rate(d), verdict_of(ci), level)
+
+
+DEFAULT_SET_RESAMPLES = 200
+
+
+@dataclass
+class SetMetricComparison:
+    """A distance to a reference set (lower is better) for A's and B's whole sets. `difference` and `ci`
+    are oriented so that a positive value favours A (b_value - a_value); there is no per-pair win rate."""
+
+    better: str
+    pairs: int
+    groups: int
+    a_value: float
+    b_value: float
+    difference: float
+    ci: tuple[float, float]
+    verdict: str
+    level: float
+    resamples: int
+    reference_samples: int
+    kind: str = "set"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ci"] = list(self.ci)
+        return d
+
+
+def compare_set_metric(a: Sequence[np.ndarray], b: Sequence[np.ndarray], reference: np.ndarray,
+                       groups: Sequence[Hashable], *, resamples: int = DEFAULT_SET_RESAMPLES,
+                       level: float = DEFAULT_LEVEL, seed: int = 0) -> SetMetricComparison:
+    """Frechet distance of A's features and of B's features to the reference features, and a percentile
+    interval of their difference: each resample draws the prompt groups with replacement, takes the same
+    draw on both sides (a group drawn twice counts twice), and recomputes both distances (the reference is
+    held fixed). a[i], b[i]: the features (n_i, D) of job i on each side. Raises ValueError with fewer than 2
+    groups (nothing to resample)."""
+    from vmt.metrics.frechet import frechet_distance_features, frechet_to_reference, reference_fit
+
+    if len(a) != len(b) or len(a) != len(groups):
+        raise ValueError("a, b and groups must have one entry per job")
+    labels, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    k = len(labels)
+    if k < 2:
+        raise ValueError("a set metric's interval needs at least 2 groups")
+    members = [np.flatnonzero(index == g) for g in range(k)]
+    ref = reference_fit(reference)
+    a_value = frechet_distance_features(np.concatenate(a), reference)
+    b_value = frechet_distance_features(np.concatenate(b), reference)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for r in range(resamples):
+        jobs = np.concatenate([members[g] for g in rng.integers(0, k, size=k)])
+        fa = frechet_to_reference(np.concatenate([a[i] for i in jobs]), ref)
+        fb = frechet_to_reference(np.concatenate([b[i] for i in jobs]), ref)
+        diffs[r] = fb - fa
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
+    ci = (float(lo), float(hi))
+    return SetMetricComparison("lower", len(a), k, a_value, b_value, b_value - a_value, ci, verdict_of(ci), level,
+                               resamples, int(len(reference)))

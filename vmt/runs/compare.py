@@ -9,6 +9,13 @@ confidence interval resampled by prompt, the win rate and a verdict per metric, 
 A and B are two sets of outputs of the same jobs: two batch output folders (or their manifest.jsonl files),
 paired by job (prompt, seed, reference), or two folders of videos paired by file name. Jobs that share a
 prompt form one group of the bootstrap. Nothing is printed; progress goes to an optional callback.
+
+With detectors (`i3d` for FVD, `inception` for FID: TorchScript files, as `vmt eval fvd/fid` take them) and
+`references`, compare also reports set metrics: each side's Frechet distance to the reference set, their
+difference, and an interval from `set_resamples` resamples of the prompt groups (the same draw on both sides,
+features computed once per video, the distance recomputed per resample).
+
+    CompareRequest(a="pnp/", b="plain/", references="real/", i3d="i3d_torchscript.pt").run()["metrics"]["fvd"]
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ FAMILIES: dict[str, dict[str, tuple[str, str, float | None]]] = {
     "physics": {"physics_rms": ("physics_rms", "lower", None)},
     "seams": {"seam_score": ("seam_score", "closer", 1.0)},
 }
+# Set metrics: name -> (detector spec name in vmt.metrics.detectors, the request field naming its file).
+SET_METRICS = {"fvd": ("I3D", "i3d"), "fid": ("INCEPTION", "inception")}
 COST_KEYS = ("nfe", "dit_forward", "dit_backward")
 
 # progress(done, total, info): after each video pair is scored.
@@ -133,7 +142,8 @@ def _cost(item: Item) -> dict[str, float]:
 class CompareRequest:
     """A `vmt compare` run. `a`, `b`: the two sets; `references`: a folder of reference videos paired by file
     name (motion metrics; a transfer batch's manifest names its own); `metrics`: families, comma-separated
-    (temporal, motion, physics, seams) or "auto" (temporal, plus motion where there are references)."""
+    (temporal, motion, physics, seams) or "auto" (temporal, plus motion where there are references); `i3d`,
+    `inception`: detector files that add FVD, FID (set metrics against the references)."""
 
     a: Path | None = None
     b: Path | None = None
@@ -146,6 +156,10 @@ class CompareRequest:
     level: float = number(0.95, Range(0.5, 1, hi_open=True), "confidence level of the interval")
     seed: int = number(0, Range(0, 2**32 - 1), "seed of the bootstrap")
     html_videos: int = number(3, Range(0, 3), "pairs shown as side-by-side videos in the HTML report")
+    i3d: Path | None = None  # the I3D TorchScript file: adds FVD against the references
+    inception: Path | None = None  # the Inception TorchScript file: adds per-frame FID against the references
+    set_resamples: int = number(200, Range(20, 100_000), "bootstrap resamples of the set metrics (FVD, FID)")
+    device: str = "auto"
 
     def families(self, with_references: bool) -> list[str]:
         if self.metrics.strip() == "auto":
@@ -166,11 +180,24 @@ class CompareRequest:
         families = self.families(True)
         if "seams" in families and self.clip_length is None:
             raise VmtUsageError(f"the seams metric needs {param('clip_length')} (frames per clip)")
-        known = {m for f in FAMILIES.values() for m in f}
+        known = {m for f in FAMILIES.values() for m in f} | set(SET_METRICS)
         for g in self.gate or ():
             if g not in known:
                 raise VmtUsageError(f"{param('gate')} {g!r} is not a metric compare reports; use one of "
                                     f"{', '.join(sorted(known))}")
+            if g in SET_METRICS and getattr(self, SET_METRICS[g][1]) is None:
+                raise VmtUsageError(f"{param('gate')} {g} needs its detector: give {param(SET_METRICS[g][1])}")
+        if self.set_metric_names() and self.references is None:
+            raise VmtUsageError(f"FVD and FID measure each set against real videos: give {param('references')} "
+                                "(a folder of reference videos paired by file name)")
+        from vmt.metrics import detectors as D
+
+        for name in self.set_metric_names():  # a missing detector fails before any video is scored
+            spec_name, field_name = SET_METRICS[name]
+            D.find_detector(getattr(D, spec_name), getattr(self, field_name))
+
+    def set_metric_names(self) -> list[str]:
+        return [name for name, (_, field_name) in SET_METRICS.items() if getattr(self, field_name) is not None]
 
     def pairs(self) -> list[tuple[Item, Item]]:
         """The paired items, with references from the manifests or the references folder."""
@@ -204,6 +231,41 @@ class CompareRequest:
             for name, (key, _, _) in FAMILIES[fam].items():
                 v = rows.get(key)
                 out[name] = float(v) if isinstance(v, (int, float, bool)) and v is not None else float("nan")
+        return out
+
+    def set_metrics(self, pairs: list[tuple[Item, Item]], groups: list[str]) -> dict[str, Any]:
+        """FVD / FID of both sets against the references (each reference once), compared by
+        vmt.metrics.paired.compare_set_metric."""
+        import numpy as np
+
+        from vmt.metrics import detectors as D
+        from vmt.metrics.paired import compare_set_metric
+        from vmt.runtime import resolve_device
+
+        out: dict[str, Any] = {}
+        refs = list(dict.fromkeys(ia.reference for ia, _ in pairs))
+        for name in self.set_metric_names():
+            spec_name, field_name = SET_METRICS[name]
+            det = D.load_detector(getattr(D, spec_name), getattr(self, field_name), str(resolve_device(self.device)))
+            options = {"max_frames": self.max_frames} if name == "fid" else {}
+            cache: dict[Path, np.ndarray] = {}
+
+            def features(path: Path, det=det, name=name, options=options, cache=cache) -> np.ndarray:
+                key = Path(path).resolve()
+                if key not in cache:  # once per video, however many sides or resamples use it
+                    cache[key] = D.video_features(path, det, name, **options)
+                return cache[key]
+
+            fa = [features(ia.video) for ia, _ in pairs]
+            fb = [features(ib.video) for _, ib in pairs]
+            reference = np.concatenate([features(r) for r in refs])
+            try:
+                out[name] = compare_set_metric(fa, fb, reference, groups, resamples=self.set_resamples,
+                                               level=self.level, seed=self.seed).as_dict()
+            except ValueError as e:
+                out[name] = {"better": "lower", "kind": "set", "pairs": len(pairs), "verdict": "no_difference",
+                             "ci": None, "note": str(e)}
+            out[name]["detector"] = str(det.path)
         return out
 
     def run(self, json_out: str | Path | None = None, *, html_out: str | Path | None = None,
@@ -249,6 +311,8 @@ class CompareRequest:
                 except ValueError:
                     metrics[name] = {"better": better, "pairs": 0, "verdict": "no_difference", "ci": None,
                                      "note": "no pair has a value for both"}
+        if self.set_metric_names():
+            metrics.update(self.set_metrics(pairs, groups))
         cost = {}
         for side, idx in (("a", 0), ("b", 1)):
             costs = [_cost(p[idx]) for p in pairs]
