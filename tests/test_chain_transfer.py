@@ -135,9 +135,9 @@ def test_chain_with_a_reference(tmp_path, tiny_i2v, first_frame, reference):
 
 
 @pytest.mark.slow
-def test_cli_chain_transfer_and_the_resume_key(tmp_path, tiny_i2v, first_frame, reference):
-    """From the command line; a changed guidance setting is a changed segment (an error naming it), and a
-    finished run's folder is gone (nothing left to resume)."""
+def test_cli_chain_transfer(tmp_path, tiny_i2v, first_frame, reference):
+    """From the command line: two segments, their reference ranges, the options recorded, and the run folder
+    removed once the video is written."""
     out = tmp_path / "c.mp4"
     args = ["longgen", "sample", "-m", tiny_i2v, "--image", first_frame, "--reference", reference, "-p", "x",
             "--frames", 13, "-o", out, *SMALL, *GUIDE]
@@ -165,3 +165,38 @@ def test_guidance_options_need_a_wan_model(tmp_path):
     res = invoke("longgen", "sample", "--frames", 5, "--lr", 0.1, "-o", tmp_path / "d.mp4")
     err = (res.stderr or "").strip()
     assert res.exit_code == 2 and "--lr" in err and len(err.splitlines()) == 1, err
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_chain_transfer_resumes_to_the_same_bytes(tmp_path, tiny_i2v, first_frame, reference):
+    """Stopped after two of three segments: a rerun with another guidance setting is refused naming it; the
+    same request reuses both stored segments, makes the third, and writes the uninterrupted run's bytes."""
+    from vmt.errors import VmtUsageError
+
+    def request(**kw):
+        return WanChainRequest(**{**dict(model=str(tiny_i2v), image=first_frame, reference=reference, prompt="x",
+                                         frames=FRAMES, segment_frames=M, height=SIZE, width=SIZE, steps=3,
+                                         device="cpu", plan="none", block=1, guided_steps=2, inner_steps=3), **kw})
+
+    whole, part = tmp_path / "whole.mp4", tmp_path / "part.mp4"
+    request().run(whole)
+
+    def stop(j, total, status, seconds):
+        if j == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        request().run(part, on_segment=stop)
+    assert sorted(p.name for p in chain_folder(part).glob("seg_*.json")) == ["seg_0000.json", "seg_0001.json"]
+    with pytest.raises(VmtUsageError, match="lr"):
+        request(lr=0.01).run(part)
+    res = request().run(part)
+    assert (res["resumed"], res["generated"]) == (2, 1)
+    assert part.read_bytes() == whole.read_bytes()
+    per = _sidecar(part)["chain"]["per_segment"]
+    assert [p["reference_frames"] for p in per] == [[0, 8], [8, 16], [16, 24]]
+    assert per[0]["guidance"] == _sidecar(whole)["chain"]["per_segment"][0]["guidance"]  # kept with the segment
