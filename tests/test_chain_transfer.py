@@ -200,3 +200,16 @@ def test_interrupted_chain_transfer_resumes_to_the_same_bytes(tmp_path, tiny_i2v
     per = _sidecar(part)["chain"]["per_segment"]
     assert [p["reference_frames"] for p in per] == [[0, 8], [8, 16], [16, 24]]
     assert per[0]["guidance"] == _sidecar(whole)["chain"]["per_segment"][0]["guidance"]  # kept with the segment
+
+
+def test_dry_run_plans_the_reference_ranges_and_the_guidance(tiny_i2v, first_frame, reference):
+    """No weights: each segment's reference frames, and the guidance's passes on top of sampling's
+    (per segment: min(guided, steps) reference forwards + guided x ceil(inner / reuse) forward + backward)."""
+    kw = dict(model=str(tiny_i2v), image=first_frame, prompt="x", frames=FRAMES, segment_frames=M, height=SIZE,
+              width=SIZE, steps=3, device="cpu", plan="none", block=1, guided_steps=2, inner_steps=3)
+    plan = WanChainRequest(**kw).dry_run()
+    out = WanChainRequest(**kw, reference=reference).dry_run()
+    assert [s["reference_frames"] for s in out["segments"]] == [[0, 8], [8, 16], [16, 24]]
+    assert "reference_frames" not in plan["segments"][0]
+    assert out["estimate"]["dit_backward"] == 3 * 2 * 1
+    assert out["estimate"]["dit_forward"] == plan["estimate"]["dit_forward"] + 3 * (2 + 2)

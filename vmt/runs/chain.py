@@ -361,7 +361,9 @@ class WanChainRequest(GuidanceOptions, PnpOptions, WanModelOptions):
         rows = [{"segment": s.index, "output_frames": [s.start, s.start + s.keep - 1],
                  "keeps": [s.keep_from, s.keep_from + s.keep - 1], "conditioned_on": s.cond_ref,
                  "seed": self.segment_options(plan, s.index)["seed"],
-                 "prompt": self.segment_options(plan, s.index)["prompt"]} for s in plan.segments]
+                 "prompt": self.segment_options(plan, s.index)["prompt"],
+                 **({"reference_frames": list(self.reference_span(s))} if self.reference is not None else {})}
+                for s in plan.segments]
         return {"dry_run": True, "model": self.model, "estimate": est, "memory": memory, "segments": rows}
 
     # ---------------------------------------------------------------- running
