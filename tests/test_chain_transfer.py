@@ -119,7 +119,7 @@ def test_chain_with_a_reference(tmp_path, tiny_i2v, first_frame, reference):
         assert len(p["guidance"]["final_amf_loss"]) == 2
         assert all(np.isfinite(x) and x > 0 for x in p["guidance"]["final_amf_loss"])
         assert p["compute"]["dit_backward"] == 2 * 1  # guided 2 x ceil(3 / reuse 3)
-    assert doc["compute"]["dit_backward"] == 6
+    assert doc["compute"]["dit_backward"] == 6 and doc["compute"]["dit_forward"] == 24  # the dry run's estimate
     # The anchor: each segment's first frame is its conditioning frame through the VAE, not another's
     for j, (frame0, cond) in seen.items():
         other = seen[(j + 1) % 3][1]
@@ -204,7 +204,8 @@ def test_interrupted_chain_transfer_resumes_to_the_same_bytes(tmp_path, tiny_i2v
 
 def test_dry_run_plans_the_reference_ranges_and_the_guidance(tiny_i2v, first_frame, reference):
     """No weights: each segment's reference frames, and the guidance's passes on top of sampling's
-    (per segment: min(guided, steps) reference forwards + guided x ceil(inner / reuse) forward + backward)."""
+    (per segment: min(guided, steps) reference forwards + guided x ceil(inner / reuse) forward + backward),
+    on the model's grid from int(steps * strength) = 2 of the 3 steps: the counts the run measured."""
     kw = dict(model=str(tiny_i2v), image=first_frame, prompt="x", frames=FRAMES, segment_frames=M, height=SIZE,
               width=SIZE, steps=3, device="cpu", plan="none", block=1, guided_steps=2, inner_steps=3)
     plan = WanChainRequest(**kw).dry_run()
@@ -212,4 +213,6 @@ def test_dry_run_plans_the_reference_ranges_and_the_guidance(tiny_i2v, first_fra
     assert [s["reference_frames"] for s in out["segments"]] == [[0, 8], [8, 16], [16, 24]]
     assert "reference_frames" not in plan["segments"][0]
     assert out["estimate"]["dit_backward"] == 3 * 2 * 1
-    assert out["estimate"]["dit_forward"] == plan["estimate"]["dit_forward"] + 3 * (2 + 2)
+    assert plan["estimate"]["dit_forward"] == 3 * 3 * 2  # 3 segments x 3 steps x 2 CFG branches
+    assert out["estimate"]["nfe"] == 3 * 2
+    assert out["estimate"]["dit_forward"] == 3 * 2 * 2 + 3 * (2 + 2) == 24  # test_chain_with_a_reference ran 24

@@ -326,14 +326,18 @@ class WanChainRequest(GuidanceOptions, PnpOptions, WanModelOptions):
     def estimate(self, plan: ChainPlan, geometry) -> dict[str, Any]:
         """Planned compute over the chain: segments, NFE (no early exit), DiT passes (two per NFE with CFG;
         with a reference, each segment's guidance as `vmt transfer` plans it: reference forwards, and a forward
-        + backward at every reuse_interval-th inner step)."""
-        nfe = plan.pnp.nfe(self.steps)
+        + backward at every reuse_interval-th inner step; on the model's grid SDEdit runs the last
+        int(steps * strength) steps)."""
+        steps = self.steps
+        if plan.guidance is not None and self.grid == "model" and self.strength < 1:
+            steps = min(int(self.steps * self.strength), self.steps)
+        nfe = plan.pnp.nfe(steps)
         passes = sum(nfe * (2 if self.segment_options(plan, j)["guidance_scale"] > 1.0 else 1)
                      for j in range(plan.count))
         grads = 0
         if plan.guidance is not None:
             cfg = plan.guidance
-            guided = min(cfg.guided_steps, self.steps)
+            guided = min(cfg.guided_steps, steps)
             grads = guided * math.ceil(cfg.inner_steps / cfg.reuse_interval) * plan.count
             passes += ((1 if guided else 0) if cfg.ref_amf == "clean" else guided) * plan.count + grads
         return {"segments": plan.count, "segment_frames": self.segment_frames, "frames": self.frames,
