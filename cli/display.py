@@ -262,10 +262,13 @@ def show_chain(out: dict, quiet: bool) -> None:
         est, mem = out["estimate"], out["memory"]
         console.print(f"[bold]{out['model']}[/]: {est['segments']} segments of {est['segment_frames']} frames -> "
                       f"{est['frames']} frames; NFE {est['nfe']} ({est['nfe_per_segment']} a segment), DiT passes "
-                      f"{est['dit_forward']}; estimated peak GPU memory {mem['peak_gib']} GiB (one segment)",
+                      f"{est['dit_forward']}" + (f" (backward {est['dit_backward']})" if est.get("dit_backward") else "")
+                      + f"; estimated peak GPU memory {mem['peak_gib']} GiB (one segment)",
                       soft_wrap=True)
         for s in out["segments"]:
             cond = "first" if s["conditioned_on"] is None else f"on frame {s['conditioned_on']} of the last"
+            if "reference_frames" in s:
+                cond += ", reference frames {}-{}".format(*s["reference_frames"])
             console.print(f"  segment {s['segment']}: output frames {s['output_frames'][0]}-{s['output_frames'][1]}"
                           f" (its frames {s['keeps'][0]}-{s['keeps'][1]}), seed {s['seed']}, {cond}: {s['prompt']}",
                           soft_wrap=True, markup=False)

@@ -20,6 +20,7 @@ from cli.refine_options import (
     ArithmeticOpt, CertainFractionOpt, CfgRuleOpt, GridOpt, NoiseOpt, PlanOpt, PNormOpt, TauOpt,
 )
 from cli.scaffold import RUN_FOLDER, CommandSpec, run_command, video_output
+from cli.transfer_options import guidance_options
 from vmt.longgen.config import DEFAULT_MOTION_TEMPERATURE
 from vmt.runs.chain import WanChainRequest, sample_request
 from vmt.runs.fields import request_from
@@ -58,6 +59,8 @@ RefIndexOpt = Annotated[int, typer.Option("--ref-index", help="Frame of each cli
 CHAIN = "Wan chain (with a Wan image-to-video --model)"
 
 _chain_opt = functools.partial(typer.Option, rich_help_panel=CHAIN)  # an option of the Wan chain's panel
+MOTION = "Motion transfer (with --reference)"
+G = guidance_options(MOTION, MOTION)  # `vmt transfer`'s --strength and guidance options, with its defaults
 
 TRAIN_HELP = """Train EncGAN3 with recall training on a folder of videos or on synthetic moving digits.
 
@@ -182,6 +185,10 @@ rerun the same command after an interruption and it continues; the folder is rem
 written. Drift controls: --colour-match, --anchor-embedding, --cond-noise (see the README on what was and was
 not measured). --dry-run prints the segments, NFE and a GPU memory estimate without loading weights.
 
+With --reference VIDEO each segment is a FastVMT motion transfer (as `vmt transfer`) of the reference's frames
+over the segment's own time span, so a 20-second dance drives a 20-second video; the first frame of each
+segment is still its conditioning frame.
+
 [bold]Examples[/]
 
   vmt longgen sample --frames 1000 -o digits.mp4
@@ -194,6 +201,9 @@ not measured). --dry-run prints the segments, NFE and a GPU memory estimate with
 
   vmt longgen sample -m Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --image first.png -p "a boat on a river" \\
       --frames 401 -o long.mp4
+
+  vmt longgen sample -m Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --image first.png --reference dance.mp4 \\
+      -p "a robot dancing on a stage" --frames 321 -o robot.mp4
 
   vmt longgen sample -m Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --image first.png --prompts story.txt \\
       --frames 801 --dry-run -o long.mp4
@@ -249,6 +259,33 @@ def sample(
                                                  "(models with one: Wan2.1 I2V).")] = True,
     cond_noise: Annotated[float, _chain_opt("--cond-noise", help="Std of Gaussian noise added to each "
                                             "conditioning frame ([-1, 1] pixel units; 0: none).")] = 0.0,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="Wan chain: a long video whose motion each segment takes over its own time span "
+        "(FastVMT, as `vmt transfer`): resampled to the output's rate, centre-cropped; at least --frames long. "
+        "--strength, --shift and --grid start each segment's SDEdit as in `vmt transfer` (defaults here: the "
+        "model's shift and grid); the options below are `vmt transfer`'s.", rich_help_panel=MOTION,
+        show_default=False)] = None,
+    strength: G.strength = 0.75,
+    amf: G.amf = "windowed",
+    block: G.block = 14,
+    span: G.span = 4,
+    tile: G.tile = "3x4",
+    window: G.window = 21,
+    temperature: G.temperature = 1.0,
+    head_mode: G.head_mode = "qk",
+    guided_steps: G.guided_steps = 10,
+    inner_steps: G.inner_steps = 10,
+    reuse_interval: G.reuse_interval = 3,
+    lr: G.lr = 3e-3,
+    lr_end: G.lr_end = 2.1e-3,
+    lr_decay: G.lr_decay = "inner",
+    optimizer: G.optimizer = "adamw",
+    loss: G.loss = "fastvmt",
+    amf_weight: G.amf_weight = 5.0,
+    window_weight: G.window_weight = 1.0,
+    ref_amf: G.ref_amf = "per-step",
+    ref_argmax: G.ref_argmax = False,
+    truncate: G.truncate = True,
     plan: PlanOpt = "default",
     tau: TauOpt = 0.25,
     certain_fraction: CertainFractionOpt = 0.999,
@@ -278,7 +315,7 @@ def sample(
     run_command(ctx, SAMPLE_SPEC, locals(), _sample)
 
 
-SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"image": "file", "prompts": "file"},
+SAMPLE_SPEC = CommandSpec("longgen-sample", inputs={"image": "file", "prompts": "file", "reference": "file"},
                           outputs={"output": video_output}, request=LonggenSampleRequest,
                           requests=(WanChainRequest,))
 

@@ -39,6 +39,7 @@ from cli.refine_options import (
 )
 from cli.batch import BatchOpt, BatchOutputOpt, DryRunOpt, FormatOpt, NamingOpt, SeedsOpt, run_request
 from cli.scaffold import CommandSpec, video_output
+from cli.transfer_options import guidance_options
 from vmt.runs.transfer import TransferRequest
 
 HELP = reflow("""Generate a video that moves like a reference video: FastVMT's training-free motion transfer on Wan.
@@ -75,6 +76,7 @@ already optimised by the guidance, is refined with K extra forward passes. Guida
 """)
 
 _G = "Guidance"
+G = guidance_options(_G)  # --strength and the guidance options (shared with `vmt longgen sample`)
 
 
 def transfer(
@@ -101,55 +103,27 @@ def transfer(
     steps: Annotated[int, typer.Option("--steps", help="Denoising steps from the SDEdit start to 0.")] = 50,
     shift: Annotated[float, typer.Option("--shift", help="Flow shift of the sigma grid.")] = 7.0,
     guidance_scale: Annotated[float, typer.Option("--guidance-scale", "-g", help="CFG scale (1 = off).")] = 5.8,
-    strength: Annotated[float, typer.Option("--strength", help="SDEdit denoising strength in (0, 1]: the start "
-                                            "sigma is shift(strength) (0.9545 at 0.75, shift 7).")] = 0.75,
-    amf: Annotated[str, typer.Option("--amf", help="windowed (FastVMT) | global (DiTFlow: all pairs, all keys).",
-                                     rich_help_panel=_G)] = "windowed",
-    block: Annotated[int, typer.Option("--block", help="0-based transformer block whose self-attention q/k "
-                                       "give the AMF.", rich_help_panel=_G)] = 14,
-    span: Annotated[int, typer.Option("--span", help="Windowed AMF: frame pairs with 0 <= j - i < span.",
-                                      rich_help_panel=_G)] = 4,
-    tile: Annotated[str, typer.Option("--tile", help="Windowed AMF: query tile HxW in tokens (coarse stage).",
-                                      rich_help_panel=_G)] = "3x4",
-    window: Annotated[int, typer.Option("--window", help="Windowed AMF: side of the key window in tokens "
-                                        "(fine stage; clamped to the H/16 x W/16 token grid, where it is global attention).",
-                                        rich_help_panel=_G)] = 21,
-    temperature: Annotated[float, typer.Option("--temperature", help="AMF softmax temperature tau in "
-                                               "softmax(tau q.k / sqrt(D)).", rich_help_panel=_G)] = 1.0,
-    head_mode: Annotated[str, typer.Option("--head-mode", help="qk: average q and k over heads (FastVMT) | "
-                                           "logits: average the per-head logits (DiTFlow).",
-                                           rich_help_panel=_G)] = "qk",
-    guided_steps: Annotated[int, typer.Option("--guided-steps", help="Optimise the latent in the first N "
-                                              "steps.", rich_help_panel=_G)] = 10,
-    inner_steps: Annotated[int, typer.Option("--inner-steps", help="Optimiser steps per guided step.",
-                                             rich_help_panel=_G)] = 10,
-    reuse_interval: Annotated[int, typer.Option("--reuse-interval", help="Recompute the gradient every N inner "
-                                                "steps and reuse it in between (1 = always recompute).",
-                                                rich_help_panel=_G)] = 3,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate at the first inner step.",
-                                      rich_help_panel=_G)] = 3e-3,
-    lr_end: Annotated[float, typer.Option("--lr-end", help="Learning rate at the last inner step (linear).",
-                                          rich_help_panel=_G)] = 2.1e-3,
-    lr_decay: Annotated[str, typer.Option("--lr-decay", help="inner: lr -> lr-end across each step's inner "
-                                          "steps (FastVMT) | outer: constant within a step, decaying across "
-                                          "the guided steps (DiTFlow).", rich_help_panel=_G)] = "inner",
-    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (weight decay 0.01) | adam.",
-                                           rich_help_panel=_G)] = "adamw",
-    loss: Annotated[str, typer.Option("--loss", help="fastvmt: distance-weighted AMF loss + window loss | "
-                                      "ditflow: MSE where the reference moves.", rich_help_panel=_G)] = "fastvmt",
-    amf_weight: Annotated[float, typer.Option("--amf-weight", help="Weight of the AMF loss (fastvmt loss).",
-                                              rich_help_panel=_G)] = 5.0,
-    window_weight: Annotated[float, typer.Option("--window-weight", help="Weight of the corresponding-window "
-                                                 "loss (fastvmt loss; 0 = off).", rich_help_panel=_G)] = 1.0,
-    ref_amf: Annotated[str, typer.Option("--ref-amf", help="per-step: reference re-noised to each guided "
-                                         "step's sigma (FastVMT) | clean: once from the clean latent (DiTFlow).",
-                                         rich_help_panel=_G)] = "per-step",
-    ref_argmax: Annotated[bool, typer.Option("--ref-argmax/--no-ref-argmax", help="Hard argmax for the "
-                                             "reference AMF (DiTFlow) instead of soft-argmax.",
-                                             rich_help_panel=_G)] = False,
-    truncate: Annotated[bool, typer.Option("--truncate/--no-truncate", help="Stop guided forwards after the "
-                                           "capture block (later blocks cannot change its q/k).",
-                                           rich_help_panel=_G)] = True,
+    strength: G.strength = 0.75,
+    amf: G.amf = "windowed",
+    block: G.block = 14,
+    span: G.span = 4,
+    tile: G.tile = "3x4",
+    window: G.window = 21,
+    temperature: G.temperature = 1.0,
+    head_mode: G.head_mode = "qk",
+    guided_steps: G.guided_steps = 10,
+    inner_steps: G.inner_steps = 10,
+    reuse_interval: G.reuse_interval = 3,
+    lr: G.lr = 3e-3,
+    lr_end: G.lr_end = 2.1e-3,
+    lr_decay: G.lr_decay = "inner",
+    optimizer: G.optimizer = "adamw",
+    loss: G.loss = "fastvmt",
+    amf_weight: G.amf_weight = 5.0,
+    window_weight: G.window_weight = 1.0,
+    ref_amf: G.ref_amf = "per-step",
+    ref_argmax: G.ref_argmax = False,
+    truncate: G.truncate = True,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Also run Predict-and-Perturb in the same "
                                          "loop (after each step's guidance), with --plan, --tau, "
                                          "--certain-fraction and --p-norm.", rich_help_panel="Refinement")] = False,

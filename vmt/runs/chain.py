@@ -19,6 +19,16 @@ Drift controls (each off by its option and recorded): `colour_match` gives the c
 frame's Lab colour statistics before it is encoded (vmt.metrics.drift.match_colour); `anchor_embedding`
 conditions every segment on the first frame's CLIP image embedding (models with one, Wan2.1 I2V);
 `cond_noise` adds Gaussian noise (std in [-1, 1] pixel units, seeded per segment) to the conditioning frame.
+
+Long motion transfer (`reference`): the reference video is read once, resampled to the output's frame rate and
+centre-cropped to its size (held whole, at the output size: frames x height x width x 3 bytes, e.g. 401 frames
+at 480x832 are 480 MB), and every segment is a FastVMT transfer (vmt.transfer.transfer, the fields of
+GuidanceOptions) of the reference's frames over its own time span: segment j's frame 0 sits at output time
+start - keep_from, so it gets reference frames start - keep_from .. start - keep_from + segment_frames - 1. The
+conditioning frame is its first frame (FirstFrameAnchor), the reference branch is conditioned on the stretch's
+own first frame. The SDEdit start uses `strength`, `shift` (None: the model's flow_shift) and `grid` as `vmt
+transfer` does; no motion cache. A reference shorter than `frames` is an error; the last segment's frames past
+the output (never written) take the reference's last frame, held.
 """
 
 from __future__ import annotations
@@ -28,13 +38,13 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmt.backends.base import CFG_RULES
 from vmt.runs.fields import AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, check_fields, choice, number, text
-from vmt.runs.shared import PnpOptions, WanModelOptions
+from vmt.runs.shared import GuidanceOptions, PnpOptions, WanModelOptions
 from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
 
 if TYPE_CHECKING:  # numpy loads with the work, not with `vmt --help`
@@ -215,6 +225,7 @@ class ChainPlan:
     ref: int
     pnp: Any
     timeline: list[dict[str, Any]] | None = None
+    guidance: Any = None  # the GuidanceConfig with a reference (vmt.runs.shared.guidance_config), else None
 
     @property
     def count(self) -> int:
@@ -222,10 +233,10 @@ class ChainPlan:
 
 
 @dataclass
-class WanChainRequest(PnpOptions, WanModelOptions):
+class WanChainRequest(GuidanceOptions, PnpOptions, WanModelOptions):
     """A long video from a Wan image-to-video model, segment after segment (see the module docstring and
-    `vmt longgen sample --help`). The P&P and model options are the fields of PnpOptions and
-    WanModelOptions; `model` has no default here (None: an error)."""
+    `vmt longgen sample --help`). The guidance (with `reference`), P&P and model options are the fields of
+    GuidanceOptions, PnpOptions and WanModelOptions; `model` has no default here (None: an error)."""
 
     progress_label = "denoising"
 
@@ -233,6 +244,7 @@ class WanChainRequest(PnpOptions, WanModelOptions):
     prompts: Path | None = None  # timeline: one prompt a segment (the last repeated), or .jsonl with options
     negative_prompt: str = text("", "what to steer away from (CFG)", empty_ok=True)
     image: Path | None = None  # first frame (resized and centre-cropped); None: segment 0 on t2v_model
+    reference: Path | None = None  # a long video whose motion each segment takes over its own time span
     t2v_model: str | None = text(None, "text-to-video model for segment 0 when no image is given")
     frames: int = number(160, AT_LEAST_1, "frames of the output")
     segment_frames: int = number(81, AT_LEAST_1, "frames per segment (4k+1)")
@@ -260,7 +272,7 @@ class WanChainRequest(PnpOptions, WanModelOptions):
         from vmt.backends.wan import WanGeometry
         from vmt.errors import VmtUsageError, param
         from vmt.generate import check_modes
-        from vmt.runs.shared import check_pnp, wan_load_options
+        from vmt.runs.shared import check_pnp, guidance_config, wan_load_options
 
         if self.prompt is None and self.prompts is None:
             raise VmtUsageError(f"{param('prompt')} is missing; say what the video shows (or give "
@@ -285,7 +297,8 @@ class WanChainRequest(PnpOptions, WanModelOptions):
         check_modes(grid=self.grid, noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule)
         wan_load_options(self)
         timeline = read_timeline(self.prompts) if self.prompts is not None else None
-        return ChainPlan(segments, resolve_ref(self.ref_index, self.segment_frames), pnp, timeline)
+        guidance = guidance_config(self, self.height, self.width) if self.reference is not None else None
+        return ChainPlan(segments, resolve_ref(self.ref_index, self.segment_frames), pnp, timeline, guidance)
 
     def check_model(self, resolved, geometry, t2v: bool = False) -> None:
         """Against the model's config files (no weights): image-to-video (t2v: text-to-video), and the size."""
@@ -297,6 +310,8 @@ class WanChainRequest(PnpOptions, WanModelOptions):
             kind = "a text-to-video" if t2v else "an image-to-video"
             raise VmtUsageError(f"{param(name)} {resolved.model_id} is a {resolved.pipeline_class}; the chain "
                                 f"needs {kind} Wan model here")
+        if self.reference is not None:
+            geometry.check_block(self.block)
         geometry.check_size(self.segment_frames, self.height, self.width)
 
     def segment_options(self, plan: ChainPlan, j: int) -> dict[str, Any]:
@@ -309,13 +324,25 @@ class WanChainRequest(PnpOptions, WanModelOptions):
                 "seed": self.seed + j + int(entry.get("seed_offset", 0))}
 
     def estimate(self, plan: ChainPlan, geometry) -> dict[str, Any]:
-        """Planned compute over the chain: segments, NFE (no early exit), DiT passes (two per NFE with CFG)."""
-        nfe = plan.pnp.nfe(self.steps)
+        """Planned compute over the chain: segments, NFE (no early exit), DiT passes (two per NFE with CFG;
+        with a reference, each segment's guidance as `vmt transfer` plans it: reference forwards, and a forward
+        + backward at every reuse_interval-th inner step; on the model's grid SDEdit runs the last
+        int(steps * strength) steps)."""
+        steps = self.steps
+        if plan.guidance is not None and self.grid == "model" and self.strength < 1:
+            steps = min(int(self.steps * self.strength), self.steps)
+        nfe = plan.pnp.nfe(steps)
         passes = sum(nfe * (2 if self.segment_options(plan, j)["guidance_scale"] > 1.0 else 1)
                      for j in range(plan.count))
+        grads = 0
+        if plan.guidance is not None:
+            cfg = plan.guidance
+            guided = min(cfg.guided_steps, steps)
+            grads = guided * math.ceil(cfg.inner_steps / cfg.reuse_interval) * plan.count
+            passes += ((1 if guided else 0) if cfg.ref_amf == "clean" else guided) * plan.count + grads
         return {"segments": plan.count, "segment_frames": self.segment_frames, "frames": self.frames,
                 "frames_generated": plan.count * self.segment_frames, "nfe_per_segment": nfe,
-                "nfe": nfe * plan.count, "dit_forward": passes,
+                "nfe": nfe * plan.count, "dit_forward": passes, "dit_backward": grads,
                 "tokens_per_segment": math.prod(geometry.token_grid(self.segment_frames, self.height, self.width))}
 
     def dry_run(self) -> dict[str, Any]:
@@ -338,12 +365,15 @@ class WanChainRequest(PnpOptions, WanModelOptions):
         rows = [{"segment": s.index, "output_frames": [s.start, s.start + s.keep - 1],
                  "keeps": [s.keep_from, s.keep_from + s.keep - 1], "conditioned_on": s.cond_ref,
                  "seed": self.segment_options(plan, s.index)["seed"],
-                 "prompt": self.segment_options(plan, s.index)["prompt"]} for s in plan.segments]
+                 "prompt": self.segment_options(plan, s.index)["prompt"],
+                 **({"reference_frames": list(self.reference_span(s))} if self.reference is not None else {})}
+                for s in plan.segments]
         return {"dry_run": True, "model": self.model, "estimate": est, "memory": memory, "segments": rows}
 
     # ---------------------------------------------------------------- running
 
-    def _key(self, plan: ChainPlan, j: int, fingerprint: str, cond_sha: str | None) -> dict[str, Any]:
+    def _key(self, plan: ChainPlan, j: int, fingerprint: str, cond_sha: str | None,
+             reference: dict[str, Any] | None = None) -> dict[str, Any]:
         """The parameters segment j's frames depend on: a stored segment is reused only when they match."""
         seg = self.segment_options(plan, j)
         t2v = j == 0 and self.image is None
@@ -355,7 +385,48 @@ class WanChainRequest(PnpOptions, WanModelOptions):
                 "storage_dtype": self.storage_dtype, "lora": list(self.lora or []), **seg,
                 "ref_index": plan.ref if j else None, "colour_match": self.colour_match if j else None,
                 "anchor_embedding": self.anchor_embedding, "cond_noise": self.cond_noise if j else None,
-                "cond_sha256": cond_sha}
+                "cond_sha256": cond_sha, **self._transfer_key(plan, j, reference)}
+
+    def _transfer_key(self, plan: ChainPlan, j: int, reference: dict[str, Any] | None) -> dict[str, Any]:
+        """The motion transfer's part of segment j's key: the reference (content, rate, the frames of its
+        span) and every GuidanceOptions field; all None without a reference (a plain chain's key)."""
+        names = [f.name for f in fields(GuidanceOptions)]
+        if reference is None:
+            return {"reference_sha256": None, "reference_fps": None, "reference_frames": None,
+                    **dict.fromkeys(names)}
+        return {"reference_sha256": reference["sha256"], "reference_fps": reference["fps"],
+                "reference_frames": list(self.reference_span(plan.segments[j])),
+                **{k: getattr(self, k) for k in names}}
+
+    def reference_span(self, seg: Segment) -> tuple[int, int]:
+        """The reference frames (first, last; at the output's rate) of segment `seg`'s time span: its frame
+        0 is output frame start - keep_from, and it makes segment_frames frames."""
+        first = seg.start - seg.keep_from
+        return first, first + self.segment_frames - 1
+
+    def read_reference(self, plan: ChainPlan) -> tuple[np.ndarray, dict[str, Any]]:
+        """The reference read once: resampled to the output's rate, centre-cropped to the size, as many frames
+        as the last segment's span reaches (the ones past the output, if the file ends first, hold its last
+        frame); and its sidecar block. Shorter than `frames`: an error naming both lengths."""
+        import numpy as np
+
+        from vmt.errors import VmtUsageError, param
+        from vmt.io.digest import file_digest
+        from vmt.io.video import read_video
+
+        fps = self.fps or DEFAULT_FPS
+        need = self.reference_span(plan.segments[-1])[1] + 1
+        frames, _ = read_video(self.reference, fps=fps, max_frames=need, size=(self.height, self.width),
+                               resize="crop")
+        if len(frames) < self.frames:
+            raise VmtUsageError(f"{param('reference')} {self.reference} gives {len(frames)} frames at {fps:g} fps; "
+                                f"the output needs {self.frames} ({param('frames')}): use a longer reference or "
+                                "fewer frames")
+        held = need - len(frames)
+        if held:
+            frames = np.concatenate([frames, np.repeat(frames[-1:], held, axis=0)])
+        return frames, {"path": str(self.reference), "sha256": file_digest(self.reference), "fps": fps,
+                        "frames_read": need - held, "held_frames": held}
 
     def conditioning_frame(self, source: np.ndarray, anchor: np.ndarray, seed: int) -> np.ndarray:
         """The frame segment j + 1 is encoded from: segment j's frame at ref_index, colour-matched to the
@@ -385,7 +456,8 @@ class WanChainRequest(PnpOptions, WanModelOptions):
         check_output_path(output, overwrite, suffixes=VIDEO_WRITE_SUFFIXES, what="output")
         if dry_run:
             return self.dry_run()
-        inputs = {k: Path(v) for k, v in (("image", self.image), ("prompts", self.prompts)) if v is not None}
+        inputs = {k: Path(v) for k, v in (("image", self.image), ("prompts", self.prompts),
+                                          ("reference", self.reference)) if v is not None}
         check_not_inputs({"output": output, "sidecar": sidecar_path(output)}, inputs)
         models = {"i2v": inspect_model(self.model, self.revision)}
         self.check_model(*models["i2v"])
@@ -395,26 +467,29 @@ class WanChainRequest(PnpOptions, WanModelOptions):
         image = None
         if self.image is not None:
             image = read_video(self.image, size=(self.height, self.width), max_frames=1)[0][0]
+        reference = self.read_reference(plan) if self.reference is not None else None  # before any weights
         folder = chain_folder(output)
         folder.mkdir(parents=True, exist_ok=True)
         with output_policy(overwrite):
-            return _Chain(self, plan, folder, models, image, overwrite, progress, on_segment, device).run(
-                output, record, command)
+            return _Chain(self, plan, folder, models, image, overwrite, progress, on_segment, device,
+                          reference).run(output, record, command)
 
 
 class _Chain:
     """One run of a WanChainRequest: segments made or reused in order, then the video from the run folder."""
 
     def __init__(self, req: WanChainRequest, plan: ChainPlan, folder: Path, models, image, overwrite: bool,
-                 progress, on_segment, device):
+                 progress, on_segment, device, reference=None):
         self.req, self.plan, self.folder, self.models = req, plan, folder, models
         self.image, self.overwrite, self.progress, self.on_segment, self.device = (
             image, overwrite, progress, on_segment, device)
+        # with a reference: (its frames at the output's rate and size, its sidecar block)
+        self.ref_frames, self.ref_doc = reference if reference is not None else (None, None)
         self.backends: dict[str, Any] = {}
         self.anchor: np.ndarray | None = image
         self.anchor_embeds = None
         self.records: list[dict[str, Any]] = []
-        self.nfe = self.dit = 0
+        self.nfe = self.dit = self.backward = 0
         self.seconds = 0.0
 
     def backend(self, kind: str):
@@ -477,7 +552,8 @@ class _Chain:
 
         shutil.rmtree(self.folder, ignore_errors=True)
         return {"frames": self.req.frames, "segments": self.plan.count, "generated": generated, "resumed": resumed,
-                "nfe": self.nfe, "dit_forward": self.dit, "seconds": round(self.seconds, 3),
+                "nfe": self.nfe, "dit_forward": self.dit, "dit_backward": self.backward,
+                "seconds": round(self.seconds, 3),
                 "drift": None if report is None else report.as_dict()}
 
     def segment(self, seg: Segment, prev: np.ndarray | None) -> tuple[np.ndarray, str]:
@@ -490,14 +566,17 @@ class _Chain:
         else:
             cond = req.conditioning_frame(prev, self.anchor, opts["seed"])
         cond_sha = None if cond is None else sha256_of(cond)
-        key = req._key(self.plan, j, self.models[kind][0].fingerprint, cond_sha)
+        key = req._key(self.plan, j, self.models[kind][0].fingerprint, cond_sha, self.ref_doc)
         frames = self.stored(j, key)
         if frames is not None:
             self.records.append(self.record(j, key, json.loads(self.paths(j)[1].read_text())))
             return frames, "resumed"
         t0 = time.perf_counter()
-        frames, counts = self.generate(kind, j, opts, cond)
-        self.store(j, key, frames, cond, counts, time.perf_counter() - t0)
+        if self.ref_frames is None:
+            frames, counts, guidance = *self.generate(kind, j, opts, cond), None
+        else:
+            frames, counts, guidance = self.transfer(kind, seg, opts, cond)
+        self.store(j, key, frames, cond, counts, time.perf_counter() - t0, guidance)
         return frames, "done"
 
     def record(self, j: int, key: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
@@ -508,7 +587,9 @@ class _Chain:
                 "conditioned_on": None if j == 0 else {"segment": j - 1, "frame": seg.cond_ref,
                                                        "output_time": j * seg.cond_ref},
                 "cond_sha256": key["cond_sha256"], "frames_sha256": doc["frames_sha256"],
-                "compute": doc.get("compute", {}), "seconds": doc.get("seconds")}
+                "compute": doc.get("compute", {}), "seconds": doc.get("seconds"),
+                **({} if self.ref_frames is None else {"reference_frames": key["reference_frames"],
+                                                       "guidance": doc.get("guidance")})}
 
     def generate(self, kind: str, j: int, opts: dict[str, Any], cond: np.ndarray | None):
         import torch
@@ -548,7 +629,47 @@ class _Chain:
         self.seconds += sum(timer.stages.values())
         return frames, counts
 
-    def store(self, j: int, key, frames: np.ndarray, cond, counts, seconds: float) -> None:
+    def transfer(self, kind: str, seg: Segment, opts: dict[str, Any], cond: np.ndarray | None):
+        """Segment `seg` as a FastVMT transfer of its stretch of the reference (vmt.transfer.transfer), first
+        frame fixed to `cond` on the I2V model: (frames, compute counts, the guidance's record)."""
+        from vmt.runs.shared import make_pnp
+        from vmt.runtime import Timer
+        from vmt.transfer import TransferRequest as Sampling
+        from vmt.transfer import transfer
+
+        req, j = self.req, seg.index
+        backend = self.backend(kind)
+        before = backend.counts.as_dict()
+        timer = Timer(sync_cuda=backend.device.type == "cuda")
+        first, last = req.reference_span(seg)
+        sampling = Sampling(
+            prompt=opts["prompt"], negative_prompt=opts["negative_prompt"], height=req.height, width=req.width,
+            steps=req.steps, shift=opts["shift"] if opts["shift"] is not None else backend.default_shift,
+            guidance_scale=opts["guidance_scale"], strength=req.strength, seed=opts["seed"], grid=req.grid,
+            noise=req.noise, arithmetic=req.arithmetic, cfg_rule=req.cfg_rule)
+        pnp = make_pnp(self.plan.pnp, replace(req, seed=opts["seed"]), sync_cuda=timer.sync_cuda)
+        label = {"segment": f"{j + 1}/{self.plan.count}"}
+
+        def on_step(state) -> None:
+            if self.progress is not None:
+                self.progress(state.index + 1, req.steps, {**label, **state.summary})
+
+        clip = self.anchor if cond is not None and req.anchor_embedding else None  # the first frame's CLIP
+        result = transfer(backend, self.ref_frames[first:last + 1], sampling, self.plan.guidance,
+                          interventions=[pnp] if pnp else [], on_step=on_step, timer=timer, notify=None,
+                          cache=None, image=cond, clip_image=clip)
+        after = backend.counts.as_dict()
+        counts = {k: after[k] - before.get(k, 0) for k in ("nfe", "dit_forward", "dit_backward") if k in after}
+        self.nfe += counts.get("nfe", 0)
+        self.dit += counts.get("dit_forward", 0)
+        self.backward += counts.get("dit_backward", 0)
+        self.seconds += sum(timer.stages.values())
+        guidance = {"final_amf_loss": [g["final_amf_loss"] for g in result.guidance],
+                    "adjusted": [str(a) for a in result.adjustments], "shift": sampling.shift,
+                    "start_sigma": result.sigmas[0]}
+        return result.frames, counts, guidance
+
+    def store(self, j: int, key, frames: np.ndarray, cond, counts, seconds: float, guidance=None) -> None:
         """Segment j's frames (and conditioning frame) and its record, appearing together."""
         import numpy as np
 
@@ -556,7 +677,7 @@ class _Chain:
 
         npz, meta = self.paths(j)
         doc = {"schema": SEGMENT_SCHEMA, "segment": j, "params": key, "frames_sha256": sha256_of(frames),
-               "compute": counts, "seconds": round(seconds, 3)}
+               "compute": counts, "seconds": round(seconds, 3), **({} if guidance is None else {"guidance": guidance})}
         with commit_together():
             with atomic_path(npz, replace=True) as tmp, open(tmp, "wb") as fh:
                 arrays = {"frames": frames} if cond is None else {"frames": frames, "cond": cond}
@@ -589,7 +710,8 @@ class _Chain:
                 command or ["vmt.WanChainRequest.run"], "longgen-sample", params, output=output,
                 model={"model": req.model, "fingerprint": self.models["i2v"][0].fingerprint,
                        "t2v_model": req.t2v_model if "t2v" in self.models else None},
-                compute={"nfe": self.nfe, "dit_forward": self.dit},
+                compute={"nfe": self.nfe, "dit_forward": self.dit,
+                         **({} if self.ref_frames is None else {"dit_backward": self.backward})},
                 extra={"method": "wan-chain", "video": {"frames": req.frames, "fps": fps, "height": req.height,
                                                         "width": req.width},
                        "chain": {"segments": self.plan.count, "segment_frames": req.segment_frames,
@@ -600,7 +722,9 @@ class _Chain:
                                               and takes_image_embedding(self.models["i2v"][0].folder),
                                               "cond_noise": req.cond_noise},
                                  "per_segment": self.records},
-                       "drift": None if report is None else report.as_dict()})
+                       "drift": None if report is None else report.as_dict(),
+                       **({} if self.ref_frames is None else {
+                           "reference": self.ref_doc, "guidance": {"config": self.plan.guidance.as_dict()}})})
             write_sidecar(output, doc)
         return report
 

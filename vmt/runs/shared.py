@@ -1,5 +1,5 @@
-"""What refine and transfer share: the Wan model and memory options, and Predict-and-Perturb's plan, gate and
-out.json block. Imports no torch at module level."""
+"""What refine, transfer and the Wan chain share: the Wan model and memory options, Predict-and-Perturb's plan,
+gate and out.json block, and FastVMT's guidance settings. Imports no torch at module level."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from dataclasses import dataclass
 
-from vmt.runs.fields import Range, number, text
+from vmt.runs.fields import NON_NEGATIVE, POSITIVE, Range, choice, number, text
 
 # P&P's gate: tau in [0, inf], the early-exit fraction in (0, 1], the norm p in [1, inf].
 PNP_RANGES = {"tau": Range(0, inf_ok=True), "certain_fraction": Range(0, 1, lo_open=True),
@@ -25,6 +25,50 @@ class PnpOptions:
     tau: float = number(0.25, PNP_RANGES["tau"], "uncertainty gate")
     certain_fraction: float = number(0.999, PNP_RANGES["certain_fraction"], "early exit of a step's inner loop")
     p_norm: float = number(1.0, PNP_RANGES["p_norm"], "norm of the gate's change over channels")
+
+
+@dataclass(kw_only=True)
+class GuidanceOptions:
+    """FastVMT's motion guidance and SDEdit strength, with the FastVMT release's defaults (fields of transfer and
+    of the Wan chain with a reference; `guidance_config` turns them into a GuidanceConfig)."""
+
+    strength: float = number(0.75, Range(0, 1, lo_open=True), "SDEdit strength")
+    amf: str = choice("windowed", ("windowed", "global"), "AMF form")
+    block: int = number(14, None, "capture block")
+    span: int = number(4, None, "frame pairs with 0 <= j - i < span")
+    tile: str = text("3x4", "query tile HxW in tokens")
+    window: int = number(21, None, "key window side in tokens")
+    temperature: float = number(1.0, POSITIVE, "AMF softmax temperature")
+    head_mode: str = choice("qk", ("qk", "logits"), "how heads are averaged")
+    guided_steps: int = number(10, None, "guided steps")
+    inner_steps: int = number(10, None, "optimiser steps per guided step")
+    reuse_interval: int = number(3, None, "gradient reuse interval")
+    lr: float = number(3e-3, POSITIVE, "learning rate at the first inner step")
+    lr_end: float = number(2.1e-3, POSITIVE, "learning rate at the last inner step")
+    lr_decay: str = choice("inner", ("inner", "outer"), "learning-rate decay")
+    optimizer: str = choice("adamw", ("adamw", "adam"), "optimizer")
+    loss: str = choice("fastvmt", ("fastvmt", "ditflow"), "guidance loss")
+    amf_weight: float = number(5.0, NON_NEGATIVE, "AMF loss weight")
+    window_weight: float = number(1.0, NON_NEGATIVE, "window loss weight")
+    ref_amf: str = choice("per-step", ("per-step", "clean"), "reference AMF")
+    ref_argmax: bool = False
+    truncate: bool = True
+
+
+GUIDANCE_FIELDS = ("amf", "block", "span", "window", "temperature", "head_mode", "guided_steps", "inner_steps",
+                   "reuse_interval", "lr", "lr_end", "lr_decay", "optimizer", "loss", "amf_weight",
+                   "window_weight", "ref_amf", "ref_argmax", "truncate")
+
+
+def guidance_config(r: Any, height: int, width: int):
+    """The vmt.motion.guidance.GuidanceConfig of a request carrying GuidanceOptions' fields, checked against
+    the token grid of height x width (Wan: VAE /8, patch 2; the backend re-checks with its own factors)."""
+    from vmt.motion.guidance import GuidanceConfig
+    from vmt.runs.transfer import parse_tile
+
+    cfg = GuidanceConfig(tile=parse_tile(r.tile), **{k: getattr(r, k) for k in GUIDANCE_FIELDS})
+    cfg.check_grid((2, height // 16, width // 16), (height, width))
+    return cfg
 
 
 @dataclass(kw_only=True)

@@ -22,18 +22,19 @@ from vmt.backends.base import CFG_RULES
 from vmt.io.image import IMAGE_FITS
 from vmt.runs.batch import JobKind
 from vmt.runs.fields import (
-    AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, Range, check_fields, choice, number, text,
+    AT_LEAST_1, FPS, NON_NEGATIVE, POSITIVE, SEED, check_fields, choice, number, text,
 )
-from vmt.runs.shared import PnpOptions, WanModelOptions
+from vmt.runs.shared import GuidanceOptions, PnpOptions, WanModelOptions
 from vmt.sampling.modes import ARITHMETIC_MODES, GRIDS, NOISE_MODES
 
 Progress = Callable[[int, int, dict[str, str]], None]
 
 
 @dataclass
-class TransferRequest(PnpOptions, WanModelOptions):
-    """A `vmt transfer` run; see `vmt transfer --help` for each option. The P&P gate (with refine) and the model
-    and its loading options are the fields of PnpOptions and WanModelOptions (keywords only)."""
+class TransferRequest(GuidanceOptions, PnpOptions, WanModelOptions):
+    """A `vmt transfer` run; see `vmt transfer --help` for each option. The SDEdit strength and the guidance
+    settings, the P&P gate (with refine), the model and its loading options are the fields of GuidanceOptions,
+    PnpOptions and WanModelOptions (keywords only)."""
 
     job_kind = JobKind("transfer", ("reference", "prompt"), {"reference": "file", "image": "file"})  # for the batch engine (a class attribute, not a field)
     progress_label = "transfer"  # what a progress bar over its steps says (a class attribute, not a field)
@@ -50,27 +51,6 @@ class TransferRequest(PnpOptions, WanModelOptions):
     steps: int = number(50, AT_LEAST_1, "denoising steps from the SDEdit start to 0")
     shift: float = number(7.0, POSITIVE, "flow shift")
     guidance_scale: float = number(5.8, NON_NEGATIVE, "CFG scale")
-    strength: float = number(0.75, Range(0, 1, lo_open=True), "SDEdit strength")
-    amf: str = choice("windowed", ("windowed", "global"), "AMF form")
-    block: int = number(14, None, "capture block")
-    span: int = number(4, None, "frame pairs with 0 <= j - i < span")
-    tile: str = text("3x4", "query tile HxW in tokens")
-    window: int = number(21, None, "key window side in tokens")
-    temperature: float = number(1.0, POSITIVE, "AMF softmax temperature")
-    head_mode: str = choice("qk", ("qk", "logits"), "how heads are averaged")
-    guided_steps: int = number(10, None, "guided steps")
-    inner_steps: int = number(10, None, "optimiser steps per guided step")
-    reuse_interval: int = number(3, None, "gradient reuse interval")
-    lr: float = number(3e-3, POSITIVE, "learning rate at the first inner step")
-    lr_end: float = number(2.1e-3, POSITIVE, "learning rate at the last inner step")
-    lr_decay: str = choice("inner", ("inner", "outer"), "learning-rate decay")
-    optimizer: str = choice("adamw", ("adamw", "adam"), "optimizer")
-    loss: str = choice("fastvmt", ("fastvmt", "ditflow"), "guidance loss")
-    amf_weight: float = number(5.0, NON_NEGATIVE, "AMF loss weight")
-    window_weight: float = number(1.0, NON_NEGATIVE, "window loss weight")
-    ref_amf: str = choice("per-step", ("per-step", "clean"), "reference AMF")
-    ref_argmax: bool = False
-    truncate: bool = True
     refine: bool = False
     grid: str = choice("euler", GRIDS, "sampling grid")
     noise: str = choice("pipeline", NOISE_MODES, "where the seeded noise is drawn")
@@ -87,8 +67,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
         from vmt.backends.wan import WanGeometry
         from vmt.errors import VmtUsageError, param
         from vmt.generate import check_modes
-        from vmt.motion.guidance import GuidanceConfig
-        from vmt.runs.shared import check_pnp, wan_load_options
+        from vmt.runs.shared import check_pnp, guidance_config, wan_load_options
         from vmt.transfer import MIN_FRAMES, sdedit_sigmas
 
         for name in ("reference", "prompt"):
@@ -99,16 +78,7 @@ class TransferRequest(PnpOptions, WanModelOptions):
         if self.num_frames < MIN_FRAMES:
             raise VmtUsageError(f"{param('num_frames')} {self.num_frames} is too few; motion transfer needs >= "
                                 f"{MIN_FRAMES}")
-        cfg = GuidanceConfig(
-            amf=self.amf, block=self.block, span=self.span, tile=parse_tile(self.tile), window=self.window,
-            temperature=self.temperature, head_mode=self.head_mode, guided_steps=self.guided_steps,
-            inner_steps=self.inner_steps, reuse_interval=self.reuse_interval, lr=self.lr, lr_end=self.lr_end,
-            lr_decay=self.lr_decay, optimizer=self.optimizer, loss=self.loss, amf_weight=self.amf_weight,
-            window_weight=self.window_weight, ref_amf=self.ref_amf, ref_argmax=self.ref_argmax,
-            truncate=self.truncate,
-        )
-        # Token grid from the resolution (Wan: VAE /8, patch 2); the backend re-checks with its own factors.
-        cfg.check_grid((2, self.height // 16, self.width // 16), (self.height, self.width))
+        cfg = guidance_config(self, self.height, self.width)
         sdedit_sigmas(self.steps, self.shift, self.strength)  # validates steps and strength
         pnp_plan = check_pnp(self, self.steps) if self.refine else None
         check_modes(grid=self.grid, noise=self.noise, arithmetic=self.arithmetic, cfg_rule=self.cfg_rule)
