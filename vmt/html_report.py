@@ -172,15 +172,10 @@ def strip_svg(values: Sequence[float], *, ci: Sequence[float] | None = None, mea
     return "".join(parts) + "</svg>"
 
 
-def cost_svg(points: Sequence[tuple[str, float, float]], *, x_label: str, y_label: str, width: int = 260,
-             height: int = 180) -> str:
-    """A scatter of a few labelled points (name, x, y): a metric against the compute each side paid."""
-    pts = [(n, x, y) for n, x, y in points if x is not None and y is not None and math.isfinite(x)
-           and math.isfinite(y)]
-    ax = _Axis([p[1] for p in pts], 62, width - 26, include_zero=True)
-    ay = _Axis([p[2] for p in pts], height - 36, 10, include_zero=False)
-    parts = [f"<svg width=\"{width}\" height=\"{height}\" "
-             f"viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{esc(y_label)} vs {esc(x_label)}\">",
+def _frame(ax: _Axis, ay: _Axis, width: int, height: int, x_label: str, aria: str) -> list[str]:
+    """The start of an x-y plot: the svg element, both axes with their ticks, the x label."""
+    parts = [f"<svg width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" "
+             f"aria-label=\"{esc(aria)}\">",
              f"<line x1=\"{ax.x0}\" y1=\"{ay.x0}\" x2=\"{ax.x1}\" y2=\"{ay.x0}\" stroke=\"#9aa3ad\"/>",
              f"<line x1=\"{ax.x0}\" y1=\"{ay.x0}\" x2=\"{ax.x0}\" y2=\"{ay.x1}\" stroke=\"#9aa3ad\"/>"]
     for t in ax.ticks(4):
@@ -189,6 +184,17 @@ def cost_svg(points: Sequence[tuple[str, float, float]], *, x_label: str, y_labe
         parts.append(f"<text x=\"{ax.x0 - 4}\" y=\"{ay(t) + 4:.1f}\" text-anchor=\"end\">{esc(_tick_text(t))}</text>")
     parts.append(f"<text x=\"{(ax.x0 + ax.x1) / 2:.1f}\" y=\"{height - 6}\" text-anchor=\"middle\">"
                  f"{esc(x_label)}</text>")
+    return parts
+
+
+def cost_svg(points: Sequence[tuple[str, float, float]], *, x_label: str, y_label: str, width: int = 260,
+             height: int = 180) -> str:
+    """A scatter of a few labelled points (name, x, y): a metric against the compute each side paid."""
+    pts = [(n, x, y) for n, x, y in points if x is not None and y is not None and math.isfinite(x)
+           and math.isfinite(y)]
+    ax = _Axis([p[1] for p in pts], 62, width - 26, include_zero=True)
+    ay = _Axis([p[2] for p in pts], height - 36, 10, include_zero=False)
+    parts = _frame(ax, ay, width, height, x_label, f"{y_label} vs {x_label}")
     colors = {"A": "#1d5fa8", "B": "#d9822b"}
     for name, x, y in pts:
         parts.append(f"<circle cx=\"{ax(x):.1f}\" cy=\"{ay(y):.1f}\" r=\"5\" fill=\"{colors.get(name, '#555')}\"/>"
@@ -202,16 +208,7 @@ def line_svg(series: dict[str, Sequence[tuple[float, float]]], *, x_label: str, 
     pts = [(x, y) for line in series.values() for x, y in line if math.isfinite(x) and math.isfinite(y)]
     ax = _Axis([p[0] for p in pts], 50, width - 12, include_zero=False)
     ay = _Axis([p[1] for p in pts], height - 36, 10, include_zero=False)
-    parts = [f"<svg width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" "
-             f"aria-label=\"{esc(y_label)} over {esc(x_label)}\">",
-             f"<line x1=\"{ax.x0}\" y1=\"{ay.x0}\" x2=\"{ax.x1}\" y2=\"{ay.x0}\" stroke=\"#9aa3ad\"/>",
-             f"<line x1=\"{ax.x0}\" y1=\"{ay.x0}\" x2=\"{ax.x0}\" y2=\"{ay.x1}\" stroke=\"#9aa3ad\"/>"]
-    for t in ax.ticks(4):
-        parts.append(f"<text x=\"{ax(t):.1f}\" y=\"{ay.x0 + 13}\" text-anchor=\"middle\">{esc(_tick_text(t))}</text>")
-    for t in ay.ticks(4):
-        parts.append(f"<text x=\"{ax.x0 - 4}\" y=\"{ay(t) + 4:.1f}\" text-anchor=\"end\">{esc(_tick_text(t))}</text>")
-    parts.append(f"<text x=\"{(ax.x0 + ax.x1) / 2:.1f}\" y=\"{height - 6}\" text-anchor=\"middle\">"
-                 f"{esc(x_label)}</text>")
+    parts = _frame(ax, ay, width, height, x_label, f"{y_label} over {x_label}")
     colors = {"A": "#1d5fa8", "B": "#d9822b"}
     for name, line in series.items():
         xy = " ".join(f"{ax(x):.1f},{ay(y):.1f}" for x, y in line if math.isfinite(x) and math.isfinite(y))
