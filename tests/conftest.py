@@ -84,3 +84,24 @@ def moving_pattern(num_frames: int, height: int, width: int, dx: int = 2, dy: in
 @pytest.fixture
 def pattern_clip() -> np.ndarray:
     return moving_pattern(12, 48, 64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two uint8 images in dB (inf when equal), computed here in float64."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def vae_round_trip(model: Path, image: np.ndarray) -> np.ndarray:
+    """The image through a tiny Wan folder's VAE alone (diffusers' normalisation, encode mode, decode), as
+    uint8: what an image-to-video model's first frame should come back as."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from diffusers.video_processor import VideoProcessor
+    from PIL import Image
+
+    vae = AutoencoderKLWan.from_pretrained(str(model / "vae"))
+    x = VideoProcessor(vae_scale_factor=8).preprocess(Image.fromarray(image), *image.shape[:2])
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x[:, :, None]).latent_dist.mode()).sample
+    return ((y[0, :, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()

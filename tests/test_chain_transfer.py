@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import SHARED_DATA, moving_pattern
+from tests.conftest import SHARED_DATA, moving_pattern, psnr, vae_round_trip
 from vmt.io.video import probe_video
 from vmt.runs.chain import WanChainRequest, chain_folder, plan_segments
 from vmt.runs.shared import GuidanceOptions
@@ -53,24 +52,6 @@ def first_frame(tmp_path) -> Path:
     path = tmp_path / "first.png"
     Image.fromarray(moving_pattern(1, SIZE, SIZE, seed=5)[0]).save(path)
     return path
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def _vae_round_trip(model: Path, image: np.ndarray) -> np.ndarray:
-    """The image through the tiny VAE alone (diffusers' normalisation, encode mode, decode), as uint8."""
-    from diffusers import AutoencoderKLWan
-    from diffusers.video_processor import VideoProcessor
-    from PIL import Image
-
-    vae = AutoencoderKLWan.from_pretrained(str(model / "vae"))
-    x = VideoProcessor(vae_scale_factor=8).preprocess(Image.fromarray(image), *image.shape[:2])
-    with torch.no_grad():
-        y = vae.decode(vae.encode(x[:, :, None]).latent_dist.mode()).sample
-    return ((y[0, :, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def test_guidance_options_are_transfers_defaults_in_both_requests():
@@ -123,8 +104,8 @@ def test_chain_with_a_reference(tmp_path, tiny_i2v, first_frame, reference):
     # The anchor: each segment's first frame is its conditioning frame through the VAE, not another's
     for j, (frame0, cond) in seen.items():
         other = seen[(j + 1) % 3][1]
-        assert _psnr(frame0, _vae_round_trip(tiny_i2v, cond)) > 50, j
-        assert _psnr(frame0, _vae_round_trip(tiny_i2v, 255 - other)) < 45, j
+        assert psnr(frame0, vae_round_trip(tiny_i2v, cond)) > 50, j
+        assert psnr(frame0, vae_round_trip(tiny_i2v, 255 - other)) < 45, j
     # the same chain without a reference: fewer DiT passes, no backward, no reference in the record
     res2 = invoke("longgen", "sample", "-m", tiny_i2v, "--image", first_frame, "-p", "a runner", "--frames",
                   FRAMES, "-o", plain, *SMALL)

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import SHARED_DATA, moving_pattern
+from tests.conftest import SHARED_DATA, moving_pattern, psnr, vae_round_trip
 from vmt.io import read_image
 from vmt.io.image import crop_box
 
@@ -151,24 +151,6 @@ def test_conditioning_latents_equal_the_pipeline_on_the_original_file(request, f
             assert not torch.equal(fitted, emb)  # the fitted image would have given other embeddings
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def _vae_round_trip(model: Path, image: np.ndarray) -> np.ndarray:
-    """The image through the tiny VAE alone (diffusers' normalisation, encode mode, decode), as uint8."""
-    from diffusers import AutoencoderKLWan
-    from diffusers.video_processor import VideoProcessor
-    from PIL import Image
-
-    vae = AutoencoderKLWan.from_pretrained(str(model / "vae"))
-    x = VideoProcessor(vae_scale_factor=8).preprocess(Image.fromarray(image), *image.shape[:2])
-    with torch.no_grad():
-        y = vae.decode(vae.encode(x[:, :, None]).latent_dist.mode()).sample
-    return ((y[0, :, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def _transfer(*args) -> object:
     return CliRunner().invoke(app, ["transfer", *[str(a) for a in args]])
 
@@ -199,8 +181,8 @@ def test_cli_transfer_onto_a_photo(request, fixture, tmp_path):
     # The first frame against the photo through the VAE. (Not on the written mp4: the tiny random VAE decodes
     # to pixel-level noise that H.264 smooths, ~36 dB against any round trip; the pipeline's frames are exact.)
     fitted = read_image(photo, SIZE, SIZE)
-    expect = _vae_round_trip(model, fitted)
-    unrelated = _vae_round_trip(model, 255 - _content(SIZE, SIZE, 75))
+    expect = vae_round_trip(model, fitted)
+    unrelated = vae_round_trip(model, 255 - _content(SIZE, SIZE, 75))
     # The same run from Python (first latent frame = the image's latent), frames before the codec:
     from vmt.backends.wan import WanBackend, WanLoadOptions
     from vmt.motion.guidance import GuidanceConfig
@@ -210,8 +192,8 @@ def test_cli_transfer_onto_a_photo(request, fixture, tmp_path):
     reference, _ = load_reference(ref, 9, SIZE, SIZE)
     res = transfer(backend, reference, TransferRequest(prompt="a dancer", height=SIZE, width=SIZE, steps=3),
                    GuidanceConfig(block=1, guided_steps=2, inner_steps=3), image=fitted, notify=None)
-    assert _psnr(res.frames[0], expect) > 50, _psnr(res.frames[0], expect)
-    assert _psnr(res.frames[0], unrelated) < 45
+    assert psnr(res.frames[0], expect) > 50, psnr(res.frames[0], expect)
+    assert psnr(res.frames[0], unrelated) < 45
     # the crop fit is recorded, and gives another first frame (the photo is 100x140, the output square)
     out2 = tmp_path / "crop.mp4"
     r = _transfer(*[a if a != out else out2 for a in args], "--image-fit", "crop")
