@@ -227,12 +227,7 @@ class ReferenceCache:
                 return "latent of another shape"
             return None
 
-        found = self.store.load("latent", key, check)
-        rep = {"key": key_digest(key), "status": "hit" if found.hit else "miss"}
-        if found.problem:
-            rep["refused"] = found.problem
-            _tell(notify, f"motion cache: {found.path.name} {found.problem}; recomputed")
-        self.report["latent"] = rep
+        found, rep = self._lookup("latent", key, check, notify)
         if found.hit:
             return found.tensors["z_ref"]
         z = encode()
@@ -241,6 +236,16 @@ class ReferenceCache:
             rep["not_stored"] = problem
             _tell(notify, f"motion cache: {problem}")
         return z
+
+    def _lookup(self, kind: str, key: dict, check, notify):
+        """Load an entry of `kind` and start its report (hit or miss, and why a stored one was refused)."""
+        found = self.store.load(kind, key, check)
+        rep = {"key": key_digest(key), "status": "hit" if found.hit else "miss"}
+        if found.problem:
+            rep["refused"] = found.problem
+            _tell(notify, f"motion cache: {found.path.name} {found.problem}; recomputed")
+        self.report[kind] = rep
+        return found, rep
 
     def amf(self, amf: dict, passes: dict, expected_shapes: list[tuple[int, ...]], notify=None
             ) -> list[torch.Tensor] | None:
@@ -257,12 +262,7 @@ class ReferenceCache:
                 return "reference AMF of another shape"
             return None
 
-        found = self.store.load("amf", key, check)
-        rep = {"key": key_digest(key), "status": "hit" if found.hit else "miss"}
-        if found.problem:
-            rep["refused"] = found.problem
-            _tell(notify, f"motion cache: {found.path.name} {found.problem}; recomputed")
-        self.report["amf"] = rep
+        found, rep = self._lookup("amf", key, check, notify)
         if not found.hit:
             return None
         rep["dit_forward_saved"] = int(found.info.get("dit_forward", 0))
