@@ -149,6 +149,13 @@ def test_unpaired_sets_and_bad_input_are_one_line_errors(shared_data, tmp_path):
     assert res.exit_code == 2 and "--gate 'nonsense'" in res.output
     res = invoke("compare", tmp_path / "a", tmp_path / "a", "--metrics", "motion")
     assert res.exit_code == 2 and "--references" in res.output
+    # the report is never one of the files compare reads, --overwrite or not: a video's sidecar (its cost)
+    sidecar = sorted((tmp_path / "a").glob("*.mp4"))[0].with_suffix(".json")
+    sidecar.write_text('{"compute": {"nfe": 3}}')
+    res = invoke("compare", tmp_path / "a", tmp_path / "a", "--json", sidecar, "--overwrite", "-q")
+    assert res.exit_code == 2 and "same file as the input" in res.output, res.output
+    assert sidecar.read_text() == '{"compute": {"nfe": 3}}'
+
     assert "Traceback" not in res.output
 
 

@@ -280,6 +280,27 @@ class CompareRequest:
         with failures_as_errors(debug):
             return self._run(json_out, html_out, progress, overwrite, command)
 
+    def _check_outputs(self, pairs: list[tuple[Item, Item]], json_out, html_out) -> None:
+        """The report and its page are none of the files compare reads: videos, their sidecars (the cost),
+        references, the manifests; whatever overwrite says (inputs are never replaced)."""
+        from vmt.io.atomic import check_not_inputs
+
+        outputs = {param(n): Path(p) for n, p in (("json_out", json_out), ("html_out", html_out))
+                   if p is not None and str(p) != "-"}
+        if not outputs:
+            return
+        inputs: dict[str, Path] = {}
+        for side, (name, root) in enumerate((("a", self.a), ("b", self.b))):
+            root = Path(root).expanduser()
+            inputs[f"{param(name)} manifest"] = root / MANIFEST if root.is_dir() else root
+            for i, pair in enumerate(pairs):
+                item = pair[side]
+                inputs[f"{param(name)} video {i + 1}"] = item.video
+                inputs[f"{param(name)} sidecar {i + 1}"] = item.video.with_suffix(".json")
+                if item.reference is not None:
+                    inputs[f"reference {i + 1}"] = item.reference
+        check_not_inputs(outputs, inputs)
+
     def _run(self, json_out, html_out, progress, overwrite, command) -> dict[str, Any]:
         import numpy as np
 
@@ -289,6 +310,7 @@ class CompareRequest:
 
         self.check()
         pairs = self.pairs()
+        self._check_outputs(pairs, json_out, html_out)
         with_refs = all(ia.reference is not None for ia, _ in pairs)
         families = self.families(with_refs)
         if "motion" in families and not with_refs:
